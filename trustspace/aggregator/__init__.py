@@ -1,0 +1,1 @@
+"""trustspace.aggregator (being built)."""

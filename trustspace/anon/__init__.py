@@ -1,0 +1,1 @@
+"""trustspace.anon (being built)."""

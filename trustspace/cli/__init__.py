@@ -1,0 +1,1 @@
+"""The ``trustspace`` command line: one module per subcommand, dispatched by ``main``."""

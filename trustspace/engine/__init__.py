@@ -1,0 +1,1 @@
+"""trustspace.engine (being built)."""

@@ -1,0 +1,1 @@
+"""trustspace.node (being built)."""

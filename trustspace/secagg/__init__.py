@@ -1,0 +1,1 @@
+"""trustspace.secagg (being built)."""

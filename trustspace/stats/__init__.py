@@ -1,0 +1,1 @@
+"""trustspace.stats (being built)."""

@@ -1,0 +1,1 @@
+"""trustspace.transport (being built)."""
