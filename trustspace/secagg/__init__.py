@@ -1,1 +1,80 @@
-"""trustspace.secagg (being built)."""
+"""Secure aggregation: dropout-robust SecAgg+ safe against a malicious aggregator (pure, no I/O).
+
+Double masking of Bonawitz et al. (CCS'17) over the sparse neighbour graph of Bell et al.
+(CCS'20). The aggregator learns only the sum of the surviving clients' vectors (integers
+modulo 2^32 or 2^64), even when clients drop out at any stage, as long as t remain.
+
+Public API (everything a transport needs; the gRPC layer drives these objects unchanged):
+
+``SecAggConfig(session_id, client_ids, vector_length, threshold=None, neighbors=None,
+modulus_bits=64, dropout_fraction=0.1, corrupt_fraction=0.05)``
+    Frozen, validated public parameters; ``.t``, ``.k``, ``.neighbours(cid)`` after creation.
+
+``SecAggClient(config, client_id, *, rng=os.urandom)``, one per node per round:
+    - ``advertise() -> AdvertiseKeys``
+    - ``share_keys(roster: Mapping[int, AdvertiseKeys]) -> dict[int, EncryptedShares]``
+      (keyed by recipient)
+    - ``masked_input(vector, received: Mapping[int, EncryptedShares]) -> MaskedInput``
+      (``received`` keyed by sender)
+    - ``unmask(request: UnmaskRequest) -> UnmaskShares``
+
+``SecAggServer(config)``, the aggregator; a client missing from a mapping has dropped:
+    - ``collect_advertise(Mapping[int, AdvertiseKeys]) -> dict[int, AdvertiseKeys]``
+      (the roster, sent to every client that advertised)
+    - ``collect_shares(Mapping[int, Mapping[int, EncryptedShares]])
+      -> dict[int, dict[int, EncryptedShares]]`` (``{recipient: {sender: msg}}``)
+    - ``collect_masked(Mapping[int, MaskedInput]) -> UnmaskRequest`` (sent to the survivors)
+    - ``collect_unmask(Mapping[int, UnmaskShares]) -> np.ndarray`` (the exact sum)
+
+Messages ``AdvertiseKeys``, ``EncryptedShares``, ``MaskedInput``, ``UnmaskRequest``,
+``UnmaskShares`` are frozen dataclasses with ``to_bytes()`` / ``from_bytes(data)`` (strict
+canonical encoding; malformed bytes raise ``ProtocolError`` naming the message). Each carries
+the session id (and its sender); a message of another session is refused with
+``ProtocolError``. Too few clients at any stage raise ``ThresholdError`` naming the stage and
+the counts; no partial sum is ever returned.
+
+``FixedPointEncoder(scale_bits, clip, modulus_bits=64, max_clients=1000)`` encodes floats
+(``encode(array) -> uint array``, ``decode(sum, n_clients) -> float array``) and refuses a
+configuration whose sum could wrap the modulus.
+
+``simulate(inputs, threshold=None, neighbors=None, dropouts=None, seed=None)`` runs a whole
+round in-process with ``dropouts={"advertise"|"share"|"masked_input"|"unmask": [indices]}``.
+
+>>> import numpy as np
+>>> from trustspace import secagg
+>>> secagg.simulate([np.array([1, 2], dtype=np.uint32)] * 3).tolist()
+[3, 6]
+
+Modules: ``config`` (parameters), ``messages`` (wire format), ``client`` / ``server`` (state
+machines), ``simulate`` (in-process driver), ``encoding`` (fixed point), ``_params`` ((k, t)
+and the graph). Primitives live in ``trustspace.crypto.{keyagreement, prg, shamir}``.
+"""
+
+from __future__ import annotations
+
+from trustspace.secagg.client import SecAggClient
+from trustspace.secagg.config import SecAggConfig
+from trustspace.secagg.encoding import FixedPointEncoder
+from trustspace.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from trustspace.secagg.server import SecAggServer
+from trustspace.secagg.simulate import STAGES, simulate
+
+__all__ = [
+    "STAGES",
+    "AdvertiseKeys",
+    "EncryptedShares",
+    "FixedPointEncoder",
+    "MaskedInput",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggServer",
+    "UnmaskRequest",
+    "UnmaskShares",
+    "simulate",
+]

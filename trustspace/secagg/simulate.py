@@ -1,0 +1,143 @@
+"""In-process driver: run the same client and server state machines without a network."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from trustspace.errors import ConfigError, DataError
+from trustspace.secagg.client import SecAggClient
+from trustspace.secagg.config import SecAggConfig
+from trustspace.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from trustspace.secagg.server import SecAggServer
+
+__all__ = ["STAGES", "deterministic_rng", "simulate"]
+
+STAGES = ("advertise", "share", "masked_input", "unmask")
+
+
+def deterministic_rng(seed: bytes) -> Callable[[int], bytes]:
+    """A reproducible byte source (SHAKE-256 in counter mode) for tests only, never production."""
+    counter = 0
+
+    def rng(n: int) -> bytes:
+        nonlocal counter
+        counter += 1
+        return hashlib.shake_256(seed + counter.to_bytes(8, "big")).digest(n)
+
+    return rng
+
+
+def simulate(
+    inputs: Sequence[np.ndarray[Any, Any]] | np.ndarray[Any, Any],
+    threshold: int | None = None,
+    neighbors: int | None = None,
+    dropouts: Mapping[str, Sequence[int]] | None = None,
+    seed: int | bytes | None = None,
+    *,
+    modulus_bits: int | None = None,
+    dropout_fraction: float = 0.1,
+    corrupt_fraction: float = 0.05,
+    wire: bool = True,
+) -> np.ndarray[Any, Any]:
+    """Run one SecAgg+ round in-process; return the sum of the surviving clients' inputs.
+
+    Client ``i`` (0-based index into ``inputs``) has client id ``i + 1``.
+
+    Args:
+        inputs: one 1-D integer vector per client (or a 2-D array, one row per client).
+        threshold, neighbors: t and k (see :class:`SecAggConfig`; computed when None).
+        dropouts: ``{"advertise" | "share" | "masked_input" | "unmask": [client indices]}``:
+            the clients that fall silent at that stage (and stay silent afterwards).
+        seed: makes the run reproducible (keys, seeds, session id) -- tests only.
+        modulus_bits: 32 or 64; by default 32 for uint32/int32 inputs, else 64.
+        wire: pass every message through ``to_bytes``/``from_bytes`` as the network would.
+
+    Returns:
+        The sum modulo ``2**modulus_bits`` of the inputs of the clients that sent a masked
+        input, as uint32 or uint64.
+
+    Raises:
+        ThresholdError: if too few clients remain at some stage (no partial sum).
+        DataError, ConfigError: for malformed inputs or parameters.
+
+    >>> import numpy as np
+    >>> xs = np.arange(12, dtype=np.uint64).reshape(4, 3)
+    >>> simulate(xs, dropouts={"masked_input": [1]}, seed=1).tolist()
+    [15, 18, 21]
+    """
+    vectors = [np.asarray(v) for v in inputs]
+    if not vectors:
+        raise DataError("simulate: no inputs")
+    n = len(vectors)
+    length = vectors[0].shape[0] if vectors[0].ndim == 1 else -1
+    if any(v.ndim != 1 or v.shape[0] != length for v in vectors):
+        raise DataError(
+            "simulate: inputs must be 1-D vectors of one common length, got shapes "
+            f"{sorted({v.shape for v in vectors})[:3]}"
+        )
+    if modulus_bits is None:
+        modulus_bits = 32 if vectors[0].dtype in (np.uint32, np.int32) else 64
+    drops = {stage: set(dropouts.get(stage, ())) if dropouts else set() for stage in STAGES}
+    if dropouts:
+        bad = set(dropouts) - set(STAGES)
+        if bad:
+            raise ConfigError(f"simulate: unknown dropout stages {sorted(bad)}; use {STAGES}")
+        for stage, idx in drops.items():
+            if any(not isinstance(i, int) or not 0 <= i < n for i in idx):
+                raise ConfigError(f"simulate: dropouts[{stage!r}] must be indices in 0 .. {n - 1}")
+    if seed is None:
+        rngs = [os.urandom for _ in range(n + 1)]
+    else:
+        base = seed if isinstance(seed, bytes) else str(seed).encode()
+        rngs = [deterministic_rng(base + b"/client/" + str(i).encode()) for i in range(n + 1)]
+    session_id = rngs[n](32)
+    config = SecAggConfig(
+        session_id=session_id,
+        client_ids=tuple(range(1, n + 1)),
+        vector_length=int(length),
+        threshold=threshold,
+        neighbors=neighbors,
+        modulus_bits=modulus_bits,
+        dropout_fraction=dropout_fraction,
+        corrupt_fraction=corrupt_fraction,
+    )
+    clients = {i + 1: SecAggClient(config, i + 1, rng=rngs[i]) for i in range(n)}
+    server = SecAggServer(config)
+    gone: set[int] = set()
+
+    def live(stage: str) -> list[int]:
+        gone.update(i + 1 for i in drops[stage])
+        return [c for c in clients if c not in gone]
+
+    adv = {c: clients[c].advertise() for c in live("advertise")}
+    if wire:
+        adv = {c: AdvertiseKeys.from_bytes(m.to_bytes()) for c, m in adv.items()}
+    roster = server.collect_advertise(adv)
+    shares = {c: clients[c].share_keys(roster) for c in live("share")}
+    if wire:
+        shares = {
+            c: {r: EncryptedShares.from_bytes(m.to_bytes()) for r, m in out.items()}
+            for c, out in shares.items()
+        }
+    routed = server.collect_shares(shares)
+    masked = {c: clients[c].masked_input(vectors[c - 1], routed[c]) for c in live("masked_input")}
+    if wire:
+        masked = {c: MaskedInput.from_bytes(m.to_bytes()) for c, m in masked.items()}
+    request = server.collect_masked(masked)
+    if wire:
+        request = UnmaskRequest.from_bytes(request.to_bytes())
+    answers = {c: clients[c].unmask(request) for c in live("unmask") if c in request.survivors}
+    if wire:
+        answers = {c: UnmaskShares.from_bytes(m.to_bytes()) for c, m in answers.items()}
+    return server.collect_unmask(answers)
