@@ -1,0 +1,331 @@
+"""SecAgg+ rounds: exact sums under dropouts at every stage, clean aborts, attacks refused."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+
+import numpy as np
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from trustspace import secagg
+from trustspace.crypto import shamir
+from trustspace.errors import ConfigError, DataError, ProtocolError, ThresholdError
+from trustspace.secagg import (
+    EncryptedShares,
+    MaskedInput,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from trustspace.secagg._params import ETA, SIGMA, binomial_tail_ge, choose_parameters
+from trustspace.secagg.simulate import STAGES, deterministic_rng
+
+
+def _expected(inputs: np.ndarray, dropped_before_masking: set[int]) -> np.ndarray:
+    keep = [i for i in range(len(inputs)) if i not in dropped_before_masking]
+    return inputs[keep].sum(axis=0, dtype=inputs.dtype)  # numpy wraps like the modulus
+
+
+def _must_abort(cfg: SecAggConfig, drops: dict[str, set[int]]) -> bool:
+    """Independent predicate: a round must abort iff some client that shared its keys keeps
+    fewer than t live share holders among those that answer the unmask request."""
+    ids = [i + 1 for i in range(cfg.n)]
+    gone: set[int] = set()
+    live = {}
+    for stage in STAGES:
+        gone |= {i + 1 for i in drops.get(stage, set())}
+        live[stage] = {c for c in ids if c not in gone}
+    u2, answering = live["share"], live["unmask"]
+    if not u2:
+        return True
+    return any(len((cfg.neighbours(c) | {c}) & answering) < cfg.t for c in u2)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(2, 14),
+    length=st.integers(1, 40),
+    bits=st.sampled_from([32, 64]),
+    sparse=st.booleans(),
+    data=st.data(),
+)
+def test_exact_sum_under_random_dropouts(
+    n: int, length: int, bits: int, sparse: bool, data: st.DataObject
+) -> None:
+    dtype = np.uint32 if bits == 32 else np.uint64
+    inputs = np.array(
+        data.draw(
+            st.lists(
+                st.lists(st.integers(0, 2**bits - 1), min_size=length, max_size=length),
+                min_size=n,
+                max_size=n,
+            )
+        ),
+        dtype=dtype,
+    )
+    neighbors = data.draw(st.integers(2, max(2, n - 3))) if sparse and n >= 6 else None
+    order = data.draw(st.permutations(range(n)))
+    limit = data.draw(st.sampled_from([n // 3, n // 3, n]))  # mostly survivable rounds
+    cut = sorted(data.draw(st.lists(st.integers(0, limit), min_size=4, max_size=4)))
+    drops = {stage: set(order[a:b]) for stage, a, b in zip(STAGES, [0, *cut[:3]], cut, strict=True)}
+    seed = data.draw(st.binary(min_size=1, max_size=8))
+    kwargs = {"neighbors": neighbors, "dropouts": {s: sorted(v) for s, v in drops.items()}}
+    # the config simulate builds: same ids and parameters, the session id decides the graph
+    cfg = SecAggConfig(
+        session_id=deterministic_rng(seed + b"/client/" + str(n).encode())(32),
+        client_ids=tuple(range(1, n + 1)),
+        vector_length=length,
+        neighbors=neighbors,
+        modulus_bits=bits,
+    )
+    abort = _must_abort(cfg, drops)
+    event("abort" if abort else "exact sum")
+    if abort:
+        with pytest.raises(ThresholdError, match="stage"):
+            secagg.simulate(inputs, seed=seed, **kwargs)
+    else:
+        out = secagg.simulate(inputs, seed=seed, **kwargs)
+        before = drops["advertise"] | drops["share"] | drops["masked_input"]
+        assert out.dtype == dtype
+        assert np.array_equal(out, _expected(inputs, before))
+
+
+@pytest.mark.slow
+def test_sparse_graph_round_with_dropouts_at_every_stage() -> None:
+    rng = np.random.default_rng(7)
+    inputs = rng.integers(0, 2**63, size=(60, 500), dtype=np.uint64)
+    drops = {"advertise": [0, 1], "share": [2], "masked_input": [3, 4, 5], "unmask": [6, 7]}
+    out = secagg.simulate(inputs, threshold=12, neighbors=20, dropouts=drops)
+    assert np.array_equal(out, _expected(inputs, {0, 1, 2, 3, 4, 5}))
+    out2 = secagg.simulate(inputs, threshold=12, neighbors=20, dropouts=drops, seed=3, wire=False)
+    assert np.array_equal(out2, out)
+
+
+def test_signed_inputs_wrap_like_the_modulus() -> None:
+    inputs = np.array([[-1, 5], [2, -7], [3, 1]], dtype=np.int64)
+    out = secagg.simulate(inputs, seed=1)
+    assert out.astype(np.int64).tolist() == [4, -1]
+
+
+def test_below_threshold_aborts_with_stage_and_counts() -> None:
+    inputs = np.ones((5, 3), dtype=np.uint32)  # complete graph, t = 3
+    with pytest.raises(ThresholdError, match=r"stage masked_input: 2 of 5 clients .* t=3"):
+        secagg.simulate(inputs, dropouts={"masked_input": [0, 1, 2]})
+    with pytest.raises(ThresholdError, match=r"stage advertise: 2 of 5"):
+        secagg.simulate(inputs, dropouts={"advertise": [0, 1, 2]})
+    with pytest.raises(ThresholdError, match=r"stage unmask: client \d+ has 2 live share holders"):
+        secagg.simulate(inputs, dropouts={"unmask": [0, 1, 2]})
+
+
+def test_server_gives_no_partial_sum_after_an_abort() -> None:
+    _cfg, clients, server = _round(5)
+    roster = server.collect_advertise({c: cl.advertise() for c, cl in clients.items()})
+    routed = server.collect_shares({c: cl.share_keys(roster) for c, cl in clients.items()})
+    masked = {c: clients[c].masked_input(np.ones(4, np.uint64), routed[c]) for c in (1, 2)}
+    with pytest.raises(ThresholdError):
+        server.collect_masked(masked)
+    with pytest.raises(ProtocolError, match="expecting 'failed'"):
+        server.collect_unmask({})
+
+
+def _round(n: int, length: int = 4, **kw: object) -> tuple[SecAggConfig, dict, SecAggServer]:
+    cfg = SecAggConfig(secrets.token_bytes(32), tuple(range(1, n + 1)), length, **kw)  # type: ignore[arg-type]
+    clients = {c: SecAggClient(cfg, c) for c in cfg.client_ids}
+    return cfg, clients, SecAggServer(cfg)
+
+
+def _to_masked(clients: dict, server: SecAggServer, vectors: dict) -> dict:
+    roster = server.collect_advertise({c: cl.advertise() for c, cl in clients.items()})
+    routed = server.collect_shares({c: cl.share_keys(roster) for c, cl in clients.items()})
+    return {c: clients[c].masked_input(vectors[c], routed[c]) for c in vectors}
+
+
+def test_both_shares_of_one_client_are_never_revealed() -> None:
+    cfg, clients, server = _round(5)
+    vectors = {c: np.full(4, c, np.uint64) for c in clients}
+    masked = _to_masked(clients, server, vectors)
+    victim = 3
+    honest = UnmaskRequest(cfg.session_id, tuple(sorted(masked)), ())
+    # 1. one request naming the victim both alive and dropped cannot even be built or parsed
+    with pytest.raises(ProtocolError, match="both survivor and dropped"):
+        UnmaskRequest(cfg.session_id, honest.survivors, (victim,))
+    forged = honest.to_bytes()[:-4] + (1).to_bytes(4, "big") + victim.to_bytes(8, "big")
+    with pytest.raises(ProtocolError, match="both survivor and dropped"):
+        UnmaskRequest.from_bytes(forged)
+    # 2. the victim, told it dropped, refuses to reveal anything
+    lie = UnmaskRequest(cfg.session_id, tuple(c for c in masked if c != victim), (victim,))
+    with pytest.raises(ProtocolError, match="refusing to reveal key shares"):
+        clients[victim].unmask(lie)
+    # 3. a client asked twice (first "alive", then "dropped") answers only once
+    first = clients[1].unmask(honest)
+    assert victim in dict(first.seed_shares) and not first.key_shares
+    with pytest.raises(ProtocolError, match="each stage runs once"):
+        clients[1].unmask(lie)
+    # 4. split views: some holders told "alive", the others "dropped"; with t > (k + 1) / 2
+    #    the aggregator never gets t seed shares AND t key shares of the victim
+    others = [c for c in cfg.client_ids if c != victim]
+    for k in range(len(others) + 1):
+        for alive_view in itertools.combinations(others, k):
+            seed_holders = len(alive_view) + 1  # the victim itself answers "alive" only
+            key_holders = len(others) - len(alive_view)
+            assert not (seed_holders >= cfg.t and key_holders >= cfg.t)
+
+
+def test_split_view_attack_recovers_at_most_one_secret() -> None:
+    cfg, clients, server = _round(5)  # t = 3: a strict majority of 5 holders
+    masked = _to_masked(clients, server, {c: np.full(4, c, np.uint64) for c in clients})
+    victim, others = 5, [1, 2, 3, 4]
+    alive_req = UnmaskRequest(cfg.session_id, tuple(sorted(masked)), ())
+    dead_req = UnmaskRequest(cfg.session_id, (1, 2, 3, 4), (victim,))
+    seed_pts, key_pts = {}, {}
+    for c in others[:2]:
+        seed_pts[c] = dict(clients[c].unmask(alive_req).seed_shares)[victim]
+    seed_pts[victim] = dict(clients[victim].unmask(alive_req).seed_shares)[victim]
+    for c in others[2:]:
+        key_pts[c] = dict(clients[c].unmask(dead_req).key_shares)[victim]
+    assert len(seed_pts) == 3 and len(key_pts) == 2
+    shamir.combine(seed_pts, cfg.t, 32)  # one secret: fine, the victim is masked by pairs too
+    with pytest.raises(ValueError, match="needs 3 shares"):
+        shamir.combine(key_pts, cfg.t, 32)
+
+
+def test_unmask_request_inconsistent_with_what_the_client_saw_is_refused() -> None:
+    cfg, clients, server = _round(5)
+    masked = _to_masked(clients, server, {c: np.zeros(4, np.uint64) for c in clients})
+    sid = cfg.session_id
+    with pytest.raises(ProtocolError, match="neither or both"):
+        clients[1].unmask(UnmaskRequest(sid, (1, 2, 3, 4), ()))  # peer 5 vanished
+    with pytest.raises(ProtocolError, match="non-participants"):
+        clients[2].unmask(UnmaskRequest(sid, (1, 2, 3, 4, 5, 99), ()))
+    with pytest.raises(ThresholdError, match="2 survivors listed"):
+        clients[3].unmask(UnmaskRequest(sid, (3, 4), (1, 2, 5)))
+    assert clients[4].unmask(UnmaskRequest(sid, tuple(sorted(masked)), ())).sender == 4
+
+
+def _shared(n: int) -> tuple[SecAggConfig, dict, SecAggServer, dict]:
+    cfg, clients, server = _round(n)
+    roster = server.collect_advertise({c: cl.advertise() for c, cl in clients.items()})
+    return cfg, clients, server, {c: cl.share_keys(roster) for c, cl in clients.items()}
+
+
+def test_messages_from_another_session_are_refused() -> None:
+    cfg_a, clients_a, server_a, shares_a = _shared(4)
+    cfg_b, clients_b, server_b = _round(4)
+    adv_b = {c: cl.advertise() for c, cl in clients_b.items()}
+    # the aggregator refuses another session's keys
+    with pytest.raises(ProtocolError, match="another session"):
+        SecAggServer(cfg_b).collect_advertise({1: SecAggClient(cfg_a, 1).advertise()})
+    # a client refuses a roster entry from another session
+    roster_b = server_b.collect_advertise(adv_b)
+    mixed = {**roster_b, 2: SecAggClient(cfg_a, 2).advertise()}
+    with pytest.raises(ProtocolError, match="another session"):
+        clients_b[1].share_keys(mixed)
+    # a replayed ciphertext: as is, or relabelled with this session's header (AEAD fails)
+    _cfg_c, clients_c, _, shares_c = _shared(4)
+    received = {s: shares_c[s][1] for s in (2, 3, 4)}
+    replayed = shares_a[2][1]
+    with pytest.raises(ProtocolError, match="another session"):
+        SecAggClient.masked_input(clients_c[1], np.zeros(4, np.uint64), {**received, 2: replayed})
+    cfg_d, clients_d, _, shares_d = _shared(4)
+    relabelled = EncryptedShares(cfg_d.session_id, 2, 1, replayed.sealed)
+    with pytest.raises(ProtocolError, match="failed authentication"):
+        clients_d[1].masked_input(
+            np.zeros(4, np.uint64), {2: relabelled, 3: shares_d[3][1], 4: shares_d[4][1]}
+        )
+    # the aggregator refuses a masked input from another session
+    routed_a = server_a.collect_shares(shares_a)
+    masked_a = {c: clients_a[c].masked_input(np.zeros(4, np.uint64), routed_a[c]) for c in (1,)}
+    _cfg_e, _clients_e, server_e, shares_e = _shared(4)
+    server_e.collect_shares(shares_e)
+    with pytest.raises(ProtocolError, match="another session"):
+        server_e.collect_masked(masked_a)
+
+
+def test_roster_tampering_is_refused() -> None:
+    cfg, clients, server = _round(4)
+    adv = {c: cl.advertise() for c, cl in clients.items()}
+    roster = server.collect_advertise(adv)
+    reflected = dict(roster)
+    reflected[2] = type(roster[2])(cfg.session_id, 2, roster[1].cipher_pk, roster[2].mask_pk)
+    with pytest.raises(ProtocolError, match="appears twice"):
+        clients[3].share_keys(reflected)
+    swapped = dict(roster)
+    swapped[1] = type(roster[1])(cfg.session_id, 1, roster[1].mask_pk, roster[1].cipher_pk)
+    with pytest.raises(ProtocolError, match="alters this client's own keys"):
+        clients[1].share_keys(swapped)
+
+
+def test_wrong_share_from_a_client_aborts_without_a_sum() -> None:
+    cfg, clients, server = _round(5)
+    masked = _to_masked(clients, server, {c: np.ones(4, np.uint64) for c in (1, 2, 3, 4)})
+    req = server.collect_masked(
+        {c: MaskedInput.from_bytes(m.to_bytes()) for c, m in masked.items()}
+    )
+    answers = {c: clients[c].unmask(req) for c in req.survivors}
+    evil = answers[1]
+    key_shares = tuple((o, bytes(shamir.SHARE_BYTES)) for o, _ in evil.key_shares)
+    answers[1] = UnmaskShares(cfg.session_id, 1, evil.seed_shares, key_shares)
+    with pytest.raises(ProtocolError, match="reconstructed secret is invalid"):
+        server.collect_unmask(answers)
+
+
+def test_input_errors_are_reported_and_retryable() -> None:
+    _cfg, clients, server = _round(3, length=4)
+    roster = server.collect_advertise({c: cl.advertise() for c, cl in clients.items()})
+    routed = server.collect_shares({c: cl.share_keys(roster) for c, cl in clients.items()})
+    with pytest.raises(DataError, match="1-D vector of 4"):
+        clients[1].masked_input(np.zeros(5, np.uint64), routed[1])
+    with pytest.raises(DataError, match="FixedPointEncoder"):
+        clients[1].masked_input(np.zeros(4), routed[1])
+    assert clients[1].masked_input(np.zeros(4, np.uint64), routed[1]).length == 4
+
+
+def test_config_validation() -> None:
+    sid = bytes(16)
+    with pytest.raises(ConfigError, match="session_id"):
+        SecAggConfig(b"short", (1, 2, 3), 4)
+    with pytest.raises(ConfigError, match="distinct"):
+        SecAggConfig(sid, (1, 2, 2), 4)
+    with pytest.raises(ConfigError, match=r"1 \.\. 2"):
+        SecAggConfig(sid, (0, 1, 2), 4)
+    with pytest.raises(ConfigError, match=">= 2 clients"):
+        SecAggConfig(sid, (1,), 4)
+    with pytest.raises(ConfigError, match="modulus_bits"):
+        SecAggConfig(sid, (1, 2, 3), 4, modulus_bits=16)
+    with pytest.raises(ConfigError, match=r"threshold must be in 3 \.\. 4"):
+        SecAggConfig(sid, (1, 2, 3, 4), 4, threshold=2)  # 2 of 4 lets both secrets leak
+    cfg = SecAggConfig(sid, tuple(range(1, 101)), 4, neighbors=11)
+    assert cfg.k == 12 and 2 * cfg.t > cfg.k + 1
+
+
+@pytest.mark.parametrize("n", [5, 40, 100, 1000, 5000])
+def test_chosen_parameters_meet_the_documented_bounds(n: int) -> None:
+    delta, gamma = 0.1, 0.05
+    k, t = choose_parameters(n, delta, gamma)
+    if k < n - 1:
+        assert k % 2 == 0
+        assert n * (1 - binomial_tail_ge(k, 1 - delta, t)) <= 2.0**-ETA
+        assert n * binomial_tail_ge(k, gamma, 2 * t - (k + 1)) <= 2.0**-SIGMA
+        assert n * (gamma + delta) ** (k // 2) <= 2.0**-SIGMA
+        # minimality of t: one less breaks the privacy bound
+        assert n * binomial_tail_ge(k, gamma, 2 * (t - 1) - (k + 1)) > 2.0**-SIGMA
+    else:
+        assert t == (n + int(gamma * n)) // 2 + 1
+    if n >= 1000:
+        assert k < n - 1  # large rounds use the sparse graph
+
+
+def test_neighbour_graph_is_regular_symmetric_and_session_bound() -> None:
+    ids = tuple(range(1, 51))
+    a = SecAggConfig(bytes(16), ids, 1, neighbors=8)
+    b = SecAggConfig(bytes([1]) * 16, ids, 1, neighbors=8)
+    for c in ids:
+        assert len(a.neighbours(c)) == 8 and c not in a.neighbours(c)
+        assert all(c in a.neighbours(p) for p in a.neighbours(c))
+    assert any(a.neighbours(c) != b.neighbours(c) for c in ids)
+    assert SecAggConfig(bytes(16), ids, 1, neighbors=8).neighbours(7) == a.neighbours(7)
