@@ -1,1 +1,47 @@
-"""trustspace.engine (being built)."""
+"""A node's local query engine over its own CSV/Parquet files (DuckDB, out of core).
+
+Map:
+
+- ``DatasetSpec(name, path, format="csv"|"parquet", columns, delimiter=",", header=True,
+  null_values=("",), domains={})``: frozen, validated (ConfigError naming the key).
+- ``Engine(specs)``: ``validate()`` (start-up check: missing file, header, every value parses
+  as its declared type; DataError naming file, line and column), ``schema(name) ->
+  TableSchema``, ``compute(round) -> np.ndarray`` (float64 local vector of a
+  ``trustspace.stats.Round``, ONE DuckDB query per round, thread-safe),
+  ``tuple_histogram(dataset, columns, where) -> (tuples, counts)`` and
+  ``rows(dataset, columns, where) -> DataFrame`` for anonymization.
+- ``parse_filter(text)`` (from ``trustspace.stats``) and ``compile_filter(ast, schema) ->
+  (sql, params)``: the safe ``where=`` language; identifiers only from the schema (quoted),
+  values only as ``?`` parameters. Never ``eval``, never SQL built from values.
+- ``ColumnType`` (re-exported from ``trustspace.stats``).
+
+Example::
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "p.csv").write_text("age;sex\\n30;F\\n40;M\\n;M\\n")
+    >>> eng = Engine({"p": DatasetSpec("p", d / "p.csv", columns={"age": "int", "sex": "str"},
+    ...                                delimiter=";")})
+    >>> eng.validate()
+    >>> from trustspace.stats import Round, Term
+    >>> eng.compute(Round("p", "sex = 'M'", (Term.rows(), Term.count("age")))).tolist()
+    [2.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from trustspace.engine._engine import Engine
+from trustspace.engine._spec import DUCKDB_TYPES, DatasetSpec
+from trustspace.engine._sql import compile_filter, quote_ident, where_clause
+from trustspace.stats import ColumnType, parse_filter
+
+__all__ = [
+    "DUCKDB_TYPES",
+    "ColumnType",
+    "DatasetSpec",
+    "Engine",
+    "compile_filter",
+    "parse_filter",
+    "quote_ident",
+    "where_clause",
+]

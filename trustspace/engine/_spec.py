@@ -1,0 +1,104 @@
+"""DatasetSpec: where a node's dataset lives and what its columns are."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from trustspace.errors import ConfigError
+from trustspace.stats import ColumnType, GroupValue, TableSchema
+
+__all__ = ["DUCKDB_TYPES", "DatasetSpec"]
+
+#: The DuckDB type each column type is read as (explicitly: no type sniffing).
+DUCKDB_TYPES: Mapping[ColumnType, str] = MappingProxyType(
+    {
+        ColumnType.INT: "BIGINT",
+        ColumnType.FLOAT: "DOUBLE",
+        ColumnType.STR: "VARCHAR",
+        ColumnType.BOOL: "BOOLEAN",
+        ColumnType.DATE: "DATE",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset a node serves: a CSV or Parquet file with declared column types.
+
+    Args:
+        name: the dataset name queries use.
+        path: the file.
+        format: ``"csv"`` or ``"parquet"``.
+        columns: column name -> ColumnType (or its name), in file order for CSV.
+        delimiter: CSV field separator (one character).
+        header: whether the CSV's first line names the columns (checked against ``columns``).
+        null_values: CSV fields read as missing (default: the empty field only).
+        domains: optional public group values per column (see ``TableSchema``).
+
+    >>> spec = DatasetSpec("adult", "adult.csv", columns={"age": "int", "sex": "str"},
+    ...                    delimiter=";")
+    >>> spec.schema.columns["age"].value
+    'int'
+    >>> DatasetSpec("x", "x.csv", columns={"age": "integer"})
+    Traceback (most recent call last):
+    ...
+    trustspace.errors.ConfigError: dataset 'x': columns.age: unknown column type 'integer'; ...
+    """
+
+    name: str
+    path: Path | str
+    format: Literal["csv", "parquet"] = "csv"
+    columns: Mapping[str, ColumnType | str] = field(default_factory=dict)
+    delimiter: str = ","
+    header: bool = True
+    null_values: tuple[str, ...] = ("",)
+    domains: Mapping[str, tuple[GroupValue, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"dataset {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"dataset name: expected a non-empty string, got {self.name!r}")
+        if not isinstance(self.path, str | Path) or not str(self.path):
+            raise ConfigError(f"{where}: path: expected a file path, got {self.path!r}")
+        object.__setattr__(self, "path", Path(self.path))
+        if self.format not in ("csv", "parquet"):
+            raise ConfigError(f"{where}: format: {self.format!r} is not 'csv' or 'parquet'")
+        if (
+            not isinstance(self.delimiter, str)
+            or len(self.delimiter) != 1
+            or self.delimiter in '\r\n"'
+        ):
+            raise ConfigError(f"{where}: delimiter: expected one character, got {self.delimiter!r}")
+        if not isinstance(self.header, bool):
+            raise ConfigError(f"{where}: header: expected true or false, got {self.header!r}")
+        nulls = tuple(self.null_values)
+        if not all(isinstance(v, str) for v in nulls):
+            raise ConfigError(f"{where}: null_values: expected a list of strings")
+        object.__setattr__(self, "null_values", nulls)
+        if not isinstance(self.columns, Mapping) or not self.columns:
+            raise ConfigError(f"{where}: columns: expected a non-empty table of name = type")
+        try:
+            schema = TableSchema(
+                {k: ColumnType.parse(v, f"columns.{k}") for k, v in self.columns.items()},
+                domains=self.domains,
+            )
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        object.__setattr__(self, "columns", schema.columns)
+        object.__setattr__(self, "domains", schema.domains)
+        object.__setattr__(self, "_schema", schema)
+
+    @property
+    def schema(self) -> TableSchema:
+        """The public schema of this dataset."""
+        schema: TableSchema = self.__dict__["_schema"]
+        return schema
+
+    @property
+    def duckdb_columns(self) -> dict[str, str]:
+        """Column name -> DuckDB type, in order."""
+        return {k: DUCKDB_TYPES[ColumnType(v)] for k, v in self.columns.items()}

@@ -1,0 +1,288 @@
+"""The query spec: which statistic, over which dataset, columns and filter, with which options."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from trustspace.stats._filter import check_filter, parse_filter
+from trustspace.stats._schema import ColumnType, TableSchema, _check_group_value
+
+__all__ = ["GROUP_AGGS", "OPS", "Query"]
+
+#: The statistics a Query may ask for.
+OPS = (
+    "count",
+    "sum",
+    "mean",
+    "var",
+    "std",
+    "skew",
+    "kurt",
+    "histogram",
+    "quantile",
+    "cov",
+    "corr",
+    "describe",
+    "group_by",
+)
+#: The aggregations group_by(...).agg({...}) accepts (pandas names).
+GROUP_AGGS = ("size", "count", "sum", "mean", "var", "std")
+#: Most bins a histogram may ask for, and most values a group-by domain may list.
+MAX_BINS = 100_000
+MAX_GROUPS = 10_000
+
+_PARAMS: dict[str, set[str]] = {
+    "count": set(),
+    "sum": set(),
+    "mean": set(),
+    "var": {"ddof"},
+    "std": {"ddof"},
+    "skew": set(),
+    "kurt": set(),
+    "histogram": {"bins", "range"},
+    "quantile": {"q", "precision"},
+    "cov": {"ddof"},
+    "corr": set(),
+    "describe": {"percentiles", "precision"},
+    "group_by": {"by", "agg", "values"},
+}
+
+
+def _number(x: object, where: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        raise ValueError(f"{where}: expected a finite number, got {x!r}")
+    return float(x)
+
+
+def _probabilities(x: object, where: str) -> list[float]:
+    items = x if isinstance(x, list | tuple) else [x]
+    if not items:
+        raise ValueError(f"{where}: expected at least one value")
+    out = [_number(v, where) for v in items]
+    if any(not 0.0 <= v <= 1.0 for v in out):
+        raise ValueError(f"{where}: values must lie in [0, 1], got {x!r}")
+    return out
+
+
+def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    allowed = _PARAMS[op]
+    extra = set(params) - allowed
+    if extra:
+        hint = f"allowed: {', '.join(sorted(allowed))}" if allowed else "it takes no parameters"
+        raise ValueError(f"query 'params': unknown key(s) {sorted(extra)} for {op!r}; {hint}")
+    p: dict[str, Any] = json.loads(json.dumps(dict(params)))  # deep copy, JSON-able or fail
+    if "ddof" in p and (
+        isinstance(p["ddof"], bool) or not isinstance(p["ddof"], int) or p["ddof"] < 0
+    ):
+        raise ValueError(f"query 'params.ddof': expected an integer >= 0, got {p['ddof']!r}")
+    if op == "histogram":
+        if len(columns) != 1:
+            raise ValueError("query 'columns': histogram takes exactly one column")
+        bins = p.get("bins")
+        if isinstance(bins, int) and not isinstance(bins, bool):
+            if not 1 <= bins <= MAX_BINS:
+                raise ValueError(f"query 'params.bins': {bins} not in 1..{MAX_BINS}")
+            rng = p.get("range")
+            if not isinstance(rng, list) or len(rng) != 2:
+                raise ValueError(
+                    "query 'params.range': bins=<int> needs range=[low, high] (a public range; "
+                    "the exact data minimum and maximum are never released), or give bins as "
+                    "a list of edges"
+                )
+            lo, hi = (_number(v, "query 'params.range'") for v in rng)
+            if not hi > lo:
+                raise ValueError(f"query 'params.range': high must exceed low, got {rng!r}")
+        elif isinstance(bins, list):
+            if "range" in p:
+                raise ValueError("query 'params.range': not used when bins is a list of edges")
+            edges = [_number(v, "query 'params.bins'") for v in bins]
+            if len(edges) < 2 or len(edges) > MAX_BINS + 1:
+                raise ValueError(f"query 'params.bins': need 2..{MAX_BINS + 1} edges")
+            if any(b <= a for a, b in itertools.pairwise(edges)):
+                raise ValueError("query 'params.bins': edges must be strictly increasing")
+        else:
+            raise ValueError(
+                "query 'params.bins': expected a number of bins (with range=[low, high]) or a "
+                f"list of edges, got {bins!r}"
+            )
+    if op == "quantile":
+        if "q" not in p:
+            raise ValueError("query 'params.q': quantile needs q (a probability or a list)")
+        _probabilities(p["q"], "query 'params.q'")
+    if op == "describe" and "percentiles" in p:
+        _probabilities(p["percentiles"], "query 'params.percentiles'")
+    if "precision" in p and _number(p["precision"], "query 'params.precision'") <= 0:
+        raise ValueError("query 'params.precision': must be > 0")
+    if op == "group_by":
+        by = p.get("by")
+        if not isinstance(by, str) or not by:
+            raise ValueError("query 'params.by': group_by needs the name of the group column")
+        agg = p.get("agg")
+        if not isinstance(agg, dict) or not agg:
+            raise ValueError("query 'params.agg': expected {column: [aggregations]}")
+        for col, fns in agg.items():
+            fl = [fns] if isinstance(fns, str) else fns
+            if not isinstance(fl, list) or not fl:
+                raise ValueError(f"query 'params.agg.{col}': expected a list of aggregations")
+            for f in fl:
+                if f not in GROUP_AGGS:
+                    raise ValueError(
+                        f"query 'params.agg.{col}': unknown aggregation {f!r}; "
+                        f"use one of {', '.join(GROUP_AGGS)}"
+                    )
+            p["agg"][col] = list(dict.fromkeys(fl))
+        if tuple(agg) != columns:
+            raise ValueError("query 'columns': for group_by, the columns are the keys of 'agg'")
+        if "values" in p:
+            vals = p["values"]
+            if not isinstance(vals, list) or not vals or len(vals) > MAX_GROUPS:
+                raise ValueError(
+                    f"query 'params.values': expected a list of 1..{MAX_GROUPS} values"
+                )
+            for i, v in enumerate(vals):
+                _check_group_value(v, f"query 'params.values[{i}]'")
+            if len(set(vals)) != len(vals):
+                raise ValueError("query 'params.values': values must be distinct")
+    return p
+
+
+@dataclass(frozen=True)
+class Query:
+    """A statistics query: ``op`` over ``columns`` of ``dataset`` restricted by ``where``.
+
+    Args:
+        op: one of OPS.
+        dataset: the dataset name every node serves.
+        columns: the columns (a str is one column); ``count`` with no columns counts rows.
+        where: an optional filter in the filter language (see ``parse_filter``).
+        params: op options, JSON-able: ``ddof`` (var, std, cov; default 1), ``bins`` and
+            ``range`` (histogram), ``q`` and ``precision`` (quantile), ``percentiles`` and
+            ``precision`` (describe), ``by``, ``agg`` and ``values`` (group_by).
+
+    >>> q = Query("mean", "adult", "age", where="sex = 'Male'")
+    >>> q.columns
+    ('age',)
+    >>> Query.from_dict(q.to_dict()) == q
+    True
+    >>> Query("median", "adult", "age")
+    Traceback (most recent call last):
+    ...
+    ValueError: query 'op': unknown statistic 'median'; use one of count, sum, ...
+    """
+
+    op: str
+    dataset: str
+    columns: tuple[str, ...] | str = ()
+    where: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(
+                f"query 'op': unknown statistic {self.op!r}; use one of {', '.join(OPS[:3])}, "
+                f"... ({', '.join(OPS)})"
+            )
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError("query 'dataset': expected a non-empty dataset name")
+        cols = (self.columns,) if isinstance(self.columns, str) else self.columns
+        if not isinstance(cols, Sequence) or not all(isinstance(c, str) and c for c in cols):
+            raise ValueError(f"query 'columns': expected column names, got {self.columns!r}")
+        cols = tuple(cols)
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"query 'columns': duplicate column in {list(cols)}")
+        if not cols and self.op != "count":
+            raise ValueError(f"query 'columns': {self.op!r} needs at least one column")
+        object.__setattr__(self, "columns", cols)
+        if self.where is not None:
+            if not isinstance(self.where, str):
+                raise ValueError("query 'where': expected a filter string or None")
+            parse_filter(self.where)  # syntax errors name the position now, not on the nodes
+        if not isinstance(self.params, Mapping):
+            raise ValueError("query 'params': expected a dict")
+        object.__setattr__(
+            self, "params", MappingProxyType(_check_params(self.op, self.params, cols))
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Query):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def check(self, schema: TableSchema) -> None:
+        """Check the query against a dataset schema (columns exist, types fit, filter valid).
+
+        Raises:
+            ValueError (ConfigError for the filter): naming the column and the known columns.
+        """
+        numeric = self.op not in ("count",)
+        for c in self.columns:
+            typ = schema.column_type(c, "query 'columns'")
+            if numeric and not typ.is_numeric:
+                aggs = self.params.get("agg", {}).get(c, []) if self.op == "group_by" else []
+                if not (self.op == "group_by" and set(aggs) <= {"count", "size"}):
+                    raise ValueError(
+                        f"query 'columns': {self.op} needs numeric columns; {c!r} is "
+                        f"{typ.value} (only int and float columns are numeric)"
+                    )
+        if self.op == "group_by":
+            by = self.params["by"]
+            typ = schema.column_type(by, "query 'params.by'")
+            if typ in (ColumnType.FLOAT, ColumnType.DATE):
+                raise ValueError(
+                    f"query 'params.by': cannot group by {by!r} of type {typ.value}; "
+                    "group by a str, int or bool column"
+                )
+            if (
+                "values" not in self.params
+                and by not in schema.domains
+                and typ is not ColumnType.BOOL
+            ):
+                raise ValueError(
+                    f"query 'params.values': group_by({by!r}) needs the public list of group "
+                    f"values: pass values=[...] or declare a domain for {by!r} in the dataset "
+                    "spec"
+                )
+        if self.where is not None:
+            check_filter(parse_filter(self.where), schema, self.where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (``from_dict`` reverses it)."""
+        return {
+            "op": self.op,
+            "dataset": self.dataset,
+            "columns": list(self.columns),
+            "where": self.where,
+            "params": json.loads(json.dumps(dict(self.params))),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Query:
+        """Rebuild a query; ValueError naming an unknown, missing or bad key."""
+        if not isinstance(data, Mapping):
+            raise ValueError("query: expected a dict")
+        keys = {"op", "dataset", "columns", "where", "params"}
+        extra = set(data) - keys
+        if extra:
+            raise ValueError(f"query: unknown key(s) {sorted(extra)}; allowed: {sorted(keys)}")
+        for k in ("op", "dataset"):
+            if k not in data:
+                raise ValueError(f"query: missing key {k!r}")
+        cols = data.get("columns", [])
+        if not isinstance(cols, list | tuple):
+            raise ValueError("query 'columns': expected a list")
+        return cls(
+            op=data["op"],
+            dataset=data["dataset"],
+            columns=tuple(cols),
+            where=data.get("where"),
+            params=data.get("params", {}),
+        )

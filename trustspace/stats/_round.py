@@ -1,0 +1,420 @@
+"""A round of a statistics computation: the local aggregates every node computes, their vector
+layout, and the exact fixed-point encoding used to sum them by secure aggregation mod 2^64.
+
+Encoding (``Round.encode`` / ``Round.decode``): every term carries ``frac_bits`` f, chosen by the
+state machine from a public bound B on the magnitude of the term's *total* (record counts from
+an earlier round times a power-of-two bound on the values): f = 61 - ceil(log2 B). A node's
+local value v (|v| <= B, since every node's part is bounded by the total's bound) is sent as
+round(v * 2^f) in two's complement modulo 2^64. The sum over N nodes is then below
+2^61 + N/2 < 2^63 in magnitude, so it never wraps and decodes exactly to
+sum_i round(v_i * 2^f) / 2^f. Each node adds at most 2^-(f+1) of rounding error, so the decoded
+total is within N * 2^-(f+1) of the float sum: about 2^-61 relative to the declared bound,
+finer than float64 whenever the bound is within 2^8 of the value. Record counts use f = 0
+(exact integers; at most 2^53 rows per node and MAX_NODES nodes keep them below 2^63).
+Invariant: ``decode(sum_i encode(v_i) mod 2^64) == sum_i v_i`` within that precision.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from trustspace.errors import EncodingOverflow
+from trustspace.stats._schema import GroupValue, _check_group_value
+
+__all__ = [
+    "MAX_NODES",
+    "OCTAVE_OFFSET",
+    "OCTAVE_SIZE",
+    "Round",
+    "Term",
+    "TermKind",
+]
+
+#: Most nodes whose record counts can be summed without wrapping 2^63 (2^53 rows each).
+MAX_NODES = 1024
+#: Largest |encoded| a node may send: 2^61 leaves room for MAX_NODES rounding errors below 2^63.
+ENCODED_LIMIT = 2.0**61
+#: Most rows a node may count exactly (float64 integers; 2^53 * MAX_NODES < 2^63).
+COUNT_LIMIT = 2.0**53
+#: Octave key of x != 0 is sign(x) * (floor(log2|x|) + OCTAVE_OFFSET); float64 exponents run
+#: from -1074 (subnormal) to 1023, so keys lie in 27..2124 and the vector holds 2*2200+1 slots.
+OCTAVE_OFFSET = 1101
+OCTAVE_HALF = 2200
+OCTAVE_SIZE = 2 * OCTAVE_HALF + 1
+
+TermKind = Literal["moment", "octaves", "grid", "bins"]
+_KINDS = ("moment", "octaves", "grid", "bins")
+#: Most entries a round may hold (a guard against absurd queries, e.g. 10^7 histogram bins).
+MAX_ROUND_SIZE = 5_000_000
+
+
+def _finite(x: object, where: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        raise ValueError(f"{where}: expected a finite number, got {x!r}")
+    return float(x)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One local aggregate over the rows that pass the round's filter.
+
+    Kinds and their entries in the round vector:
+
+    - ``moment``: 1 entry, sum over rows where every one of ``columns`` is non-null of
+      prod_i (x_i - centers[i]) ** powers[i]. No columns: the number of rows (``count(*)``);
+      all powers 0: the number of rows where all the columns are non-null (a record count).
+    - ``octaves``: OCTAVE_SIZE record counts of the non-null values of ``columns[0]`` by
+      signed binary exponent (slot OCTAVE_HALF holds the zeros): a public range for later bins.
+    - ``grid``: nbins + 2 record counts: values below ``start``, then nbins bins
+      [start + i*width, start + (i+1)*width), then values >= start + nbins*width.
+    - ``bins``: len(edges) + 1 record counts with numpy.histogram's semantics: values below
+      edges[0], then bins [e_i, e_i+1) (the last one closed), then values above edges[-1].
+
+    ``frac_bits`` is the fixed-point precision of the moment entries (counts use 0).
+    """
+
+    kind: TermKind
+    columns: tuple[str, ...] = ()
+    powers: tuple[int, ...] = ()
+    centers: tuple[float, ...] = ()
+    start: float = 0.0
+    width: float = 0.0
+    nbins: int = 0
+    edges: tuple[float, ...] = ()
+    frac_bits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"term 'kind': {self.kind!r} is not one of {', '.join(_KINDS)}")
+        for c in self.columns:
+            if not isinstance(c, str) or not c:
+                raise ValueError(f"term 'columns': {c!r} is not a column name")
+        if not isinstance(self.frac_bits, int) or not -1100 <= self.frac_bits <= 1100:
+            raise ValueError(f"term 'frac_bits': {self.frac_bits!r} out of range")
+        if self.kind == "moment":
+            n = len(self.columns)
+            if len(self.powers) != n or len(self.centers) != n:
+                raise ValueError("term: 'columns', 'powers' and 'centers' must have equal lengths")
+            for p in self.powers:
+                if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 4:
+                    raise ValueError(f"term 'powers': {p!r} is not an integer 0..4")
+            for center in self.centers:
+                _finite(center, "term 'centers'")
+            return
+        if len(self.columns) != 1:
+            raise ValueError(f"term: a {self.kind} term reads exactly one column")
+        if self.kind == "grid":
+            _finite(self.start, "term 'start'")
+            w = _finite(self.width, "term 'width'")
+            if w <= 0:
+                raise ValueError("term 'width': must be > 0")
+            if isinstance(self.nbins, bool) or not isinstance(self.nbins, int):
+                raise ValueError("term 'nbins': expected an integer")
+            if not 1 <= self.nbins <= MAX_ROUND_SIZE:
+                raise ValueError(f"term 'nbins': {self.nbins} not in 1..{MAX_ROUND_SIZE}")
+        elif self.kind == "bins":
+            if len(self.edges) < 2:
+                raise ValueError("term 'edges': need at least two edges")
+            e = [_finite(x, "term 'edges'") for x in self.edges]
+            if any(b <= a for a, b in itertools.pairwise(e)):
+                raise ValueError("term 'edges': must be strictly increasing")
+
+    # --- constructors -------------------------------------------------------------------
+    @classmethod
+    def rows(cls) -> Term:
+        """The number of rows that pass the filter."""
+        return cls("moment")
+
+    @classmethod
+    def count(cls, *columns: str) -> Term:
+        """The number of rows where all ``columns`` are non-null."""
+        return cls("moment", tuple(columns), (0,) * len(columns), (0.0,) * len(columns))
+
+    @classmethod
+    def moment(
+        cls,
+        columns: Sequence[str],
+        powers: Sequence[int],
+        centers: Sequence[float],
+        frac_bits: int,
+    ) -> Term:
+        """Sum of prod (x_i - c_i)^p_i over rows where all ``columns`` are non-null."""
+        return cls(
+            "moment",
+            tuple(columns),
+            tuple(powers),
+            tuple(float(c) for c in centers),
+            frac_bits=frac_bits,
+        )
+
+    @classmethod
+    def octaves(cls, column: str) -> Term:
+        """Counts of the values of ``column`` by signed binary exponent."""
+        return cls("octaves", (column,))
+
+    @classmethod
+    def grid(cls, column: str, start: float, width: float, nbins: int) -> Term:
+        """Counts over equal-width bins with under- and overflow."""
+        return cls("grid", (column,), start=float(start), width=float(width), nbins=nbins)
+
+    @classmethod
+    def bins(cls, column: str, edges: Sequence[float]) -> Term:
+        """Counts over explicit edges (numpy.histogram semantics) with under- and overflow."""
+        return cls("bins", (column,), edges=tuple(float(e) for e in edges))
+
+    # --- layout ---------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """The number of vector entries this term fills."""
+        if self.kind == "moment":
+            return 1
+        if self.kind == "octaves":
+            return OCTAVE_SIZE
+        if self.kind == "grid":
+            return self.nbins + 2
+        return len(self.edges) + 1
+
+    @property
+    def is_count(self) -> bool:
+        """True if every entry is a record count (governs disclosure, encoded exactly)."""
+        return self.kind != "moment" or all(p == 0 for p in self.powers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict holding only the fields this kind uses."""
+        d: dict[str, Any] = {"kind": self.kind, "columns": list(self.columns)}
+        if self.kind == "moment":
+            d.update(powers=list(self.powers), centers=list(self.centers), frac_bits=self.frac_bits)
+        elif self.kind == "grid":
+            d.update(start=self.start, width=self.width, nbins=self.nbins)
+        elif self.kind == "bins":
+            d.update(edges=list(self.edges))
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Term:
+        """Rebuild a term; ValueError naming an unknown, missing or bad key."""
+        if not isinstance(data, Mapping):
+            raise ValueError("term: expected a dict")
+        kind = data.get("kind")
+        if kind not in _KINDS:
+            raise ValueError(f"term 'kind': {kind!r} is not one of {', '.join(_KINDS)}")
+        allowed = {
+            "moment": {"kind", "columns", "powers", "centers", "frac_bits"},
+            "octaves": {"kind", "columns"},
+            "grid": {"kind", "columns", "start", "width", "nbins"},
+            "bins": {"kind", "columns", "edges"},
+        }[kind]
+        extra = set(data) - allowed
+        if extra:
+            raise ValueError(f"term: unknown key(s) {sorted(extra)} for kind {kind!r}")
+        missing = allowed - set(data)
+        if missing:
+            raise ValueError(f"term: missing key(s) {sorted(missing)} for kind {kind!r}")
+        kw: dict[str, Any] = {}
+        for key in ("columns", "powers", "centers", "edges"):
+            if key in data:
+                if not isinstance(data[key], list | tuple):
+                    raise ValueError(f"term {key!r}: expected a list")
+                kw[key] = tuple(data[key])
+        for key in ("start", "width"):
+            if key in data:
+                kw[key] = _finite(data[key], f"term {key!r}")
+        for key in ("nbins", "frac_bits"):
+            if key in data:
+                v = data[key]
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ValueError(f"term {key!r}: expected an integer, got {v!r}")
+                kw[key] = v
+        return cls(kind, **kw)
+
+
+@dataclass(frozen=True)
+class Round:
+    """The local aggregates every node computes in one round, in a fixed vector layout.
+
+    Layout: the terms' entries are concatenated in order. With ``group_column`` set, the
+    terms are computed per group: block g (0-based, ``len(group_values) + 1`` blocks) holds all
+    terms over the rows whose group column equals ``group_values[g]``; the last block collects
+    the rows whose non-null value is not in the list. Rows with a null group value are skipped
+    (as pandas' groupby does by default).
+
+    A node computes the float64 vector with ``Engine.compute(round)``; the vectors are summed
+    over the nodes (secure aggregation of ``encode`` outputs, or Paillier); the total is fed to
+    the state machine.
+
+    >>> r = Round("adult", "age > 30", (Term.rows(), Term.moment(["age"], [1], [0.0], 40)))
+    >>> r.size, r.count_mask.tolist()
+    (2, [True, False])
+    >>> total = (r.encode(np.array([3.0, 100.25])) + r.encode(np.array([2.0, -0.5])))
+    >>> r.decode(total).tolist()
+    [5.0, 99.75]
+    >>> Round.from_dict(r.to_dict()) == r
+    True
+    """
+
+    dataset: str
+    where: str | None
+    terms: tuple[Term, ...]
+    group_column: str | None = None
+    group_values: tuple[GroupValue, ...] = ()
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError("round 'dataset': expected a non-empty string")
+        if self.where is not None and not isinstance(self.where, str):
+            raise ValueError("round 'where': expected a string or None")
+        if not self.terms or not all(isinstance(t, Term) for t in self.terms):
+            raise ValueError("round 'terms': expected a non-empty list of terms")
+        if self.group_column is None and self.group_values:
+            raise ValueError("round 'group_values': given without 'group_column'")
+        if self.group_column is not None:
+            if any(t.kind != "moment" for t in self.terms):
+                raise ValueError("round 'terms': a grouped round holds moment terms only")
+            vals = tuple(
+                _check_group_value(v, f"round 'group_values[{i}]'")
+                for i, v in enumerate(self.group_values)
+            )
+            if len(set(vals)) != len(vals):
+                raise ValueError("round 'group_values': values must be distinct")
+            object.__setattr__(self, "group_values", vals)
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise ValueError("round 'index': expected an integer >= 0")
+        if self.size > MAX_ROUND_SIZE:
+            raise ValueError(f"round: {self.size} entries exceed the limit of {MAX_ROUND_SIZE}")
+
+    @property
+    def n_groups(self) -> int:
+        """Number of blocks: 1, or ``len(group_values) + 1`` (the last one is 'other')."""
+        return 1 if self.group_column is None else len(self.group_values) + 1
+
+    @property
+    def term_size(self) -> int:
+        """Entries per block (the sum of the terms' sizes)."""
+        return sum(t.size for t in self.terms)
+
+    @property
+    def size(self) -> int:
+        """Length of the round's vector."""
+        return self.term_size * self.n_groups
+
+    def offsets(self) -> list[int]:
+        """Start of each term within a block."""
+        out, pos = [], 0
+        for t in self.terms:
+            out.append(pos)
+            pos += t.size
+        return out
+
+    def term_slice(self, term: int, group: int = 0) -> slice:
+        """The slice of the round vector holding ``terms[term]`` of block ``group``."""
+        start = group * self.term_size + self.offsets()[term]
+        return slice(start, start + self.terms[term].size)
+
+    @property
+    def count_mask(self) -> npt.NDArray[np.bool_]:
+        """True at the entries that are record counts (these govern disclosure control)."""
+        block = np.concatenate([np.full(t.size, t.is_count) for t in self.terms])
+        return np.tile(block, self.n_groups)
+
+    @property
+    def frac_bits(self) -> npt.NDArray[np.int64]:
+        """The fixed-point fractional bits of every entry."""
+        block = np.concatenate([np.full(t.size, t.frac_bits, dtype=np.int64) for t in self.terms])
+        return np.tile(block, self.n_groups)
+
+    def check_vector(self, vec: npt.ArrayLike, what: str = "vector") -> npt.NDArray[np.float64]:
+        """``vec`` as float64 after checking its shape and that it is finite."""
+        arr = np.asarray(vec, dtype=np.float64)
+        if arr.shape != (self.size,):
+            raise ValueError(
+                f"round {self.index}: {what} has shape {arr.shape}, expected ({self.size},)"
+            )
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+            raise ValueError(f"round {self.index}: {what} entry {bad} is not finite")
+        return arr
+
+    def encode(self, local: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+        """Fixed-point encode a node's local vector for summation modulo 2^64.
+
+        Raises:
+            EncodingOverflow: an entry exceeds the round's declared bound (the data changed
+                between rounds, or the node is not honest); the message names the entry.
+        """
+        arr = self.check_vector(local, "local vector")
+        scaled = np.rint(np.ldexp(arr, self.frac_bits))
+        limit = np.where(self.count_mask, COUNT_LIMIT, ENCODED_LIMIT)
+        over = np.abs(scaled) > limit
+        if np.any(over):
+            i = int(np.flatnonzero(over)[0])
+            raise EncodingOverflow(
+                f"round {self.index}: entry {i} = {arr[i]!r} exceeds the declared fixed-point "
+                f"range (2^{61 - int(self.frac_bits[i])}); re-run the query from the start"
+            )
+        return scaled.astype(np.int64).view(np.uint64)
+
+    def decode(self, total: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Decode the modulo-2^64 sum of ``encode`` outputs into the float64 total."""
+        arr = np.asarray(total)
+        if arr.shape != (self.size,):
+            raise ValueError(
+                f"round {self.index}: total has shape {arr.shape}, expected ({self.size},)"
+            )
+        if arr.dtype != np.uint64:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"round {self.index}: total must be an integer array mod 2^64")
+            arr = arr.astype(np.uint64)
+        return np.ldexp(arr.view(np.int64).astype(np.float64), -self.frac_bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (``from_dict`` reverses it)."""
+        return {
+            "dataset": self.dataset,
+            "where": self.where,
+            "terms": [t.to_dict() for t in self.terms],
+            "group_column": self.group_column,
+            "group_values": list(self.group_values),
+            "index": self.index,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Round:
+        """Rebuild a round; ValueError naming an unknown, missing or bad key."""
+        if not isinstance(data, Mapping):
+            raise ValueError("round: expected a dict")
+        keys = {"dataset", "where", "terms", "group_column", "group_values", "index"}
+        extra = set(data) - keys
+        if extra:
+            raise ValueError(f"round: unknown key(s) {sorted(extra)}; allowed: {sorted(keys)}")
+        missing = keys - set(data)
+        if missing:
+            raise ValueError(f"round: missing key(s) {sorted(missing)}")
+        if not isinstance(data["terms"], list | tuple):
+            raise ValueError("round 'terms': expected a list")
+        if not isinstance(data["group_values"], list | tuple):
+            raise ValueError("round 'group_values': expected a list")
+        gc = data["group_column"]
+        if gc is not None and not isinstance(gc, str):
+            raise ValueError("round 'group_column': expected a string or null")
+        terms = []
+        for i, t in enumerate(data["terms"]):
+            try:
+                terms.append(Term.from_dict(t))
+            except ValueError as e:
+                raise ValueError(f"round 'terms[{i}]': {e}") from None
+        return cls(
+            dataset=data["dataset"],
+            where=data["where"],
+            terms=tuple(terms),
+            group_column=gc,
+            group_values=tuple(data["group_values"]),
+            index=data["index"],
+        )
