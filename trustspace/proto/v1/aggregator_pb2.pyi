@@ -25,21 +25,18 @@ class RunQueryRequest(_message.Message):
 
     QUERY_JSON_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
-    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     query_json: _builtins.str
     method: _builtins.str
-    @_builtins.property
-    def public_key(self) -> _common_pb2.PaillierPublicKey: ...
+    """"secagg" """
     def __init__(
         self,
         *,
         query_json: _builtins.str = ...,
         method: _builtins.str = ...,
-        public_key: _common_pb2.PaillierPublicKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "public_key", b"public_key", "query_json", b"query_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "query_json", b"query_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -50,23 +47,117 @@ class RunQueryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_JSON_FIELD_NUMBER: _builtins.int
-    ENCRYPTED_TOTALS_FIELD_NUMBER: _builtins.int
     result_json: _builtins.str
-    @_builtins.property
-    def encrypted_totals(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PaillierCiphertext]: ...
     def __init__(
         self,
         *,
         result_json: _builtins.str = ...,
-        encrypted_totals: _abc.Iterable[_common_pb2.PaillierCiphertext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_totals", b"encrypted_totals", "result_json", b"result_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunQueryResponse: _TypeAlias = RunQueryResponse  # noqa: Y015
+
+@_typing.final
+class RunRoundRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_JSON_FIELD_NUMBER: _builtins.int
+    ROUND_JSON_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    query_json: _builtins.str
+    round_json: _builtins.str
+    request_id: _builtins.str
+    """the same for every round of one analyst query"""
+    @_builtins.property
+    def public_key(self) -> _common_pb2.PaillierPublicKey: ...
+    def __init__(
+        self,
+        *,
+        query_json: _builtins.str = ...,
+        round_json: _builtins.str = ...,
+        public_key: _common_pb2.PaillierPublicKey | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key", "query_json", b"query_json", "request_id", b"request_id", "round_json", b"round_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRoundRequest: _TypeAlias = RunRoundRequest  # noqa: Y015
+
+@_typing.final
+class RunRoundResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENCRYPTED_VECTOR_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    encrypted_vector: _builtins.bytes
+    """The sum of the nodes' encrypted vectors (EncryptedVector.to_bytes(), re-randomised)."""
+    nodes: _builtins.int
+    """how many nodes contributed"""
+    @_builtins.property
+    def suppressed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """entries every node sent as 0 (below min_group_size)"""
+
+    def __init__(
+        self,
+        *,
+        encrypted_vector: _builtins.bytes = ...,
+        suppressed: _abc.Iterable[_builtins.int] | None = ...,
+        nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_vector", b"encrypted_vector", "nodes", b"nodes", "suppressed", b"suppressed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRoundResponse: _TypeAlias = RunRoundResponse  # noqa: Y015
+
+@_typing.final
+class RunAnonymizationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_JSON_FIELD_NUMBER: _builtins.int
+    spec_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        spec_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec_json", b"spec_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunAnonymizationRequest: _TypeAlias = RunAnonymizationRequest  # noqa: Y015
+
+@_typing.final
+class RunAnonymizationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
+    result_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        result_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_json", b"result_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunAnonymizationResponse: _TypeAlias = RunAnonymizationResponse  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):
@@ -92,10 +183,12 @@ class NodeStatus(_message.Message):
     REACHABLE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
+    MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     reachable: _builtins.bool
     detail: _builtins.str
+    min_group_size: _builtins.int
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DatasetInfo]: ...
     def __init__(
@@ -106,10 +199,11 @@ class NodeStatus(_message.Message):
         reachable: _builtins.bool = ...,
         detail: _builtins.str = ...,
         datasets: _abc.Iterable[_common_pb2.DatasetInfo] | None = ...,
+        min_group_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "datasets", b"datasets", "detail", b"detail", "name", b"name", "reachable", b"reachable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "datasets", b"datasets", "detail", b"detail", "min_group_size", b"min_group_size", "name", b"name", "reachable", b"reachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -119,17 +213,20 @@ Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
 class StatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    AGGREGATOR_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    aggregator: _builtins.str
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
     def __init__(
         self,
         *,
+        aggregator: _builtins.str = ...,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator", b"aggregator", "nodes", b"nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

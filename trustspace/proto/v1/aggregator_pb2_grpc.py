@@ -39,6 +39,16 @@ class AggregatorServiceStub:
                 request_serializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunQueryRequest.SerializeToString,
                 response_deserializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunQueryResponse.FromString,
                 _registered_method=True)
+        self.RunRound = channel.unary_unary(
+                '/trustspace.proto.v1.AggregatorService/RunRound',
+                request_serializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunRoundRequest.SerializeToString,
+                response_deserializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunRoundResponse.FromString,
+                _registered_method=True)
+        self.RunAnonymization = channel.unary_unary(
+                '/trustspace.proto.v1.AggregatorService/RunAnonymization',
+                request_serializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunAnonymizationRequest.SerializeToString,
+                response_deserializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunAnonymizationResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/trustspace.proto.v1.AggregatorService/Status',
                 request_serializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.StatusRequest.SerializeToString,
@@ -50,7 +60,23 @@ class AggregatorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RunQuery(self, request, context):
-        """Run one statistics query across all nodes and return the policy-checked result.
+        """Run one statistics query across all nodes by secure aggregation; the aggregator drives
+        the stats state machine and returns only the final, policy-checked result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunRound(self, request, context):
+        """Paillier path: run one stats round; nodes encrypt their local vectors under the analyst's
+        key, the aggregator checks record counts (by secure aggregation) and adds ciphertexts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunAnonymization(self, request, context):
+        """Federated anonymization (reserved; answered UNIMPLEMENTED until built).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +96,16 @@ def add_AggregatorServiceServicer_to_server(servicer, server):
                     servicer.RunQuery,
                     request_deserializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunQueryRequest.FromString,
                     response_serializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunQueryResponse.SerializeToString,
+            ),
+            'RunRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunRound,
+                    request_deserializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunRoundRequest.FromString,
+                    response_serializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunRoundResponse.SerializeToString,
+            ),
+            'RunAnonymization': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunAnonymization,
+                    request_deserializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunAnonymizationRequest.FromString,
+                    response_serializer=trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunAnonymizationResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -104,6 +140,60 @@ class AggregatorService:
             '/trustspace.proto.v1.AggregatorService/RunQuery',
             trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunQueryRequest.SerializeToString,
             trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustspace.proto.v1.AggregatorService/RunRound',
+            trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunRoundRequest.SerializeToString,
+            trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunRoundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunAnonymization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustspace.proto.v1.AggregatorService/RunAnonymization',
+            trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunAnonymizationRequest.SerializeToString,
+            trustspace_dot_proto_dot_v1_dot_aggregator__pb2.RunAnonymizationResponse.FromString,
             options,
             channel_credentials,
             insecure,

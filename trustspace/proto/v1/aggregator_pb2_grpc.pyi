@@ -32,7 +32,15 @@ class AggregatorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AggregatorServiceAsyncStub: ...
     RunQuery: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.RunQueryRequest, _aggregator_pb2.RunQueryResponse]
-    """Run one statistics query across all nodes and return the policy-checked result."""
+    """Run one statistics query across all nodes by secure aggregation; the aggregator drives
+    the stats state machine and returns only the final, policy-checked result.
+    """
+    RunRound: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.RunRoundRequest, _aggregator_pb2.RunRoundResponse]
+    """Paillier path: run one stats round; nodes encrypt their local vectors under the analyst's
+    key, the aggregator checks record counts (by secure aggregation) and adds ciphertexts.
+    """
+    RunAnonymization: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.RunAnonymizationRequest, _aggregator_pb2.RunAnonymizationResponse]
+    """Federated anonymization (reserved; answered UNIMPLEMENTED until built)."""
     Status: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.StatusRequest, _aggregator_pb2.StatusResponse]
     """The nodes the aggregator knows and whether they answer."""
 
@@ -40,7 +48,15 @@ class AggregatorServiceStub:
 class AggregatorServiceAsyncStub(AggregatorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RunQuery: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.RunQueryRequest, _aggregator_pb2.RunQueryResponse]  # type: ignore[assignment]
-    """Run one statistics query across all nodes and return the policy-checked result."""
+    """Run one statistics query across all nodes by secure aggregation; the aggregator drives
+    the stats state machine and returns only the final, policy-checked result.
+    """
+    RunRound: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.RunRoundRequest, _aggregator_pb2.RunRoundResponse]  # type: ignore[assignment]
+    """Paillier path: run one stats round; nodes encrypt their local vectors under the analyst's
+    key, the aggregator checks record counts (by secure aggregation) and adds ciphertexts.
+    """
+    RunAnonymization: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.RunAnonymizationRequest, _aggregator_pb2.RunAnonymizationResponse]  # type: ignore[assignment]
+    """Federated anonymization (reserved; answered UNIMPLEMENTED until built)."""
     Status: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.StatusRequest, _aggregator_pb2.StatusResponse]  # type: ignore[assignment]
     """The nodes the aggregator knows and whether they answer."""
 
@@ -51,7 +67,27 @@ class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregator_pb2.RunQueryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregator_pb2.RunQueryResponse, _abc.Awaitable[_aggregator_pb2.RunQueryResponse]]:
-        """Run one statistics query across all nodes and return the policy-checked result."""
+        """Run one statistics query across all nodes by secure aggregation; the aggregator drives
+        the stats state machine and returns only the final, policy-checked result.
+        """
+
+    @_abc_1.abstractmethod
+    def RunRound(
+        self,
+        request: _aggregator_pb2.RunRoundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregator_pb2.RunRoundResponse, _abc.Awaitable[_aggregator_pb2.RunRoundResponse]]:
+        """Paillier path: run one stats round; nodes encrypt their local vectors under the analyst's
+        key, the aggregator checks record counts (by secure aggregation) and adds ciphertexts.
+        """
+
+    @_abc_1.abstractmethod
+    def RunAnonymization(
+        self,
+        request: _aggregator_pb2.RunAnonymizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregator_pb2.RunAnonymizationResponse, _abc.Awaitable[_aggregator_pb2.RunAnonymizationResponse]]:
+        """Federated anonymization (reserved; answered UNIMPLEMENTED until built)."""
 
     @_abc_1.abstractmethod
     def Status(

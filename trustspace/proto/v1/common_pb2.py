@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trustspace/proto/v1/common.proto\x12\x13trustspace.proto.v1\"8\n\tErrorInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x1e\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\"A\n\x12PaillierCiphertext\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"(\n\nColumnInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"M\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x1f.trustspace.proto.v1.ColumnInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trustspace/proto/v1/common.proto\x12\x13trustspace.proto.v1\"F\n\tErrorInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\x1e\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\"A\n\x12PaillierCiphertext\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"(\n\nColumnInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"b\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x1f.trustspace.proto.v1.ColumnInfo\x12\x13\n\x0bschema_json\x18\x03 \x01(\t\"\x7f\n\x0eRequestContext\x12\x0f\n\x07\x61nalyst\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x11\n\toperation\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\x12\x13\n\x0bparams_json\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trustspace.proto.v1.common_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORINFO']._serialized_start=57
-  _globals['_ERRORINFO']._serialized_end=113
-  _globals['_PAILLIERPUBLICKEY']._serialized_start=115
-  _globals['_PAILLIERPUBLICKEY']._serialized_end=145
-  _globals['_PAILLIERCIPHERTEXT']._serialized_start=147
-  _globals['_PAILLIERCIPHERTEXT']._serialized_end=212
-  _globals['_COLUMNINFO']._serialized_start=214
-  _globals['_COLUMNINFO']._serialized_end=254
-  _globals['_DATASETINFO']._serialized_start=256
-  _globals['_DATASETINFO']._serialized_end=333
+  _globals['_ERRORINFO']._serialized_end=127
+  _globals['_PAILLIERPUBLICKEY']._serialized_start=129
+  _globals['_PAILLIERPUBLICKEY']._serialized_end=159
+  _globals['_PAILLIERCIPHERTEXT']._serialized_start=161
+  _globals['_PAILLIERCIPHERTEXT']._serialized_end=226
+  _globals['_COLUMNINFO']._serialized_start=228
+  _globals['_COLUMNINFO']._serialized_end=268
+  _globals['_DATASETINFO']._serialized_start=270
+  _globals['_DATASETINFO']._serialized_end=368
+  _globals['_REQUESTCONTEXT']._serialized_start=370
+  _globals['_REQUESTCONTEXT']._serialized_end=497
 # @@protoc_insertion_point(module_scope)

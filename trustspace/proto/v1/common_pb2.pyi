@@ -20,26 +20,35 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ErrorInfo(_message.Message):
-    """Where an error happened and what to do about it; carried in error details."""
+    """Where an error happened and what to do about it; carried in the trailing metadata
+    "trustspace-error-bin" of a failed call.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     node: _builtins.str
+    """the node (or "aggregator") that refused or failed"""
     rule: _builtins.str
+    """the policy rule or check that fired, e.g. "operations", "min_group_size" """
     message: _builtins.str
+    """what was wrong and what to do"""
+    kind: _builtins.str
+    """the trustspace exception class, e.g. "PolicyError" """
     def __init__(
         self,
         *,
         node: _builtins.str = ...,
         rule: _builtins.str = ...,
         message: _builtins.str = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "node", b"node", "rule", b"rule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message", "node", b"node", "rule", b"rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,7 +129,10 @@ class DatasetInfo(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
+    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    schema_json: _builtins.str
+    """trustspace.stats.TableSchema.to_dict(): types and public domains"""
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnInfo]: ...
     def __init__(
@@ -128,11 +140,55 @@ class DatasetInfo(_message.Message):
         *,
         name: _builtins.str = ...,
         columns: _abc.Iterable[Global___ColumnInfo] | None = ...,
+        schema_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "name", b"name", "schema_json", b"schema_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetInfo: _TypeAlias = DatasetInfo  # noqa: Y015
+
+@_typing.final
+class RequestContext(_message.Message):
+    """Who asks for what: set by the aggregator from the analyst's certificate and the query, and
+    checked by every node's policy and written to its audit log.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANALYST_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    analyst: _builtins.str
+    """the analyst's certificate common name"""
+    request_id: _builtins.str
+    """one id per analyst request, the same at every node"""
+    operation: _builtins.str
+    """e.g. "mean", "histogram", "anon.histogram" """
+    dataset: _builtins.str
+    params_json: _builtins.str
+    """the query's parameters and filter, canonical JSON"""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        analyst: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        operation: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        params_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "columns", b"columns", "dataset", b"dataset", "operation", b"operation", "params_json", b"params_json", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestContext: _TypeAlias = RequestContext  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from trustspace.proto.v1 import common_pb2 as trustspace_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrustspace/proto/v1/node.proto\x12\x13trustspace.proto.v1\x1a trustspace/proto/v1/common.proto\"\x19\n\x17\x44\x65scribeDatasetsRequest\"t\n\x18\x44\x65scribeDatasetsResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x32\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32 .trustspace.proto.v1.DatasetInfo\x12\x16\n\x0emin_group_size\x18\x03 \x01(\x04\"[\n\x11SecAggStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\nround_json\x18\x04 \x01(\t\"%\n\x12SecAggStepResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"f\n\x14PaillierStatsRequest\x12:\n\npublic_key\x18\x01 \x01(\x0b\x32&.trustspace.proto.v1.PaillierPublicKey\x12\x12\n\nround_json\x18\x02 \x01(\t\"P\n\x15PaillierStatsResponse\x12\x37\n\x06values\x18\x01 \x03(\x0b\x32\'.trustspace.proto.v1.PaillierCiphertext2\xc5\x02\n\x0bNodeService\x12o\n\x10\x44\x65scribeDatasets\x12,.trustspace.proto.v1.DescribeDatasetsRequest\x1a-.trustspace.proto.v1.DescribeDatasetsResponse\x12]\n\nSecAggStep\x12&.trustspace.proto.v1.SecAggStepRequest\x1a\'.trustspace.proto.v1.SecAggStepResponse\x12\x66\n\rPaillierStats\x12).trustspace.proto.v1.PaillierStatsRequest\x1a*.trustspace.proto.v1.PaillierStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrustspace/proto/v1/node.proto\x12\x13trustspace.proto.v1\x1a trustspace/proto/v1/common.proto\"O\n\x17\x44\x65scribeDatasetsRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\"\x8a\x01\n\x18\x44\x65scribeDatasetsResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x32\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32 .trustspace.proto.v1.DatasetInfo\x12\x16\n\x0emin_group_size\x18\x03 \x01(\x04\x12\x14\n\x0crelease_rows\x18\x04 \x01(\x08\"\x88\x01\n\x0bSecAggSetup\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x12\n\nclient_ids\x18\x02 \x03(\t\x12\x15\n\rvector_length\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x11\n\tneighbors\x18\x05 \x01(\r\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\r\"\xd0\x01\n\x11SecAggStepRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12/\n\x05setup\x18\x02 \x01(\x0b\x32 .trustspace.proto.v1.SecAggSetup\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\x12\x12\n\nround_json\x18\x05 \x01(\t\x12\x11\n\tclient_id\x18\x06 \x01(\t\x12\x0c\n\x04part\x18\x07 \x01(\t\"&\n\x12SecAggStepResponse\x12\x10\n\x08payloads\x18\x01 \x03(\x0c\"\xc2\x01\n\x14PaillierStatsRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12:\n\npublic_key\x18\x02 \x01(\x0b\x32&.trustspace.proto.v1.PaillierPublicKey\x12\x12\n\nround_json\x18\x03 \x01(\t\x12\x10\n\x08headroom\x18\x04 \x01(\r\x12\x12\n\nsuppressed\x18\x05 \x03(\r\"1\n\x15PaillierStatsResponse\x12\x18\n\x10\x65ncrypted_vector\x18\x01 \x01(\x0c\"_\n\x14\x41nonHistogramRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12\x11\n\tspec_json\x18\x02 \x01(\t\",\n\x15\x41nonHistogramResponse\x12\x13\n\x0btuples_json\x18\x01 \x01(\t\"z\n\x10\x41nonApplyRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12\x1b\n\x13transformation_json\x18\x02 \x01(\t\x12\x13\n\x0boutput_path\x18\x03 \x01(\t\"W\n\x11\x41nonApplyResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x04\x12\x17\n\x0frows_suppressed\x18\x02 \x01(\x04\x12\x13\n\x0boutput_path\x18\x03 \x01(\t\"_\n\x12\x41nonReleaseRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12\x13\n\x0boutput_path\x18\x02 \x01(\t\"\'\n\x13\x41nonReleaseResponse\x12\x10\n\x08rows_csv\x18\x01 \x01(\x0c\x32\xeb\x04\n\x0bNodeService\x12o\n\x10\x44\x65scribeDatasets\x12,.trustspace.proto.v1.DescribeDatasetsRequest\x1a-.trustspace.proto.v1.DescribeDatasetsResponse\x12]\n\nSecAggStep\x12&.trustspace.proto.v1.SecAggStepRequest\x1a\'.trustspace.proto.v1.SecAggStepResponse\x12\x66\n\rPaillierStats\x12).trustspace.proto.v1.PaillierStatsRequest\x1a*.trustspace.proto.v1.PaillierStatsResponse\x12\x66\n\rAnonHistogram\x12).trustspace.proto.v1.AnonHistogramRequest\x1a*.trustspace.proto.v1.AnonHistogramResponse\x12Z\n\tAnonApply\x12%.trustspace.proto.v1.AnonApplyRequest\x1a&.trustspace.proto.v1.AnonApplyResponse\x12`\n\x0b\x41nonRelease\x12\'.trustspace.proto.v1.AnonReleaseRequest\x1a(.trustspace.proto.v1.AnonReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trustspace.proto.v1.node_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DESCRIBEDATASETSREQUEST']._serialized_start=89
-  _globals['_DESCRIBEDATASETSREQUEST']._serialized_end=114
-  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_start=116
-  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_end=232
-  _globals['_SECAGGSTEPREQUEST']._serialized_start=234
-  _globals['_SECAGGSTEPREQUEST']._serialized_end=325
-  _globals['_SECAGGSTEPRESPONSE']._serialized_start=327
-  _globals['_SECAGGSTEPRESPONSE']._serialized_end=364
-  _globals['_PAILLIERSTATSREQUEST']._serialized_start=366
-  _globals['_PAILLIERSTATSREQUEST']._serialized_end=468
-  _globals['_PAILLIERSTATSRESPONSE']._serialized_start=470
-  _globals['_PAILLIERSTATSRESPONSE']._serialized_end=550
-  _globals['_NODESERVICE']._serialized_start=553
-  _globals['_NODESERVICE']._serialized_end=878
+  _globals['_DESCRIBEDATASETSREQUEST']._serialized_end=168
+  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_start=171
+  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_end=309
+  _globals['_SECAGGSETUP']._serialized_start=312
+  _globals['_SECAGGSETUP']._serialized_end=448
+  _globals['_SECAGGSTEPREQUEST']._serialized_start=451
+  _globals['_SECAGGSTEPREQUEST']._serialized_end=659
+  _globals['_SECAGGSTEPRESPONSE']._serialized_start=661
+  _globals['_SECAGGSTEPRESPONSE']._serialized_end=699
+  _globals['_PAILLIERSTATSREQUEST']._serialized_start=702
+  _globals['_PAILLIERSTATSREQUEST']._serialized_end=896
+  _globals['_PAILLIERSTATSRESPONSE']._serialized_start=898
+  _globals['_PAILLIERSTATSRESPONSE']._serialized_end=947
+  _globals['_ANONHISTOGRAMREQUEST']._serialized_start=949
+  _globals['_ANONHISTOGRAMREQUEST']._serialized_end=1044
+  _globals['_ANONHISTOGRAMRESPONSE']._serialized_start=1046
+  _globals['_ANONHISTOGRAMRESPONSE']._serialized_end=1090
+  _globals['_ANONAPPLYREQUEST']._serialized_start=1092
+  _globals['_ANONAPPLYREQUEST']._serialized_end=1214
+  _globals['_ANONAPPLYRESPONSE']._serialized_start=1216
+  _globals['_ANONAPPLYRESPONSE']._serialized_end=1303
+  _globals['_ANONRELEASEREQUEST']._serialized_start=1305
+  _globals['_ANONRELEASEREQUEST']._serialized_end=1400
+  _globals['_ANONRELEASERESPONSE']._serialized_start=1402
+  _globals['_ANONRELEASERESPONSE']._serialized_end=1441
+  _globals['_NODESERVICE']._serialized_start=1444
+  _globals['_NODESERVICE']._serialized_end=2063
 # @@protoc_insertion_point(module_scope)

@@ -49,13 +49,28 @@ class NodeServiceStub:
                 request_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.PaillierStatsRequest.SerializeToString,
                 response_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.PaillierStatsResponse.FromString,
                 _registered_method=True)
+        self.AnonHistogram = channel.unary_unary(
+                '/trustspace.proto.v1.NodeService/AnonHistogram',
+                request_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonHistogramRequest.SerializeToString,
+                response_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonHistogramResponse.FromString,
+                _registered_method=True)
+        self.AnonApply = channel.unary_unary(
+                '/trustspace.proto.v1.NodeService/AnonApply',
+                request_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonApplyRequest.SerializeToString,
+                response_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonApplyResponse.FromString,
+                _registered_method=True)
+        self.AnonRelease = channel.unary_unary(
+                '/trustspace.proto.v1.NodeService/AnonRelease',
+                request_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseRequest.SerializeToString,
+                response_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def DescribeDatasets(self, request, context):
-        """The datasets this node serves and their schemas.
+        """The datasets this node serves, their schemas and the node's disclosure settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +85,28 @@ class NodeServiceServicer:
 
     def PaillierStats(self, request, context):
         """The local statistics of one round, encrypted under the analyst's Paillier key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnonHistogram(self, request, context):
+        """Anonymization: the local histogram of generalized quasi-identifier tuples (its vector is
+        then summed by SecAggStep with purpose "anon.histogram").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnonApply(self, request, context):
+        """Anonymization: apply the chosen transformation to the local rows and write them locally.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnonRelease(self, request, context):
+        """Anonymization: release the rows written by AnonApply to the analyst, if policy allows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +129,21 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.PaillierStats,
                     request_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.PaillierStatsRequest.FromString,
                     response_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.PaillierStatsResponse.SerializeToString,
+            ),
+            'AnonHistogram': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnonHistogram,
+                    request_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonHistogramRequest.FromString,
+                    response_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonHistogramResponse.SerializeToString,
+            ),
+            'AnonApply': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnonApply,
+                    request_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonApplyRequest.FromString,
+                    response_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonApplyResponse.SerializeToString,
+            ),
+            'AnonRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnonRelease,
+                    request_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseRequest.FromString,
+                    response_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +227,87 @@ class NodeService:
             '/trustspace.proto.v1.NodeService/PaillierStats',
             trustspace_dot_proto_dot_v1_dot_node__pb2.PaillierStatsRequest.SerializeToString,
             trustspace_dot_proto_dot_v1_dot_node__pb2.PaillierStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnonHistogram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustspace.proto.v1.NodeService/AnonHistogram',
+            trustspace_dot_proto_dot_v1_dot_node__pb2.AnonHistogramRequest.SerializeToString,
+            trustspace_dot_proto_dot_v1_dot_node__pb2.AnonHistogramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnonApply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustspace.proto.v1.NodeService/AnonApply',
+            trustspace_dot_proto_dot_v1_dot_node__pb2.AnonApplyRequest.SerializeToString,
+            trustspace_dot_proto_dot_v1_dot_node__pb2.AnonApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnonRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustspace.proto.v1.NodeService/AnonRelease',
+            trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseRequest.SerializeToString,
+            trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,100 @@
+"""Node policy: rules by analyst/dataset/operation/columns, rate limit, release of rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from trustspace.errors import ConfigError, PolicyError
+from trustspace.node.config import policy_from_dict
+from trustspace.node.policy import Policy, PolicyRefused, Request
+
+POLICY = {
+    "min_group_size": 5,
+    "rules": [
+        {"analysts": ["alice"], "operations": ["*"], "datasets": ["default"]},
+        {
+            "analysts": ["bob"],
+            "operations": ["count", "mean"],
+            "datasets": ["default"],
+            "columns": ["age"],
+        },
+    ],
+    "rate_limit": {"per_minute": 60, "burst": 2},
+}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _policy(clock: FakeClock | None = None) -> Policy:
+    return Policy("org-a", policy_from_dict(POLICY), clock=clock or FakeClock())
+
+
+def test_allowed_requests_pass() -> None:
+    p = _policy()
+    p.check(Request("alice", "corr", "default", ("age", "income"), "r1"))
+    p.check(Request("bob", "mean", "default", ("age",), "r2"))
+
+
+@pytest.mark.parametrize(
+    ("req", "rule"),
+    [
+        (Request("carol", "count", "default", ()), "analysts"),
+        (Request("alice", "count", "secret", ()), "datasets"),
+        (Request("bob", "var", "default", ("age",)), "operations"),
+        (Request("bob", "mean", "default", ("age", "income")), "columns"),
+    ],
+)
+def test_refusals_name_node_and_rule(req: Request, rule: str) -> None:
+    with pytest.raises(PolicyRefused) as info:
+        _policy().check(req)
+    assert info.value.rule == rule and info.value.node == "org-a"
+    assert isinstance(info.value, PolicyError)
+    assert "org-a" in str(info.value) and rule in str(info.value)
+
+
+def test_columns_refusal_names_the_column() -> None:
+    with pytest.raises(PolicyRefused, match="income"):
+        _policy().check(Request("bob", "mean", "default", ("age", "income")))
+
+
+def test_rate_limit_token_bucket_per_analyst_and_request() -> None:
+    clock = FakeClock()
+    p = _policy(clock)
+    p.check(Request("alice", "count", "default", (), "q1"))
+    p.check(Request("alice", "count", "default", (), "q1"))  # same request: no new token
+    p.check(Request("alice", "count", "default", (), "q2"))
+    with pytest.raises(PolicyRefused) as info:
+        p.check(Request("alice", "count", "default", (), "q3"))
+    assert info.value.rule == "rate_limit"
+    p.check(Request("bob", "count", "default", (), "q4"))  # buckets are per analyst
+    clock.now += 1.0  # 60/min -> one token per second
+    p.check(Request("alice", "count", "default", (), "q5"))
+
+
+def test_release_rows_default_refused() -> None:
+    with pytest.raises(PolicyRefused) as info:
+        _policy().check_release("alice")
+    assert info.value.rule == "release_rows"
+    Policy("n", policy_from_dict({"release_rows": True})).check_release("alice")
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"min_group_size": 0}, "min_group_size = 0"),
+        ({"min_group_size": "5"}, "min_group_size = '5'"),
+        ({"rules": [{"analysts": "alice", "operations": ["*"]}]}, r"rules\[0\].analysts"),
+        ({"rules": [{"analysts": ["a"], "operations": ["*"], "colums": ["x"]}]}, "colums"),
+        ({"rate_limit": {"per_minute": -1}}, "per_minute = -1"),
+        ({"release_rows": "yes"}, "release_rows"),
+    ],
+)
+def test_bad_policy_names_key_and_value(data: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        policy_from_dict(data)

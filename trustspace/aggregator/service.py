@@ -1,0 +1,433 @@
+"""The aggregator: drives secure-aggregation rounds over the nodes and the Paillier path.
+
+Secure-aggregation path (``run_query``): the aggregator runs the pure stats state machine
+itself and, for every ``Round``, one SecAgg+ session over the nodes (it is the SecAgg server;
+each node is a client). The analyst receives only the final, policy-checked ``Result``.
+
+Paillier path (``run_round``): the analyst runs the state machine and asks for one round at a
+time with its public key. The aggregator first sums the round's *governing record counts*
+by secure aggregation (every entry's count: itself for count entries, the non-null count of
+its columns for sums), marks entries whose count is in ``(0, min_group_size)`` as suppressed,
+then asks every node for its encrypted vector with those entries sent as 0, validates and adds
+the ciphertexts, and returns the re-randomised encrypted total.
+
+Participants: every stage calls all nodes in parallel with a deadline. A node that cannot be
+reached or misses the deadline is *dropped* (the secure-aggregation protocol tolerates it
+while at least ``threshold`` remain). The set of nodes is fixed by the first round of a query:
+a node dropping later aborts the query (mixing node sets across rounds would give a wrong
+answer). A refusal (policy, data, protocol error) aborts at once with the node's own error.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from trustspace.errors import (
+    ConfigError,
+    NodeError,
+    NotBuiltError,
+    ProtocolError,
+    ThresholdError,
+    TrustspaceError,
+)
+from trustspace.secagg.config import SecAggConfig
+from trustspace.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    UnmaskShares,
+)
+from trustspace.secagg.server import SecAggServer
+from trustspace.stats import Query, Round, TableSchema, Term, start
+from trustspace.transport import serde
+from trustspace.transport.ca import Identity
+from trustspace.transport.clients import (
+    DESCRIBE_TIMEOUT_S,
+    PAILLIER_TIMEOUT_S,
+    STEP_TIMEOUT_S,
+    NodeClient,
+)
+
+log = logging.getLogger("trustspace.aggregator")
+T = TypeVar("T")
+PLAN_CACHE_S = 600.0  # how long a Paillier query's participants and schema are remembered
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one analyst request runs over: nodes, schema and the strictest min_group_size."""
+
+    nodes: tuple[NodeClient, ...]
+    schema: TableSchema
+    min_group_size: int
+    excluded: tuple[str, ...]
+    created: float
+
+
+def _ctx_for(query: Query, analyst: str, request_id: str) -> serde.RequestContext:
+    return serde.RequestContext(
+        analyst=analyst,
+        request_id=request_id,
+        operation=query.op,
+        dataset=query.dataset,
+        columns=tuple(query.columns),
+        params={"where": query.where, "params": dict(query.params)},
+    )
+
+
+def _parse_query(data: dict[str, Any]) -> Query:
+    try:
+        return Query.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid query: {exc}") from None
+
+
+class AggregatorService:
+    """The aggregator's request handler (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        nodes: Sequence[NodeClient],
+        *,
+        threshold: int | None = None,
+        call_timeout_s: float = STEP_TIMEOUT_S,
+        paillier_timeout_s: float = PAILLIER_TIMEOUT_S,
+    ) -> None:
+        if not nodes:
+            raise ConfigError("the aggregator needs at least one node")
+        self.name = name
+        self.nodes = tuple(nodes)
+        self.threshold = threshold
+        self.call_timeout_s = call_timeout_s
+        self.paillier_timeout_s = paillier_timeout_s
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(4, 2 * len(nodes)), thread_name_prefix=f"{name}-calls"
+        )
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ fan-out
+    def _fan_out(
+        self, nodes: Sequence[NodeClient], call: Callable[[NodeClient], T]
+    ) -> tuple[dict[str, T], dict[str, TrustspaceError]]:
+        """Call every node in parallel; (answers, failures) keyed by node name.
+
+        A refusal that is not a connectivity failure (``NodeError``) is raised at once.
+        """
+        futures = {n.name: self._pool.submit(call, n) for n in nodes}
+        ok: dict[str, T] = {}
+        failed: dict[str, TrustspaceError] = {}
+        refusal: TrustspaceError | None = None
+        for name, fut in futures.items():
+            try:
+                ok[name] = fut.result()
+            except NodeError as exc:
+                failed[name] = exc
+            except TrustspaceError as err:
+                refusal = refusal or err
+            except Exception as other:
+                log.exception("%s: unexpected failure calling node %s", self.name, name)
+                failed[name] = NodeError(f"node {name}: unexpected failure {type(other).__name__}")
+        if refusal is not None:
+            raise refusal
+        for name, why in failed.items():
+            log.warning("%s: node %s dropped: %s", self.name, name, why)
+        return ok, failed
+
+    # ------------------------------------------------------------------ planning
+    def _plan(self, query: Query, analyst: str, request_id: str) -> _Plan:
+        key = (analyst, request_id)
+        now = time.monotonic()
+        with self._lock:
+            for old in [o for o, p in self._plans.items() if now - p.created > PLAN_CACHE_S]:
+                del self._plans[old]
+            cached = self._plans.get(key)
+        if cached is not None:
+            return cached
+        ctx = _ctx_for(query, analyst, request_id)
+        answers, failed = self._fan_out(self.nodes, lambda n: n.describe(ctx, DESCRIBE_TIMEOUT_S))
+        if not answers:
+            raise NodeError(_no_nodes_message(failed))
+        schema: TableSchema | None = None
+        first = ""
+        for node_name, desc in answers.items():
+            found = {d.name: d for d in desc.datasets}
+            if query.dataset not in found:
+                raise ConfigError(
+                    f"node {node_name} serves no dataset {query.dataset!r} (it serves "
+                    f"{', '.join(sorted(found)) or 'nothing'})"
+                )
+            try:
+                s = TableSchema.from_dict(found[query.dataset].schema)
+            except (ValueError, TypeError) as exc:
+                raise ProtocolError(f"node {node_name} sent a malformed schema: {exc}") from None
+            if schema is None:
+                schema, first = s, node_name
+            elif s != schema:
+                raise ConfigError(
+                    f"dataset {query.dataset!r} has different schemas on node {first} and node "
+                    f"{node_name}; every node must declare the same columns and types"
+                )
+        assert schema is not None
+        strictest = max(desc.min_group_size for desc in answers.values())
+        nodes = tuple(n for n in self.nodes if n.name in answers)
+        plan = _Plan(nodes, schema, strictest, tuple(sorted(failed)), now)
+        with self._lock:
+            self._plans[key] = plan
+        return plan
+
+    # ------------------------------------------------------------------ secure aggregation
+    def secure_sum(
+        self, ctx: serde.RequestContext, rnd: Round, nodes: Sequence[NodeClient]
+    ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
+        """Sum the nodes' encoded local vectors of ``rnd`` by one SecAgg+ session.
+
+        Returns (the uint64 total, the names of the nodes whose input is in it).
+
+        Raises:
+            ThresholdError: fewer than the threshold (or 2) nodes remain; names the stage,
+                the counts and what each dropped node failed with.
+        """
+        ids = {n.name: i + 1 for i, n in enumerate(nodes)}
+        by_id = {i: n for n, i in zip(nodes, ids.values(), strict=True)}
+        if len(nodes) < 2:
+            raise ThresholdError(
+                f"secure aggregation needs at least 2 nodes, only {len(nodes)} answered "
+                f"({', '.join(n.name for n in nodes) or 'none'})"
+            )
+        threshold = self.threshold
+        if threshold is not None:
+            threshold = min(threshold, len(nodes))
+            threshold = max(threshold, (len(nodes) - 1 + 1) // 2 + 1)
+        setup = serde.SecAggSetup(
+            session_id=secrets.token_bytes(32),
+            client_ids=tuple(ids.values()),
+            vector_length=rnd.size,
+            threshold=threshold,
+        )
+        config = SecAggConfig(
+            session_id=setup.session_id,
+            client_ids=setup.client_ids,
+            vector_length=setup.vector_length,
+            threshold=setup.threshold,
+        )
+        server = SecAggServer(config)
+        round_dict = rnd.to_dict()
+        dropped: dict[str, TrustspaceError] = {}
+        timeout = self.call_timeout_s
+
+        def step(stage: str, client: NodeClient, payloads: Sequence[bytes]) -> list[bytes]:
+            return client.secagg_step(
+                serde.SecAggStep(
+                    context=ctx,
+                    setup=setup,
+                    stage=stage,
+                    payloads=tuple(payloads),
+                    round=round_dict if stage == "advertise" else {},
+                    client_id=ids[client.name],
+                ),
+                timeout,
+            )
+
+        def run(stage: str, targets: dict[int, Sequence[bytes]]) -> dict[int, list[bytes]]:
+            ok, failed = self._fan_out(
+                [by_id[c] for c in targets],
+                lambda n: step(stage, n, targets[ids[n.name]]),
+            )
+            dropped.update(failed)
+            return {ids[name]: out for name, out in ok.items()}
+
+        def guarded(stage: str, fn: Callable[[], T]) -> T:
+            try:
+                return fn()
+            except ThresholdError as exc:
+                detail = "; ".join(f"{n}: {e}" for n, e in dropped.items())
+                raise ThresholdError(
+                    f"secure aggregation aborted at stage {stage}: {exc}"
+                    + (f" (dropped: {detail})" if detail else "")
+                ) from None
+
+        try:
+            adv = run("advertise", {c: () for c in by_id})
+            adv_msgs = {
+                c: AdvertiseKeys.from_bytes(_one(out, c, "advertise")) for c, out in adv.items()
+            }
+            roster = guarded("advertise", lambda: server.collect_advertise(adv_msgs))
+            roster_bytes = [m.to_bytes() for m in roster.values()]
+            shared = run("share_keys", {c: roster_bytes for c in roster})
+            share_msgs = {
+                c: {m.recipient: m for m in (EncryptedShares.from_bytes(b) for b in out)}
+                for c, out in shared.items()
+            }
+            routing = guarded("share_keys", lambda: server.collect_shares(share_msgs))
+            masked = run(
+                "masked_input",
+                {r: [m.to_bytes() for m in senders.values()] for r, senders in routing.items()},
+            )
+            masked_msgs = {
+                c: MaskedInput.from_bytes(_one(out, c, "masked_input")) for c, out in masked.items()
+            }
+            request = guarded("masked_input", lambda: server.collect_masked(masked_msgs))
+            req_bytes = request.to_bytes()
+            unmasked = run("unmask", {c: [req_bytes] for c in request.survivors})
+            unmask_msgs = {
+                c: UnmaskShares.from_bytes(_one(out, c, "unmask")) for c, out in unmasked.items()
+            }
+            total = guarded("unmask", lambda: server.collect_unmask(unmask_msgs))
+        except ProtocolError as exc:
+            if isinstance(exc, ThresholdError):
+                raise
+            raise ProtocolError(f"secure aggregation of round {rnd.index} failed: {exc}") from None
+        contributors = tuple(by_id[c].name for c in sorted(request.survivors))
+        return np.asarray(total, dtype=np.uint64), contributors
+
+    def _sum_round(
+        self, ctx: serde.RequestContext, rnd: Round, plan: _Plan
+    ) -> np.ndarray[Any, Any]:
+        total, contributors = self.secure_sum(ctx, rnd, plan.nodes)
+        missing = sorted({n.name for n in plan.nodes} - set(contributors))
+        if missing:
+            raise NodeError(
+                f"node(s) {', '.join(missing)} dropped out during round {rnd.index} of the "
+                "query; its earlier rounds included them, so the result would be wrong. "
+                "Re-run the query (check those nodes' health)"
+            )
+        return rnd.decode(total)
+
+    # ------------------------------------------------------------------ handlers
+    def run_query(self, caller: Identity, query_dict: dict[str, Any], method: str) -> Any:
+        """Secure-aggregation path: the whole query, returns ``serde.result_to_dict``."""
+        if method not in ("", "secagg"):
+            raise ConfigError(
+                f"method {method!r}: the aggregator runs only method='secagg' queries whole; "
+                "Paillier queries run round by round from the analyst (RunRound)"
+            )
+        query = _parse_query(query_dict)
+        request_id = secrets.token_hex(8)
+        plan = self._plan(query, caller.name, request_id)
+        ctx = _ctx_for(query, caller.name, request_id)
+        try:
+            comp = start(query, plan.schema, plan.min_group_size)
+        except ValueError as exc:
+            raise ConfigError(f"query does not fit dataset {query.dataset!r}: {exc}") from None
+        while (rnd := comp.next_round()) is not None:
+            comp.feed(self._sum_round(ctx, rnd, plan))
+        with self._lock:
+            self._plans.pop((caller.name, request_id), None)
+        out = serde.result_to_dict(comp.result())
+        out["nodes"] = [n.name for n in plan.nodes]
+        out["excluded"] = list(plan.excluded)
+        out["min_group_size"] = plan.min_group_size
+        log.info(
+            "%s: %s ran %s on %s over %d nodes",
+            self.name,
+            caller.name,
+            query.op,
+            query.dataset,
+            len(plan.nodes),
+        )
+        return out
+
+    def run_round(self, caller: Identity, req: serde.RoundRequest) -> serde.RoundResult:
+        """Paillier path: one round, the encrypted total with suppressed entries zeroed."""
+        from trustspace.paillier import EncryptedVector, PublicKey
+
+        query = _parse_query(dict(req.query))
+        try:
+            rnd = Round.from_dict(req.round)
+            pk = PublicKey(req.n)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid round request: {exc}") from None
+        if rnd.dataset != query.dataset or rnd.where != query.where:
+            raise ProtocolError("round request: the round does not belong to the query")
+        request_id = f"{req.request_id or secrets.token_hex(8)}"
+        plan = self._plan(query, caller.name, request_id)
+        ctx = _ctx_for(query, caller.name, request_id)
+        counts_round = Round(
+            rnd.dataset,
+            rnd.where,
+            tuple(t if t.is_count else Term.count(*t.columns) for t in rnd.terms),
+            rnd.group_column,
+            rnd.group_values,
+            rnd.index,
+        )
+        counts = self._sum_round(ctx, counts_round, plan)
+        k = plan.min_group_size
+        suppressed = tuple(int(i) for i in np.flatnonzero((counts > 0) & (counts < k)))
+        headroom = len(plan.nodes)
+        preq = serde.PaillierRequest(ctx, int(pk.n), rnd.to_dict(), headroom, suppressed)
+        answers, failed = self._fan_out(
+            plan.nodes, lambda n: n.paillier_stats(preq, self.paillier_timeout_s)
+        )
+        if failed:
+            detail = "; ".join(f"{n}: {e}" for n, e in failed.items())
+            raise NodeError(f"Paillier round {rnd.index} failed at {detail}")
+        vectors = []
+        for node_name, data in answers.items():
+            try:
+                ev = EncryptedVector.from_bytes(pk, data)
+            except (ValueError, TrustspaceError) as exc:
+                raise ProtocolError(
+                    f"node {node_name} sent an invalid encrypted vector: {exc}"
+                ) from None
+            if len(ev) != 2 * rnd.size:
+                raise ProtocolError(
+                    f"node {node_name} sent {len(ev)} words, the round needs {2 * rnd.size}"
+                )
+            vectors.append(ev)
+        total = vectors[0]
+        for ev in vectors[1:]:
+            total = total + ev
+        log.info(
+            "%s: %s Paillier round %d over %d nodes, %d suppressed",
+            self.name,
+            caller.name,
+            rnd.index,
+            len(plan.nodes),
+            len(suppressed),
+        )
+        return serde.RoundResult(total.to_bytes(), suppressed, len(plan.nodes))
+
+    def run_anonymization(self, caller: Identity, spec: dict[str, Any]) -> Any:
+        raise NotBuiltError("federated anonymization is not built yet in this aggregator")
+
+    def status(self, caller: Identity) -> list[serde.NodeStatus]:
+        ctx = serde.RequestContext(analyst=caller.name, request_id="", operation="status")
+        futures = {
+            n.name: self._pool.submit(n.describe, ctx, DESCRIBE_TIMEOUT_S) for n in self.nodes
+        }
+        out = []
+        for n in self.nodes:
+            try:
+                d = futures[n.name].result()
+            except TrustspaceError as exc:
+                out.append(serde.NodeStatus(n.name, n.address, False, str(exc)))
+                continue
+            out.append(serde.NodeStatus(n.name, n.address, True, "", d.datasets, d.min_group_size))
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for n in self.nodes:
+            n.close()
+
+
+def _one(out: Sequence[bytes], client: int, stage: str) -> bytes:
+    if len(out) != 1:
+        raise ProtocolError(f"client {client} answered stage {stage} with {len(out)} messages")
+    return out[0]
+
+
+def _no_nodes_message(failed: dict[str, TrustspaceError]) -> str:
+    detail = "; ".join(f"{e}" for e in failed.values())
+    return f"no node answered: {detail}"

@@ -1,0 +1,528 @@
+"""The analyst's API: ``Federation`` (connect to a data space, or run one locally) and queries.
+
+>>> from trustspace.api import Federation, Credentials  # doctest: +SKIP
+>>> with Federation.local({"org_a": "a.csv", "org_b": "b.csv", "org_c": "c.csv"}) as fed:
+...     fed.mean("default", "age", where="sex = 'Female'")                # doctest: +SKIP
+>>> fed = Federation.connect("agg.example.org:50050",
+...                          credentials=Credentials.from_dir("certs/alice"))  # doctest: +SKIP
+
+Every statistics method is a thin builder of a ``trustspace.stats.Query`` run by ``run``:
+
+- ``method="secagg"`` (default): the aggregator runs the whole query by secure aggregation and
+  returns only the final, policy-checked result.
+- ``method="paillier"``: this process generates a Paillier key pair once per Federation (the
+  private key never leaves it), runs the stats state machine, and has the aggregator add the
+  nodes' encrypted local vectors round by round; it decrypts only totals.
+
+``Federation.local`` starts one node per partition and an aggregator in this process, on
+127.0.0.1 ephemeral ports, with a throw-away CA and mutual TLS: the same servers, TLS and code
+path as ``trustspace node`` / ``trustspace aggregator``, not a shortcut.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trustspace.errors import ConfigError, DataError, TrustspaceError
+from trustspace.stats import Query, Result, TableSchema, start
+from trustspace.transport import serde
+from trustspace.transport.ca import Credentials, init_ca, issue
+from trustspace.transport.clients import AggregatorClient
+
+__all__ = ["Credentials", "Federation"]
+
+log = logging.getLogger("trustspace.api")
+DEFAULT_DATASET = "default"
+LOCAL_ANALYST = "analyst"
+LOCAL_AGGREGATOR = "aggregator"
+DEFAULT_LOCAL_POLICY: dict[str, Any] = {
+    "min_group_size": 10,
+    "rules": [{"analysts": ["*"], "operations": ["*"], "datasets": ["*"], "columns": ["*"]}],
+}
+_DUCKDB_TYPES = {
+    "BIGINT": "int",
+    "INTEGER": "int",
+    "SMALLINT": "int",
+    "TINYINT": "int",
+    "HUGEINT": "int",
+    "UBIGINT": "int",
+    "UINTEGER": "int",
+    "USMALLINT": "int",
+    "UTINYINT": "int",
+    "DOUBLE": "float",
+    "FLOAT": "float",
+    "REAL": "float",
+    "BOOLEAN": "bool",
+    "DATE": "date",
+}
+
+
+def infer_columns(path: str | os.PathLike[str], delimiter: str = ",") -> dict[str, str]:
+    """Column name -> trustspace type of a CSV or Parquet file, as DuckDB's sniffer sees it.
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
+    import duckdb
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: data file not found")
+    con = duckdb.connect()
+    try:
+        if p.suffix.lower() == ".parquet":
+            rel = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(p)])
+        else:
+            rel = con.execute(
+                "DESCRIBE SELECT * FROM read_csv(?, header = true, delim = ?)", [str(p), delimiter]
+            )
+        rows = rel.fetchall()
+    except duckdb.Error as exc:
+        raise DataError(f"{p}: cannot infer column types: {exc}") from None
+    finally:
+        con.close()
+    out = {}
+    for name, typ, *_ in rows:
+        base = str(typ).split("(")[0]
+        out[str(name)] = "float" if base == "DECIMAL" else _DUCKDB_TYPES.get(base, "str")
+    return out
+
+
+class Federation:
+    """An analyst's session with a data space (see the module docstring).
+
+    Use as a context manager or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        client: AggregatorClient,
+        *,
+        key_bits: int | None = None,
+        _owned: Sequence[Any] = (),
+        _tmpdir: str | None = None,
+    ) -> None:
+        self._client = client
+        self._owned = list(_owned)
+        self._tmpdir = _tmpdir
+        self._key_bits = key_bits
+        self._keypair: tuple[Any, Any] | None = None
+        self.last_result: Result | None = None
+        self.last_info: dict[str, Any] = {}
+        self.nodes: dict[str, Any] = {}
+        self.aggregator: Any = None
+        self.workdir: Path | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        credentials: Credentials | str | os.PathLike[str],
+        *,
+        server_name: str | None = None,
+        key_bits: int | None = None,
+    ) -> Federation:
+        """Connect to the aggregator at ``target`` (``host:port``) with an analyst identity.
+
+        Args:
+            target: the aggregator's address.
+            credentials: ``Credentials`` or an identity directory (``trustspace ca issue``).
+            server_name: the name the aggregator's certificate must carry (default: the host).
+            key_bits: Paillier key size for ``method="paillier"`` (default 3072).
+
+        Raises:
+            AuthenticationError: a certificate was refused (says which and why).
+            NodeError: nothing answers at ``target``.
+        """
+        creds = (
+            credentials
+            if isinstance(credentials, Credentials)
+            else Credentials.from_dir(credentials, expected_role="analyst")
+        )
+        if creds.role != "analyst":
+            raise ConfigError(
+                f"credentials of {creds.name!r} have role {creds.role!r}; an analyst certificate "
+                "is needed (`trustspace ca issue DIR NAME --role analyst`)"
+            )
+        client = AggregatorClient(target, creds, server_name=server_name)
+        return cls(client, key_bits=key_bits)
+
+    @classmethod
+    def local(
+        cls,
+        partitions: Mapping[str, Any],
+        policy: Mapping[str, Any] | None = None,
+        *,
+        dataset: str = DEFAULT_DATASET,
+        columns: Mapping[str, str] | None = None,
+        delimiter: str = ",",
+        key_bits: int | None = None,
+        threshold: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        analyst: str = LOCAL_ANALYST,
+    ) -> Federation:
+        """Start an aggregator and one node per partition here, over mutual TLS on 127.0.0.1.
+
+        Args:
+            partitions: node name -> CSV/Parquet path (or pandas DataFrame) of its partition.
+            policy: a dict shaped like a node's ``[policy]`` table for every node, or node name
+                -> such a dict. Default: every operation allowed, ``min_group_size`` 10.
+            dataset: the dataset name the partitions are served as.
+            columns: column name -> type; inferred from the first partition when omitted.
+            key_bits: Paillier key size for ``method="paillier"`` (default 3072).
+            threshold: secure-aggregation threshold (default: the protocol's choice).
+            workdir: where the CA, certificates and audit logs go (default: a temporary
+                directory removed on ``close()``); audit logs are ``audit/<node>.jsonl``.
+            analyst: the analyst identity (certificate name) this session uses.
+
+        Raises:
+            ConfigError, DataError: a bad partition, policy or data file (names it).
+        """
+        from trustspace.aggregator.server import Aggregator
+        from trustspace.node.config import (
+            AggregatorConfig,
+            DatasetConfig,
+            NodeAddress,
+            NodeConfig,
+            TlsConfig,
+            policy_from_dict,
+        )
+        from trustspace.node.server import Node
+
+        if not partitions:
+            raise ConfigError("Federation.local: give at least one partition")
+        tmp = None
+        if workdir is None:
+            tmp = tempfile.mkdtemp(prefix="trustspace-local-")
+            root = Path(tmp)
+        else:
+            root = Path(workdir)
+            root.mkdir(parents=True, exist_ok=True)
+        started: list[Any] = []
+        try:
+            ca_dir = root / "ca"
+            init_ca(ca_dir, name="trustspace-local-ca")
+            paths: dict[str, Path] = {}
+            for name, part in partitions.items():
+                if hasattr(part, "to_csv"):
+                    p = root / "data" / f"{name}.csv"
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    part.to_csv(p, index=False)
+                    paths[name] = p
+                else:
+                    paths[name] = Path(part)
+            cols = (
+                dict(columns) if columns else infer_columns(next(iter(paths.values())), delimiter)
+            )
+            per_node = (
+                policy is not None
+                and bool(policy)
+                and all(k in partitions and isinstance(v, Mapping) for k, v in policy.items())
+            )
+            nodes: list[Node] = []
+            for name, path in paths.items():
+                ident = issue(ca_dir, name, "node")
+                pol_raw = (
+                    policy.get(name) if per_node and policy else policy
+                ) or DEFAULT_LOCAL_POLICY
+                pol = policy_from_dict(dict(pol_raw), f"Federation.local policy for {name}")
+                fmt = "parquet" if path.suffix.lower() == ".parquet" else "csv"
+                cfg = NodeConfig(
+                    name=name,
+                    listen="127.0.0.1:0",
+                    tls=TlsConfig(ident / "ca.pem", ident / "cert.pem", ident / "key.pem"),
+                    datasets=(
+                        DatasetConfig(dataset, path, fmt, tuple(cols.items()), delimiter, True),
+                    ),
+                    policy=pol,
+                    audit_path=root / "audit" / f"{name}.jsonl",
+                    source=Path(f"<Federation.local node {name}>"),
+                    drain_grace_s=5.0,
+                )
+                node = Node(cfg).start()
+                started.append(node)
+                nodes.append(node)
+            agg_ident = issue(ca_dir, LOCAL_AGGREGATOR, "aggregator")
+            agg_cfg = AggregatorConfig(
+                name=LOCAL_AGGREGATOR,
+                listen="127.0.0.1:0",
+                tls=TlsConfig(agg_ident / "ca.pem", agg_ident / "cert.pem", agg_ident / "key.pem"),
+                nodes=tuple(NodeAddress(n.config.name, n.address) for n in nodes),
+                threshold=threshold,
+                source=Path("<Federation.local aggregator>"),
+                drain_grace_s=5.0,
+            )
+            agg = Aggregator(agg_cfg).start()
+            started.append(agg)
+            analyst_dir = issue(ca_dir, analyst, "analyst")
+            client = AggregatorClient(
+                agg.address, Credentials.from_dir(analyst_dir), server_name=LOCAL_AGGREGATOR
+            )
+        except BaseException:
+            for s in reversed(started):
+                s.stop(0)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fed = cls(client, key_bits=key_bits, _owned=started, _tmpdir=tmp)
+        fed.nodes = {n.config.name: n for n in nodes}
+        fed.aggregator = agg
+        fed.workdir = root
+        return fed
+
+    def close(self) -> None:
+        """Disconnect; for ``local()``, stop the servers (draining) and remove the temp dir."""
+        self._client.close()
+        for s in reversed(self._owned):
+            s.stop()
+        self._owned.clear()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> list[serde.NodeStatus]:
+        """Every node the aggregator knows: reachable or not (with why), datasets, settings."""
+        return self._client.status()[1]
+
+    def _schema(self, dataset: str) -> tuple[TableSchema, int]:
+        nodes = self.status()
+        up = [n for n in nodes if n.reachable]
+        if not up:
+            detail = "; ".join(f"{n.name}: {n.detail}" for n in nodes)
+            raise TrustspaceError(f"no node is reachable: {detail}")
+        for n in up:
+            for d in n.datasets:
+                if d.name == dataset:
+                    return TableSchema.from_dict(d.schema), max(m.min_group_size for m in up)
+        raise ConfigError(f"no node serves dataset {dataset!r}")
+
+    # ------------------------------------------------------------------ the generic driver
+    def run(self, query: Query, method: str = "secagg") -> Result:
+        """Run any ``stats.Query``; returns the full ``Result`` (value, suppressed, ...)."""
+        if method == "secagg":
+            data = self._client.run_query(query.to_dict(), "secagg")
+            result: Result = serde.result_from_dict(data)
+            self.last_info = {k: data.get(k) for k in ("nodes", "excluded", "min_group_size")}
+        elif method == "paillier":
+            result = self._run_paillier(query)
+        else:
+            raise ConfigError(f"method {method!r}: use 'secagg' or 'paillier'")
+        self.last_result = result
+        if result.any_suppressed:
+            warnings.warn(
+                f"{query.op}: some figures were suppressed (NaN) because they describe fewer "
+                "records than the strictest node's min_group_size; see fed.last_result",
+                stacklevel=3,
+            )
+        return result
+
+    def _keys(self) -> tuple[Any, Any]:
+        if self._keypair is None:
+            from trustspace.paillier import DEFAULT_KEY_BITS, generate_keypair
+
+            self._keypair = generate_keypair(self._key_bits or DEFAULT_KEY_BITS)
+        return self._keypair
+
+    def _run_paillier(self, query: Query) -> Result:
+        from trustspace.paillier import EncryptedVector
+
+        pk, sk = self._keys()
+        schema, k = self._schema(query.dataset)
+        comp = start(query, schema, k)
+        request_id = secrets.token_hex(8)
+        nodes = 0
+        while (rnd := comp.next_round()) is not None:
+            rr = self._client.run_round(
+                serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), request_id)
+            )
+            ev = EncryptedVector.from_bytes(pk, rr.encrypted_vector)
+            words = np.asarray(sk.decrypt_vector(ev), dtype=np.int64)
+            comp.feed(rnd.decode(serde.join_words(words)))
+            nodes = rr.nodes
+        self.last_info = {"nodes": nodes, "min_group_size": k}
+        return comp.result()
+
+    def _value(self, query: Query, method: str) -> Any:
+        return self.run(query, method).value
+
+    # ------------------------------------------------------------------ statistics
+    def count(
+        self,
+        dataset: str = DEFAULT_DATASET,
+        columns: str | Sequence[str] = (),
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        """Rows passing ``where`` (no columns) or non-null counts of ``columns``."""
+        return self._value(Query("count", dataset, _cols(columns), where), method)
+
+    def sum(
+        self,
+        dataset: str,
+        columns: str | Sequence[str],
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("sum", dataset, _cols(columns), where), method)
+
+    def mean(
+        self,
+        dataset: str,
+        columns: str | Sequence[str],
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("mean", dataset, _cols(columns), where), method)
+
+    def var(
+        self,
+        dataset: str,
+        columns: str | Sequence[str],
+        where: str | None = None,
+        *,
+        ddof: int = 1,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("var", dataset, _cols(columns), where, {"ddof": ddof}), method)
+
+    def std(
+        self,
+        dataset: str,
+        columns: str | Sequence[str],
+        where: str | None = None,
+        *,
+        ddof: int = 1,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("std", dataset, _cols(columns), where, {"ddof": ddof}), method)
+
+    def skew(
+        self,
+        dataset: str,
+        columns: str | Sequence[str],
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("skew", dataset, _cols(columns), where), method)
+
+    def kurt(
+        self,
+        dataset: str,
+        columns: str | Sequence[str],
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("kurt", dataset, _cols(columns), where), method)
+
+    def histogram(
+        self,
+        dataset: str,
+        column: str,
+        bins: int | Sequence[float] = 10,
+        range: tuple[float, float] | None = None,
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        params: dict[str, Any] = {"bins": bins if isinstance(bins, int) else list(bins)}
+        if range is not None:
+            params["range"] = list(range)
+        return self._value(Query("histogram", dataset, column, where, params), method)
+
+    def quantile(
+        self,
+        dataset: str,
+        column: str,
+        q: float | Sequence[float] = 0.5,
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        qv: Any = q if isinstance(q, int | float) else list(q)
+        return self._value(Query("quantile", dataset, column, where, {"q": qv}), method)
+
+    def cov(
+        self,
+        dataset: str,
+        columns: Sequence[str],
+        where: str | None = None,
+        *,
+        ddof: int = 1,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("cov", dataset, tuple(columns), where, {"ddof": ddof}), method)
+
+    def corr(
+        self,
+        dataset: str,
+        columns: Sequence[str],
+        where: str | None = None,
+        *,
+        method: str = "secagg",
+    ) -> Any:
+        return self._value(Query("corr", dataset, tuple(columns), where), method)
+
+    def describe(
+        self,
+        dataset: str,
+        columns: str | Sequence[str],
+        where: str | None = None,
+        *,
+        percentiles: Sequence[float] | None = None,
+        method: str = "secagg",
+    ) -> Any:
+        params: dict[str, Any] = {}
+        if percentiles is not None:
+            params["percentiles"] = list(percentiles)
+        return self._value(Query("describe", dataset, _cols(columns), where, params), method)
+
+    def group_by(
+        self,
+        dataset: str,
+        by: str,
+        agg: Mapping[str, str | Sequence[str]],
+        where: str | None = None,
+        *,
+        values: Sequence[Any] | None = None,
+        method: str = "secagg",
+    ) -> Any:
+        """Per-group aggregates, like ``df.groupby(by).agg(agg)`` over the union of the data.
+
+        The group values must be public: pass ``values`` or declare a domain for ``by``.
+        """
+        aggs = {c: [a] if isinstance(a, str) else list(a) for c, a in agg.items()}
+        params: dict[str, Any] = {"by": by, "agg": aggs}
+        if values is not None:
+            params["values"] = list(values)
+        return self._value(Query("group_by", dataset, tuple(aggs), where, params), method)
+
+    def anonymize(self, dataset: str, **kwargs: Any) -> Any:
+        """Federated k-anonymization (not built yet over the network)."""
+        return self._client.run_anonymization({"dataset": dataset, **kwargs})
+
+
+def _cols(columns: str | Sequence[str]) -> tuple[str, ...]:
+    return (columns,) if isinstance(columns, str) else tuple(columns)

@@ -1,0 +1,172 @@
+"""A node's policy, checked before every computation: who may do what, on which data, how often.
+
+A request is allowed when one rule lists the analyst, the operation, the dataset and every
+column the request reads (its columns and the columns its filter mentions). A refusal is a
+``PolicyRefused`` naming the node and the rule that failed (``analysts``, ``datasets``,
+``operations``, ``columns``, ``rate_limit``, ``release_rows``). ``min_group_size`` is not
+checked here: it is a property of *global* counts, reported to the aggregator and enforced there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from trustspace.errors import PolicyError
+from trustspace.node.config import ALL, PolicyConfig, Rule
+
+RECENT_REQUESTS = 4096  # request ids remembered so that one query's RPCs cost one token
+
+
+class PolicyRefused(PolicyError):
+    """A node's policy refused a request; ``node`` and ``rule`` say where and which rule."""
+
+    def __init__(self, node: str, rule: str, message: str) -> None:
+        super().__init__(f"node {node} refused the request (policy rule {rule!r}): {message}")
+        self.node = node
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a policy decision is about."""
+
+    analyst: str
+    operation: str
+    dataset: str
+    columns: tuple[str, ...]
+    request_id: str = ""
+
+
+def _matches(allowed: tuple[str, ...], value: str) -> bool:
+    return ALL in allowed or value in allowed
+
+
+class _Bucket:
+    def __init__(self, capacity: int, per_second: float, now: float) -> None:
+        self.tokens = float(capacity)
+        self.capacity = capacity
+        self.rate = per_second
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Policy:
+    """Evaluates a ``PolicyConfig`` for one node; thread-safe.
+
+    >>> from trustspace.node.config import PolicyConfig, Rule
+    >>> p = Policy("n1", PolicyConfig((Rule(("alice",), ("count",), ("*",)),)))
+    >>> p.check(Request("alice", "count", "default", ()))
+    >>> p.check(Request("bob", "count", "default", ()))
+    Traceback (most recent call last):
+    ...
+    trustspace.node.policy.PolicyRefused: node n1 refused the request (policy rule 'analysts'): \
+no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
+    """
+
+    def __init__(
+        self,
+        node: str,
+        config: PolicyConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node = node
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, _Bucket] = {}
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    @property
+    def min_group_size(self) -> int:
+        return self.config.min_group_size
+
+    def check(self, req: Request) -> None:
+        """Raise ``PolicyRefused`` unless ``req`` is allowed; charges the rate limit."""
+        self._check_rules(req)
+        self._charge(req)
+
+    def check_release(self, analyst: str) -> None:
+        """Raise ``PolicyRefused`` unless anonymized rows may leave this node."""
+        if not self.config.release_rows:
+            raise PolicyRefused(
+                self.node,
+                "release_rows",
+                f"anonymized rows stay on this node (release_rows = false); analyst {analyst!r} "
+                "receives only the local output path",
+            )
+
+    def _check_rules(self, req: Request) -> None:
+        rules: Iterable[Rule] = self.config.rules
+        cand = [r for r in rules if _matches(r.analysts, req.analyst)]
+        if not cand:
+            raise PolicyRefused(
+                self.node,
+                "analysts",
+                f"no rule lets analyst {req.analyst!r} use this node; add {req.analyst!r} "
+                "to [[policy.rules]] analysts",
+            )
+        cand = [r for r in cand if _matches(r.datasets, req.dataset)]
+        if not cand:
+            raise PolicyRefused(
+                self.node,
+                "datasets",
+                f"analyst {req.analyst!r} may not use dataset {req.dataset!r}",
+            )
+        cand = [r for r in cand if _matches(r.operations, req.operation)]
+        if not cand:
+            raise PolicyRefused(
+                self.node,
+                "operations",
+                f"analyst {req.analyst!r} may not run {req.operation!r} on dataset {req.dataset!r}",
+            )
+        best: tuple[str, ...] = ()
+        for r in cand:
+            denied = tuple(c for c in req.columns if not _matches(r.columns, c))
+            if not denied:
+                return
+            if not best or len(denied) < len(best):
+                best = denied
+        raise PolicyRefused(
+            self.node,
+            "columns",
+            f"analyst {req.analyst!r} may not read column(s) {', '.join(best)} of dataset "
+            f"{req.dataset!r} for {req.operation!r}",
+        )
+
+    def _charge(self, req: Request) -> None:
+        limit = self.config.rate_limit
+        if limit is None:
+            return
+        with self._lock:
+            key = (req.analyst, req.request_id)
+            if req.request_id and key in self._seen:
+                return
+            now = self._clock()
+            bucket = self._buckets.get(req.analyst)
+            if bucket is None:
+                bucket = self._buckets[req.analyst] = _Bucket(
+                    limit.burst, limit.per_minute / 60.0, now
+                )
+            if not bucket.take(now):
+                raise PolicyRefused(
+                    self.node,
+                    "rate_limit",
+                    f"analyst {req.analyst!r} exceeded {limit.per_minute:g} requests per "
+                    f"minute (burst {limit.burst}); wait and retry",
+                )
+            if req.request_id:
+                self._seen[key] = None
+                while len(self._seen) > RECENT_REQUESTS:
+                    self._seen.popitem(last=False)

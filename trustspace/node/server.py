@@ -1,0 +1,97 @@
+"""Compose a node from its config: credentials, engine (checked at start-up), audit, gRPC server."""
+
+from __future__ import annotations
+
+import logging
+
+from trustspace.engine import DatasetSpec, Engine
+from trustspace.errors import ConfigError
+from trustspace.node.config import NodeConfig
+from trustspace.node.service import NodeService
+from trustspace.transport.ca import Credentials
+from trustspace.transport.server import TlsServer
+from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
+
+log = logging.getLogger("trustspace.node")
+
+
+def build_engine(config: NodeConfig) -> Engine:
+    """The node's engine over its datasets, validated (DataError naming file, line, column)."""
+    specs = {
+        d.name: DatasetSpec(
+            name=d.name,
+            path=d.path,
+            format="parquet" if d.format == "parquet" else "csv",
+            columns=dict(d.columns),
+            delimiter=d.delimiter,
+            header=d.header,
+            null_values=d.null_values,
+            domains=dict(d.domains),
+        )
+        for d in config.datasets
+    }
+    engine = Engine(specs)
+    engine.validate()
+    return engine
+
+
+def load_credentials(config: NodeConfig) -> Credentials:
+    creds = Credentials.from_files(
+        config.tls.ca, config.tls.cert, config.tls.key, expected_role="node"
+    )
+    if creds.name != config.name:
+        raise ConfigError(
+            f"{config.source}: key node.name = {config.name!r} but the certificate "
+            f"{config.tls.cert} is issued to {creds.name!r}; the aggregator checks nodes by "
+            "certificate name, so they must match"
+        )
+    return creds
+
+
+class Node:
+    """A running node: ``start()``, ``address``, ``stop(grace)`` (drains in-flight calls)."""
+
+    def __init__(self, config: NodeConfig, *, credentials: Credentials | None = None) -> None:
+        creds = credentials or load_credentials(config)
+        self.config = config
+        self.engine = build_engine(config)
+        self.service = NodeService(config, self.engine)
+        try:
+            self.server = TlsServer(
+                name=config.name,
+                listen=config.listen,
+                creds=creds,
+                register=lambda s: add_node_servicer(s, self.service),
+                service_names=(NODE_SERVICE,),
+            )
+        except BaseException:
+            self.service.close()
+            self.engine.close()
+            raise
+        log.info(
+            "node %s: audit log %s (%d lines, head %s)",
+            config.name,
+            config.audit_path,
+            self.service.audit.lines,
+            self.service.audit.head,
+        )
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    @property
+    def port(self) -> int:
+        return int(self.server.port)
+
+    def start(self) -> Node:
+        self.server.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        self.server.stop(self.config.drain_grace_s if grace is None else grace)
+        self.service.close()
+        self.engine.close()
+
+    def wait(self) -> None:
+        self.server.wait()

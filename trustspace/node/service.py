@@ -1,0 +1,363 @@
+"""A node: its engine over local files, policy, audit log and secure-aggregation sessions.
+
+``NodeService`` is the handler behind the gRPC servicer (``transport.servicers``). Every call
+is checked against the policy *before* any computation and written to the audit log (fsync'd)
+*before* the answer leaves; a call whose audit line cannot be written fails.
+
+Trust assumption: only certificates with role ``aggregator`` may call a node (the servicer
+checks it); the analyst identity in a request is the one the aggregator read from the
+analyst's certificate. A node therefore trusts the data space's aggregator to forward it
+faithfully (the audit line records both the analyst and the forwarding aggregator).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from trustspace.errors import (
+    NotBuiltError,
+    PolicyError,
+    ProtocolError,
+    TrustspaceError,
+)
+from trustspace.node.audit import AuditLog
+from trustspace.node.config import NodeConfig
+from trustspace.node.policy import Policy, Request
+from trustspace.secagg.client import SecAggClient
+from trustspace.secagg.config import SecAggConfig
+from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
+from trustspace.stats import Round, filter_columns, parse_filter
+from trustspace.transport import serde
+from trustspace.transport.ca import Identity
+
+log = logging.getLogger("trustspace.node")
+T = TypeVar("T")
+MAX_SESSIONS = 256  # concurrent secure-aggregation sessions kept in memory
+
+
+def round_columns(rnd: Round) -> tuple[str, ...]:
+    """Every column a round reads: its terms, its group column and its filter."""
+    cols: list[str] = []
+    for t in rnd.terms:
+        cols.extend(t.columns)
+    if rnd.group_column:
+        cols.append(rnd.group_column)
+    if rnd.where:
+        cols.extend(filter_columns(parse_filter(rnd.where)))
+    return tuple(dict.fromkeys(cols))
+
+
+def parse_round(data: Any, node: str) -> Round:
+    try:
+        return Round.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"node {node}: malformed round: {exc}") from None
+
+
+@dataclass
+class _Session:
+    client: SecAggClient
+    vector: np.ndarray[Any, Any]
+    analyst: str
+    request_id: str
+    created: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class NodeService:
+    """The node's request handler (see module docstring)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        engine: Any,
+        *,
+        audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.engine = engine
+        self.policy = Policy(config.name, config.policy)
+        self.audit = audit if audit is not None else AuditLog(config.audit_path)
+        self._clock = clock
+        self._sessions: dict[bytes, _Session] = {}
+        self._lock = threading.Lock()
+        self._datasets = {d.name for d in config.datasets}
+
+    # ------------------------------------------------------------------ audit + policy
+    def _handle(
+        self,
+        caller: Identity,
+        ctx: serde.RequestContext,
+        *,
+        operation: str,
+        dataset: str,
+        columns: tuple[str, ...],
+        params: dict[str, Any],
+        work: Callable[[], T],
+        check: bool = True,
+    ) -> T:
+        """Check policy, run ``work``, write the audit line (fsync), then return."""
+        entry: dict[str, Any] = {
+            "requester": ctx.analyst,
+            "via": caller.name,
+            "request_id": ctx.request_id,
+            "operation": operation,
+            "dataset": dataset,
+            "columns": list(columns),
+            "params": params,
+        }
+        try:
+            if check:
+                if not ctx.analyst:
+                    raise PolicyError(
+                        f"node {self.name}: request from {caller.name} names no analyst"
+                    )
+                self.policy.check(Request(ctx.analyst, operation, dataset, columns, ctx.request_id))
+        except PolicyError as exc:
+            entry.update(decision="deny", reason=str(exc), outcome="refused")
+            self.audit.append(entry)
+            log.info("%s: refused %s for %s: %s", self.name, operation, ctx.analyst, exc)
+            raise
+        entry.update(decision="allow", reason="policy rules matched" if check else "no data read")
+        try:
+            result = work()
+        except TrustspaceError as exc:
+            entry["outcome"] = f"error: {type(exc).__name__}: {exc}"
+            self.audit.append(entry)
+            raise
+        except Exception as exc:
+            entry["outcome"] = f"error: internal ({type(exc).__name__})"
+            self.audit.append(entry)
+            raise
+        entry["outcome"] = "ok"
+        self.audit.append(entry)
+        return result
+
+    # ------------------------------------------------------------------ describe
+    def describe(self, caller: Identity, ctx: serde.RequestContext) -> serde.NodeDescription:
+        def work() -> serde.NodeDescription:
+            return serde.NodeDescription(
+                node=self.name,
+                datasets=tuple(
+                    serde.DatasetDescription(d.name, self.engine.schema(d.name).to_dict())
+                    for d in self.config.datasets
+                ),
+                min_group_size=self.policy.min_group_size,
+                release_rows=self.policy.config.release_rows,
+            )
+
+        return self._handle(
+            caller,
+            ctx,
+            operation="describe_datasets",
+            dataset="",
+            columns=(),
+            params={},
+            work=work,
+            check=False,
+        )
+
+    # ------------------------------------------------------------------ local vectors
+    def _check_round(self, ctx: serde.RequestContext, rnd: Round) -> tuple[str, ...]:
+        if rnd.dataset not in self._datasets:
+            raise PolicyError(
+                f"node {self.name} serves no dataset {rnd.dataset!r} "
+                f"(it serves {', '.join(sorted(self._datasets))})"
+            )
+        if ctx.dataset and ctx.dataset != rnd.dataset:
+            raise ProtocolError(
+                f"node {self.name}: request names dataset {ctx.dataset!r} but its round reads "
+                f"{rnd.dataset!r}"
+            )
+        return round_columns(rnd)
+
+    def _local(self, rnd: Round) -> np.ndarray[Any, Any]:
+        vec = np.asarray(self.engine.compute(rnd), dtype=np.float64)
+        return vec
+
+    # ------------------------------------------------------------------ secure aggregation
+    def _expire(self) -> None:
+        now = self._clock()
+        with self._lock:
+            for sid in [
+                s
+                for s, v in self._sessions.items()
+                if now - v.created > self.config.session_timeout_s
+            ]:
+                del self._sessions[sid]
+
+    def secagg_step(self, caller: Identity, step: serde.SecAggStep) -> list[bytes]:
+        self._expire()
+        ctx = step.context
+        params: dict[str, Any] = {
+            "stage": step.stage,
+            "session": step.setup.session_id.hex()[:16],
+            "query": dict(ctx.params),
+        }
+        if step.stage == "advertise":
+            rnd = parse_round(step.round, self.name)
+            params["round"] = rnd.index
+            return self._handle(
+                caller,
+                ctx,
+                operation=ctx.operation,
+                dataset=rnd.dataset,
+                columns=round_columns(rnd),
+                params=params,
+                work=lambda: self._advertise(step, rnd),
+            )
+        with self._lock:
+            session = self._sessions.get(step.setup.session_id)
+        if session is None:
+            raise ProtocolError(
+                f"node {self.name}: no secure-aggregation session {params['session']} (it "
+                "expired or never started); re-run the query"
+            )
+        if session.analyst != ctx.analyst or session.request_id != ctx.request_id:
+            raise ProtocolError(
+                f"node {self.name}: session {params['session']} belongs to another request"
+            )
+        return self._handle(
+            caller,
+            ctx,
+            operation=ctx.operation,
+            dataset=ctx.dataset,
+            columns=ctx.columns,
+            params=params,
+            work=lambda: self._continue(step, session),
+            check=False,
+        )
+
+    def _advertise(self, step: serde.SecAggStep, rnd: Round) -> list[bytes]:
+        self._check_round(step.context, rnd)
+        s = step.setup
+        cfg = SecAggConfig(
+            session_id=s.session_id,
+            client_ids=s.client_ids,
+            vector_length=s.vector_length,
+            threshold=s.threshold,
+            neighbors=s.neighbors,
+            modulus_bits=s.modulus_bits,
+        )
+        if cfg.modulus_bits != 64:
+            raise ProtocolError(f"node {self.name}: statistics need 64-bit secure aggregation")
+        vector = rnd.encode(self._local(rnd))
+        if vector.shape[0] != cfg.vector_length:
+            raise ProtocolError(
+                f"node {self.name}: round has {vector.shape[0]} entries but the session "
+                f"declares {cfg.vector_length}"
+            )
+        client = SecAggClient(cfg, step.client_id)
+        session = _Session(
+            client, vector, step.context.analyst, step.context.request_id, self._clock()
+        )
+        with self._lock:
+            if s.session_id in self._sessions:
+                raise ProtocolError(f"node {self.name}: session id reused; refusing")
+            if len(self._sessions) >= MAX_SESSIONS:
+                raise ProtocolError(f"node {self.name}: too many concurrent sessions; retry later")
+            self._sessions[s.session_id] = session
+        return [client.advertise().to_bytes()]
+
+    def _continue(self, step: serde.SecAggStep, session: _Session) -> list[bytes]:
+        with session.lock:
+            try:
+                return self._stage(step, session)
+            except BaseException:
+                with self._lock:
+                    self._sessions.pop(step.setup.session_id, None)
+                raise
+
+    def _stage(self, step: serde.SecAggStep, session: _Session) -> list[bytes]:
+        client = session.client
+        if step.stage == "share_keys":
+            roster = {}
+            for raw in step.payloads:
+                msg = AdvertiseKeys.from_bytes(raw)
+                roster[msg.sender] = msg
+            out = client.share_keys(roster)
+            return [m.to_bytes() for _, m in sorted(out.items())]
+        if step.stage == "masked_input":
+            received = {}
+            for raw in step.payloads:
+                shares = EncryptedShares.from_bytes(raw)
+                received[shares.sender] = shares
+            return [client.masked_input(session.vector, received).to_bytes()]
+        if len(step.payloads) != 1:
+            raise ProtocolError(f"node {self.name}: unmask needs exactly one request")
+        answer = client.unmask(UnmaskRequest.from_bytes(step.payloads[0]))
+        with self._lock:
+            self._sessions.pop(step.setup.session_id, None)
+        return [answer.to_bytes()]
+
+    # ------------------------------------------------------------------ Paillier
+    def paillier_stats(self, caller: Identity, req: serde.PaillierRequest) -> bytes:
+        from trustspace.paillier import PublicKey
+
+        ctx = req.context
+        rnd = parse_round(req.round, self.name)
+        try:
+            pk = PublicKey(req.n)
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"node {self.name}: invalid Paillier public key: {exc}") from None
+        params: dict[str, Any] = {
+            "method": "paillier",
+            "round": rnd.index,
+            "key": pk.fingerprint,
+            "key_bits": pk.bits,
+            "suppressed": len(req.suppressed),
+            "query": dict(ctx.params),
+        }
+
+        def work() -> bytes:
+            self._check_round(ctx, rnd)
+            encoded = rnd.encode(self._local(rnd)).view(np.int64).copy()
+            bad = [i for i in req.suppressed if not 0 <= i < encoded.shape[0]]
+            if bad:
+                raise ProtocolError(f"node {self.name}: suppressed index {bad[0]} out of range")
+            encoded[list(req.suppressed)] = 0
+            ev = pk.encrypt_vector(
+                serde.split_words(encoded),
+                value_bits=serde.PAILLIER_WORD_VALUE_BITS,
+                headroom=req.headroom,
+            )
+            return ev.to_bytes()
+
+        return self._handle(
+            caller,
+            ctx,
+            operation=ctx.operation,
+            dataset=rnd.dataset,
+            columns=round_columns(rnd),
+            params=params,
+            work=work,
+        )
+
+    # ------------------------------------------------------------------ anonymization
+    def anonymization(self, caller: Identity, ctx: serde.RequestContext, step: str) -> Any:
+        def work() -> Any:
+            raise NotBuiltError(
+                f"node {self.name}: federated anonymization ({step}) is not built yet"
+            )
+
+        return self._handle(
+            caller,
+            ctx,
+            operation=f"anonymize.{step}",
+            dataset=ctx.dataset,
+            columns=ctx.columns,
+            params=dict(ctx.params),
+            work=work,
+        )
+
+    def close(self) -> None:
+        self.audit.close()

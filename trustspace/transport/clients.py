@@ -1,0 +1,136 @@
+"""Client stubs with a deadline on every call and our exceptions instead of ``grpc.RpcError``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from trustspace.proto.v1 import aggregator_pb2, aggregator_pb2_grpc, node_pb2, node_pb2_grpc
+from trustspace.transport import serde
+from trustspace.transport.ca import Credentials
+from trustspace.transport.status import to_exception
+from trustspace.transport.tls import preflight, secure_channel
+
+T = TypeVar("T")
+DESCRIBE_TIMEOUT_S = 10.0  # schema lookups are instant; a slow answer means a sick node
+STEP_TIMEOUT_S = 60.0  # one secure-aggregation stage, including the node's local query
+PAILLIER_TIMEOUT_S = 600.0  # encrypting a large vector under a 3072-bit key takes minutes
+QUERY_TIMEOUT_S = 3600.0  # a whole analyst query (many rounds over all nodes)
+
+
+class _Client:
+    def __init__(
+        self,
+        peer: str,
+        address: str,
+        creds: Credentials,
+        *,
+        server_name: str | None,
+        expected_role: str,
+        check: bool,
+    ) -> None:
+        self.peer = peer
+        self.address = address
+        if check:
+            preflight(address, creds, expected_role=expected_role, server_name=server_name)
+        self._channel = secure_channel(address, creds, server_name)
+
+    def _call(self, what: str, fn: Callable[..., T], request: Any, timeout: float) -> T:
+        try:
+            return fn(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise to_exception(err, peer=self.peer, what=what) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class NodeClient(_Client):
+    """The aggregator's connection to one node (identified by its certificate name)."""
+
+    def __init__(self, name: str, address: str, creds: Credentials, *, check: bool = False):
+        super().__init__(
+            f"node {name}",
+            address,
+            creds,
+            server_name=name,
+            expected_role="node",
+            check=check,
+        )
+        self.name = name
+        self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
+
+    def describe(
+        self, ctx: serde.RequestContext, timeout: float = DESCRIBE_TIMEOUT_S
+    ) -> serde.NodeDescription:
+        req = node_pb2.DescribeDatasetsRequest(context=serde.context_to_proto(ctx))
+        resp = self._call("DescribeDatasets", self._stub.DescribeDatasets, req, timeout)
+        return serde.description_from_proto(resp)
+
+    def secagg_step(self, step: serde.SecAggStep, timeout: float = STEP_TIMEOUT_S) -> list[bytes]:
+        resp = self._call(
+            f"secure aggregation stage {step.stage}",
+            self._stub.SecAggStep,
+            serde.step_to_proto(step),
+            timeout,
+        )
+        return [bytes(p) for p in resp.payloads]
+
+    def paillier_stats(
+        self, req: serde.PaillierRequest, timeout: float = PAILLIER_TIMEOUT_S
+    ) -> bytes:
+        resp = self._call(
+            "PaillierStats",
+            self._stub.PaillierStats,
+            serde.paillier_request_to_proto(req),
+            timeout,
+        )
+        return bytes(resp.encrypted_vector)
+
+
+class AggregatorClient(_Client):
+    """An analyst's connection to the aggregator."""
+
+    def __init__(
+        self,
+        address: str,
+        creds: Credentials,
+        *,
+        server_name: str | None = None,
+        check: bool = True,
+    ) -> None:
+        super().__init__(
+            f"aggregator at {address}",
+            address,
+            creds,
+            server_name=server_name,
+            expected_role="aggregator",
+            check=check,
+        )
+        self._stub = aggregator_pb2_grpc.AggregatorServiceStub(self._channel)
+
+    def run_query(
+        self, query: dict[str, Any], method: str = "secagg", timeout: float = QUERY_TIMEOUT_S
+    ) -> Any:
+        req = aggregator_pb2.RunQueryRequest(query_json=serde.dumps(query), method=method)
+        resp = self._call("RunQuery", self._stub.RunQuery, req, timeout)
+        return serde.loads(resp.result_json, "result_json")
+
+    def run_round(
+        self, req: serde.RoundRequest, timeout: float = QUERY_TIMEOUT_S
+    ) -> serde.RoundResult:
+        resp = self._call(
+            "RunRound", self._stub.RunRound, serde.round_request_to_proto(req), timeout
+        )
+        return serde.round_result_from_proto(resp)
+
+    def run_anonymization(self, spec: dict[str, Any], timeout: float = QUERY_TIMEOUT_S) -> Any:
+        req = aggregator_pb2.RunAnonymizationRequest(spec_json=serde.dumps(spec))
+        resp = self._call("RunAnonymization", self._stub.RunAnonymization, req, timeout)
+        return serde.loads(resp.result_json, "result_json")
+
+    def status(self, timeout: float = DESCRIBE_TIMEOUT_S) -> tuple[str, list[serde.NodeStatus]]:
+        resp = self._call("Status", self._stub.Status, aggregator_pb2.StatusRequest(), timeout)
+        return serde.status_from_proto(resp)
