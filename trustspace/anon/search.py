@@ -75,7 +75,9 @@ class Result:
         return {
             "method": self.method,
             "quasi_identifiers": list(self.quasi_identifiers),
-            "levels": dict(zip(self.quasi_identifiers, self.levels, strict=True)),
+            "levels": (
+                dict(zip(self.quasi_identifiers, self.levels, strict=True)) if self.levels else None
+            ),
             "models": list(self.models),
             "suppression_limit": self.suppression_limit,
             "metric": self.metric,
