@@ -202,10 +202,10 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         _write_atomic(args.report, lambda fh: fh.write(json.dumps(report, indent=2) + "\n"))
     m = result.metrics
-    levels = (
-        " ".join(f"{q}={lv}" for q, lv in zip(result.quasi_identifiers, result.levels, strict=True))
-        or "(local recoding)"
-    )
+    levels = "(local recoding)"
+    if result.levels:
+        pairs = zip(result.quasi_identifiers, result.levels, strict=True)
+        levels = " ".join(f"{q}={lv}" for q, lv in pairs)
     print(
         f"{result.method}: {', '.join(result.models)}; levels {levels}; "
         f"{result.suppressed_records} of {result.n_records} records suppressed; "
