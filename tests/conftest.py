@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +30,72 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     issue(root / "other", "mallory", "aggregator")
     issue(root / "other", "eve", "analyst")
     return root
+
+
+@pytest.fixture(scope="session")
+def partitions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three small CSV partitions (age int, income float, sex str, with a few nulls)."""
+    import numpy as np
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("parts")
+    rng = np.random.default_rng(7)  # test data only; never for cryptography
+    out = {}
+    for name in ("n1", "n2", "n3"):
+        n = 120
+        df = pd.DataFrame(
+            {
+                "age": rng.integers(18, 90, n),
+                "income": rng.normal(50_000, 12_000, n).round(2),
+                "sex": rng.choice(["F", "M"], n),
+            }
+        )
+        df.loc[rng.choice(n, 5, replace=False), "income"] = None
+        p = root / f"{name}.csv"
+        df.to_csv(p, index=False)
+        out[name] = p
+    return out
+
+
+@pytest.fixture(scope="session")
+def union(partitions: dict[str, Path]) -> Any:
+    import pandas as pd
+
+    return pd.concat([pd.read_csv(p) for p in partitions.values()], ignore_index=True)
+
+
+def write_node_config(
+    path: Path,
+    *,
+    name: str,
+    identity: Path,
+    data: Path,
+    audit: Path,
+    listen: str = "127.0.0.1:0",
+    policy: str = 'min_group_size = 5\n[[policy.rules]]\nanalysts = ["*"]\noperations = ["*"]\n',
+) -> Path:
+    """A node TOML config (the format docs/operations.md documents)."""
+    path.write_text(
+        f"""[node]
+name = "{name}"
+listen = "{listen}"
+drain_grace_s = 5
+
+[tls]
+dir = "{identity}"
+
+[audit]
+path = "{audit}"
+
+[datasets.default]
+path = "{data}"
+format = "csv"
+[datasets.default.columns]
+age = "int"
+income = "float"
+sex = "str"
+
+[policy]
+{policy}"""
+    )
+    return path

@@ -1,0 +1,98 @@
+"""The aggregator over real nodes: dropped nodes, threshold, status, Paillier disclosure control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trustspace.api import Federation
+from trustspace.errors import NodeError, ThresholdError
+from trustspace.paillier import EncryptedVector
+from trustspace.stats import Round, Term
+from trustspace.transport import serde
+
+KEY_BITS = 2048
+
+
+def _local(partitions: dict[str, Path], names: tuple[str, ...], tmp_path: Path) -> Federation:
+    policy = {"min_group_size": 5, "rules": [{"analysts": ["*"], "operations": ["*"]}]}
+    return Federation.local(
+        {n: str(partitions[n]) for n in names}, policy, key_bits=KEY_BITS, workdir=tmp_path
+    )
+
+
+def test_stopped_node_is_excluded_and_reported(
+    partitions: dict[str, Path], union: Any, tmp_path: Path
+) -> None:
+    with _local(partitions, ("n1", "n2", "n3"), tmp_path) as fed:
+        fed.nodes["n3"].stop(0)
+        status = {n.name: n for n in fed.status()}
+        assert not status["n3"].reachable and "n3" in status["n3"].detail
+        assert status["n1"].reachable
+        import pandas as pd
+
+        want = len(pd.read_csv(partitions["n1"])) + len(pd.read_csv(partitions["n2"]))
+        assert fed.count() == want
+        assert fed.last_info["excluded"] == ["n3"]
+        assert fed.last_info["nodes"] == ["n1", "n2"]
+
+
+def test_below_threshold_is_a_clean_error(partitions: dict[str, Path], tmp_path: Path) -> None:
+    with _local(partitions, ("n1", "n2"), tmp_path) as fed:
+        fed.nodes["n2"].stop(0)
+        with pytest.raises(ThresholdError, match="at least 2 nodes, only 1 answered"):
+            fed.count()
+
+
+def test_no_node_reachable(partitions: dict[str, Path], tmp_path: Path) -> None:
+    with _local(partitions, ("n1", "n2"), tmp_path) as fed:
+        for n in fed.nodes.values():
+            n.stop(0)
+        with pytest.raises(NodeError, match=r"no node answered.*node n1"):
+            fed.count()
+
+
+def test_paillier_round_suppresses_small_groups(
+    partitions: dict[str, Path], union: Any, tmp_path: Path
+) -> None:
+    """A dishonest analyst asking for a sum over 4 records gets zeros, flagged."""
+    from trustspace.stats import Query
+
+    with _local(partitions, ("n1", "n2", "n3"), tmp_path) as fed:
+        pk, sk = fed._keys()
+        where = "age >= 88 and sex = 'F'"
+        small = int(((union.age >= 88) & (union.sex == "F")).sum())
+        assert 0 < small < 5
+        query = Query("sum", "default", "age", where)
+        rnd = Round(
+            "default",
+            where,
+            (Term.rows(), Term.moment(["age"], [1], [0.0], 40), Term.grid("age", 0.0, 50.0, 2)),
+        )
+        rr = fed._client.run_round(
+            serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), "req-1")
+        )
+        words = np.asarray(sk.decrypt_vector(EncryptedVector.from_bytes(pk, rr.encrypted_vector)))
+        total = rnd.decode(serde.join_words(words.astype(np.int64)))
+        # rows (4 < 5) and the age sum (governed by the non-null count, 4) are suppressed;
+        # the grid: [<0]=0, [0,50)=0, [50,100)=4 -> suppressed, [>=100]=0
+        assert set(rr.suppressed) == {0, 1, 4}
+        assert total.tolist() == [0.0] * rnd.size
+        assert rr.nodes == 3
+        big = Round("default", "age < 88", (Term.rows(),))
+        rr = fed._client.run_round(
+            serde.RoundRequest(
+                Query("count", "default", (), "age < 88").to_dict(),
+                big.to_dict(),
+                int(pk.n),
+                "req-2",
+            )
+        )
+        words = np.asarray(sk.decrypt_vector(EncryptedVector.from_bytes(pk, rr.encrypted_vector)))
+        assert rr.suppressed == ()
+        assert big.decode(serde.join_words(words.astype(np.int64))).tolist() == [
+            float((union.age < 88).sum())
+        ]

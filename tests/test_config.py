@@ -1,0 +1,134 @@
+"""Node and aggregator TOML configs: every error names the file, the key and the bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trustspace.errors import ConfigError
+from trustspace.node.config import load_aggregator_config, load_node_config
+
+GOOD_NODE = """
+[node]
+name = "org-a"
+listen = "127.0.0.1:0"
+
+[tls]
+dir = "certs/org-a"
+
+[audit]
+path = "audit/org-a.jsonl"
+
+[datasets.adult]
+path = "data/a.csv"
+[datasets.adult.columns]
+age = "int"
+sex = "str"
+[datasets.adult.domains]
+sex = ["Female", "Male"]
+
+[policy]
+min_group_size = 5
+rate_limit = { per_minute = 30, burst = 5 }
+[[policy.rules]]
+analysts = ["alice"]
+operations = ["count", "mean"]
+datasets = ["adult"]
+columns = ["age"]
+"""
+
+GOOD_AGG = """
+[aggregator]
+name = "operator"
+listen = "0.0.0.0:50050"
+threshold = 2
+
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/agg/cert.pem"
+key = "certs/agg/key.pem"
+
+[[nodes]]
+name = "org-a"
+address = "a.example:50051"
+
+[[nodes]]
+name = "org-b"
+address = "b.example:50051"
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "cfg.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_good_node_config_resolves_paths(tmp_path: Path) -> None:
+    cfg = load_node_config(_write(tmp_path, GOOD_NODE))
+    assert cfg.name == "org-a" and cfg.tls.key == tmp_path / "certs/org-a/key.pem"
+    assert cfg.datasets[0].path == tmp_path / "data/a.csv"
+    assert cfg.datasets[0].domains == (("sex", ("Female", "Male")),)
+    assert cfg.policy.min_group_size == 5 and cfg.policy.rate_limit is not None
+    assert cfg.policy.rules[0].columns == ("age",)
+
+
+def test_good_aggregator_config(tmp_path: Path) -> None:
+    cfg = load_aggregator_config(_write(tmp_path, GOOD_AGG))
+    assert [n.name for n in cfg.nodes] == ["org-a", "org-b"] and cfg.threshold == 2
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ('listen = "127.0.0.1:0"', 'listen = "localhost"', r"key node\.listen = 'localhost'"),
+        ('age = "int"', 'age = "integer"', r"key datasets\.adult\.columns\.age = 'integer'"),
+        ("min_group_size = 5", "min_group_size = 0", r"key policy\.min_group_size = 0"),
+        ('[audit]\npath = "audit/org-a.jsonl"', "[audit]", r"key audit\.path is missing"),
+        ('name = "org-a"', 'name = "org-a"\nport = 1', r"key node\.port: unknown key"),
+        ("[datasets.adult]\npath", '[datasets.adult]\nformat = "xlsx"\npath', "'xlsx'"),
+        ('sex = ["Female", "Male"]', 'gender = ["F"]', r"domains\.gender: no such column"),
+        ('operations = ["count", "mean"]', 'operations = "count"', r"rules\[0\]\.operations"),
+        ("per_minute = 30", "per_minute = 0", "per_minute = 0"),
+    ],
+)
+def test_node_config_errors_name_file_key_value(
+    tmp_path: Path, old: str, new: str, match: str
+) -> None:
+    assert old in GOOD_NODE
+    p = _write(tmp_path, GOOD_NODE.replace(old, new))
+    with pytest.raises(ConfigError, match=match) as info:
+        load_node_config(p)
+    assert str(p) in str(info.value)
+
+
+def test_node_config_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_node_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_node_config(_write(tmp_path, "[node\nname="))
+    with pytest.raises(ConfigError, match=r"key node is missing"):
+        load_node_config(_write(tmp_path, "[tls]\ndir='x'\n"))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ("threshold = 2", "threshold = 3", r"aggregator\.threshold = 3: must be between 1 and 2"),
+        ('name = "org-b"', 'name = "org-a"', r"nodes\[1\]\.name = 'org-a': duplicate"),
+        ('address = "b.example:50051"', 'address = "b.example"', r"nodes\[1\]\.address"),
+        ('key = "certs/agg/key.pem"', "", r"key tls\.key is missing"),
+    ],
+)
+def test_aggregator_config_errors(tmp_path: Path, old: str, new: str, match: str) -> None:
+    p = _write(tmp_path, GOOD_AGG.replace(old, new))
+    with pytest.raises(ConfigError, match=match) as info:
+        load_aggregator_config(p)
+    assert str(p) in str(info.value)
+
+
+def test_aggregator_needs_nodes(tmp_path: Path) -> None:
+    text = GOOD_AGG.split("[[nodes]]")[0].replace("threshold = 2", "")
+    with pytest.raises(ConfigError, match="key nodes is missing"):
+        load_aggregator_config(_write(tmp_path, text))

@@ -1,0 +1,191 @@
+"""A node as a server: start-up data checks, health, bad input, graceful drain and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import write_node_config
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from trustspace.errors import ConfigError, DataError, ProtocolError
+from trustspace.node.config import load_node_config
+from trustspace.node.server import Node
+from trustspace.proto.v1 import node_pb2, node_pb2_grpc
+from trustspace.transport import serde
+from trustspace.transport.ca import Credentials, Identity
+from trustspace.transport.clients import NodeClient
+from trustspace.transport.server import TlsServer
+from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
+from trustspace.transport.tls import secure_channel
+
+
+def _config(tmp_path: Path, pki: Path, data: Path, name: str = "n1") -> Path:
+    return write_node_config(
+        tmp_path / f"{name}.toml",
+        name=name,
+        identity=pki / "ca" / name,
+        data=data,
+        audit=tmp_path / f"{name}.jsonl",
+    )
+
+
+@pytest.fixture()
+def node(tmp_path: Path, pki: Path, partitions: dict[str, Path]):  # type: ignore[no-untyped-def]
+    n = Node(load_node_config(_config(tmp_path, pki, partitions["n1"]))).start()
+    yield n
+    n.stop(1)
+
+
+def _agg(pki: Path) -> Credentials:
+    return Credentials.from_dir(pki / "ca" / "agg")
+
+
+def test_missing_data_file_named(tmp_path: Path, pki: Path) -> None:
+    cfg = load_node_config(_config(tmp_path, pki, tmp_path / "gone.csv"))
+    with pytest.raises(DataError, match=r"gone\.csv"):
+        Node(cfg)
+
+
+def test_bad_row_named_with_line_and_column(tmp_path: Path, pki: Path) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text("age,income,sex\n30,100.5,F\n41,abc,M\n")
+    cfg = load_node_config(_config(tmp_path, pki, data))
+    with pytest.raises(DataError) as info:
+        Node(cfg)
+    msg = str(info.value)
+    assert "bad.csv" in msg and "income" in msg and "3" in msg
+
+
+def test_certificate_must_match_node_name(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path]
+) -> None:
+    p = _config(tmp_path, pki, partitions["n1"])
+    p.write_text(p.read_text().replace('name = "n1"', 'name = "other"'))
+    with pytest.raises(ConfigError, match="issued to 'n1'"):
+        Node(load_node_config(p))
+
+
+def test_cli_check_mode(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trustspace.cli.main import main
+
+    assert main(["node", str(_config(tmp_path, pki, partitions["n1"])), "--check"]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\nname = 1\n")
+    assert main(["node", str(bad)]) == 2
+    assert "bad.toml: key node.name = 1" in capsys.readouterr().err
+
+
+def test_health_service(node: Node, pki: Path) -> None:
+    ch = secure_channel(node.address, _agg(pki), "n1")
+    stub = health_pb2_grpc.HealthStub(ch)
+    for svc in ("", NODE_SERVICE):
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=svc), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    ch.close()
+
+
+def test_garbage_requests_are_refused_and_node_keeps_serving(node: Node, pki: Path) -> None:
+    client = NodeClient("n1", node.address, _agg(pki))
+    ctx = serde.RequestContext("alice", "r1", "count", "default")
+    setup = serde.SecAggSetup(os.urandom(32), (1, 2), 2)
+    bad_steps = [
+        serde.SecAggStep(ctx, setup, "share_keys", (b"junk",), {}, 1),  # no such session
+        serde.SecAggStep(ctx, setup, "advertise", (), {"dataset": "default"}, 1),  # bad round
+    ]
+    for step in bad_steps:
+        with pytest.raises(ProtocolError, match="n1"):
+            client.secagg_step(step, timeout=5)
+    ch = secure_channel(node.address, _agg(pki), "n1")
+    stub = node_pb2_grpc.NodeServiceStub(ch)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SecAggStep(node_pb2.SecAggStepRequest(stage="explode"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as info:
+        stub.PaillierStats(node_pb2.PaillierStatsRequest(headroom=2), timeout=5)
+    assert info.value.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    ch.close()
+    desc = client.describe(ctx, timeout=5)  # still serving
+    assert desc.node == "n1" and desc.min_group_size == 5
+    assert [d.name for d in desc.datasets] == ["default"]
+    client.close()
+
+
+class _SlowHandler:
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+
+    def describe(self, caller: Identity, ctx: serde.RequestContext) -> serde.NodeDescription:
+        self.entered.set()
+        time.sleep(1.0)
+        return serde.NodeDescription("slow", (), 3, False)
+
+    def secagg_step(self, caller: Identity, step: serde.SecAggStep) -> list[bytes]:
+        raise NotImplementedError
+
+    def paillier_stats(self, caller: Identity, req: serde.PaillierRequest) -> bytes:
+        raise NotImplementedError
+
+    def anonymization(self, caller: Identity, ctx: serde.RequestContext, step: str) -> None:
+        raise NotImplementedError
+
+
+def test_stop_drains_in_flight_calls(pki: Path) -> None:
+    creds = Credentials.from_dir(pki / "ca" / "n2")
+    handler = _SlowHandler()
+    server = TlsServer(
+        name="n2",
+        listen="127.0.0.1:0",
+        creds=creds,
+        register=lambda s: add_node_servicer(s, handler),
+        service_names=(NODE_SERVICE,),
+    )
+    server.start()
+    client = NodeClient("n2", server.address, _agg(pki))
+    out: list[object] = []
+    t = threading.Thread(
+        target=lambda: out.append(client.describe(serde.RequestContext("a", "r", "x"), 10))
+    )
+    t.start()
+    assert handler.entered.wait(5)
+    server.stop(grace=10)  # returns after the in-flight call finished
+    t.join(5)
+    assert out and isinstance(out[0], serde.NodeDescription) and out[0].min_group_size == 3
+    client.close()
+
+
+@pytest.mark.slow
+def test_sigterm_exits_zero(tmp_path: Path, pki: Path, partitions: dict[str, Path]) -> None:
+    cfg = _config(tmp_path, pki, partitions["n1"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trustspace.cli.main", "node", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "serving default on 127.0.0.1:" in line, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "SIGTERM received, draining" in err and "stopped" in err
