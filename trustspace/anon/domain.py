@@ -20,9 +20,8 @@ of the nodes' local dense vectors (see ``docs/security-anon.md``) and returns it
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +59,7 @@ def group_sum(keys: IntArray, counts: IntArray) -> tuple[IntArray, IntArray]:
     """
     if keys.size == 0:
         return keys.astype(np.int64), counts.astype(np.int64)
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(keys)  # any order within equal keys will do: we only sum them
     sk = keys[order]
     starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
     sums = np.add.reduceat(counts[order], starts)
@@ -253,9 +252,13 @@ class LocalOracle:
             self._up.append(per_a)
         bottom_levels = tuple(0 for _ in domain.hierarchies)
         self._bottom = (bottom_levels, tup, self.counts)
-        self._cache: OrderedDict[tuple[int, ...], tuple[tuple[int, ...], IntArray, IntArray]] = (
-            OrderedDict()
-        )
+        # cache of rolled-up histograms: fixed slots, least recently used replaced first
+        q_ = len(domain.hierarchies)
+        self._slot_levels = np.full((_CACHE_NODES, q_), np.iinfo(np.int64).max, dtype=np.int64)
+        self._slot_size = np.zeros(_CACHE_NODES, dtype=np.int64)
+        self._slot_used = np.zeros(_CACHE_NODES, dtype=np.int64)
+        self._slots: list[list[Any] | None] = [None] * _CACHE_NODES
+        self._tick = 0
 
     @property
     def n_distinct(self) -> int:
@@ -299,22 +302,28 @@ class LocalOracle:
 
     def _source(self, lv: tuple[int, ...]) -> tuple[tuple[int, ...], IntArray, IntArray]:
         """The smallest cached histogram of a node at or below ``lv`` (else the tuples)."""
-        best = self._bottom
-        if self._cache:
-            levels = np.array(list(self._cache), dtype=np.int64)
-            below = np.flatnonzero((levels <= np.array(lv)).all(axis=1))
-            for i in below.tolist():
-                cand = self._cache[tuple(int(x) for x in levels[i])]
-                if cand[2].size < best[2].size:
-                    best = cand
-            if best[0] in self._cache:
-                self._cache.move_to_end(best[0])
-        return best
+        below = (self._slot_levels <= np.array(lv)).all(axis=1)
+        if not below.any():
+            return self._bottom
+        sizes = np.where(below, self._slot_size, np.iinfo(np.int64).max)
+        i = int(np.argmin(sizes))
+        if sizes[i] >= self._bottom[2].size:
+            return self._bottom
+        self._tick += 1
+        self._slot_used[i] = self._tick
+        entry = self._slots[i]
+        assert entry is not None
+        if entry[3] is None:  # decode lazily: most cached nodes never serve as a source
+            codes, sens = self.domain.decode(entry[1], entry[0])
+            if self.domain.sensitive is not None:
+                codes = np.column_stack([codes, sens])
+            entry[3] = codes
+        return entry[0], entry[3], entry[2]
 
     def _remember(self, lv: tuple[int, ...], keys: IntArray, counts: IntArray) -> None:
-        codes, sens = self.domain.decode(keys, lv)
-        if self.domain.sensitive is not None:
-            codes = np.column_stack([codes, sens])
-        self._cache[lv] = (lv, codes, counts)
-        if len(self._cache) > _CACHE_NODES:
-            self._cache.popitem(last=False)
+        i = int(np.argmin(self._slot_used))  # an empty slot (0) or the least recently used
+        self._tick += 1
+        self._slots[i] = [lv, keys, counts, None]
+        self._slot_levels[i] = lv
+        self._slot_size[i] = counts.size
+        self._slot_used[i] = self._tick

@@ -274,11 +274,9 @@ class Hierarchy:
             DataError: a value of the column is not in the hierarchy (the message names the
                 column and the missing values).
         """
-        local: dict[object, int] = {}
-        inv = np.fromiter(
-            (local.setdefault(v, len(local)) for v in column), dtype=np.int64, count=len(column)
-        )
-        uniq = list(local)
+        uniq = list(dict.fromkeys(column))  # C loops only: this runs on every row
+        local = {v: i for i, v in enumerate(uniq)}
+        inv = np.fromiter(map(local.__getitem__, column), dtype=np.int64, count=len(column))
         idx = self._index
         missing = [str(v) for v in uniq if str(v) not in idx]
         if missing:

@@ -60,20 +60,24 @@ def mondrian(
     codes_at = [[h.codes(lv) for lv in range(h.height)] for h in domain.hierarchies]
     loss_at = [[1.0 - p for p in pl] for pl in tables.pen["loss"]]
 
-    def violating(groups: IntArray, n_groups: int, idx: IntArray) -> npt.NDArray[np.bool_]:
-        sizes = np.bincount(groups, weights=counts[idx], minlength=n_groups).astype(np.int64)
+    def stats(groups: IntArray, n_groups: int, idx: IntArray) -> tuple[IntArray, IntArray | None]:
+        w = counts[idx]
+        sizes = np.bincount(groups, weights=w, minlength=n_groups).astype(np.int64)
         sm = None
         if need_sens:
             assert sens is not None
-            sm = (
-                np.bincount(groups * s + sens[idx], weights=counts[idx], minlength=n_groups * s)
-                .reshape(n_groups, s)
-                .astype(np.int64)
-            )
-        viol = np.zeros(n_groups, dtype=bool)
+            flat = np.bincount(groups * s + sens[idx], weights=w, minlength=n_groups * s)
+            sm = flat.reshape(n_groups, s).astype(np.int64)
+        return sizes, sm
+
+    def bad(sizes: IntArray, sm: IntArray | None) -> npt.NDArray[np.bool_]:
+        viol = sizes == 0
         for m in models:
-            viol |= m.violating(sizes, sm, overall)
-        return np.asarray(viol | (sizes == 0))
+            viol = viol | m.violating(sizes, sm, overall)
+        return np.asarray(viol)
+
+    def violating(groups: IntArray, n_groups: int, idx: IntArray) -> npt.NDArray[np.bool_]:
+        return bad(*stats(groups, n_groups, idx))
 
     top = np.array([h.height - 1 for h in domain.hierarchies], dtype=np.int64)
     top_codes = np.column_stack([codes_at[j][top[j]][tuples[:, j]] for j in range(q)])
@@ -103,38 +107,37 @@ def mondrian(
         for j in order:
             child_lv = int(lv[j]) - 1
             child = codes_at[j][child_lv][tuples[idx, j]]
-            uniq, groups = np.unique(child, return_inverse=True)
-            viol = violating(groups, uniq.size, idx)
-            sizes = np.bincount(groups, weights=counts[idx], minlength=uniq.size)
-            keep = ~viol
+            n_child = len(domain.hierarchies[j].level_values(child_lv))
+            sizes, sm = stats(child, n_child, idx)
+            keep = ~bad(sizes, sm)
             if not keep.any():
                 continue
-            rest = ~keep
-            if rest.any():
-                # the pooled remainder keeps the parent value; it must be a valid class too
-                valid_by_size = np.flatnonzero(keep)[np.argsort(sizes[keep], kind="stable")]
-                pool = rest.copy()
+            pool = ~keep & (sizes > 0)
+            if pool.any():
+                # the pooled remainder keeps the parent value; it must be a valid class too,
+                # else the smallest valid children join it
+                by_size = np.flatnonzero(keep)[np.argsort(sizes[keep], kind="stable")]
                 ok = False
-                for extra in [-1, *valid_by_size.tolist()]:
+                for extra in [-1, *by_size.tolist()]:
                     if extra >= 0:
                         pool[extra] = True
                         keep[extra] = False
-                    in_pool = pool[groups]
-                    pv = violating(np.zeros(int(in_pool.sum()), dtype=np.int64), 1, idx[in_pool])
-                    if not pv[0]:
+                    psm = None if sm is None else sm[pool].sum(axis=0, keepdims=True)
+                    if not bad(np.array([sizes[pool].sum()]), psm)[0]:
                         ok = True
                         break
                 if not ok or not keep.any():
                     continue
-                in_pool = pool[groups]
-                stack.append((idx[in_pool], lv, cd, open_attrs - {j}))
+                stack.append((idx[pool[child]], lv, cd, open_attrs - {j}))
+            order_c = np.argsort(child, kind="stable")
+            sorted_c = child[order_c]
             for g in np.flatnonzero(keep).tolist():
-                sel = groups == g
+                lo, hi = np.searchsorted(sorted_c, [g, g + 1])
                 nlv = lv.copy()
                 ncd = cd.copy()
                 nlv[j] = child_lv
-                ncd[j] = int(uniq[g])
-                stack.append((idx[sel], nlv, ncd, open_attrs))
+                ncd[j] = g
+                stack.append((idx[order_c[lo:hi]], nlv, ncd, open_attrs))
             done = True
             break
         if not done:
