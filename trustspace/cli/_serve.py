@@ -21,8 +21,9 @@ def setup_logging(level: str) -> None:
     )
 
 
-def serve_until_signal(server: _Server, what: str, grace: float) -> int:
-    """Block until SIGTERM/SIGINT, then drain in-flight calls (up to ``grace`` s); exit 0."""
+def serve_until_signal(server: _Server, what: str, grace: float, ready: str) -> int:
+    """Print ``ready`` once the signal handlers are in place, block until SIGTERM/SIGINT,
+    then drain in-flight calls (up to ``grace`` s); exit 0."""
     stop = threading.Event()
     received: list[str] = []
 
@@ -31,6 +32,7 @@ def serve_until_signal(server: _Server, what: str, grace: float) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    print(ready, flush=True)
     try:
         while not stop.wait(0.5):
             pass

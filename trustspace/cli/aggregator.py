@@ -26,9 +26,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     config = load_aggregator_config(args.config)
     agg = Aggregator(config).start()
-    print(
+    ready = (
         f"aggregator {config.name}: serving on {agg.address} (mutual TLS) for "
-        f"{len(config.nodes)} node(s): {', '.join(n.name for n in config.nodes)}",
-        flush=True,
+        f"{len(config.nodes)} node(s): {', '.join(n.name for n in config.nodes)}"
     )
-    return serve_until_signal(agg, f"aggregator {config.name}", config.drain_grace_s)
+    return serve_until_signal(agg, f"aggregator {config.name}", config.drain_grace_s, ready)

@@ -34,9 +34,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"node {config.name}: config, certificate and {len(config.datasets)} dataset(s) OK")
         return 0
     node.start()
-    print(
+    ready = (
         f"node {config.name}: serving {', '.join(d.name for d in config.datasets)} on "
-        f"{node.address} (mutual TLS); audit log {config.audit_path}",
-        flush=True,
+        f"{node.address} (mutual TLS); audit log {config.audit_path}"
     )
-    return serve_until_signal(node, f"node {config.name}", config.drain_grace_s)
+    return serve_until_signal(node, f"node {config.name}", config.drain_grace_s, ready)
