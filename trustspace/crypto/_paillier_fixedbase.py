@@ -81,32 +81,66 @@ class FixedBaseTable:
         return self.pow_digits(self.digits(exponent))
 
 
+def estimate_bytes(modulus_bits: int, exponent_bits: int, window: int, copies: int = 1) -> int:
+    """Approximate memory of ``copies`` tables (entries, mpz headers and list slots)."""
+    per_entry = (modulus_bits + 7) // 8 + _MPZ_OVERHEAD_BYTES + 8
+    return copies * -(-exponent_bits // window) * (1 << window) * per_entry
+
+
+def choose_window(modulus_bits: int, exponent_bits: int, budget: int, copies: int = 1) -> int:
+    """The widest window in [4, 12] whose ``copies`` tables fit ``budget`` bytes (at least 4).
+
+    >>> choose_window(4096, 1024, 64 * 2**20), choose_window(6144, 1536, 64 * 2**20)
+    (10, 8)
+    """
+    best = 4
+    for w in range(4, 13):
+        if estimate_bytes(modulus_bits, exponent_bits, w, copies) <= budget:
+            best = w
+    return best
+
+
 @dataclass(frozen=True)
 class TableConfig:
     """Size limits of the precomputation (change with :func:`configure_tables`).
 
     Attributes:
-        window: window bits of public-key tables (entries mod n^2); 8 costs about 17 MB per
-            2048-bit key and 39 MB per 3072-bit key.
-        crt_window: window bits of private-key (CRT) tables mod p^2 and q^2; entries are half
-            as long, so a wider window costs about the same memory.
+        window: window bits of public-key tables (entries mod n^2); ``None`` picks the widest
+            window whose table fits ``table_budget`` (10 at 2048 bits: ~58 MB, 103
+            multiplications per encryption; 8 at 3072 bits: ~41 MB, 192 multiplications).
+        crt_window: window bits of the private-key (CRT) tables mod p^2 and q^2 (two tables of
+            half-length entries); ``None`` picks by ``table_budget`` likewise.
+        table_budget: bytes one key's tables may take when a window is picked automatically.
         max_keys: at most this many tables stay cached (at least 1).
         max_bytes: and at most this many bytes in total, except that the most recently used
             table is always kept (otherwise a too-large table would be rebuilt on every call).
     """
 
-    window: int = 8
-    crt_window: int = 9
+    window: int | None = None
+    crt_window: int | None = None
+    table_budget: int = 64 * 1024 * 1024
     max_keys: int = 8
     max_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("window", "crt_window"):
             v = getattr(self, name)
-            if not 1 <= v <= 16:
-                raise ValueError(f"{name} must be in [1, 16] bits, got {v}")
-        if self.max_keys < 1 or self.max_bytes < 0:
-            raise ValueError("max_keys must be >= 1 and max_bytes >= 0")
+            if v is not None and not 1 <= v <= 16:
+                raise ValueError(f"{name} must be in [1, 16] bits or None (auto), got {v}")
+        if self.max_keys < 1 or self.max_bytes < 0 or self.table_budget < 0:
+            raise ValueError("max_keys must be >= 1, max_bytes and table_budget >= 0")
+
+    def public_window(self, modulus_bits: int, exponent_bits: int) -> int:
+        """The window for a public-key table mod a ``modulus_bits``-bit n^2."""
+        if self.window is not None:
+            return self.window
+        return choose_window(modulus_bits, exponent_bits, self.table_budget)
+
+    def private_window(self, modulus_bits: int, exponent_bits: int) -> int:
+        """The window for the two CRT tables mod ``modulus_bits``-bit p^2 and q^2."""
+        if self.crt_window is not None:
+            return self.crt_window
+        return choose_window(modulus_bits, exponent_bits, self.table_budget, copies=2)
 
 
 class TableCache:

@@ -14,6 +14,7 @@ import contextlib
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
 
@@ -84,6 +85,25 @@ def _decrypt_chunk(cs: list[int]) -> list[int]:
     return [int(key._raw_decrypt(mpz(c))) for c in cs]
 
 
+def _ping(wait: float) -> int:
+    time.sleep(wait)  # hold this worker so the next submit starts another one
+    return os.getpid()
+
+
+def _start_all(pool: ProcessPoolExecutor, processes: int) -> None:
+    """Start every worker and wait for its initializer (its table build) to finish.
+
+    Python 3.11 starts non-fork workers lazily, one per submit that finds no idle worker; a
+    worker answers a ping only after its initializer ran, and each ping holds its worker for a
+    moment so that the others get theirs.
+    """
+    pids: set[int] = set()
+    for _ in range(200):  # bounded: ~40 s at worst, then carry on with what started
+        pids.update(pool.map(_ping, [0.2] * processes))
+        if len(pids) >= processes:
+            return
+
+
 _TASKS: Final = {"encrypt": _encrypt_chunk, "decrypt": _decrypt_chunk}
 
 
@@ -104,6 +124,7 @@ def _get_pool(key: Any, processes: int) -> ProcessPoolExecutor:
                 initializer=_init_worker,
                 initargs=(int(pk.n), pq, P._insecure_allowed(), TABLES.config),
             )
+            _start_all(pool, processes)
         _pools[ident] = pool  # most recently used last
         while len(_pools) > MAX_POOLS:
             old = next(iter(_pools))

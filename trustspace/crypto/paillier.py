@@ -122,28 +122,40 @@ def _check_key_bits(bits: int, what: str) -> None:
 # --------------------------------------------------------------------------- configuration
 
 
+class _Keep:
+    """Sentinel type: leave this setting unchanged."""
+
+
+_KEEP: Final = _Keep()
+
+
 def configure_tables(
     *,
-    window: int | None = None,
-    crt_window: int | None = None,
+    window: int | _Keep | None = _KEEP,
+    crt_window: int | _Keep | None = _KEEP,
+    table_budget: int | None = None,
     max_keys: int | None = None,
     max_bytes: int | None = None,
 ) -> TableConfig:
     """Change the size of the fixed-base precomputation and of its per-key cache.
 
     Args:
-        window: window bits of public-key tables (default 8: ~17 MB per 2048-bit key).
-        crt_window: window bits of the private-key CRT tables (default 9).
+        window: window bits of public-key tables; ``None`` (the default setting) picks the
+            widest window whose table fits ``table_budget`` (10 at 2048 bits, 8 at 3072).
+        crt_window: likewise for the private-key CRT tables.
+        table_budget: bytes one key's tables may take under automatic windows (64 MiB).
         max_keys: how many keys' tables stay cached (default 8).
-        max_bytes: memory bound of the cache (default 512 MiB; the newest table always stays).
+        max_bytes: memory bound of the whole cache (default 512 MiB; the newest table always
+            stays).
 
     Returns:
         The new configuration. Tables already built keep their window until evicted.
     """
     old = TABLES.config
     cfg = TableConfig(
-        window=old.window if window is None else window,
-        crt_window=old.crt_window if crt_window is None else crt_window,
+        window=old.window if isinstance(window, _Keep) else window,
+        crt_window=old.crt_window if isinstance(crt_window, _Keep) else crt_window,
+        table_budget=old.table_budget if table_budget is None else table_budget,
         max_keys=old.max_keys if max_keys is None else max_keys,
         max_bytes=old.max_bytes if max_bytes is None else max_bytes,
     )
@@ -287,7 +299,9 @@ class _Encryptor:
             frac_bits: one context for all values (default: 0 if all are ints, else 52).
             processes: worker processes; ``None`` uses every available core for batches of at
                 least ``PARALLEL_MIN_ITEMS`` values, ``1`` stays in this process. Workers are
-                started once per key and reused (:func:`shutdown_pools` stops them).
+                started once per key and reused (:func:`shutdown_pools` stops them). They are
+                started with ``forkserver``, so a script calling this needs the usual
+                ``if __name__ == "__main__":`` guard.
 
         Returns:
             One :class:`EncryptedNumber` per value, in order.
@@ -401,8 +415,8 @@ class PublicKey(_Encryptor):
         return _short_exponent_bits(self.bits)
 
     def _table(self) -> FixedBaseTable:
-        window = TABLES.config.window
         ebits = self.short_exponent_bits
+        window = TABLES.config.public_window(int(self.nsq.bit_length()), ebits)
         n, nsq = self.n, self.nsq
 
         def build() -> FixedBaseTable:
@@ -528,9 +542,9 @@ class PrivateKey(_Encryptor):
         return hash(self._pk)
 
     def _crt(self) -> _CrtNoise:
-        window = TABLES.config.crt_window
         pk = self._pk
         ebits = pk.short_exponent_bits
+        window = TABLES.config.private_window(int(self.psq.bit_length()), ebits)
         p, q = self.p, self.q
 
         def build() -> _CrtNoise:
