@@ -26,15 +26,16 @@ def _pycryptodome_keystream(key: bytes, nbytes: int) -> bytes:
 @pytest.mark.parametrize("bits", [32, 64])
 @pytest.mark.parametrize("length", [1, 7, CHUNK32 - 1, CHUNK32, CHUNK32 + 1, 3 * CHUNK32 + 5])
 def test_chunked_masks_equal_whole_keystreams(bits: int, length: int) -> None:
-    keys = [bytes([i]) * 16 for i in range(5)]
+    keys = [bytes([i]) * 16 for i in range(2 * prg.GROUP + 3)]  # several groups and a rest
+    n_add = prg.GROUP + 2
     dtype = prg.dtype_for(bits)
     start = np.arange(length, dtype=dtype)
     acc = start.copy()
-    prg.apply_masks(acc, add=keys[:3], subtract=keys[3:])
+    prg.apply_masks(acc, add=keys[:n_add], subtract=keys[n_add:])
     expected = start.copy()
     for i, key in enumerate(keys):
         ks = np.frombuffer(_pycryptodome_keystream(key, length * bits // 8), dtype=dtype)
-        expected = expected + ks if i < 3 else expected - ks  # numpy wraps modulo 2^bits
+        expected = expected + ks if i < n_add else expected - ks  # numpy wraps modulo 2^bits
     assert np.array_equal(acc, expected)
 
 

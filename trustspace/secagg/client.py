@@ -25,9 +25,10 @@ from trustspace.secagg.messages import (
     MaskedInput,
     UnmaskRequest,
     UnmaskShares,
+    shares_associated_data,
 )
 
-__all__ = ["SecAggClient", "mask_key", "seed_mask_key", "share_key"]
+__all__ = ["SecAggClient", "mask_key", "seed_mask_key", "share_keys_for_pair"]
 
 SEED_BYTES = 32  # the self-mask seed b_u: a 256-bit secret, Shamir-shared like the mask key
 
@@ -43,9 +44,17 @@ def mask_key(shared: bytes, session_id: bytes, a: int, b: int) -> bytes:
     return ka.derive_key(shared, b"pair-mask", session_id, lo, hi, prg.KEY_BYTES)
 
 
-def share_key(shared: bytes, session_id: bytes, sender: int, recipient: int) -> bytes:
-    """The AES-256-GCM key of the shares ``sender`` sends ``recipient`` (one direction only)."""
-    return ka.derive_key(shared, b"share-encryption", session_id, sender, recipient, 32)
+def share_keys_for_pair(
+    shared: bytes, session_id: bytes, me: int, peer: int
+) -> tuple[bytes, bytes]:
+    """The AES-256-GCM keys ``(me -> peer, peer -> me)`` for the encrypted shares.
+
+    One HKDF output of 64 bytes per pair: the first half encrypts from the smaller id to the
+    larger, the second half the other way, so the two directions never share a key.
+    """
+    lo, hi = min(me, peer), max(me, peer)
+    both = ka.derive_key(shared, b"share-encryption", session_id, lo, hi, 64)
+    return (both[:32], both[32:]) if me < peer else (both[32:], both[:32])
 
 
 class SecAggClient:
@@ -69,7 +78,7 @@ class SecAggClient:
         *,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        if client_id not in config.client_ids:
+        if client_id not in config.members:
             raise ProtocolError(
                 f"client {client_id} is not a participant of this round "
                 f"({config.n} clients configured)"
@@ -86,6 +95,7 @@ class SecAggClient:
         self._own_seed_share = b""
         self._own_key_share = b""
         self._peers: dict[int, tuple[bytes, bytes]] = {}  # peer -> (seed share, key share)
+        self._cipher_secrets: dict[int, bytes] = {}  # neighbour -> key of its shares to us
 
     @property
     def stage(self) -> str:
@@ -141,7 +151,7 @@ class SecAggClient:
                     "AdvertiseKeys"
                 )
             self._check_session(stage, f"roster entry of client {cid}", msg.session_id)
-            if msg.sender != cid or cid not in cfg.client_ids:
+            if msg.sender != cid or cid not in cfg.members:
                 raise ProtocolError(
                     f"client {self.client_id}, stage {stage}: roster entry {cid} is labelled "
                     f"as client {msg.sender} or is not a participant"
@@ -175,13 +185,10 @@ class SecAggClient:
         secrets = ka.exchange_many(self._cipher_sk, [roster[c].cipher_pk for c in neighbours])
         out: dict[int, EncryptedShares] = {}
         for peer, shared in zip(neighbours, secrets, strict=True):
-            key = share_key(shared, cfg.session_id, self.client_id, peer)
-            header = EncryptedShares(
-                cfg.session_id, self.client_id, peer, bytes(12 + 2 * shamir.SHARE_BYTES + 16)
-            )
-            sealed = ka.aead_encrypt(
-                key, seed_shares[peer] + key_shares[peer], header.associated_data(), self._rng
-            )
+            key, incoming = share_keys_for_pair(shared, cfg.session_id, self.client_id, peer)
+            self._cipher_secrets[peer] = incoming  # decrypts this peer's shares next stage
+            ad = shares_associated_data(cfg.session_id, self.client_id, peer)
+            sealed = ka.aead_encrypt(key, seed_shares[peer] + key_shares[peer], ad, self._rng)
             out[peer] = EncryptedShares(cfg.session_id, self.client_id, peer, sealed)
         self._stage = "masked_input"
         return out
@@ -232,12 +239,9 @@ class SecAggClient:
                     f"{msg.sender}->{msg.recipient} (routed as from {sender}); only live "
                     "neighbours may send shares to this client"
                 )
-        senders = list(received)
-        secrets = ka.exchange_many(self._cipher_sk, [self._roster[s].cipher_pk for s in senders])
         peers: dict[int, tuple[bytes, bytes]] = {}
-        for sender, shared in zip(senders, secrets, strict=True):
-            msg = received[sender]
-            key = share_key(shared, cfg.session_id, sender, self.client_id)
+        for sender, msg in received.items():
+            key = self._cipher_secrets[sender]
             try:
                 plain = ka.aead_decrypt(key, msg.sealed, msg.associated_data())
             except CryptoError:
@@ -262,6 +266,8 @@ class SecAggClient:
             k = mask_key(shared, cfg.session_id, self.client_id, peer)
             (add if self.client_id < peer else sub).append(k)
         prg.apply_masks(acc, add, sub)
+        # secrets no longer needed: drop them (only the shares held for others remain)
+        self._cipher_secrets, self._seed, self._mask_sk, self._cipher_sk = {}, b"", b"", b""
         self._stage = "unmask"
         return MaskedInput(
             cfg.session_id,
@@ -291,7 +297,7 @@ class SecAggClient:
             raise ProtocolError(
                 f"client {self.client_id}, stage {stage}: survivor and dropped sets overlap"
             )
-        unknown = (survivors | dropped) - set(cfg.client_ids)
+        unknown = (survivors | dropped) - cfg.members
         if unknown:
             raise ProtocolError(
                 f"client {self.client_id}, stage {stage}: request names non-participants "

@@ -47,6 +47,7 @@ class SecAggConfig:
     t: int = field(init=False)
     k: int = field(init=False)
     _graph: dict[int, frozenset[int]] = field(init=False, repr=False, compare=False)
+    _members: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_id, bytes) or not 16 <= len(self.session_id) <= 255:
@@ -107,11 +108,17 @@ class SecAggConfig:
         object.__setattr__(self, "t", t)
         object.__setattr__(self, "k", k)
         object.__setattr__(self, "_graph", neighbour_graph(self.session_id, ids, k))
+        object.__setattr__(self, "_members", frozenset(ids))
 
     @property
     def n(self) -> int:
         """The number of participants."""
         return len(self.client_ids)
+
+    @property
+    def members(self) -> frozenset[int]:
+        """The participants as a set (constant-time membership tests)."""
+        return self._members
 
     def neighbours(self, client_id: int) -> frozenset[int]:
         """The graph neighbours of ``client_id`` (its share holders besides itself)."""

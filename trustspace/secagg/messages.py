@@ -172,7 +172,7 @@ class EncryptedShares:
 
     def associated_data(self) -> bytes:
         """The AEAD associated data: tag, version, session id, sender, recipient."""
-        return _header(self.TAG, self.session_id) + struct.pack(">QQ", self.sender, self.recipient)
+        return shares_associated_data(self.session_id, self.sender, self.recipient)
 
     def to_bytes(self) -> bytes:
         return self.associated_data() + self.sealed
@@ -186,6 +186,11 @@ class EncryptedShares:
         sealed = r.take(SEALED_SHARES_BYTES, "sealed shares")
         r.done()
         return cls(session, sender, recipient, sealed)
+
+
+def shares_associated_data(session_id: bytes, sender: int, recipient: int) -> bytes:
+    """The AEAD associated data of :class:`EncryptedShares` (also its encoded header)."""
+    return _header(EncryptedShares.TAG, session_id) + struct.pack(">QQ", sender, recipient)
 
 
 @dataclass(frozen=True)
@@ -332,8 +337,13 @@ class UnmaskShares:
             count = r.u32(f"{what} count")
             if count * (8 + SHARE_BYTES) > len(r.data):
                 raise ProtocolError(f"UnmaskShares: {what} count {count} exceeds the message")
+            block = r.take(count * (8 + SHARE_BYTES), what)
+            step = 8 + SHARE_BYTES
             lists.append(
-                tuple((r.u64(f"{what} owner"), r.take(SHARE_BYTES, what)) for _ in range(count))
+                tuple(
+                    (int.from_bytes(block[i : i + 8], "big"), block[i + 8 : i + step])
+                    for i in range(0, len(block), step)
+                )
             )
         r.done()
         return cls(session, sender, lists[0], lists[1])

@@ -91,7 +91,7 @@ class SecAggServer:
         """Stage 1: check the advertised keys; return the roster to broadcast to every sender."""
         stage = "advertise"
         self._enter(stage)
-        ids = set(self.config.client_ids)
+        ids = self.config.members
         for cid, msg in msgs.items():
             if cid not in ids:
                 raise ProtocolError(f"aggregator, stage {stage}: client {cid} is not a participant")

@@ -49,6 +49,7 @@ def simulate(
     dropout_fraction: float = 0.1,
     corrupt_fraction: float = 0.05,
     wire: bool = True,
+    session_id: bytes | None = None,
 ) -> np.ndarray[Any, Any]:
     """Run one SecAgg+ round in-process; return the sum of the surviving clients' inputs.
 
@@ -62,6 +63,8 @@ def simulate(
         seed: makes the run reproducible (keys, seeds, session id) -- tests only.
         modulus_bits: 32 or 64; by default 32 for uint32/int32 inputs, else 64.
         wire: pass every message through ``to_bytes``/``from_bytes`` as the network would.
+        session_id: use this session id instead of a fresh one (to rebuild the same
+            :class:`SecAggConfig`, hence the same graph, outside; e.g. in benchmarks).
 
     Returns:
         The sum modulo ``2**modulus_bits`` of the inputs of the clients that sent a masked
@@ -101,7 +104,8 @@ def simulate(
     else:
         base = seed if isinstance(seed, bytes) else str(seed).encode()
         rngs = [deterministic_rng(base + b"/client/" + str(i).encode()) for i in range(n + 1)]
-    session_id = rngs[n](32)
+    if session_id is None:
+        session_id = rngs[n](32)
     config = SecAggConfig(
         session_id=session_id,
         client_ids=tuple(range(1, n + 1)),
