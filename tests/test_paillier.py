@@ -452,6 +452,17 @@ def test_encrypt_many_decrypt_many_in_process() -> None:
         PK.encrypt_many([1], processes=0)
 
 
+def test_process_count_choice() -> None:
+    from trustspace.crypto import _paillier_pool as pool
+
+    assert pool.choose_processes(10, None) == 1  # small batches stay in-process
+    assert pool.choose_processes(10**6, None) == pool.available_cpus()
+    assert pool.choose_processes(3, 8) == 3
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError):
+            pool.choose_processes(10, bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.slow
 def test_encrypt_many_and_decrypt_many_on_two_processes() -> None:
     try:

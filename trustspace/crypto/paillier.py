@@ -624,13 +624,14 @@ class PrivateKey(_Encryptor):
         return [self._raw_decrypt(c) for c in cs]
 
     def decrypt_vector(
-        self, vector: EncryptedVector, processes: int | None = 1
+        self, vector: EncryptedVector, processes: int | None = None
     ) -> npt.NDArray[Any]:
         """Decrypt an :class:`EncryptedVector` (a single one or a sum of several).
 
         Args:
             vector: the encrypted vector.
-            processes: as for :meth:`decrypt_many` (default 1: in this process).
+            processes: as for :meth:`decrypt_many` (``None``: all cores for vectors of at
+                least ``PARALLEL_MIN_ITEMS`` ciphertexts, else in this process).
 
         Returns:
             An int64 array (``frac_bits == 0``) or a float64 array.
