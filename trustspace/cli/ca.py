@@ -46,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"issued {args.role} certificate for {args.name!r} in {out}/ (cert.pem, key.pem 0600, "
-        "ca.pem), valid {args.days} days"
+        f"ca.pem), valid {args.days} days"
     )
     return 0

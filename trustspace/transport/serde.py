@@ -348,6 +348,14 @@ def _plain(value: Any) -> Any:
 def _index_to(index: Any) -> dict[str, Any]:
     import pandas as pd
 
+    if isinstance(index, pd.IntervalIndex):
+        return {
+            "interval": True,
+            "left": [_plain(v) for v in index.left.tolist()],
+            "right": [_plain(v) for v in index.right.tolist()],
+            "closed": index.closed,
+            "names": index.name,
+        }
     multi = isinstance(index, pd.MultiIndex)
     return {
         "values": [_plain(v) for v in index.tolist()],
@@ -359,6 +367,10 @@ def _index_to(index: Any) -> dict[str, Any]:
 def _index_from(data: Mapping[str, Any]) -> Any:
     import pandas as pd
 
+    if data.get("interval"):
+        return pd.IntervalIndex.from_arrays(
+            data["left"], data["right"], closed=data["closed"], name=data.get("names")
+        )
     if data.get("multi"):
         return pd.MultiIndex.from_tuples([tuple(v) for v in data["values"]], names=data["names"])
     return pd.Index(data["values"], name=data.get("names"))
