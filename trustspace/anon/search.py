@@ -149,6 +149,7 @@ class _Tables:
 
 @dataclass
 class _Eval:
+    monotone_fail: bool
     anonymous: bool
     suppressed: int
     n_classes: int
@@ -203,9 +204,16 @@ class _Evaluator:
             class_keys, sizes = keys, counts
         viol = np.zeros(class_keys.size, dtype=bool)
         for m in self.models:
-            viol |= m.violating(sizes, sens, self.overall)
+            if m.monotone_with_suppression:
+                viol |= m.violating(sizes, sens, self.overall)
+        # the monotone models alone already exceed the limit: so does every node below
+        monotone_fail = int(sizes[viol].sum()) > self.max_suppressed
+        for m in self.models:
+            if not m.monotone_with_suppression:
+                viol |= m.violating(sizes, sens, self.overall)
         suppressed = int(sizes[viol].sum())
         return _Eval(
+            monotone_fail=monotone_fail,
             anonymous=suppressed <= self.max_suppressed,
             suppressed=suppressed,
             n_classes=int(class_keys.size - viol.sum()),
@@ -293,12 +301,18 @@ def search(
     mult = np.ones(len(heights), dtype=np.int64)  # index of a node = levels . mult
     for j in range(len(heights) - 2, -1, -1):
         mult[j] = mult[j + 1] * heights[j + 1]
-    status = np.zeros(total, dtype=np.int8)  # 1 anonymous, -1 not, 0 unknown
+    # tags: the monotone models fail here (and below) / hold here (and above); evaluated and
+    # not anonymous; nothing to suppress here (and above). In monotone mode "the monotone
+    # models" are all of them, so passes/fails mean anonymous/not anonymous.
+    fails = np.zeros(total, dtype=bool)
+    passes = np.zeros(total, dtype=bool)
+    rejected = np.zeros(total, dtype=bool)
     no_suppression = np.zeros(total, dtype=bool)
     values: dict[int, float] = {}
+    skipped: set[int] = set()
     best = math.inf
     best_idx = -1
-    evaluated = skipped = 0
+    evaluated = 0
 
     def better(i: int, value: float) -> None:
         nonlocal best, best_idx
@@ -307,27 +321,30 @@ def search(
             best, best_idx = value, i
 
     def check(i: int) -> bool | None:
-        """Evaluate node ``i``, tag what follows from it; None when skipped."""
-        nonlocal evaluated, skipped
+        """Evaluate node ``i`` and tag what follows from it. Returns whether the monotone
+        models hold (in monotone mode: whether it is anonymous); None when skipped."""
+        nonlocal evaluated
+        if i in skipped:
+            return None
         levels = tuple(int(x) for x in nodes[i])
         if max_domain is not None and domain.size(levels) > max_domain:
-            skipped += 1
+            skipped.add(i)
             return None
         ev = ev_.evaluate(levels)
         evaluated += 1
-        if not ev.anonymous:
-            if monotone:
-                status[(nodes <= nodes[i]).all(axis=1)] = -1
-            status[i] = -1
-            return False
-        if monotone:
+        fails_down = not ev.anonymous if monotone else ev.monotone_fail
+        if fails_down:
+            fails[(nodes <= nodes[i]).all(axis=1)] = True
+        else:
             up = (nodes >= nodes[i]).all(axis=1)
-            status[up] = 1
-            if ev.suppressed == 0:
+            passes[up] = True
+            if monotone and ev.suppressed == 0:
                 no_suppression[up] = True
-        status[i] = 1
-        better(i, ev_.objective(metric, levels, ev, float(bounds[i])))
-        return True
+        if ev.anonymous:
+            better(i, ev_.objective(metric, levels, ev, float(bounds[i])))
+        else:
+            rejected[i] = True
+        return not fails_down
 
     def cut(i: int) -> bool:
         return separable and bounds[i] >= best - _TIE * max(1.0, abs(best))
@@ -335,20 +352,21 @@ def search(
     for idx in order.tolist():
         if cut(idx):
             break
-        if status[idx] == -1 or idx in values:
+        if fails[idx] or rejected[idx] or idx in values or idx in skipped:
             continue
-        if separable and no_suppression[idx]:
+        if separable and monotone and no_suppression[idx]:
             better(idx, float(bounds[idx]))  # nothing suppressed: objective = bound
             continue
-        if status[idx] == 0 and monotone:
-            # Flash-style: climb a chain of untagged candidates, binary-search its boundary;
-            # one non-anonymous node high on the chain prunes everything below it.
+        if not passes[idx]:
+            # Flash-style: climb a chain of untagged candidates and binary-search it for the
+            # boundary of the (monotone) models; a failing node high on the chain prunes
+            # everything below it.
             chain = [idx]
             cur = idx
-            while status[cur] != 1:
+            while not passes[cur]:
                 lv = nodes[cur]
                 nxt = [cur + int(mult[j]) for j in range(len(lv)) if lv[j] + 1 < heights[j]]
-                nxt = [i for i in nxt if status[i] != -1 and not cut(i)]
+                nxt = [i for i in nxt if not fails[i] and not cut(i)]
                 if not nxt:
                     break
                 cur = min(nxt, key=lambda i: (bounds[i], i))
@@ -356,21 +374,20 @@ def search(
             lo, hi = 0, len(chain) - 1
             while lo <= hi:
                 mid = (lo + hi) // 2
-                st = int(status[chain[mid]])
-                ok = st == 1 if st != 0 else check(chain[mid])
+                c = chain[mid]
+                ok = True if passes[c] else False if fails[c] else check(c)
                 if ok is None:
                     break
                 if ok:
                     hi = mid - 1
                 else:
                     lo = mid + 1
-            if status[idx] == -1 or idx in values:
+            if fails[idx] or rejected[idx] or idx in values:
                 continue
-        if status[idx] == 0 or (status[idx] == 1 and idx not in values):
-            if separable and no_suppression[idx]:
-                better(idx, float(bounds[idx]))
-            else:
-                check(idx)
+        if separable and monotone and no_suppression[idx]:
+            better(idx, float(bounds[idx]))
+        else:
+            check(idx)
     if best_idx < 0:
         raise DataError(
             f"no generalization satisfies {', '.join(m.describe() for m in models)} with at most "
@@ -393,6 +410,6 @@ def search(
         metrics=ev_.all_metrics(levels, final),
         nodes_total=total,
         nodes_evaluated=evaluated,
-        nodes_skipped=skipped,
+        nodes_skipped=len(skipped),
         seconds=time.perf_counter() - t0,
     )
