@@ -11,6 +11,7 @@ out first), so a node encrypting many values under one analyst key builds its ta
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -87,6 +88,7 @@ def estimate_bytes(modulus_bits: int, exponent_bits: int, window: int, copies: i
     return copies * -(-exponent_bits // window) * (1 << window) * per_entry
 
 
+@functools.lru_cache(maxsize=64)
 def choose_window(modulus_bits: int, exponent_bits: int, budget: int, copies: int = 1) -> int:
     """The widest window in [4, 12] whose ``copies`` tables fit ``budget`` bytes (at least 4).
 

@@ -422,7 +422,8 @@ class PublicKey(_Encryptor):
         def build() -> FixedBaseTable:
             return FixedBaseTable(_djn_base(n, nsq), nsq, ebits, window)
 
-        table: FixedBaseTable = TABLES.get_or_build(("pk", int(n), window, ebits), build)
+        key = ("pk", self._fingerprint, window, ebits)
+        table: FixedBaseTable = TABLES.get_or_build(key, build)
         return table
 
     def _noise(self) -> Any:
@@ -550,7 +551,7 @@ class PrivateKey(_Encryptor):
         def build() -> _CrtNoise:
             return _CrtNoise(pk.n, p, q, ebits, window)
 
-        crt: _CrtNoise = TABLES.get_or_build(("sk", int(pk.n), window, ebits), build)
+        crt: _CrtNoise = TABLES.get_or_build(("sk", pk._fingerprint, window, ebits), build)
         return crt
 
     def _noise(self) -> Any:
