@@ -134,3 +134,43 @@ def test_local_rejects_empty_and_bad_policy(partitions: dict[str, Path]) -> None
         Federation.local({})
     with pytest.raises(ConfigError, match="min_group_size"):
         Federation.local({"n1": str(partitions["n1"])}, {"min_group_size": -1})
+
+
+def test_rate_limit_over_the_network(partitions: dict[str, Path], tmp_path: Path) -> None:
+    policy = {
+        "rules": [{"analysts": ["*"], "operations": ["*"]}],
+        "rate_limit": {"per_minute": 1, "burst": 2},
+    }
+    parts = {k: str(v) for k, v in list(partitions.items())[:2]}
+    with Federation.local(parts, policy, key_bits=KEY_BITS, workdir=tmp_path) as f:
+        f.mean("default", "age")  # several rounds, one token
+        f.count()
+        with pytest.raises(PolicyError) as info:
+            f.count()
+        assert getattr(info.value, "rule", "") == "rate_limit"
+        assert "requests per minute" in str(info.value)
+
+
+def test_cli_query_against_local_federation(
+    fed: Federation, union: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trustspace.cli.main import main
+
+    assert fed.workdir is not None
+    base = [
+        "query",
+        "-a",
+        fed.aggregator.address,
+        "-c",
+        str(fed.workdir / "ca" / "analyst"),
+        "--server-name",
+        "aggregator",
+    ]
+    assert main([*base, "count", "default", "--where", "sex = 'F'", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["value"]["data"] == int((union.sex == "F").sum())
+    assert out["nodes"] == ["n1", "n2", "n3"]
+    assert main([*base, "status"]) == 0
+    assert "n2" in capsys.readouterr().out
+    assert main([*base, "mean", "default", "nosuch"]) == 2
+    assert "unknown column 'nosuch'" in capsys.readouterr().err

@@ -60,6 +60,10 @@ from trustspace.transport.clients import (
 log = logging.getLogger("trustspace.aggregator")
 T = TypeVar("T")
 PLAN_CACHE_S = 600.0  # how long a Paillier query's participants and schema are remembered
+#: Rounds one Paillier request id may run. The nodes' rate limit charges one token per request
+#: id; the longest stats plan (quantiles with refinement) takes about six rounds, so a larger
+#: budget only lets an analyst reuse an id to dodge the rate limit.
+MAX_ROUNDS_PER_REQUEST = 16
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class AggregatorService:
             max_workers=max(4, 2 * len(nodes)), thread_name_prefix=f"{name}-calls"
         )
         self._plans: dict[tuple[str, str], _Plan] = {}
+        self._rounds: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ fan-out
@@ -151,6 +156,7 @@ class AggregatorService:
         with self._lock:
             for old in [o for o, p in self._plans.items() if now - p.created > PLAN_CACHE_S]:
                 del self._plans[old]
+                self._rounds.pop(old, None)
             cached = self._plans.get(key)
         if cached is not None:
             return cached
@@ -350,7 +356,17 @@ class AggregatorService:
             raise ConfigError(f"invalid round request: {exc}") from None
         if rnd.dataset != query.dataset or rnd.where != query.where:
             raise ProtocolError("round request: the round does not belong to the query")
-        request_id = f"{req.request_id or secrets.token_hex(8)}"
+        if not req.request_id or len(req.request_id) > 64:
+            raise ConfigError("round request: request_id must be 1 to 64 characters")
+        request_id = req.request_id
+        with self._lock:
+            used = self._rounds.get((caller.name, request_id), 0) + 1
+            self._rounds[(caller.name, request_id)] = used
+        if used > MAX_ROUNDS_PER_REQUEST:
+            raise ConfigError(
+                f"request {request_id!r} has run {MAX_ROUNDS_PER_REQUEST} rounds; start the "
+                "query again with a new request id"
+            )
         plan = self._plan(query, caller.name, request_id)
         ctx = _ctx_for(query, caller.name, request_id)
         counts_round = Round(

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from trustspace.errors import (
+    DataError,
     NotBuiltError,
     PolicyError,
     ProtocolError,
@@ -181,8 +182,15 @@ class NodeService:
         return round_columns(rnd)
 
     def _local(self, rnd: Round) -> np.ndarray[Any, Any]:
+        """The round's local vector, fixed-point encoded as int64 (two's complement)."""
         vec = np.asarray(self.engine.compute(rnd), dtype=np.float64)
-        return vec
+        try:
+            encoded: np.ndarray[Any, Any] = rnd.encode(vec).view(np.int64)
+        except ValueError as exc:
+            raise DataError(
+                f"node {self.name}: local aggregate of round {rnd.index}: {exc}"
+            ) from None
+        return encoded
 
     # ------------------------------------------------------------------ secure aggregation
     def _expire(self) -> None:
@@ -250,7 +258,7 @@ class NodeService:
         )
         if cfg.modulus_bits != 64:
             raise ProtocolError(f"node {self.name}: statistics need 64-bit secure aggregation")
-        vector = rnd.encode(self._local(rnd))
+        vector = self._local(rnd).view(np.uint64)
         if vector.shape[0] != cfg.vector_length:
             raise ProtocolError(
                 f"node {self.name}: round has {vector.shape[0]} entries but the session "
@@ -320,7 +328,7 @@ class NodeService:
 
         def work() -> bytes:
             self._check_round(ctx, rnd)
-            encoded = rnd.encode(self._local(rnd)).view(np.int64).copy()
+            encoded = self._local(rnd).copy()
             bad = [i for i in req.suppressed if not 0 <= i < encoded.shape[0]]
             if bad:
                 raise ProtocolError(f"node {self.name}: suppressed index {bad[0]} out of range")
