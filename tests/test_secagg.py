@@ -154,7 +154,8 @@ def test_both_shares_of_one_client_are_never_revealed() -> None:
     # 1. one request naming the victim both alive and dropped cannot even be built or parsed
     with pytest.raises(ProtocolError, match="both survivor and dropped"):
         UnmaskRequest(cfg.session_id, honest.survivors, (victim,))
-    forged = honest.to_bytes()[:-4] + (1).to_bytes(4, "big") + victim.to_bytes(8, "big")
+    forged = honest.to_bytes()[:-8] + (1).to_bytes(4, "big") + victim.to_bytes(8, "big")
+    forged += (0).to_bytes(4, "big")  # no signatures
     with pytest.raises(ProtocolError, match="both survivor and dropped"):
         UnmaskRequest.from_bytes(forged)
     # 2. the victim, told it dropped, refuses to reveal anything
@@ -329,3 +330,84 @@ def test_neighbour_graph_is_regular_symmetric_and_session_bound() -> None:
         assert all(c in a.neighbours(p) for p in a.neighbours(c))
     assert any(a.neighbours(c) != b.neighbours(c) for c in ids)
     assert SecAggConfig(bytes(16), ids, 1, neighbors=8).neighbours(7) == a.neighbours(7)
+
+
+# -- optional consistency round and identity-bound keys ------------------------------------
+
+
+def test_consistency_round_gives_the_exact_sum_with_dropouts() -> None:
+    rng = np.random.default_rng(3)
+    inputs = rng.integers(0, 2**32, size=(9, 7), dtype=np.uint32)
+    drops = {"share": [0], "masked_input": [1], "consistency": [2], "unmask": [3]}
+    out = secagg.simulate(inputs, consistency_check=True, dropouts=drops, seed=4)
+    assert np.array_equal(out, _expected(inputs, {0, 1}))
+    with pytest.raises(ThresholdError, match="stage consistency: 4 of 8 survivors signed"):
+        secagg.simulate(
+            inputs,
+            consistency_check=True,
+            dropouts={"masked_input": [0], "consistency": [1, 2, 3, 4]},
+        )
+    with pytest.raises(ConfigError, match="unknown dropout stages"):
+        secagg.simulate(inputs, dropouts={"consistency": [1]})  # no such stage without it
+
+
+def _consistent_round(n: int) -> tuple[SecAggConfig, dict, SecAggServer, UnmaskRequest]:
+    cfg, clients, server = _round(n, consistency_check=True)
+    masked = _to_masked(clients, server, {c: np.full(4, c, np.uint64) for c in clients})
+    return cfg, clients, server, server.collect_masked(masked)
+
+
+def test_consistency_round_refuses_split_views_and_bad_signatures() -> None:
+    cfg, clients, server, req = _consistent_round(6)  # t = 4
+    sigs = {c: clients[c].consistency(req) for c in req.survivors}
+    final = server.collect_consistency(sigs)
+    assert len(final.signatures) == 6
+    # a list other than the one the client signed (here: client 6 "dropped")
+    other = UnmaskRequest(cfg.session_id, (1, 2, 3, 4, 5), (6,), final.signatures)
+    with pytest.raises(ProtocolError, match="split view"):
+        clients[1].unmask(other)
+    # too few signatures
+    few = UnmaskRequest(cfg.session_id, final.survivors, final.dropped, final.signatures[:3])
+    with pytest.raises(ThresholdError, match="3 valid survivor-list signatures"):
+        clients[2].unmask(few)
+    # a forged signature
+    bad = ((1, bytes(64)), *final.signatures[1:])
+    with pytest.raises(ProtocolError, match=r"invalid survivor-list signature .* client 1"):
+        clients[3].unmask(UnmaskRequest(cfg.session_id, final.survivors, final.dropped, bad))
+    assert clients[4].unmask(final).sender == 4
+    # the aggregator checks signatures too
+    cfg2, clients2, server2, req2 = _consistent_round(5)
+    sigs2 = {c: clients2[c].consistency(req2) for c in req2.survivors}
+    sigs2[2] = type(sigs2[2])(cfg2.session_id, 2, sigs2[1].signature)
+    with pytest.raises(ProtocolError, match="signature of client 2 does not verify"):
+        server2.collect_consistency(sigs2)
+
+
+def test_identity_signatures_stop_key_substitution() -> None:
+    from trustspace.crypto import keyagreement as ka
+
+    cfg = SecAggConfig(secrets.token_bytes(32), (1, 2, 3, 4), 4)
+    ident = {c: ka.signing_keypair() for c in cfg.client_ids}
+
+    def signer(c: int):
+        return lambda payload: ka.sign(ident[c][0], payload)
+
+    def verifier(c: int, payload: bytes, sig: bytes) -> bool:
+        return ka.verify(ident[c][1], sig, payload)
+
+    clients = {
+        c: SecAggClient(cfg, c, identity_signer=signer(c), identity_verifier=verifier)
+        for c in cfg.client_ids
+    }
+    server = SecAggServer(cfg)
+    roster = server.collect_advertise({c: cl.advertise() for c, cl in clients.items()})
+    # the aggregator swaps in its own mask key for client 2 (to learn the pair masks)
+    _, evil_pk = ka.generate_keypair()
+    forged = dict(roster)
+    forged[2] = type(roster[2])(
+        cfg.session_id, 2, roster[2].cipher_pk, evil_pk, roster[2].sign_pk, roster[2].identity_sig
+    )
+    with pytest.raises(ProtocolError, match="not signed by its identity"):
+        clients[1].share_keys(forged)
+    out = {c: clients[c].share_keys(roster) for c in (2, 3, 4)}
+    assert all(len(v) == 3 for v in out.values())

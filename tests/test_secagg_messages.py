@@ -14,20 +14,31 @@ from trustspace.secagg import (
     EncryptedShares,
     FixedPointEncoder,
     MaskedInput,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
 from trustspace.secagg.messages import SEALED_SHARES_BYTES
 
 SID = bytes(range(16))
-TYPES = [AdvertiseKeys, EncryptedShares, MaskedInput, UnmaskRequest, UnmaskShares]
+TYPES = [
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskShares,
+    SurvivorSignature,
+]
 SAMPLES = [
     AdvertiseKeys(SID, 7, b"a" * 32, b"b" * 32),
+    AdvertiseKeys(SID, 7, b"a" * 32, b"b" * 32, b"c" * 32, b"identity signature"),
     EncryptedShares(SID, 7, 9, b"c" * SEALED_SHARES_BYTES),
     MaskedInput(SID, 7, 32, np.arange(5, dtype="<u4").tobytes()),
     MaskedInput(SID + b"x", 2**63 - 1, 64, b""),
     UnmaskRequest(SID, (1, 2, 5), (3,)),
     UnmaskRequest(SID, (), ()),
+    UnmaskRequest(SID, (1, 4), (2,), ((1, b"x" * 64), (4, b"y" * 64))),
+    SurvivorSignature(SID, 3, b"z" * 64),
     UnmaskShares(SID, 7, ((1, b"s" * SHARE_BYTES), (7, b"t" * SHARE_BYTES)), ((3, b"k" * 66),)),
 ]
 

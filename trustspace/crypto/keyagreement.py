@@ -16,8 +16,12 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -34,6 +38,9 @@ __all__ = [
     "exchange_many",
     "generate_keypair",
     "public_key",
+    "sign",
+    "signing_keypair",
+    "verify",
 ]
 
 KEY_BYTES = 32  # X25519 private and public keys, RFC 7748
@@ -73,6 +80,26 @@ def exchange_many(private: bytes, peer_publics: Sequence[bytes]) -> list[bytes]:
         return [sk.exchange(X25519PublicKey.from_public_bytes(pk)) for pk in peer_publics]
     except ValueError:
         raise CryptoError("X25519 key agreement failed") from None
+
+
+def signing_keypair(rng: Callable[[int], bytes] = os.urandom) -> tuple[bytes, bytes]:
+    """Return a fresh Ed25519 ``(private, public)`` key pair (RFC 8032) as raw 32-byte strings."""
+    sk = Ed25519PrivateKey.from_private_bytes(rng(KEY_BYTES))
+    return sk.private_bytes_raw(), sk.public_key().public_bytes_raw()
+
+
+def sign(private: bytes, message: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of ``message`` under a raw private key."""
+    return Ed25519PrivateKey.from_private_bytes(private).sign(message)
+
+
+def verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """True iff ``signature`` is a valid Ed25519 signature of ``message`` under ``public``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def derive_key(

@@ -59,6 +59,7 @@ from trustspace.secagg.messages import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "SecAggClient",
     "SecAggConfig",
     "SecAggServer",
+    "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskShares",
     "simulate",

@@ -1,16 +1,18 @@
 """SecAggClient: one node's side of one SecAgg+ round, a pure state machine (no I/O).
 
 Stages, each callable once and in order: :meth:`~SecAggClient.advertise` ->
-:meth:`~SecAggClient.share_keys` -> :meth:`~SecAggClient.masked_input` ->
-:meth:`~SecAggClient.unmask`. Any inconsistency raises
-:class:`~trustspace.errors.ProtocolError` (or :class:`~trustspace.errors.ThresholdError`)
-naming the stage; after an error the client refuses to continue.
+:meth:`~SecAggClient.share_keys` -> :meth:`~SecAggClient.masked_input` -> (only with
+``consistency_check``: :meth:`~SecAggClient.consistency`) -> :meth:`~SecAggClient.unmask`.
+Any inconsistency raises :class:`~trustspace.errors.ProtocolError` (or
+:class:`~trustspace.errors.ThresholdError`) naming the stage; after an error the client
+refuses to continue.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from trustspace.secagg.messages import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
     shares_associated_data,
@@ -65,6 +68,11 @@ class SecAggClient:
         client_id: this node's id, one of ``config.client_ids``.
         rng: random bytes for keys, seeds and Shamir coefficients (``os.urandom``; a seeded
             generator only in tests).
+        identity_signer: signs this client's :class:`AdvertiseKeys` with its long-term
+            identity (e.g. the node's certificate key), binding the session keys to it.
+        identity_verifier: ``(client_id, payload, signature) -> bool``; when given, every
+            roster entry must carry a valid identity signature, so a malicious aggregator
+            cannot substitute keys (the PKI assumption of Bonawitz et al.).
 
     Security: the client never reveals both the self-mask seed share and the mask-key share
     of the same peer, checks that the unmask request is consistent with the shares it
@@ -77,6 +85,8 @@ class SecAggClient:
         client_id: int,
         *,
         rng: Callable[[int], bytes] = os.urandom,
+        identity_signer: Callable[[bytes], bytes] | None = None,
+        identity_verifier: Callable[[int, bytes, bytes], bool] | None = None,
     ) -> None:
         if client_id not in config.members:
             raise ProtocolError(
@@ -96,6 +106,11 @@ class SecAggClient:
         self._own_key_share = b""
         self._peers: dict[int, tuple[bytes, bytes]] = {}  # peer -> (seed share, key share)
         self._cipher_secrets: dict[int, bytes] = {}  # neighbour -> key of its shares to us
+        self._identity_signer = identity_signer
+        self._identity_verifier = identity_verifier
+        self._sign_sk = b""
+        self._sign_keys: dict[int, bytes] = {}  # roster member -> Ed25519 key (consistency)
+        self._signed: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def stage(self) -> str:
@@ -122,7 +137,13 @@ class SecAggClient:
         self._enter("advertise")
         self._cipher_sk, cipher_pk = ka.generate_keypair(self._rng)
         self._mask_sk, mask_pk = ka.generate_keypair(self._rng)
-        self._own = AdvertiseKeys(self.config.session_id, self.client_id, cipher_pk, mask_pk)
+        sign_pk = b""
+        if self.config.consistency_check:
+            self._sign_sk, sign_pk = ka.signing_keypair(self._rng)
+        own = AdvertiseKeys(self.config.session_id, self.client_id, cipher_pk, mask_pk, sign_pk)
+        if self._identity_signer is not None:
+            own = replace(own, identity_sig=self._identity_signer(own.signed_payload()))
+        self._own = own
         self._stage = "share_keys"
         return self._own
 
@@ -163,6 +184,20 @@ class SecAggClient:
                         "appears twice in the roster (reflected or copied key); aborting"
                     )
                 seen_keys.add(key)
+        for cid, msg in roster.items():
+            if self._identity_verifier is not None and not self._identity_verifier(
+                cid, msg.signed_payload(), msg.identity_sig
+            ):
+                raise ProtocolError(
+                    f"client {self.client_id}, stage {stage}: the keys of client {cid} are not "
+                    "signed by its identity (substituted by the aggregator?); aborting"
+                )
+            if self.config.consistency_check and len(msg.sign_pk) != 32:
+                raise ProtocolError(
+                    f"client {self.client_id}, stage {stage}: client {cid} advertised no "
+                    "signing key but the round has a consistency check; aborting"
+                )
+        self._sign_keys = {cid: msg.sign_pk for cid, msg in roster.items()}
         if roster.get(self.client_id) != self._own:
             raise ProtocolError(
                 f"client {self.client_id}, stage {stage}: the roster omits or alters this "
@@ -268,7 +303,7 @@ class SecAggClient:
         prg.apply_masks(acc, add, sub)
         # secrets no longer needed: drop them (only the shares held for others remain)
         self._cipher_secrets, self._seed, self._mask_sk, self._cipher_sk = {}, b"", b"", b""
-        self._stage = "unmask"
+        self._stage = "consistency" if cfg.consistency_check else "unmask"
         return MaskedInput(
             cfg.session_id,
             self.client_id,
@@ -276,17 +311,8 @@ class SecAggClient:
             acc.astype(f"<u{cfg.modulus_bits // 8}", copy=False).tobytes(),
         )
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
-        """Stage 4: reveal seed shares of survivors and key shares of dropped clients.
-
-        Raises:
-            ProtocolError: if the request is for another session, lists a client as both
-                survivor and dropped, omits or misclassifies a peer that sent this client
-                shares, lists this client as dropped, or is called a second time.
-            ThresholdError: if fewer than t survivors are listed.
-        """
-        stage = "unmask"
-        self._enter(stage)
+    def _check_request(self, stage: str, request: UnmaskRequest) -> tuple[set[int], set[int]]:
+        """The checks an unmask request must pass before this client acts on it."""
         cfg = self.config
         if not isinstance(request, UnmaskRequest):
             raise ProtocolError(f"client {self.client_id}, stage {stage}: expected UnmaskRequest")
@@ -324,10 +350,71 @@ class SecAggClient:
                 f"client {self.client_id}, stage {stage}: neighbours {sorted(strangers)[:5]} are "
                 "listed but never sent shares to this client; aborting"
             )
+        return survivors, dropped
+
+    def consistency(self, request: UnmaskRequest) -> SurvivorSignature:
+        """Optional consistency round: check the survivor list and sign it (Ed25519).
+
+        Only when ``config.consistency_check``. The client signs one list per round; at the
+        unmask stage it acts only on that same list, signed by at least t survivors.
+
+        Raises:
+            ProtocolError, ThresholdError: as :meth:`unmask` for an inconsistent request.
+        """
+        stage = "consistency"
+        self._enter(stage)
+        self._check_request(stage, request)
+        self._signed = (request.survivors, request.dropped)
+        signature = ka.sign(self._sign_sk, request.signed_payload())
+        self._sign_sk = b""
+        self._stage = "unmask"
+        return SurvivorSignature(self.config.session_id, self.client_id, signature)
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """Stage 4: reveal seed shares of survivors and key shares of dropped clients.
+
+        Raises:
+            ProtocolError: if the request is for another session, lists a client as both
+                survivor and dropped, omits or misclassifies a peer that sent this client
+                shares, lists this client as dropped, or is called a second time; with the
+                consistency round, if the lists differ from the signed ones or carry an
+                invalid signature.
+            ThresholdError: if fewer than t survivors are listed (or, with the consistency
+                round, fewer than t valid survivor signatures).
+        """
+        stage = "unmask"
+        self._enter(stage)
+        cfg = self.config
+        survivors, dropped = self._check_request(stage, request)
+        if cfg.consistency_check:
+            self._check_signatures(stage, request, survivors)
         seed = [(self.client_id, self._own_seed_share)]
         seed += [(p, self._peers[p][0]) for p in self._peers if p in survivors]
         keys = [(p, self._peers[p][1]) for p in self._peers if p in dropped]
         self._stage = "done"
         return UnmaskShares(
             cfg.session_id, self.client_id, tuple(sorted(seed)), tuple(sorted(keys))
+        )
+
+    def _check_signatures(self, stage: str, request: UnmaskRequest, survivors: set[int]) -> None:
+        if (request.survivors, request.dropped) != self._signed:
+            raise ProtocolError(
+                f"client {self.client_id}, stage {stage}: the unmask lists differ from the "
+                "survivor list this client signed; refusing (split view)"
+            )
+        payload = request.signed_payload()
+        valid = 0
+        for signer, sig in request.signatures:
+            key = self._sign_keys.get(signer)
+            if signer not in survivors or key is None or not ka.verify(key, sig, payload):
+                raise ProtocolError(
+                    f"client {self.client_id}, stage {stage}: invalid survivor-list signature "
+                    f"attributed to client {signer}; aborting"
+                )
+            valid += 1
+            if valid >= self.config.t:
+                return
+        raise ThresholdError(
+            f"stage {stage}: {valid} valid survivor-list signatures, threshold "
+            f"t={self.config.t}; aborting"
         )

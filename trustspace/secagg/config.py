@@ -31,6 +31,8 @@ class SecAggConfig:
         modulus_bits: 32 or 64: inputs and the sum are integers modulo ``2**modulus_bits``.
         dropout_fraction: the dropout rate the parameters are chosen to tolerate.
         corrupt_fraction: the fraction of clients assumed to collude with the aggregator.
+        consistency_check: run the optional consistency round of Bonawitz et al.: clients
+            sign the survivor list and unmask only for a list signed by t survivors.
 
     After construction ``t`` and ``k`` hold the values in force, and :meth:`neighbours` the
     graph. Raises :class:`~trustspace.errors.ConfigError` naming the bad field and value.
@@ -44,6 +46,7 @@ class SecAggConfig:
     modulus_bits: int = 64
     dropout_fraction: float = 0.1
     corrupt_fraction: float = 0.05
+    consistency_check: bool = False
     t: int = field(init=False)
     k: int = field(init=False)
     _graph: dict[int, frozenset[int]] = field(init=False, repr=False, compare=False)

@@ -27,6 +27,7 @@ __all__ = [
     "AdvertiseKeys",
     "EncryptedShares",
     "MaskedInput",
+    "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskShares",
 ]
@@ -35,6 +36,8 @@ VERSION = 1
 MAX_CLIENT_ID = (1 << 63) - 1  # ids travel as 8 bytes and are Shamir x-coordinates
 # nonce (12) + the two Shamir shares of the sender's seed and mask key (2 x 66) + GCM tag (16)
 SEALED_SHARES_BYTES = 12 + 2 * SHARE_BYTES + 16
+ED25519_SIGNATURE = 64  # RFC 8032
+MAX_SIGNATURE = 1024  # identity signatures (ECDSA, Ed25519, RSA-4096 = 512 bytes) fit
 
 
 class _Reader:
@@ -107,9 +110,13 @@ def _check_ids(name: str, what: str, values: tuple[int, ...]) -> None:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Stage 1, client -> all: the sender's two raw X25519 public keys for this session.
+    """Stage 1, client -> all: the sender's public keys for this session.
 
-    ``cipher_pk`` encrypts the shares sent to the sender; ``mask_pk`` derives pairwise masks.
+    ``cipher_pk`` encrypts the shares sent to the sender; ``mask_pk`` derives pairwise masks
+    (both raw X25519). ``sign_pk`` (raw Ed25519, or empty) verifies the sender's signature in
+    the optional consistency round. ``identity_sig`` (empty, or up to 1 KiB) is a signature by
+    the sender's long-term identity over :meth:`signed_payload`, checked by peers that were
+    given an identity verifier, so that the aggregator cannot substitute keys.
     """
 
     TAG: ClassVar[int] = 1
@@ -117,6 +124,8 @@ class AdvertiseKeys:
     sender: int
     cipher_pk: bytes
     mask_pk: bytes
+    sign_pk: bytes = b""
+    identity_sig: bytes = b""
 
     def __post_init__(self) -> None:
         _check_session("AdvertiseKeys", self.session_id)
@@ -124,14 +133,31 @@ class AdvertiseKeys:
         for what, key in (("cipher_pk", self.cipher_pk), ("mask_pk", self.mask_pk)):
             if not isinstance(key, bytes) or len(key) != 32:
                 raise ProtocolError(f"AdvertiseKeys: {what} must be a raw 32-byte X25519 key")
+        if not isinstance(self.sign_pk, bytes) or len(self.sign_pk) not in (0, 32):
+            raise ProtocolError("AdvertiseKeys: sign_pk must be empty or a raw 32-byte key")
+        if not isinstance(self.identity_sig, bytes) or len(self.identity_sig) > MAX_SIGNATURE:
+            raise ProtocolError(
+                f"AdvertiseKeys: identity_sig must be at most {MAX_SIGNATURE} bytes"
+            )
 
-    def to_bytes(self) -> bytes:
+    def signed_payload(self) -> bytes:
+        """The bytes an identity signature covers: the encoding without the signature."""
+        return self._encode(b"")
+
+    def _encode(self, identity_sig: bytes) -> bytes:
         return (
             _header(self.TAG, self.session_id)
             + struct.pack(">Q", self.sender)
             + self.cipher_pk
             + self.mask_pk
+            + struct.pack(">B", len(self.sign_pk))
+            + self.sign_pk
+            + struct.pack(">H", len(identity_sig))
+            + identity_sig
         )
+
+    def to_bytes(self) -> bytes:
+        return self._encode(self.identity_sig)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
@@ -140,8 +166,16 @@ class AdvertiseKeys:
         sender = r.u64("sender")
         cipher_pk = r.take(32, "cipher_pk")
         mask_pk = r.take(32, "mask_pk")
+        sign_len = r.u8("sign_pk length")
+        if sign_len not in (0, 32):
+            raise ProtocolError(f"AdvertiseKeys: sign_pk length {sign_len} is not 0 or 32")
+        sign_pk = r.take(sign_len, "sign_pk")
+        sig_len = struct.unpack(">H", r.take(2, "identity_sig length"))[0]
+        if sig_len > MAX_SIGNATURE:
+            raise ProtocolError(f"AdvertiseKeys: identity_sig length {sig_len} is too large")
+        identity_sig = r.take(sig_len, "identity_sig")
         r.done()
-        return cls(session, sender, cipher_pk, mask_pk)
+        return cls(session, sender, cipher_pk, mask_pk, sign_pk, identity_sig)
 
 
 @dataclass(frozen=True)
@@ -252,13 +286,16 @@ class UnmaskRequest:
 
     Both lists are sorted and disjoint; a client refuses a request that is inconsistent with
     what it saw, and reveals a seed share for survivors and a key share for dropped clients,
-    never both for the same client.
+    never both for the same client. With the optional consistency round, the same lists are
+    first sent without signatures; the clients sign :meth:`signed_payload` and the final
+    request carries at least t of those signatures (``(signer, 64-byte Ed25519)``, sorted).
     """
 
     TAG: ClassVar[int] = 4
     session_id: bytes
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         _check_session("UnmaskRequest", self.session_id)
@@ -270,11 +307,24 @@ class UnmaskRequest:
                 f"UnmaskRequest: clients {sorted(both)[:5]} are listed as both survivor and "
                 "dropped; refusing (a malicious aggregator could unmask them)"
             )
+        _check_ids("UnmaskRequest", "signer", tuple(c for c, _ in self.signatures))
+        for _, sig in self.signatures:
+            if not isinstance(sig, bytes) or len(sig) != ED25519_SIGNATURE:
+                raise ProtocolError("UnmaskRequest: each signature must be 64 bytes (Ed25519)")
+
+    def signed_payload(self) -> bytes:
+        """What a client signs in the consistency round: domain, session and both lists."""
+        return (
+            b"trustspace/v1/secagg-survivors"
+            + UnmaskRequest(self.session_id, self.survivors, self.dropped).to_bytes()
+        )
 
     def to_bytes(self) -> bytes:
         parts = [_header(self.TAG, self.session_id)]
         for ids in (self.survivors, self.dropped):
             parts.append(struct.pack(f">I{len(ids)}Q", len(ids), *ids))
+        parts.append(struct.pack(">I", len(self.signatures)))
+        parts += [struct.pack(">Q", c) + sig for c, sig in self.signatures]
         return b"".join(parts)
 
     @classmethod
@@ -287,8 +337,46 @@ class UnmaskRequest:
             if count > len(r.data):
                 raise ProtocolError(f"UnmaskRequest: {what} count {count} exceeds the message")
             lists.append(struct.unpack(f">{count}Q", r.take(8 * count, what)))
+        count = r.u32("signature count")
+        step = 8 + ED25519_SIGNATURE
+        if count * step > len(r.data):
+            raise ProtocolError(f"UnmaskRequest: signature count {count} exceeds the message")
+        block = r.take(count * step, "signatures")
+        sigs = tuple(
+            (int.from_bytes(block[i : i + 8], "big"), block[i + 8 : i + step])
+            for i in range(0, len(block), step)
+        )
         r.done()
-        return cls(session, tuple(lists[0]), tuple(lists[1]))
+        return cls(session, tuple(lists[0]), tuple(lists[1]), sigs)
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """Consistency round, client -> aggregator: the sender's Ed25519 signature over the
+    survivor and dropped lists (:meth:`UnmaskRequest.signed_payload`)."""
+
+    TAG: ClassVar[int] = 6
+    session_id: bytes
+    sender: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_session("SurvivorSignature", self.session_id)
+        _check_id("SurvivorSignature", "sender", self.sender)
+        if not isinstance(self.signature, bytes) or len(self.signature) != ED25519_SIGNATURE:
+            raise ProtocolError("SurvivorSignature: signature must be 64 bytes (Ed25519)")
+
+    def to_bytes(self) -> bytes:
+        return _header(self.TAG, self.session_id) + struct.pack(">Q", self.sender) + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        r = _Reader(data, cls.__name__, cls.TAG)
+        session = r.session()
+        sender = r.u64("sender")
+        signature = r.take(ED25519_SIGNATURE, "signature")
+        r.done()
+        return cls(session, sender, signature)
 
 
 @dataclass(frozen=True)

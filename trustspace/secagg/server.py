@@ -23,6 +23,7 @@ from trustspace.secagg.messages import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -34,8 +35,9 @@ class SecAggServer:
     """The aggregator of one round: routes messages and computes the sum of the survivors.
 
     Call, in order: :meth:`collect_advertise`, :meth:`collect_shares`, :meth:`collect_masked`,
-    :meth:`collect_unmask`. The server learns the sum of the inputs of the clients listed as
-    survivors in the returned :class:`UnmaskRequest` and nothing else about any input.
+    (with ``consistency_check``: :meth:`collect_consistency`), :meth:`collect_unmask`. The
+    server learns the sum of the inputs of the clients listed as survivors in the returned
+    :class:`UnmaskRequest` and nothing else about any input.
     """
 
     def __init__(self, config: SecAggConfig) -> None:
@@ -46,6 +48,7 @@ class SecAggServer:
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
         self._sum: np.ndarray[Any, Any] | None = None
+        self._responders: set[int] = set()  # who may answer the unmask request
 
     @property
     def stage(self) -> str:
@@ -183,8 +186,47 @@ class SecAggServer:
         self._sum = total
         self._survivors = tuple(sorted(survivors))
         self._dropped = tuple(sorted(self._u2 - survivors))
-        self._stage = "unmask"
+        self._responders = set(survivors)
+        self._stage = "consistency" if cfg.consistency_check else "unmask"
         return UnmaskRequest(cfg.session_id, self._survivors, self._dropped)
+
+    def collect_consistency(self, msgs: Mapping[int, SurvivorSignature]) -> UnmaskRequest:
+        """Optional consistency round: check the survivors' signatures on the lists.
+
+        Returns:
+            The unmask request carrying the signatures, to send to the signers (only they may
+            answer at the unmask stage).
+
+        Raises:
+            ProtocolError: for a signature from a non-survivor or that does not verify.
+            ThresholdError: if fewer than t survivors signed.
+        """
+        stage = "consistency"
+        self._enter(stage)
+        cfg = self.config
+        unsigned = UnmaskRequest(cfg.session_id, self._survivors, self._dropped)
+        payload = unsigned.signed_payload()
+        sigs = []
+        for cid, msg in sorted(msgs.items()):
+            if cid not in self._responders:
+                raise ProtocolError(
+                    f"aggregator, stage {stage}: client {cid} signed but is not a survivor"
+                )
+            self._check(stage, cid, msg, SurvivorSignature, getattr(msg, "sender", None))
+            if not ka.verify(self._roster[cid].sign_pk, msg.signature, payload):
+                raise ProtocolError(
+                    f"aggregator, stage {stage}: the survivor-list signature of client {cid} "
+                    "does not verify; aborting"
+                )
+            sigs.append((cid, msg.signature))
+        if len(sigs) < cfg.t:
+            raise ThresholdError(
+                f"stage {stage}: {len(sigs)} of {len(self._survivors)} survivors signed the "
+                f"survivor list, threshold t={cfg.t}; aborting the round, no partial sum"
+            )
+        self._responders = set(msgs)
+        self._stage = "unmask"
+        return UnmaskRequest(cfg.session_id, self._survivors, self._dropped, tuple(sigs))
 
     def collect_unmask(self, msgs: Mapping[int, UnmaskShares]) -> np.ndarray[Any, Any]:
         """Stage 4: reconstruct the seeds and dropped keys, remove all masks, return the sum.
@@ -200,9 +242,10 @@ class SecAggServer:
         seed_pts: dict[int, dict[int, bytes]] = {c: {} for c in survivors}
         key_pts: dict[int, dict[int, bytes]] = {c: {} for c in dropped}
         for cid, msg in msgs.items():
-            if cid not in survivors:
+            if cid not in self._responders:
                 raise ProtocolError(
                     f"aggregator, stage {stage}: client {cid} answered but is not a survivor"
+                    + (" that signed the survivor list" if cfg.consistency_check else "")
                 )
             self._check(stage, cid, msg, UnmaskShares, getattr(msg, "sender", None))
             holds = cfg.neighbours(cid) | {cid}

@@ -16,6 +16,7 @@ from trustspace.secagg.messages import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -50,6 +51,7 @@ def simulate(
     corrupt_fraction: float = 0.05,
     wire: bool = True,
     session_id: bytes | None = None,
+    consistency_check: bool = False,
 ) -> np.ndarray[Any, Any]:
     """Run one SecAgg+ round in-process; return the sum of the surviving clients' inputs.
 
@@ -63,6 +65,8 @@ def simulate(
         seed: makes the run reproducible (keys, seeds, session id) -- tests only.
         modulus_bits: 32 or 64; by default 32 for uint32/int32 inputs, else 64.
         wire: pass every message through ``to_bytes``/``from_bytes`` as the network would.
+        consistency_check: run the optional consistency round (signed survivor list); then
+            ``dropouts`` may also name clients that drop at ``"consistency"``.
         session_id: use this session id instead of a fresh one (to rebuild the same
             :class:`SecAggConfig`, hence the same graph, outside; e.g. in benchmarks).
 
@@ -91,11 +95,12 @@ def simulate(
         )
     if modulus_bits is None:
         modulus_bits = 32 if vectors[0].dtype in (np.uint32, np.int32) else 64
-    drops = {stage: set(dropouts.get(stage, ())) if dropouts else set() for stage in STAGES}
+    stages = STAGES if not consistency_check else (*STAGES[:3], "consistency", STAGES[3])
+    drops = {stage: set(dropouts.get(stage, ())) if dropouts else set() for stage in stages}
     if dropouts:
-        bad = set(dropouts) - set(STAGES)
+        bad = set(dropouts) - set(stages)
         if bad:
-            raise ConfigError(f"simulate: unknown dropout stages {sorted(bad)}; use {STAGES}")
+            raise ConfigError(f"simulate: unknown dropout stages {sorted(bad)}; use {stages}")
         for stage, idx in drops.items():
             if any(not isinstance(i, int) or not 0 <= i < n for i in idx):
                 raise ConfigError(f"simulate: dropouts[{stage!r}] must be indices in 0 .. {n - 1}")
@@ -115,6 +120,7 @@ def simulate(
         modulus_bits=modulus_bits,
         dropout_fraction=dropout_fraction,
         corrupt_fraction=corrupt_fraction,
+        consistency_check=consistency_check,
     )
     clients = {i + 1: SecAggClient(config, i + 1, rng=rngs[i]) for i in range(n)}
     server = SecAggServer(config)
@@ -141,7 +147,21 @@ def simulate(
     request = server.collect_masked(masked)
     if wire:
         request = UnmaskRequest.from_bytes(request.to_bytes())
-    answers = {c: clients[c].unmask(request) for c in live("unmask") if c in request.survivors}
+    if consistency_check:
+        signed = {
+            c: clients[c].consistency(request)
+            for c in live("consistency")
+            if c in request.survivors
+        }
+        if wire:
+            signed = {c: SurvivorSignature.from_bytes(m.to_bytes()) for c, m in signed.items()}
+        request = server.collect_consistency(signed)
+        if wire:
+            request = UnmaskRequest.from_bytes(request.to_bytes())
+        signers = {c for c, _ in request.signatures}
+    else:
+        signers = set(request.survivors)
+    answers = {c: clients[c].unmask(request) for c in live("unmask") if c in signers}
     if wire:
         answers = {c: UnmaskShares.from_bytes(m.to_bytes()) for c, m in answers.items()}
     return server.collect_unmask(answers)
