@@ -98,3 +98,9 @@ def test_release_rows_default_refused() -> None:
 def test_bad_policy_names_key_and_value(data: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         policy_from_dict(data)
+
+
+def test_may_see_hides_datasets_without_a_rule() -> None:
+    p = _policy()
+    assert p.may_see("alice", "default") and p.may_see("bob", "default")
+    assert not p.may_see("alice", "secret") and not p.may_see("carol", "default")

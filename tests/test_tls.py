@@ -119,3 +119,24 @@ def test_nothing_listening_is_a_node_error(fed: Federation) -> None:
     creds = Credentials.from_dir(_ca(fed) / "analyst")
     with pytest.raises(NodeError, match=r"cannot reach 127\.0\.0\.1:1"):
         preflight("127.0.0.1:1", creds, expected_role="aggregator")
+
+
+def test_server_with_expired_certificate_refuses_to_start(fed: Federation, tmp_path: Path) -> None:
+    from trustspace.transport.server import TlsServer
+
+    old = issue(
+        _ca(fed),
+        "n9",
+        "node",
+        out_dir=tmp_path / "n9",
+        not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+        not_after=dt.datetime(2021, 1, 1, tzinfo=dt.UTC),
+    )
+    ok = Credentials.from_dir(_ca(fed) / "n1")
+    creds = Credentials(
+        ok.ca_pem, (old / "cert.pem").read_bytes(), (old / "key.pem").read_bytes(), ok.identity
+    )
+    with pytest.raises(AuthenticationError, match=r"n9's certificate: .*expired"):
+        TlsServer(
+            name="n9", listen="127.0.0.1:0", creds=creds, register=lambda s: None, service_names=()
+        )

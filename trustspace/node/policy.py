@@ -97,6 +97,13 @@ no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
         self._check_rules(req)
         self._charge(req)
 
+    def may_see(self, analyst: str, dataset: str) -> bool:
+        """Whether some rule lets ``analyst`` use ``dataset`` (else its schema is not shown)."""
+        return any(
+            _matches(r.analysts, analyst) and _matches(r.datasets, dataset)
+            for r in self.config.rules
+        )
+
     def check_release(self, analyst: str) -> None:
         """Raise ``PolicyRefused`` unless anonymized rows may leave this node."""
         if not self.config.release_rows:

@@ -151,6 +151,7 @@ class NodeService:
                 datasets=tuple(
                     serde.DatasetDescription(d.name, self.engine.schema(d.name).to_dict())
                     for d in self.config.datasets
+                    if self.policy.may_see(ctx.analyst, d.name)
                 ),
                 min_group_size=self.policy.min_group_size,
                 release_rows=self.policy.config.release_rows,
