@@ -35,7 +35,8 @@ def test_stopped_node_is_excluded_and_reported(
         import pandas as pd
 
         want = len(pd.read_csv(partitions["n1"])) + len(pd.read_csv(partitions["n2"]))
-        assert fed.count() == want
+        with pytest.warns(UserWarning, match=r"n3 did not answer"):
+            assert fed.count() == want
         assert fed.last_info["excluded"] == ["n3"]
         assert fed.last_info["nodes"] == ["n1", "n2"]
 
@@ -45,6 +46,12 @@ def test_below_threshold_is_a_clean_error(partitions: dict[str, Path], tmp_path:
         fed.nodes["n2"].stop(0)
         with pytest.raises(ThresholdError, match="at least 2 nodes, only 1 answered"):
             fed.count()
+
+
+def test_single_node_space_explains_threshold(partitions: dict[str, Path], tmp_path: Path) -> None:
+    fed = _local(partitions, ("n1",), tmp_path)
+    with fed, pytest.raises(ThresholdError, match="this data space has only 1"):
+        fed.count()
 
 
 def test_no_node_reachable(partitions: dict[str, Path], tmp_path: Path) -> None:

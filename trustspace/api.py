@@ -1,10 +1,12 @@
 """The analyst's API: ``Federation`` (connect to a data space, or run one locally) and queries.
 
->>> from trustspace.api import Federation, Credentials  # doctest: +SKIP
->>> with Federation.local({"org_a": "a.csv", "org_b": "b.csv", "org_c": "c.csv"}) as fed:
-...     fed.mean("default", "age", where="sex = 'Female'")                # doctest: +SKIP
->>> fed = Federation.connect("agg.example.org:50050",
-...                          credentials=Credentials.from_dir("certs/alice"))  # doctest: +SKIP
+Example::
+
+    from trustspace.api import Credentials, Federation
+    with Federation.local({"org_a": "a.csv", "org_b": "b.csv", "org_c": "c.csv"}) as fed:
+        fed.mean("default", "age", where="sex = 'Female'")
+    fed = Federation.connect("agg.example.org:50050",
+                             credentials=Credentials.from_dir("certs/alice"))
 
 Every statistics method is a thin builder of a ``trustspace.stats.Query`` run by ``run``:
 
@@ -321,6 +323,12 @@ class Federation:
             data = self._client.run_query(query.to_dict(), "secagg")
             result: Result = serde.result_from_dict(data)
             self.last_info = {k: data.get(k) for k in ("nodes", "excluded", "min_group_size")}
+            if self.last_info.get("excluded"):
+                warnings.warn(
+                    f"node(s) {', '.join(self.last_info['excluded'])} did not answer and are not "
+                    "in this result; see fed.status() for why",
+                    stacklevel=3,
+                )
         elif method == "paillier":
             result = self._run_paillier(query)
         else:

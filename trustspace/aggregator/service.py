@@ -206,6 +206,11 @@ class AggregatorService:
         """
         ids = {n.name: i + 1 for i, n in enumerate(nodes)}
         by_id = {i: n for n, i in zip(nodes, ids.values(), strict=True)}
+        if len(self.nodes) < 2:
+            raise ThresholdError(
+                "secure aggregation needs at least 2 nodes; this data space has only "
+                f"{len(self.nodes)} ({', '.join(n.name for n in self.nodes)})"
+            )
         if len(nodes) < 2:
             raise ThresholdError(
                 f"secure aggregation needs at least 2 nodes, only {len(nodes)} answered "
