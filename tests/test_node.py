@@ -15,7 +15,7 @@ import pytest
 from conftest import write_node_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from trustspace.errors import ConfigError, DataError, ProtocolError
+from trustspace.errors import ConfigError, DataError, NodeError, ProtocolError
 from trustspace.node.config import load_node_config
 from trustspace.node.server import Node
 from trustspace.proto.v1 import node_pb2, node_pb2_grpc
@@ -189,3 +189,15 @@ def test_sigterm_exits_zero(tmp_path: Path, pki: Path, partitions: dict[str, Pat
             proc.kill()
     assert proc.returncode == 0
     assert "SIGTERM received, draining" in err and "stopped" in err
+
+
+def test_no_answer_leaves_without_its_audit_line(node: Node, pki: Path) -> None:
+    client = NodeClient("n1", node.address, _agg(pki))
+    ctx = serde.RequestContext("alice", "r1", "count", "default")
+    before = node.service.audit.lines
+    assert client.describe(ctx, timeout=5).node == "n1"
+    assert node.service.audit.lines == before + 1
+    node.service.audit.close()  # the disk "fails": the next line cannot be written
+    with pytest.raises(NodeError, match="cannot write audit log"):
+        client.describe(ctx, timeout=5)
+    client.close()
