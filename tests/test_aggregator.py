@@ -103,3 +103,14 @@ def test_paillier_round_suppresses_small_groups(
         assert big.decode(serde.join_words(words.astype(np.int64))).tolist() == [
             float((union.age < 88).sum())
         ]
+
+
+def test_configured_threshold_is_a_floor(partitions: dict[str, Path], tmp_path: Path) -> None:
+    policy = {"rules": [{"analysts": ["*"], "operations": ["*"]}], "min_group_size": 5}
+    parts = {n: str(p) for n, p in partitions.items()}
+    fed = Federation.local(parts, policy, threshold=3, workdir=tmp_path)
+    with fed:
+        assert fed.count() > 0
+        fed.nodes["n3"].stop(0)
+        with pytest.raises(ThresholdError, match="fewer than the configured threshold 3"):
+            fed.count()

@@ -218,8 +218,13 @@ class AggregatorService:
             )
         threshold = self.threshold
         if threshold is not None:
-            threshold = min(threshold, len(nodes))
-            threshold = max(threshold, (len(nodes) - 1 + 1) // 2 + 1)
+            if len(nodes) < threshold:
+                raise ThresholdError(
+                    f"only {len(nodes)} node(s) answered ({', '.join(n.name for n in nodes)}), "
+                    f"fewer than the configured threshold {threshold}; no partial result"
+                )
+            # SecAgg needs a strict majority of share holders; never go below it
+            threshold = max(threshold, len(nodes) // 2 + 1)
         setup = serde.SecAggSetup(
             session_id=secrets.token_bytes(32),
             client_ids=tuple(ids.values()),
