@@ -105,6 +105,7 @@ class NodeService:
         params: dict[str, Any],
         work: Callable[[], T],
         check: bool = True,
+        unchecked_reason: str = "",
     ) -> T:
         """Check policy, run ``work``, write the audit line (fsync), then return."""
         entry: dict[str, Any] = {
@@ -128,7 +129,7 @@ class NodeService:
             self.audit.append(entry)
             log.info("%s: refused %s for %s: %s", self.name, operation, ctx.analyst, exc)
             raise
-        entry.update(decision="allow", reason="policy rules matched" if check else "no data read")
+        entry.update(decision="allow", reason="policy rules matched" if check else unchecked_reason)
         try:
             result = work()
         except TrustspaceError as exc:
@@ -166,6 +167,7 @@ class NodeService:
             params={},
             work=work,
             check=False,
+            unchecked_reason="schemas only, filtered by policy",
         )
 
     # ------------------------------------------------------------------ local vectors
@@ -244,6 +246,7 @@ class NodeService:
             params=params,
             work=lambda: self._continue(step, session),
             check=False,
+            unchecked_reason="continues a session allowed at its advertise stage",
         )
 
     def _advertise(self, step: serde.SecAggStep, rnd: Round) -> list[bytes]:
