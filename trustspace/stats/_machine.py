@@ -444,7 +444,7 @@ class Computation:
             for i, c in enumerate(ranged)
         }
         base = 1 + len(cols) + len(ranged)
-        npair = {p: t0[base + i] for i, p in enumerate(pairs)}
+        npair = {p: float(t0[rnd0.term_slice(base + i)][0]) for i, p in enumerate(pairs)}
         live = {c for c in cols if n[c] > 0 and self._safe(n[c])}
         live_pairs = [
             p
