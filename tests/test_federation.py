@@ -174,3 +174,9 @@ def test_cli_query_against_local_federation(
     assert "n2" in capsys.readouterr().out
     assert main([*base, "mean", "default", "nosuch"]) == 2
     assert "unknown column 'nosuch'" in capsys.readouterr().err
+
+
+def test_group_by_fluent_form(fed: Federation, union: Any) -> None:
+    got = fed.group_by("default", "sex", values=["F", "M"]).agg({"age": "mean"})
+    want = union.groupby("sex")["age"].mean()
+    assert got[("age", "mean")].loc["F"] == pytest.approx(want["F"], rel=1e-12)

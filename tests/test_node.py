@@ -201,3 +201,42 @@ def test_no_answer_leaves_without_its_audit_line(node: Node, pki: Path) -> None:
     with pytest.raises(NodeError, match="cannot write audit log"):
         client.describe(ctx, timeout=5)
     client.close()
+
+
+def test_roster_entries_must_be_signed_by_distinct_nodes(node: Node, pki: Path) -> None:
+    """A malicious aggregator cannot add participants it plays itself (sybils)."""
+    from trustspace.errors import AuthenticationError
+    from trustspace.secagg.client import SecAggClient
+    from trustspace.secagg.config import SecAggConfig
+    from trustspace.stats import Round, Term
+    from trustspace.transport.ca import sign_blob
+
+    agg = _agg(pki)
+    client = NodeClient("n1", node.address, agg)
+    ctx = serde.RequestContext("alice", "r-sybil", "count", "default")
+    rnd = Round("default", None, (Term.rows(),))
+
+    def attempt(entry: tuple[bytes, bytes, bytes]) -> None:
+        setup = serde.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+        own = client.secagg_step(
+            serde.SecAggStep(ctx, setup, "advertise", (), rnd.to_dict(), 1), timeout=5
+        )
+        assert len(own) == 3  # keys, signature, certificate
+        fake = SecAggClient(SecAggConfig(setup.session_id, (1, 2), rnd.size), 2)
+        adv = fake.advertise().to_bytes()
+        keys, sig, cert = entry
+        payloads = (*own, keys or adv, sig or sign_blob(agg, adv), cert)
+        client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", payloads, {}, 1), 5)
+
+    with pytest.raises(AuthenticationError, match="is not a node"):
+        attempt((b"", b"", agg.cert_pem))  # signed by the aggregator itself
+    n2 = (pki / "ca" / "n2" / "cert.pem").read_bytes()
+    with pytest.raises(AuthenticationError, match="does not verify"):
+        attempt((b"", b"", n2))  # claims to be n2, signed by someone else
+    setup = serde.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+    own = client.secagg_step(
+        serde.SecAggStep(ctx, setup, "advertise", (), rnd.to_dict(), 1), timeout=5
+    )
+    with pytest.raises(ProtocolError, match="appears twice"):  # a replayed genuine entry
+        client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", (*own, *own), {}, 1), 5)
+    client.close()

@@ -41,7 +41,7 @@ from trustspace.transport import serde
 from trustspace.transport.ca import Credentials, init_ca, issue
 from trustspace.transport.clients import AggregatorClient
 
-__all__ = ["Credentials", "Federation"]
+__all__ = ["Credentials", "Federation", "GroupBy"]
 
 log = logging.getLogger("trustspace.api")
 DEFAULT_DATASET = "default"
@@ -511,7 +511,7 @@ class Federation:
         self,
         dataset: str,
         by: str,
-        agg: Mapping[str, str | Sequence[str]],
+        agg: Mapping[str, str | Sequence[str]] | None = None,
         where: str | None = None,
         *,
         values: Sequence[Any] | None = None,
@@ -519,8 +519,11 @@ class Federation:
     ) -> Any:
         """Per-group aggregates, like ``df.groupby(by).agg(agg)`` over the union of the data.
 
+        Without ``agg`` returns a builder: ``fed.group_by("adult", "sex").agg({"age": "mean"})``.
         The group values must be public: pass ``values`` or declare a domain for ``by``.
         """
+        if agg is None:
+            return GroupBy(self, dataset, by, where, values, method)
         aggs = {c: [a] if isinstance(a, str) else list(a) for c, a in agg.items()}
         params: dict[str, Any] = {"by": by, "agg": aggs}
         if values is not None:
@@ -530,6 +533,28 @@ class Federation:
     def anonymize(self, dataset: str, **kwargs: Any) -> Any:
         """Federated k-anonymization (not built yet over the network)."""
         return self._client.run_anonymization({"dataset": dataset, **kwargs})
+
+
+class GroupBy:
+    """``fed.group_by(dataset, by)`` without ``agg``: call ``.agg({column: aggregations})``."""
+
+    def __init__(
+        self,
+        fed: Federation,
+        dataset: str,
+        by: str,
+        where: str | None,
+        values: Sequence[Any] | None,
+        method: str,
+    ) -> None:
+        self._fed, self._dataset, self._by = fed, dataset, by
+        self._where, self._values, self._method = where, values, method
+
+    def agg(self, agg: Mapping[str, str | Sequence[str]]) -> Any:
+        """Run the aggregations (``size``, ``count``, ``sum``, ``mean``, ``var``, ``std``)."""
+        return self._fed.group_by(
+            self._dataset, self._by, agg, self._where, values=self._values, method=self._method
+        )
 
 
 def _cols(columns: str | Sequence[str]) -> tuple[str, ...]:

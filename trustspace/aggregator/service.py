@@ -275,11 +275,11 @@ class AggregatorService:
 
         try:
             adv = run("advertise", {c: () for c in by_id})
-            adv_msgs = {
-                c: AdvertiseKeys.from_bytes(_one(out, c, "advertise")) for c, out in adv.items()
-            }
+            signed = {c: _signed(out, c) for c, out in adv.items()}
+            adv_msgs = {c: AdvertiseKeys.from_bytes(sig[0]) for c, sig in signed.items()}
             roster = guarded("advertise", lambda: server.collect_advertise(adv_msgs))
-            roster_bytes = [m.to_bytes() for m in roster.values()]
+            # every node checks each roster entry's signature and certificate (no sybils)
+            roster_bytes = [b for c in roster for b in signed[c]]
             shared = run("share_keys", {c: roster_bytes for c in roster})
             share_msgs = {
                 c: {m.recipient: m for m in (EncryptedShares.from_bytes(b) for b in out)}
@@ -446,6 +446,15 @@ class AggregatorService:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for n in self.nodes:
             n.close()
+
+
+def _signed(out: Sequence[bytes], client: int) -> tuple[bytes, bytes, bytes]:
+    if len(out) != 3:
+        raise ProtocolError(
+            f"client {client} answered stage advertise with {len(out)} messages, expected keys, "
+            "signature and certificate"
+        )
+    return out[0], out[1], out[2]
 
 
 def _one(out: Sequence[bytes], client: int, stage: str) -> bytes:

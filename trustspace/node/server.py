@@ -55,7 +55,7 @@ class Node:
         creds = credentials or load_credentials(config)
         self.config = config
         self.engine = build_engine(config)
-        self.service = NodeService(config, self.engine)
+        self.service = NodeService(config, self.engine, credentials=creds)
         try:
             self.server = TlsServer(
                 name=config.name,

@@ -36,7 +36,7 @@ from trustspace.secagg.config import SecAggConfig
 from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
 from trustspace.stats import Round, filter_columns, parse_filter
 from trustspace.transport import serde
-from trustspace.transport.ca import Identity
+from trustspace.transport.ca import Credentials, Identity, sign_blob, verify_blob
 
 log = logging.getLogger("trustspace.node")
 T = TypeVar("T")
@@ -80,10 +80,12 @@ class NodeService:
         config: NodeConfig,
         engine: Any,
         *,
+        credentials: Credentials,
         audit: AuditLog | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = config.name
+        self._creds = credentials
         self.config = config
         self.engine = engine
         self.policy = Policy(config.name, config.policy)
@@ -278,7 +280,9 @@ class NodeService:
             if len(self._sessions) >= MAX_SESSIONS:
                 raise ProtocolError(f"node {self.name}: too many concurrent sessions; retry later")
             self._sessions[s.session_id] = session
-        return [client.advertise().to_bytes()]
+        adv = client.advertise().to_bytes()
+        # signed with our certificate so that peers can check every participant is a real node
+        return [adv, sign_blob(self._creds, adv), self._creds.cert_pem]
 
     def _continue(self, step: serde.SecAggStep, session: _Session) -> list[bytes]:
         with session.lock:
@@ -292,11 +296,7 @@ class NodeService:
     def _stage(self, step: serde.SecAggStep, session: _Session) -> list[bytes]:
         client = session.client
         if step.stage == "share_keys":
-            roster = {}
-            for raw in step.payloads:
-                msg = AdvertiseKeys.from_bytes(raw)
-                roster[msg.sender] = msg
-            out = client.share_keys(roster)
+            out = client.share_keys(self._verified_roster(step))
             return [m.to_bytes() for _, m in sorted(out.items())]
         if step.stage == "masked_input":
             received = {}
@@ -310,6 +310,39 @@ class NodeService:
         with self._lock:
             self._sessions.pop(step.setup.session_id, None)
         return [answer.to_bytes()]
+
+    def _verified_roster(self, step: serde.SecAggStep) -> dict[int, AdvertiseKeys]:
+        """The roster, each entry signed by a distinct, valid node certificate of our CA.
+
+        Stops a malicious aggregator from inventing participants it plays itself (a session
+        of this node alone plus sybils would reveal this node's vector).
+        """
+        p = step.payloads
+        if len(p) % 3:
+            raise ProtocolError(f"node {self.name}: roster must be (keys, signature, cert) triples")
+        roster: dict[int, AdvertiseKeys] = {}
+        names: dict[str, int] = {}
+        for i in range(0, len(p), 3):
+            msg = AdvertiseKeys.from_bytes(p[i])
+            ident = verify_blob(
+                self._creds.ca_pem,
+                p[i + 2],
+                p[i],
+                p[i + 1],
+                role="node",
+                where=f"node {self.name}: roster entry of client {msg.sender}",
+            )
+            if ident.name in names or msg.sender in roster:
+                raise ProtocolError(
+                    f"node {self.name}: node {ident.name} appears twice in the roster; aborting"
+                )
+            if (msg.sender == step.client_id) != (ident.name == self.name):
+                raise ProtocolError(
+                    f"node {self.name}: roster entry {msg.sender} is signed by {ident.name}"
+                )
+            names[ident.name] = msg.sender
+            roster[msg.sender] = msg
+        return roster
 
     # ------------------------------------------------------------------ Paillier
     def paillier_stats(self, caller: Identity, req: serde.PaillierRequest) -> bytes:

@@ -396,3 +396,41 @@ class Credentials:
                 "`trustspace ca issue CA_DIR NAME --role ROLE`"
             )
         return cls.from_files(d / CA_CERT, d / CERT, d / KEY, expected_role=expected_role)
+
+
+_SIGN_DOMAIN = b"trustspace/secagg/advertise/v1\x00"
+
+
+def sign_blob(creds: Credentials, blob: bytes) -> bytes:
+    """Sign ``blob`` (domain-separated) with our certificate's private key (ECDSA SHA-256)."""
+    key = serialization.load_pem_private_key(creds.key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise AuthenticationError(f"{creds.identity}: only EC keys can sign")
+    return key.sign(_SIGN_DOMAIN + blob, ec.ECDSA(hashes.SHA256()))
+
+
+def verify_blob(
+    ca_pem: bytes, cert_pem: bytes, blob: bytes, signature: bytes, *, role: str, where: str
+) -> Identity:
+    """Check that ``cert_pem`` is a valid ``role`` certificate of our CA and signed ``blob``.
+
+    Returns the signer's identity. Raises ``AuthenticationError`` (naming ``where``) otherwise.
+    """
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise AuthenticationError(f"{where}: not a PEM certificate") from None
+    check_issued_by(cert, ca, where)
+    check_validity(cert, where)
+    ident = identity_of(cert)
+    if ident.role != role:
+        raise AuthenticationError(f"{where}: {ident} is not a {role}")
+    pub = cert.public_key()
+    if not isinstance(pub, ec.EllipticCurvePublicKey):
+        raise AuthenticationError(f"{where}: {ident} has no EC key")
+    try:
+        pub.verify(signature, _SIGN_DOMAIN + blob, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise AuthenticationError(f"{where}: signature of {ident} does not verify") from None
+    return ident
