@@ -1,0 +1,43 @@
+"""`trustspace demo` end to end: separate processes, mutual TLS, answers equal to pandas."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_to_the_end_and_agrees_with_pandas(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trustspace.cli.main",
+            "demo",
+            "--key-bits",
+            "2048",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "agree with pandas to 1e-6: yes" in out
+    assert "refused: node org-a refused the request (policy rule 'operations')" in out
+    assert '"decision": "deny"' in out
+    # every child process was stopped: their logs end with the drain message
+    for log in ("org-a.log", "org-b.log", "org-c.log", "aggregator.log"):
+        assert "stopped" in (tmp_path / log).read_text(), log
+
+
+def test_demo_refuses_fewer_than_three_nodes(capsys: pytest.CaptureFixture[str]) -> None:
+    from trustspace.cli.main import main
+
+    assert main(["demo", "--nodes", "2"]) == 2
+    assert "--nodes must be at least 3" in capsys.readouterr().err
