@@ -168,6 +168,7 @@ class Federation:
         *,
         dataset: str = DEFAULT_DATASET,
         columns: Mapping[str, str] | None = None,
+        domains: Mapping[str, Sequence[Any]] | None = None,
         delimiter: str = ",",
         key_bits: int | None = None,
         threshold: int | None = None,
@@ -182,6 +183,7 @@ class Federation:
                 -> such a dict. Default: every operation allowed, ``min_group_size`` 10.
             dataset: the dataset name the partitions are served as.
             columns: column name -> type; inferred from the first partition when omitted.
+            domains: column -> its public group values (so ``group_by`` needs no ``values``).
             key_bits: Paillier key size for ``method="paillier"`` (default 3072).
             threshold: secure-aggregation threshold (default: the protocol's choice).
             workdir: where the CA, certificates and audit logs go (default: a temporary
@@ -245,7 +247,15 @@ class Federation:
                     listen="127.0.0.1:0",
                     tls=TlsConfig(ident / "ca.pem", ident / "cert.pem", ident / "key.pem"),
                     datasets=(
-                        DatasetConfig(dataset, path, fmt, tuple(cols.items()), delimiter, True),
+                        DatasetConfig(
+                            dataset,
+                            path,
+                            fmt,
+                            tuple(cols.items()),
+                            delimiter,
+                            True,
+                            domains=tuple((c, tuple(v)) for c, v in (domains or {}).items()),
+                        ),
                     ),
                     policy=pol,
                     audit_path=root / "audit" / f"{name}.jsonl",
