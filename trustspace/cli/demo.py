@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
+
+from trustspace.cli._space import LocalSpace, NodeSpec
 
 ADULT = Path(__file__).resolve().parents[2] / "demos" / "data" / "adult"
 ADULT_COLUMNS = {
@@ -53,8 +53,6 @@ QUASI_IDENTIFIERS = (
     "occupation",
 )
 MIN_GROUP_SIZE = 10
-START_TIMEOUT_S = 60.0
-READY = re.compile(r" on (\S+:\d+)")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -81,56 +79,6 @@ def _say(msg: str, out: TextIO = sys.stdout) -> None:
 
 def _step(n: int, title: str) -> None:
     _say(f"\n[{n}] {title}")
-
-
-class _Processes:
-    """The demo's child processes; stopped with SIGTERM (then SIGKILL) on exit."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
-
-    def start(self, name: str, args: list[str], log: Path) -> str:
-        logf = log.open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trustspace.cli.main", *args],
-            stdout=subprocess.PIPE,
-            stderr=logf,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches only the demo, which then stops them
-        )
-        self.procs.append((name, proc))
-        assert proc.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        line = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line or proc.poll() is not None:
-                break
-        m = READY.search(line)
-        if m is None:
-            proc.kill()
-            proc.wait()
-            logf.close()
-            raise RuntimeError(
-                f"{name} did not start (exit {proc.returncode}); its log {log} says:\n"
-                + log.read_text()[-2000:]
-            )
-        return m.group(1)
-
-    def stop(self) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs:
-            try:
-                code = proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-                _say(f"    {name} did not stop on SIGTERM; killed")
-            if code not in (0, -signal.SIGTERM):
-                _say(f"    {name} exited with {code}")
-        self.procs.clear()
 
 
 @contextmanager
@@ -164,65 +112,6 @@ def _split(data: Path, out: Path, names: list[str]) -> list[Path]:
     return paths
 
 
-def _node_config(name: str, data: Path, root: Path) -> Path:
-    columns = "\n".join(f'"{c}" = "{t}"' for c, t in ADULT_COLUMNS.items())
-    text = f"""# written by `trustspace demo`; see docs/operations.md for every key
-[node]
-name = "{name}"
-listen = "127.0.0.1:0"
-drain_grace_s = 5
-
-[tls]
-dir = "ca/{name}"
-
-[audit]
-path = "audit/{name}.jsonl"
-
-[datasets.adult]
-path = "{data.relative_to(root)}"
-format = "csv"
-delimiter = ";"
-[datasets.adult.columns]
-{columns}
-[datasets.adult.domains]
-sex = ["Female", "Male"]
-salary-class = ["<=50K", ">50K"]
-
-[policy]
-min_group_size = {MIN_GROUP_SIZE}
-release_rows = true
-
-[[policy.rules]]
-analysts = ["alice"]
-operations = ["*"]
-
-[[policy.rules]]
-analysts = ["bob"]
-operations = ["count"]
-columns = ["sex", "age"]
-"""
-    path = root / f"{name}.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _aggregator_config(addresses: dict[str, str], root: Path) -> Path:
-    nodes = "\n".join(f'[[nodes]]\nname = "{n}"\naddress = "{a}"\n' for n, a in addresses.items())
-    text = f"""# written by `trustspace demo`; see docs/operations.md for every key
-[aggregator]
-name = "operator"
-listen = "127.0.0.1:0"
-drain_grace_s = 5
-
-[tls]
-dir = "ca/operator"
-
-{nodes}"""
-    path = root / "aggregator.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def _side_by_side(frames: dict[str, Any]) -> str:
     import pandas as pd
 
@@ -248,41 +137,51 @@ def run(args: argparse.Namespace) -> int:
         _say(f"trustspace demo: data file {data} not found (--data)", sys.stderr)
         return 2
     started = time.perf_counter()
-    procs = _Processes()
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with _workdir(args.workdir) as root:
-            return _run(args, data, root, procs, started)
+        with _workdir(args.workdir) as root, LocalSpace(root) as space:
+            return _run(args, data, space, started)
     except KeyboardInterrupt:
-        _say("\ninterrupted: stopping the nodes and the aggregator", sys.stderr)
+        _say("\ninterrupted: stopped the nodes and the aggregator", sys.stderr)
         return 130
     finally:
-        procs.stop()
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(
-    args: argparse.Namespace, data: Path, root: Path, procs: _Processes, started: float
-) -> int:
+def _node_spec(name: str, data: Path) -> NodeSpec:
+    return NodeSpec(
+        name=name,
+        datasets={
+            "adult": {
+                "path": data,
+                "delimiter": ";",
+                "columns": ADULT_COLUMNS,
+                "domains": {"sex": ["Female", "Male"], "salary-class": ["<=50K", ">50K"]},
+            }
+        },
+        policy={"min_group_size": MIN_GROUP_SIZE, "release_rows": True},
+        rules=[
+            {"analysts": ["alice"], "operations": ["*"]},
+            {"analysts": ["bob"], "operations": ["count"], "columns": ["sex", "age"]},
+        ],
+    )
+
+
+def _run(args: argparse.Namespace, data: Path, space: LocalSpace, started: float) -> int:
     import numpy as np
     import pandas as pd
 
     from trustspace.api import Credentials, Federation
     from trustspace.errors import TrustspaceError
-    from trustspace.transport.ca import init_ca, issue
 
+    root = space.root
     names = [f"org-{chr(ord('a') + i)}" for i in range(args.nodes)]
     _say(f"trustspace demo: {args.nodes} organisations, Adult data, working in {root}")
 
     _step(1, "a throw-away certificate authority and one identity per party")
-    ca = root / "ca"
-    init_ca(ca)
-    for name in names:
-        issue(ca, name, "node")
-    issue(ca, "operator", "aggregator")
-    issue(ca, "alice", "analyst")
-    issue(ca, "bob", "analyst")
+    space.init_ca(names, analysts=["alice", "bob"])
+    ca = space.ca
     _say(f"    CA {ca}/ca.pem; nodes {', '.join(names)}; aggregator operator; analysts alice, bob")
 
     _step(2, "each organisation gets its own partition of Adult")
@@ -295,13 +194,10 @@ def _run(
     union = pd.concat([pd.read_csv(p, sep=";") for p in paths], ignore_index=True)
 
     _step(3, "starting the nodes and the aggregator (separate processes, mutual TLS)")
-    addresses: dict[str, str] = {}
-    for name in names:
-        cfg = _node_config(name, paths[names.index(name)], root)
-        addresses[name] = procs.start(name, ["node", str(cfg)], root / f"{name}.log")
-        _say(f"    node {name} serving on {addresses[name]}")
-    agg_cfg = _aggregator_config(addresses, root)
-    target = procs.start("aggregator", ["aggregator", str(agg_cfg)], root / "aggregator.log")
+    for name, path in zip(names, paths, strict=True):
+        space.start(name, "node", space.write_node_config(_node_spec(name, path)))
+        _say(f"    node {name} serving on {space.addresses[name]}")
+    target = space.start("aggregator", "aggregator", space.write_aggregator_config())
     _say(f"    aggregator serving on {target}")
 
     alice = Credentials.from_dir(ca / "alice")
