@@ -108,17 +108,35 @@ class Engine:
     def _file_source(self, spec: DatasetSpec) -> tuple[str, list[Any]]:
         """A parameterised FROM source reading the file with the declared types."""
         if spec.format == "csv":
-            sql = (
+            # Integers are read as text and checked by a strict pattern before the cast:
+            # DuckDB's own CSV cast would silently round '4.5' to 5.
+            raw = {c: ("VARCHAR" if t == "BIGINT" else t) for c, t in spec.duckdb_columns.items()}
+            read = (
                 "read_csv(?, delim = ?, header = ?, columns = ?, nullstr = ?, quote = '\"', "
                 "escape = '\"', auto_detect = false, strict_mode = true)"
             )
-            return sql, [
+            params: list[Any] = [
                 str(spec.path),
                 spec.delimiter,
                 spec.header,
-                spec.duckdb_columns,
+                raw,
                 list(spec.null_values),
             ]
+            ints = [c for c, t in spec.duckdb_columns.items() if t == "BIGINT"]
+            if not ints:
+                return read, params
+            fields = []
+            for c in spec.columns:
+                q = quote_ident(c)
+                if c in ints:
+                    fields.append(
+                        f"CAST(CASE WHEN {q} IS NULL OR regexp_full_match({q}, ?) THEN trim({q}) "
+                        f"ELSE error('not an integer') END AS BIGINT) AS {q}"
+                    )
+                else:
+                    fields.append(q)
+            pattern = [r"\s*[-+]?[0-9]+\s*"] * len(ints)
+            return f"(SELECT {', '.join(fields)} FROM {read})", pattern + params  # noqa: S608
         casts = ", ".join(
             f"CAST({quote_ident(c)} AS {t}) AS {quote_ident(c)}"
             for c, t in spec.duckdb_columns.items()

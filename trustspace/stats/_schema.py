@@ -10,6 +10,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from trustspace.errors import ConfigError
+
 __all__ = ["ColumnType", "GroupValue", "TableSchema"]
 
 #: A value a group-by column may take in a declared domain (JSON-able).
@@ -114,11 +116,11 @@ class TableSchema:
         return hash((tuple(self.columns.items()), tuple(self.domains.items())))
 
     def column_type(self, name: str, where: str = "query") -> ColumnType:
-        """The type of column ``name``; ValueError naming the known columns if it is unknown."""
+        """The type of column ``name``; ConfigError naming the known columns if it is unknown."""
         try:
             return self.columns[name]
         except KeyError:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: unknown column {name!r}; known columns: {', '.join(self.columns)}"
             ) from None
 
