@@ -33,11 +33,12 @@ def _expected(inputs: np.ndarray, dropped_before_masking: set[int]) -> np.ndarra
 
 def _must_abort(cfg: SecAggConfig, drops: dict[str, set[int]]) -> bool:
     """Independent predicate: a round must abort iff some client that shared its keys keeps
-    fewer than t live share holders among those that answer the unmask request."""
+    fewer than t live share holders among those that answer the unmask request (with the
+    consistency round, those that signed are a superset of those that answer)."""
     ids = [i + 1 for i in range(cfg.n)]
     gone: set[int] = set()
     live = {}
-    for stage in STAGES:
+    for stage in (*STAGES[:3], "consistency", STAGES[3]):
         gone |= {i + 1 for i in drops.get(stage, set())}
         live[stage] = {c for c in ids if c not in gone}
     u2, answering = live["share"], live["unmask"]
@@ -70,11 +71,21 @@ def test_exact_sum_under_random_dropouts(
     )
     neighbors = data.draw(st.integers(2, max(2, n - 3))) if sparse and n >= 6 else None
     order = data.draw(st.permutations(range(n)))
+    consistency = data.draw(st.booleans())
+    stages = (*STAGES[:3], "consistency", STAGES[3]) if consistency else STAGES
     limit = data.draw(st.sampled_from([n // 3, n // 3, n]))  # mostly survivable rounds
-    cut = sorted(data.draw(st.lists(st.integers(0, limit), min_size=4, max_size=4)))
-    drops = {stage: set(order[a:b]) for stage, a, b in zip(STAGES, [0, *cut[:3]], cut, strict=True)}
+    cut = sorted(
+        data.draw(st.lists(st.integers(0, limit), min_size=len(stages), max_size=len(stages)))
+    )
+    drops = {
+        stage: set(order[a:b]) for stage, a, b in zip(stages, [0, *cut[:-1]], cut, strict=True)
+    }
     seed = data.draw(st.binary(min_size=1, max_size=8))
-    kwargs = {"neighbors": neighbors, "dropouts": {s: sorted(v) for s, v in drops.items()}}
+    kwargs = {
+        "neighbors": neighbors,
+        "dropouts": {s: sorted(v) for s, v in drops.items()},
+        "consistency_check": consistency,
+    }
     # the config simulate builds: same ids and parameters, the session id decides the graph
     cfg = SecAggConfig(
         session_id=deterministic_rng(seed + b"/client/" + str(n).encode())(32),
@@ -82,6 +93,7 @@ def test_exact_sum_under_random_dropouts(
         vector_length=length,
         neighbors=neighbors,
         modulus_bits=bits,
+        consistency_check=consistency,
     )
     abort = _must_abort(cfg, drops)
     event("abort" if abort else "exact sum")

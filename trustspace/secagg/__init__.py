@@ -7,15 +7,19 @@ modulo 2^32 or 2^64), even when clients drop out at any stage, as long as t rema
 Public API (everything a transport needs; the gRPC layer drives these objects unchanged):
 
 ``SecAggConfig(session_id, client_ids, vector_length, threshold=None, neighbors=None,
-modulus_bits=64, dropout_fraction=0.1, corrupt_fraction=0.05)``
+modulus_bits=64, dropout_fraction=0.1, corrupt_fraction=0.05, consistency_check=False)``
     Frozen, validated public parameters; ``.t``, ``.k``, ``.neighbours(cid)`` after creation.
+    (k, t) come from the SecAgg+ conditions of Bell et al. CCS'20 (see ``_params``).
 
-``SecAggClient(config, client_id, *, rng=os.urandom)``, one per node per round:
+``SecAggClient(config, client_id, *, rng=os.urandom, identity_signer=None,
+identity_verifier=None)``, one per node per round:
     - ``advertise() -> AdvertiseKeys``
     - ``share_keys(roster: Mapping[int, AdvertiseKeys]) -> dict[int, EncryptedShares]``
       (keyed by recipient)
     - ``masked_input(vector, received: Mapping[int, EncryptedShares]) -> MaskedInput``
       (``received`` keyed by sender)
+    - only if ``config.consistency_check``: ``consistency(request: UnmaskRequest)
+      -> SurvivorSignature``
     - ``unmask(request: UnmaskRequest) -> UnmaskShares``
 
 ``SecAggServer(config)``, the aggregator; a client missing from a mapping has dropped:
@@ -24,21 +28,24 @@ modulus_bits=64, dropout_fraction=0.1, corrupt_fraction=0.05)``
     - ``collect_shares(Mapping[int, Mapping[int, EncryptedShares]])
       -> dict[int, dict[int, EncryptedShares]]`` (``{recipient: {sender: msg}}``)
     - ``collect_masked(Mapping[int, MaskedInput]) -> UnmaskRequest`` (sent to the survivors)
+    - only if ``config.consistency_check``: ``collect_consistency(Mapping[int,
+      SurvivorSignature]) -> UnmaskRequest`` (with signatures; sent to the signers)
     - ``collect_unmask(Mapping[int, UnmaskShares]) -> np.ndarray`` (the exact sum)
 
 Messages ``AdvertiseKeys``, ``EncryptedShares``, ``MaskedInput``, ``UnmaskRequest``,
-``UnmaskShares`` are frozen dataclasses with ``to_bytes()`` / ``from_bytes(data)`` (strict
-canonical encoding; malformed bytes raise ``ProtocolError`` naming the message). Each carries
-the session id (and its sender); a message of another session is refused with
-``ProtocolError``. Too few clients at any stage raise ``ThresholdError`` naming the stage and
-the counts; no partial sum is ever returned.
+``UnmaskShares``, ``SurvivorSignature`` are frozen dataclasses with ``to_bytes()`` /
+``from_bytes(data)`` (strict canonical encoding; malformed bytes raise ``ProtocolError``
+naming the message). Each carries the session id (and its sender); a message of another
+session is refused with ``ProtocolError``. Too few clients at any stage raise
+``ThresholdError`` naming the stage and the counts; no partial sum is ever returned.
 
 ``FixedPointEncoder(scale_bits, clip, modulus_bits=64, max_clients=1000)`` encodes floats
 (``encode(array) -> uint array``, ``decode(sum, n_clients) -> float array``) and refuses a
 configuration whose sum could wrap the modulus.
 
 ``simulate(inputs, threshold=None, neighbors=None, dropouts=None, seed=None)`` runs a whole
-round in-process with ``dropouts={"advertise"|"share"|"masked_input"|"unmask": [indices]}``.
+round in-process with ``dropouts={"advertise"|"share"|"masked_input"|"unmask": [indices]}``
+(keyword extras: ``modulus_bits``, ``consistency_check``, ``wire``, ``session_id``, ...).
 
 >>> import numpy as np
 >>> from trustspace import secagg
