@@ -114,3 +114,22 @@ def test_configured_threshold_is_a_floor(partitions: dict[str, Path], tmp_path: 
         fed.nodes["n3"].stop(0)
         with pytest.raises(ThresholdError, match="fewer than the configured threshold 3"):
             fed.count()
+
+
+def test_request_id_reuse_is_bounded(
+    partitions: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reusing one Paillier request id (one rate-limit token) works only for a few rounds."""
+    from trustspace.aggregator import service
+    from trustspace.errors import ConfigError
+    from trustspace.stats import Query
+
+    monkeypatch.setattr(service, "MAX_ROUNDS_PER_REQUEST", 2)
+    with _local(partitions, ("n1", "n2"), tmp_path) as fed:
+        pk, _ = fed._keys()
+        rnd = Round("default", None, (Term.rows(),))
+        req = serde.RoundRequest(Query("count", "default").to_dict(), rnd.to_dict(), int(pk.n), "x")
+        fed._client.run_round(req)
+        fed._client.run_round(req)
+        with pytest.raises(ConfigError, match="has run 2 rounds"):
+            fed._client.run_round(req)

@@ -240,3 +240,19 @@ def test_roster_entries_must_be_signed_by_distinct_nodes(node: Node, pki: Path) 
     with pytest.raises(ProtocolError, match="appears twice"):  # a replayed genuine entry
         client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", (*own, *own), {}, 1), 5)
     client.close()
+
+
+def test_secagg_sessions_expire(node: Node, pki: Path) -> None:
+    from trustspace.stats import Round, Term
+
+    now = [0.0]
+    node.service._clock = lambda: now[0]
+    client = NodeClient("n1", node.address, _agg(pki))
+    ctx = serde.RequestContext("alice", "r-exp", "count", "default")
+    rnd = Round("default", None, (Term.rows(),))
+    setup = serde.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+    client.secagg_step(serde.SecAggStep(ctx, setup, "advertise", (), rnd.to_dict(), 1), 5)
+    now[0] += node.config.session_timeout_s + 1
+    with pytest.raises(ProtocolError, match="expired or never started"):
+        client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", (), {}, 1), 5)
+    client.close()
