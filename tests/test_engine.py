@@ -288,3 +288,11 @@ def test_tuple_histogram_and_rows(engine, frame):
     assert len(rows) == int(((frame.g == "zz") & frame.a.notna()).sum())
     with pytest.raises(ConfigError, match="unknown column 'q'"):
         engine.rows("f", ["q"])
+
+
+def test_date_and_bool_filters(tmp_path):
+    eng = engine_for(tmp_path, GOOD)
+    eng.validate()
+    count = Round("d", "day >= '2024-02-01' or flag = false", (Term.rows(),))
+    assert eng.compute(count).tolist() == [1.0]
+    assert eng.compute(Round("d", "day is null and flag = true", (Term.rows(),))).tolist() == [1.0]
