@@ -56,7 +56,7 @@ def test_foreign_client_cert_refused_by_server(fed: Federation, pki: Path) -> No
         )
     client = AggregatorClient(fed.aggregator.address, mixed, server_name="aggregator", check=False)
     try:
-        with pytest.raises(NodeError, match="unavailable"):
+        with pytest.raises(AuthenticationError, match="not issued by the data space CA"):
             client.status(timeout=5)
     finally:
         client.close()
@@ -140,3 +140,27 @@ def test_server_with_expired_certificate_refuses_to_start(fed: Federation, tmp_p
         TlsServer(
             name="n9", listen="127.0.0.1:0", creds=creds, register=lambda s: None, service_names=()
         )
+
+
+def test_aggregator_explains_a_node_from_another_ca(fed: Federation, tmp_path: Path) -> None:
+    from trustspace.transport.ca import init_ca
+    from trustspace.transport.clients import NodeClient
+    from trustspace.transport.server import TlsServer
+
+    init_ca(tmp_path / "rogue")
+    rogue = Credentials.from_dir(issue(tmp_path / "rogue", "n1", "node"))
+    server = TlsServer(
+        name="n1", listen="127.0.0.1:0", creds=rogue, register=lambda s: None, service_names=()
+    )
+    server.start()
+    client = NodeClient("n1", server.address, Credentials.from_dir(_ca(fed) / "aggregator"))
+    try:
+        with pytest.raises(AuthenticationError, match=r"node n1 is unavailable for .*not issued"):
+            client.describe(serde.RequestContext("a", "r", "x"), timeout=5)
+    finally:
+        client.close()
+        server.stop(0)
+    client = NodeClient("n1", server.address, Credentials.from_dir(_ca(fed) / "aggregator"))
+    with pytest.raises(NodeError, match="cannot reach"):  # the server is gone now
+        client.describe(serde.RequestContext("a", "r", "x"), timeout=5)
+    client.close()

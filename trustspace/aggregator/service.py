@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from trustspace.errors import (
+    AuthenticationError,
     ConfigError,
     NodeError,
     NotBuiltError,
@@ -127,7 +128,8 @@ class AggregatorService:
     ) -> tuple[dict[str, T], dict[str, TrustspaceError]]:
         """Call every node in parallel; (answers, failures) keyed by node name.
 
-        A refusal that is not a connectivity failure (``NodeError``) is raised at once.
+        A refusal that is not a connectivity failure (``NodeError``, or a TLS handshake the
+        diagnosis shows was refused: ``AuthenticationError``) is raised at once.
         """
         futures = {n.name: self._pool.submit(call, n) for n in nodes}
         ok: dict[str, T] = {}
@@ -136,7 +138,7 @@ class AggregatorService:
         for name, fut in futures.items():
             try:
                 ok[name] = fut.result()
-            except NodeError as exc:
+            except (NodeError, AuthenticationError) as exc:  # unreachable, or TLS refused
                 failed[name] = exc
             except TrustspaceError as err:
                 refusal = refusal or err

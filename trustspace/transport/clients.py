@@ -7,10 +7,11 @@ from typing import Any, TypeVar
 
 import grpc
 
+from trustspace.errors import AuthenticationError, NodeError
 from trustspace.proto.v1 import aggregator_pb2, aggregator_pb2_grpc, node_pb2, node_pb2_grpc
 from trustspace.transport import serde
 from trustspace.transport.ca import Credentials
-from trustspace.transport.status import to_exception
+from trustspace.transport.status import error_info, to_exception
 from trustspace.transport.tls import preflight, secure_channel
 
 T = TypeVar("T")
@@ -18,6 +19,7 @@ DESCRIBE_TIMEOUT_S = 10.0  # schema lookups are instant; a slow answer means a s
 STEP_TIMEOUT_S = 60.0  # one secure-aggregation stage, including the node's local query
 PAILLIER_TIMEOUT_S = 600.0  # encrypting a large vector under a 3072-bit key takes minutes
 QUERY_TIMEOUT_S = 3600.0  # a whole analyst query (many rounds over all nodes)
+DIAGNOSE_TIMEOUT_S = 3.0  # a TLS handshake on a reachable host takes milliseconds
 
 
 class _Client:
@@ -33,6 +35,9 @@ class _Client:
     ) -> None:
         self.peer = peer
         self.address = address
+        self._creds = creds
+        self._server_name = server_name
+        self._role = expected_role
         if check:
             preflight(address, creds, expected_role=expected_role, server_name=server_name)
         self._channel = secure_channel(address, creds, server_name)
@@ -41,7 +46,23 @@ class _Client:
         try:
             return fn(request, timeout=timeout)
         except grpc.RpcError as err:
-            raise to_exception(err, peer=self.peer, what=what) from None
+            exc = to_exception(err, peer=self.peer, what=what)
+            if err.code() == grpc.StatusCode.UNAVAILABLE and error_info(err) is None:
+                self._diagnose(what)
+            raise exc from None
+
+    def _diagnose(self, what: str) -> None:
+        """gRPC says only "unavailable": find out whether TLS refused, or nothing listens."""
+        try:
+            preflight(
+                self.address,
+                self._creds,
+                expected_role=self._role,
+                server_name=self._server_name,
+                timeout=DIAGNOSE_TIMEOUT_S,
+            )
+        except (AuthenticationError, NodeError) as diag:
+            raise type(diag)(f"{self.peer} is unavailable for {what}: {diag}") from None
 
     def close(self) -> None:
         self._channel.close()
