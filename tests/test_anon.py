@@ -97,6 +97,11 @@ def loss_pandas(
     return total / (n * len(qi))
 
 
+def _canon(df: pd.DataFrame) -> pd.DataFrame:
+    """pycanon indexes groups positionally: give it a fresh RangeIndex."""
+    return df.reset_index(drop=True)
+
+
 def classes(df: pd.DataFrame, qi: list[str]) -> pd.Series:
     return df.groupby(qi, sort=False).size()
 
@@ -187,7 +192,7 @@ def test_adult_optimum_not_worse_than_arx(
         assert (r.suppressed_records, r.n_classes) == (arx_supp, arx_classes)
     out = apply(adult, r, hier)
     assert len(out) == len(adult) - r.suppressed_records
-    assert pc.k_anonymity(out, QI) >= k  # independent check
+    assert pc.k_anonymity(_canon(out), QI) >= k  # independent check
     assert classes(out, QI).size == r.n_classes
     assert loss_pandas(out, adult, hier, QI) == pytest.approx(r.metrics["loss"], abs=1e-9)
 
@@ -196,12 +201,12 @@ def test_adult_l_diversity_and_t_closeness_checked_by_pycanon(
     adult: pd.DataFrame, hier: dict[str, Hierarchy]
 ) -> None:
     rel = anonymize(adult, QI, hier, k=5, l=2, sensitive="salary-class", suppression_limit=0.02)
-    assert pc.k_anonymity(rel.data, QI) >= 5
-    assert pc.l_diversity(rel.data, QI, ["salary-class"]) >= 2
+    assert pc.k_anonymity(_canon(rel.data), QI) >= 5
+    assert pc.l_diversity(_canon(rel.data), QI, ["salary-class"]) >= 2
     assert rel.result.suppressed_records <= 0.02 * len(adult)
     rel = anonymize(adult, QI, hier, k=3, t=0.15, sensitive="salary-class")
-    assert pc.k_anonymity(rel.data, QI) >= 3
-    assert pc.t_closeness(rel.data, QI, ["salary-class"]) <= 0.15 + 1e-9
+    assert pc.k_anonymity(_canon(rel.data), QI) >= 3
+    assert pc.t_closeness(_canon(rel.data), QI, ["salary-class"]) <= 0.15 + 1e-9
 
 
 def _entropy_ok(df: pd.DataFrame, qi: list[str], sa: str, l: float) -> bool:  # noqa: E741
@@ -231,7 +236,7 @@ def test_entropy_and_recursive_diversity_with_suppression(
     )  # fmt: skip
     assert rel.result.suppressed_records <= 200
     assert _entropy_ok(rel.data, qi, "salary-class", 1.5)
-    assert pc.k_anonymity(rel.data, qi) >= 4
+    assert pc.k_anonymity(_canon(rel.data), qi) >= 4
     rel = anonymize(
         sub, qi, hier, k=2, l=2, c=3, diversity="recursive", sensitive="salary-class",
         suppression_limit=0.05,
@@ -333,6 +338,9 @@ def test_search_is_exact_and_output_satisfies_models(
     if len(out):
         assert classes(out, qi).min() >= k
         assert classes(out, qi).size == r.n_classes
+    kept = df.loc[out.index]
+    for c, lv in zip(qi, r.levels, strict=True):  # released = the original's level-lv value
+        assert out[c].tolist() == SMALL_HIER[c].generalize(kept[c].tolist(), lv)
     assert loss_pandas(out, df, SMALL_HIER, qi) == pytest.approx(r.metrics["loss"], abs=1e-12)
 
 
@@ -411,7 +419,7 @@ def test_summed_local_histograms_give_the_same_release(
     )
     union = pd.concat([apply(p, fed, hier) for p in parts]).sort_index()
     whole_out = apply(adult, loc, hier)
-    assert pc.k_anonymity(union, QI) >= 5
+    assert pc.k_anonymity(_canon(union), QI) >= 5
     assert sorted(map(tuple, union.to_numpy().tolist())) == sorted(
         map(tuple, whole_out.to_numpy().tolist())
     )
@@ -431,7 +439,7 @@ def test_mondrian_on_adult_is_k_anonymous_and_beats_full_domain(
 ) -> None:
     rel = anonymize(adult, QI, hier, k=5, method="mondrian")
     assert len(rel.data) == len(adult)
-    assert pc.k_anonymity(rel.data, QI) >= 5
+    assert pc.k_anonymity(_canon(rel.data), QI) >= 5
     assert classes(rel.data, QI).size == rel.result.n_classes
     assert loss_pandas(rel.data, adult, hier, QI) == pytest.approx(
         rel.result.metrics["loss"], abs=1e-9
@@ -444,8 +452,8 @@ def test_mondrian_on_adult_is_k_anonymous_and_beats_full_domain(
 def test_mondrian_with_l_diversity(adult: pd.DataFrame, hier: dict[str, Hierarchy]) -> None:
     sub = adult.iloc[:3000]
     rel = anonymize(sub, QI, hier, k=3, l=2, sensitive="salary-class", method="mondrian")
-    assert pc.k_anonymity(rel.data, QI) >= 3
-    assert pc.l_diversity(rel.data, QI, ["salary-class"]) >= 2
+    assert pc.k_anonymity(_canon(rel.data), QI) >= 3
+    assert pc.l_diversity(_canon(rel.data), QI, ["salary-class"]) >= 2
 
 
 def test_mondrian_refuses_impossible_models(hier: dict[str, Hierarchy]) -> None:
@@ -482,3 +490,37 @@ def test_mask_mode_keeps_rows(adult: pd.DataFrame, hier: dict[str, Hierarchy]) -
     assert len(rel.data) == len(sub)
     starred = (rel.data[QI] == "*").all(axis=1).sum()
     assert starred >= rel.result.suppressed_records
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    table=small_tables,
+    k=st.integers(1, 5),
+    l=st.sampled_from([None, 2]),
+)
+def test_mondrian_releases_ancestors_and_satisfies_models(
+    table: tuple[list[int], list[str], list[str], list[str]],
+    k: int,
+    l: int | None,  # noqa: E741
+) -> None:
+    df = pd.DataFrame(
+        {"num": [str(v) for v in table[0]], "let": table[1], "xy": table[2], "sa": table[3]}
+    )
+    qi = ["num", "let", "xy"]
+    try:
+        rel = anonymize(
+            df, qi, SMALL_HIER, k=k, l=l, sensitive="sa" if l else None, method="mondrian"
+        )
+    except DataError:
+        # only when even the fully generalized table violates the models
+        assert len(df) < k or (l is not None and df["sa"].nunique() < l)
+        return
+    out = rel.data
+    assert len(out) == len(df)
+    assert classes(out, qi).min() >= k
+    if l is not None:
+        assert out.groupby(qi)["sa"].nunique().min() >= l
+    for c in qi:  # every released value generalizes the original one
+        ancestors = {row[0]: set(row) for row in SMALL_HIER[c].rows}
+        assert all(r in ancestors[o] for o, r in zip(df[c], out[c], strict=True))
+    assert out["sa"].tolist() == df["sa"].tolist()

@@ -86,6 +86,21 @@ def anonymize_columns(
     columns: Columns,
     quasi_identifiers: Sequence[str] | Mapping[str, Hierarchy | str | Path],
     hierarchies: Mapping[str, Hierarchy | str | Path] | None = None,
+    **options: Any,
+) -> tuple[dict[str, list[Any]], Result]:
+    """``anonymize`` on plain columns; returns the released columns and the ``Result``.
+
+    Takes the keyword arguments of ``anonymize`` (and ``models=``: a list of
+    ``PrivacyModel`` instead of k/l/t).
+    """
+    out, result, _ = _anonymize(columns, quasi_identifiers, hierarchies, **options)
+    return out, result
+
+
+def _anonymize(
+    columns: Columns,
+    quasi_identifiers: Sequence[str] | Mapping[str, Hierarchy | str | Path],
+    hierarchies: Mapping[str, Hierarchy | str | Path] | None = None,
     *,
     k: int = 2,
     l: float | None = None,  # noqa: E741
@@ -99,8 +114,7 @@ def anonymize_columns(
     method: str = "optimal",
     suppressed: str = "drop",
     models: Sequence[PrivacyModel] | None = None,
-) -> tuple[dict[str, list[Any]], Result]:
-    """``anonymize`` on plain columns; returns the released columns and the ``Result``."""
+) -> tuple[dict[str, list[Any]], Result, np.ndarray[Any, Any]]:
     hs = _hierarchies(quasi_identifiers, hierarchies)
     cols = [_column(columns, h.name, "quasi-identifier") for h in hs]
     sens_values = None
@@ -118,12 +132,14 @@ def anonymize_columns(
     oracle = LocalOracle(domain, cols)
     if method == "optimal":
         result = search(oracle, domain, models, suppression_limit=suppression_limit, metric=metric)
-        return apply_columns(columns, result, hs, suppressed=suppressed), result
+        out, keep = _apply(columns, result, hs, suppressed)
+        return out, result, keep
     if method == "mondrian":
         from trustspace.anon.mondrian import mondrian
 
         levels, codes, result = mondrian(oracle, domain, models)
-        return _release_local(columns, domain, oracle, levels, codes), result
+        n = len(cols[0])
+        return _release_local(columns, domain, oracle, levels, codes), result, np.ones(n, bool)
     raise ConfigError(f"unknown method {method!r}; use 'optimal' or 'mondrian'")
 
 
@@ -177,6 +193,17 @@ def apply_columns(
     (``suppressed="drop"``) or kept with every quasi-identifier ``*`` (``"mask"``, as ARX
     outputs them). Other columns are passed through unchanged.
     """
+    out, _ = _apply(columns, result, hierarchies, suppressed)
+    return out
+
+
+def _apply(
+    columns: Columns,
+    result: Result,
+    hierarchies: Sequence[Hierarchy] | Mapping[str, Hierarchy],
+    suppressed: str,
+) -> tuple[dict[str, list[Any]], np.ndarray[Any, Any]]:
+    """``apply_columns`` plus the mask of the rows kept (all rows with ``"mask"``)."""
     if suppressed not in SUPPRESSED_MODES:
         raise ConfigError(f"suppressed must be one of {SUPPRESSED_MODES}, got {suppressed!r}")
     if not result.levels:
@@ -206,7 +233,7 @@ def apply_columns(
                 arr = arr.copy()
                 arr[~keep] = TOP
             out[name] = arr.tolist()
-    return out
+    return out, keep if suppressed == "drop" else np.ones(n, dtype=bool)
 
 
 def anonymize(
@@ -244,7 +271,8 @@ def anonymize(
         suppressed: ``"drop"`` suppressed rows (default) or ``"mask"`` their quasi-identifiers.
 
     Returns:
-        A ``Release`` with the released DataFrame (string quasi-identifiers) and the report.
+        A ``Release`` with the released DataFrame (string quasi-identifiers; rows keep their
+        index, suppressed rows are absent unless ``suppressed="mask"``) and the report.
 
     Raises:
         ConfigError, DataError: bad parameters, unknown columns, uncovered values, or no
@@ -263,7 +291,7 @@ def anonymize(
     import pandas as pd
 
     columns = {str(c): df[c].tolist() for c in df.columns}
-    out, result = anonymize_columns(
+    out, result, keep = _anonymize(
         columns,
         quasi_identifiers,
         hierarchies,
@@ -279,7 +307,7 @@ def anonymize(
         method=method,
         suppressed=suppressed,
     )
-    data = pd.DataFrame(out, columns=list(columns))
+    data = pd.DataFrame(out, columns=list(columns), index=df.index[keep])
     for name in data.columns:
         if name not in result.quasi_identifiers:
             data[name] = data[name].astype(df[name].dtype)
@@ -297,5 +325,5 @@ def apply(
     import pandas as pd
 
     columns = {str(c): df[c].tolist() for c in df.columns}
-    out = apply_columns(columns, result, hierarchies, suppressed=suppressed)
-    return pd.DataFrame(out, columns=list(columns))
+    out, keep = _apply(columns, result, hierarchies, suppressed)
+    return pd.DataFrame(out, columns=list(columns), index=df.index[keep])
