@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 
 import numpy as np
@@ -22,7 +23,13 @@ from trustspace.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
-from trustspace.secagg._params import ETA, SIGMA, binomial_tail_ge, choose_parameters
+from trustspace.secagg._params import (
+    ETA,
+    SIGMA,
+    binomial_tail_ge,
+    binomial_tail_lt,
+    choose_parameters,
+)
 from trustspace.secagg.simulate import STAGES, deterministic_rng
 
 
@@ -107,7 +114,6 @@ def test_exact_sum_under_random_dropouts(
         assert np.array_equal(out, _expected(inputs, before))
 
 
-@pytest.mark.slow
 def test_sparse_graph_round_with_dropouts_at_every_stage() -> None:
     rng = np.random.default_rng(7)
     inputs = rng.integers(0, 2**63, size=(60, 500), dtype=np.uint64)
@@ -322,7 +328,7 @@ def test_chosen_parameters_meet_the_documented_bounds(n: int) -> None:
     k, t = choose_parameters(n, delta, gamma)
     if k < n - 1:
         assert k % 2 == 0
-        assert n * (1 - binomial_tail_ge(k, 1 - delta, t)) <= 2.0**-ETA
+        assert n * binomial_tail_lt(k, 1 - delta, t) <= 2.0**-ETA
         assert n * binomial_tail_ge(k, gamma, 2 * t - (k + 1)) <= 2.0**-SIGMA
         assert n * (gamma + delta) ** (k // 2) <= 2.0**-SIGMA
         # minimality of t: one less breaks the privacy bound
@@ -331,6 +337,25 @@ def test_chosen_parameters_meet_the_documented_bounds(n: int) -> None:
         assert t == (n + int(gamma * n)) // 2 + 1
     if n >= 1000:
         assert k < n - 1  # large rounds use the sparse graph
+
+
+@pytest.mark.parametrize(("k", "p"), [(12, 0.05), (40, 0.9), (7, 0.5), (30, 0.0)])
+def test_binomial_tails_match_exact_rationals(k: int, p: float) -> None:
+    from fractions import Fraction
+
+    q = Fraction(p)
+    pmf = [math.comb(k, i) * q**i * (1 - q) ** (k - i) for i in range(k + 1)]
+    for a in range(k + 2):
+        lo, hi = float(sum(pmf[:a])), float(sum(pmf[a:]))
+        assert binomial_tail_lt(k, p, a) == pytest.approx(lo, rel=1e-9, abs=1e-300)
+        assert binomial_tail_ge(k, p, a) == pytest.approx(hi, rel=1e-9, abs=1e-300)
+
+
+def test_parameters_for_hopeless_fractions_fall_back_quickly_to_the_complete_graph() -> None:
+    assert choose_parameters(100_000, 0.45, 0.45) == (99_999, 72_501)
+    cfg = SecAggConfig(bytes(16), tuple(range(1, 3001)), 1, dropout_fraction=0.45,
+                       corrupt_fraction=0.45)  # fmt: skip
+    assert cfg.k == 2999 and len(cfg.neighbours(17)) == 2999 and 17 not in cfg.neighbours(17)
 
 
 def test_neighbour_graph_is_regular_symmetric_and_session_bound() -> None:

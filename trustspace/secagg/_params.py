@@ -30,23 +30,57 @@ from collections.abc import Sequence
 
 SIGMA = 40  # statistical security parameter (Bell et al. use 40)
 ETA = 30  # correctness: a round fails with probability at most 2^-30 under the model
+MAX_SPARSE_K = 1024  # beyond this many neighbours a sparse graph saves little; use complete
+
+
+def _pmf(k: int, p: float) -> list[float]:
+    """P[Bin(k, p) = i] for i = 0..k, each term computed in log space (relative error ~1e-13)."""
+    if p <= 0.0 or p >= 1.0:
+        return [float(i == (0 if p <= 0.0 else k)) for i in range(k + 1)]
+    lp, lq, lk = math.log(p), math.log1p(-p), math.lgamma(k + 1)
+    return [
+        math.exp(lk - math.lgamma(i + 1) - math.lgamma(k - i + 1) + i * lp + (k - i) * lq)
+        for i in range(k + 1)
+    ]
+
+
+def _tails(k: int, p: float) -> tuple[list[float], list[float]]:
+    """``(lower, upper)`` with lower[a] = P[Bin < a] and upper[a] = P[Bin >= a], a = 0..k+1.
+
+    Each side is summed directly (never as 1 - the other side), so the tiny probabilities the
+    bounds compare against 2^-40 keep their relative accuracy.
+    """
+    pmf = _pmf(k, p)
+    lower = [0.0] * (k + 2)
+    for i in range(k + 1):
+        lower[i + 1] = lower[i] + pmf[i]
+    upper = [0.0] * (k + 2)
+    for i in range(k, -1, -1):
+        upper[i] = upper[i + 1] + pmf[i]
+    return lower, upper
 
 
 def binomial_tail_ge(k: int, p: float, a: int) -> float:
     """Return P[Bin(k, p) >= a]."""
-    if a <= 0:
-        return 1.0
-    if a > k:
-        return 0.0
-    return math.fsum(math.comb(k, i) * p**i * (1.0 - p) ** (k - i) for i in range(a, k + 1))
+    return _tails(k, p)[1][min(max(a, 0), k + 1)]
+
+
+def binomial_tail_lt(k: int, p: float, a: int) -> float:
+    """Return P[Bin(k, p) < a]."""
+    return _tails(k, p)[0][min(max(a, 0), k + 1)]
+
+
+def _secure_t(n: int, k: int, upper_corrupt: list[float]) -> int | None:
+    for t in range((k + 1) // 2 + 1, k + 2):
+        a = min(max(2 * t - (k + 1), 0), k + 1)
+        if n * upper_corrupt[a] <= 2.0**-SIGMA:
+            return t
+    return None
 
 
 def secure_threshold(n: int, k: int, corrupt_fraction: float) -> int | None:
     """Smallest t with n * P[Bin(k, gamma) >= 2t - (k + 1)] <= 2^-sigma (None if none)."""
-    for t in range((k + 1) // 2 + 1, k + 2):
-        if n * binomial_tail_ge(k, corrupt_fraction, 2 * t - (k + 1)) <= 2.0**-SIGMA:
-            return t
-    return None
+    return _secure_t(n, k, _tails(k, corrupt_fraction)[1])
 
 
 def complete_graph_threshold(n: int, corrupt_fraction: float) -> int:
@@ -60,14 +94,16 @@ def choose_parameters(n: int, dropout_fraction: float, corrupt_fraction: float) 
 
     >>> choose_parameters(10, 0.1, 0.1)
     (9, 6)
+    >>> choose_parameters(1000, 0.1, 0.05)
+    (106, 69)
     """
-    for k in range(2, n - 1, 2):
+    for k in range(2, min(n - 1, MAX_SPARSE_K + 1), 2):
         if n * (corrupt_fraction + dropout_fraction) ** (k // 2) > 2.0**-SIGMA:
             continue
-        t = secure_threshold(n, k, corrupt_fraction)
+        t = _secure_t(n, k, _tails(k, corrupt_fraction)[1])
         if t is None:
             continue
-        if n * (1.0 - binomial_tail_ge(k, 1.0 - dropout_fraction, t)) <= 2.0**-ETA:
+        if n * _tails(k, 1.0 - dropout_fraction)[0][t] <= 2.0**-ETA:
             return k, t
     return n - 1, complete_graph_threshold(n, corrupt_fraction)
 
@@ -83,17 +119,17 @@ def threshold_for(n: int, k: int, corrupt_fraction: float) -> int:
 
 def neighbour_graph(
     session_id: bytes, client_ids: Sequence[int], k: int
-) -> dict[int, frozenset[int]]:
+) -> dict[int, frozenset[int]] | None:
     """The Harary graph H(k, n) over a session-dependent random placement of the clients.
 
     Positions are the clients sorted by SHA-256(domain | session id | id), so every party
     computes the same graph from the configuration alone. Client at position p is linked to
-    positions p +- 1 .. p +- k/2 (mod n); k = n - 1 gives the complete graph.
+    positions p +- 1 .. p +- k/2 (mod n). Returns None for the complete graph (k >= n - 1),
+    which is not materialised (it would take n^2 memory).
     """
     n = len(client_ids)
     if k >= n - 1:
-        everyone = frozenset(client_ids)
-        return {c: everyone - {c} for c in client_ids}
+        return None
     order = sorted(
         client_ids,
         key=lambda c: hashlib.sha256(

@@ -49,7 +49,7 @@ class SecAggConfig:
     consistency_check: bool = False
     t: int = field(init=False)
     k: int = field(init=False)
-    _graph: dict[int, frozenset[int]] = field(init=False, repr=False, compare=False)
+    _graph: dict[int, frozenset[int]] | None = field(init=False, repr=False, compare=False)
     _members: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -125,7 +125,8 @@ class SecAggConfig:
 
     def neighbours(self, client_id: int) -> frozenset[int]:
         """The graph neighbours of ``client_id`` (its share holders besides itself)."""
-        try:
-            return self._graph[client_id]
-        except KeyError:
-            raise ConfigError(f"client {client_id} is not a participant of this round") from None
+        if client_id not in self._members:
+            raise ConfigError(f"client {client_id} is not a participant of this round")
+        if self._graph is None:  # complete graph
+            return self._members - {client_id}
+        return self._graph[client_id]
