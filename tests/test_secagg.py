@@ -448,3 +448,14 @@ def test_identity_signatures_stop_key_substitution() -> None:
         clients[1].share_keys(forged)
     out = {c: clients[c].share_keys(roster) for c in (2, 3, 4)}
     assert all(len(v) == 3 for v in out.values())
+
+
+def test_simulate_reports_bad_inputs() -> None:
+    with pytest.raises(DataError, match="one common length"):
+        secagg.simulate([np.zeros(3, np.uint64), np.zeros(4, np.uint64)])
+    with pytest.raises(DataError, match="FixedPointEncoder"):
+        secagg.simulate(np.zeros((3, 2)))
+    with pytest.raises(ConfigError, match=r"dropouts\['unmask'\] must be indices in 0 .. 2"):
+        secagg.simulate(np.zeros((3, 2), np.uint64), dropouts={"unmask": [3]})
+    with pytest.raises(DataError, match="no inputs"):
+        secagg.simulate([])
