@@ -296,3 +296,17 @@ def test_date_and_bool_filters(tmp_path):
     count = Round("d", "day >= '2024-02-01' or flag = false", (Term.rows(),))
     assert eng.compute(count).tolist() == [1.0]
     assert eng.compute(Round("d", "day is null and flag = true", (Term.rows(),))).tolist() == [1.0]
+
+
+def test_declared_bounds_are_checked(tmp_path):
+    cols = {"id": "int", "x": "float"}
+    eng = engine_for(tmp_path, "id,x\n1,0.5\n2,\n3,7.5\n", columns=cols, bounds={"x": (0, 5)})
+    with pytest.raises(DataError, match=r"line 4, column 2 \('x'\): '7.5' is outside the declared"):
+        eng.validate()
+    eng = engine_for(tmp_path, "id,x\n1,0.5\n2,\n3,5\n", columns=cols, bounds={"x": (0, 5)})
+    eng.validate()
+    assert eng.schema("d").bounds == {"x": (0.0, 5.0)}
+    with pytest.raises(ConfigError, match=r"bounds.id'?: low must be below high"):
+        DatasetSpec("d", "a.csv", columns=cols, bounds={"id": (3, 3)})
+    with pytest.raises(ConfigError, match=r"int and float columns only"):
+        DatasetSpec("d", "a.csv", columns={"s": "str"}, bounds={"s": (0, 1)})

@@ -395,3 +395,32 @@ def test_hypothesis_quantile_equals_pandas(tmp_path, values, q):
         assert math.isnan(res.value)
     else:
         assert abs(res.value - expected) <= res.precision[f"v/{q:g}"] + 1e-12
+
+
+def test_declared_bounds_replace_the_octave_round(tmp_path, adult):
+    parts = [adult.iloc[:10000], adult.iloc[10000:]]
+    engines = []
+    for i, part in enumerate(parts):
+        path = tmp_path / f"b{i}.csv"
+        part.to_csv(path, sep=";", index=False)
+        spec = DatasetSpec(
+            "adult", path, columns=ADULT_COLUMNS, delimiter=";", bounds={"age": (0, 120)}
+        )
+        engines.append(Engine({"adult": spec}))
+        engines[-1].validate()
+    q = Query("describe", "adult", ["age"], where="sex = 'Male'")
+    comp = stats.start(q, engines[0].schema("adult"), 0)
+    first = comp.next_round()
+    assert first is not None and all(t.kind != "octaves" for t in first.terms)
+    res = run(engines, q)
+    close(res.value, adult[adult.sex == "Male"][["age"]].describe())
+    res = run(
+        engines,
+        Query(
+            "group_by",
+            "adult",
+            ["age"],
+            params={"by": "sex", "agg": {"age": ["mean", "std"]}, "values": ["Male", "Female"]},
+        ),
+    )
+    close(res.value, adult.groupby("sex").agg({"age": ["mean", "std"]}))

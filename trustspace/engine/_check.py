@@ -120,8 +120,17 @@ def locate_bad_field(spec: DatasetSpec) -> DataError | None:
                         f"{spec.delimiter!r}"
                     )
                 for i, (value, typ) in enumerate(zip(row, types, strict=True)):
-                    if value in nulls or _CHECKS[typ](value):
+                    if value in nulls:
                         continue
+                    if _CHECKS[typ](value):
+                        bounds = spec.bounds.get(names[i])
+                        if bounds is None or bounds[0] <= float(value) <= bounds[1]:
+                            continue
+                        return DataError(
+                            f"{spec.path}: line {line}, column {i + 1} ({names[i]!r}): "
+                            f"{value[:80]!r} is outside the declared bounds {list(bounds)}; "
+                            "fix the value or widen the bounds"
+                        )
                     return DataError(
                         f"{spec.path}: line {line}, column {i + 1} ({names[i]!r}): cannot read "
                         f"{value[:80]!r} as {typ.value}: expected {_EXPECT[typ]} or an empty "

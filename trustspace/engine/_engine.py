@@ -168,9 +168,10 @@ class Engine:
             self._check_parquet(spec)
         src, params = self._file_source(spec)
         floats = [c for c, t in spec.columns.items() if t is ColumnType.FLOAT]
-        checks = ", ".join(
-            f"count(*) FILTER (WHERE NOT isfinite({quote_ident(c)}))" for c in floats
-        )
+        bounded = list(spec.bounds)
+        checks = [f"count_if(NOT isfinite({quote_ident(c)}))" for c in floats]
+        checks += [f"count_if({quote_ident(c)} < ? OR {quote_ident(c)} > ?)" for c in bounded]
+        bparams = [v for c in bounded for v in spec.bounds[c]]
         table = quote_ident(f"dataset:{spec.name}")
         try:
             with self._cursor() as cur:
@@ -178,8 +179,8 @@ class Engine:
                     load = f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {src}"  # noqa: S608
                     cur.execute(load, params)
                     src, params = table, []
-                sql = f"SELECT count(*){', ' + checks if checks else ''} FROM {src}"  # noqa: S608
-                row = cur.execute(sql, params).fetchone()
+                sql = f"SELECT {', '.join(['count(*)', *checks])} FROM {src}"  # noqa: S608
+                row = cur.execute(sql, bparams + params).fetchone()
         except duckdb.Error as e:
             located = locate_bad_field(spec) if spec.format == "csv" else None
             if located is not None:
@@ -187,15 +188,22 @@ class Engine:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"{path}: dataset {spec.name!r}: cannot be read: {first}") from None
         assert row is not None
-        for c, bad in zip(floats, row[1:], strict=True):
-            if bad:
-                located = locate_bad_field(spec) if spec.format == "csv" else None
-                if located is not None:
-                    raise located
-                raise DataError(
-                    f"{path}: column {c!r}: {bad} value(s) are infinite or NaN; statistics "
-                    "need finite numbers (leave the field empty for a missing value)"
-                )
+        problems = [
+            f"column {c!r}: {bad} value(s) are infinite or NaN; statistics need finite "
+            "numbers (leave the field empty for a missing value)"
+            for c, bad in zip(floats, row[1 : 1 + len(floats)], strict=True)
+            if bad
+        ] + [
+            f"column {c!r}: {bad} value(s) outside the declared bounds {list(spec.bounds[c])}; "
+            "fix the data or widen the bounds"
+            for c, bad in zip(bounded, row[1 + len(floats) :], strict=True)
+            if bad
+        ]
+        if problems:
+            located = locate_bad_field(spec) if spec.format == "csv" else None
+            if located is not None:
+                raise located
+            raise DataError(f"{path}: {problems[0]}")
         if self._load:
             self._loaded[spec.name] = table
 

@@ -38,6 +38,8 @@ class DatasetSpec:
         header: whether the CSV's first line names the columns (checked against ``columns``).
         null_values: CSV fields read as missing (default: the empty field only).
         domains: optional public group values per column (see ``TableSchema``).
+        bounds: optional public ``(low, high)`` per numeric column; ``Engine.validate()``
+            checks every value lies within (see ``TableSchema``).
 
     >>> spec = DatasetSpec("adult", "adult.csv", columns={"age": "int", "sex": "str"},
     ...                    delimiter=";")
@@ -57,6 +59,7 @@ class DatasetSpec:
     header: bool = True
     null_values: tuple[str, ...] = ("",)
     domains: Mapping[str, tuple[GroupValue, ...]] = field(default_factory=dict)
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}"
@@ -85,11 +88,13 @@ class DatasetSpec:
             schema = TableSchema(
                 {k: ColumnType.parse(v, f"columns.{k}") for k, v in self.columns.items()},
                 domains=self.domains,
+                bounds=self.bounds,
             )
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
         object.__setattr__(self, "columns", schema.columns)
         object.__setattr__(self, "domains", schema.domains)
+        object.__setattr__(self, "bounds", schema.bounds)
         object.__setattr__(self, "_schema", schema)
 
     @property

@@ -433,17 +433,18 @@ class Computation:
 
         # Round 0: record counts and octave ranges.
         terms = [Term.rows()] + [Term.count(c) for c in cols]
-        terms += [Term.octaves(c) for c in ranged]
+        octs = [c for c in ranged if c not in self.schema.bounds]  # declared bounds: no octaves
+        terms += [Term.octaves(c) for c in octs]
         terms += [Term.count(a, b) for a, b in pairs]
         t0 = yield from self._ask(terms)
         n_rows = t0[0]
         n = {c: t0[1 + i] for i, c in enumerate(cols)}
         rnd0 = Round(q.dataset, q.where, tuple(terms))
         rng = {
-            c: _octave_range(t0[rnd0.term_slice(1 + len(cols) + i)], c)
-            for i, c in enumerate(ranged)
+            c: _octave_range(t0[rnd0.term_slice(1 + len(cols) + i)], c) for i, c in enumerate(octs)
         }
-        base = 1 + len(cols) + len(ranged)
+        rng.update({c: _Range(*self.schema.bounds[c]) for c in ranged if c not in rng})
+        base = 1 + len(cols) + len(octs)
         npair = {p: float(t0[rnd0.term_slice(base + i)][0]) for i, p in enumerate(pairs)}
         live = {c for c in cols if n[c] > 0 and self._safe(n[c])}
         live_pairs = [
@@ -719,12 +720,15 @@ class Computation:
         rng: dict[str, _Range] = {}
         n_all: dict[str, float] = {}
         if ranged:  # ungrouped scan: public value ranges for the fixed-point bounds
-            terms = [Term.count(c) for c in ranged] + [Term.octaves(c) for c in ranged]
+            octs = [c for c in ranged if c not in self.schema.bounds]
+            terms = [Term.count(c) for c in ranged] + [Term.octaves(c) for c in octs]
             t0 = yield from self._ask(terms)
             rnd0 = Round(q.dataset, q.where, tuple(terms))
             for i, c in enumerate(ranged):
                 n_all[c] = t0[i]
+            for i, c in enumerate(octs):
                 rng[c] = _octave_range(t0[rnd0.term_slice(len(ranged) + i)], c)
+            rng.update({c: _Range(*self.schema.bounds[c]) for c in ranged if c not in rng})
         terms = [Term.rows()] + [Term.count(c) for c in cols]
         for c in ranged:
             terms.append(Term.moment([c], [1], [0.0], _frac_bits(n_all[c] * rng[c].maxabs, c)))

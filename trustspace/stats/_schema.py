@@ -67,6 +67,9 @@ class TableSchema:
         columns: column name -> type, in file order.
         domains: optional column -> the public list of values it may take, used as the group
             values of ``group_by`` when the query does not give them.
+        bounds: optional numeric column -> public ``(low, high)`` holding every value; the
+            nodes check it at start-up, and the statistics then use it instead of a secure
+            octave-histogram round (less intermediate leakage, one scan term fewer).
 
     >>> s = TableSchema({"age": "int", "sex": "str"}, domains={"sex": ["Male", "Female"]})
     >>> s.columns["age"]
@@ -77,6 +80,7 @@ class TableSchema:
 
     columns: Mapping[str, ColumnType]
     domains: Mapping[str, tuple[GroupValue, ...]] = field(default_factory=dict)
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.columns, Mapping) or not self.columns:
@@ -104,12 +108,31 @@ class TableSchema:
             doms[name] = checked
         object.__setattr__(self, "columns", MappingProxyType(cols))
         object.__setattr__(self, "domains", MappingProxyType(doms))
+        bnds: dict[str, tuple[float, float]] = {}
+        for name, pair in dict(self.bounds).items():
+            where = f"schema 'bounds.{name}'"
+            if name not in cols:
+                raise ValueError(f"{where}: no such column; known columns: {', '.join(cols)}")
+            if not cols[name].is_numeric:
+                raise ValueError(f"{where}: bounds apply to int and float columns only")
+            if isinstance(pair, str | bytes) or not hasattr(pair, "__len__") or len(pair) != 2:
+                raise ValueError(f"{where}: expected [low, high]")
+            lo, hi = pair
+            for v in (lo, hi):
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise ValueError(f"{where}: {v!r} is not a finite number")
+            if not lo < hi:
+                raise ValueError(f"{where}: low must be below high, got [{lo}, {hi}]")
+            bnds[name] = (float(lo), float(hi))
+        object.__setattr__(self, "bounds", MappingProxyType(bnds))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TableSchema):
             return NotImplemented
-        return dict(self.columns) == dict(other.columns) and dict(self.domains) == dict(
-            other.domains
+        return (
+            dict(self.columns) == dict(other.columns)
+            and dict(self.domains) == dict(other.domains)
+            and dict(self.bounds) == dict(other.bounds)
         )
 
     def __hash__(self) -> int:
@@ -129,6 +152,7 @@ class TableSchema:
         return {
             "columns": {k: v.value for k, v in self.columns.items()},
             "domains": {k: list(v) for k, v in self.domains.items()},
+            "bounds": {k: list(v) for k, v in self.bounds.items()},
         }
 
     @classmethod
@@ -136,12 +160,16 @@ class TableSchema:
         """Rebuild a schema from ``to_dict()`` output; ValueError naming a bad or unknown key."""
         if not isinstance(data, Mapping):
             raise ValueError("schema: expected a dict")
-        extra = set(data) - {"columns", "domains"}
+        extra = set(data) - {"columns", "domains", "bounds"}
         if extra:
-            raise ValueError(f"schema: unknown key(s) {sorted(extra)}; allowed: columns, domains")
+            raise ValueError(
+                f"schema: unknown key(s) {sorted(extra)}; allowed: columns, domains, bounds"
+            )
         if "columns" not in data:
             raise ValueError("schema: missing key 'columns'")
-        return cls(columns=data["columns"], domains=data.get("domains", {}))
+        return cls(
+            columns=data["columns"], domains=data.get("domains", {}), bounds=data.get("bounds", {})
+        )
 
 
 def python_value_for(typ: ColumnType, value: Any) -> Any:
