@@ -74,7 +74,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),  # other work on the machine skews times
+    }
 
 
 def versions() -> dict[str, str]:
@@ -199,6 +204,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="k=5 only, fewer repetitions")
     args = parser.parse_args()
     reps = 3 if args.quick else 7
+    info = machine()
     t0 = time.perf_counter()
     cols, hs = load()
     load_s = time.perf_counter() - t0
@@ -210,7 +216,8 @@ def main() -> int:
 
     print(f"Adult, {len(cols[QI[0]])} records, 8 quasi-identifiers, Loss metric "
           f"(CSV load {load_s:.3f} s, not counted)")  # fmt: skip
-    print("ARX figures: SOURCE.md reference, same machine kind, NOT measured in this run\n")
+    print("ARX figures: SOURCE.md reference, same machine kind, NOT measured in this run")
+    print(f"load average at start: {info['load_average_at_start']}\n")
     print("optimal full-domain generalization (in-process: histogram + search)")
     hdr = (f"{'k':>3} {'supp':>5} | {'ours s':>7} {'ARX s':>6} {'ratio':>6} | "
            f"{'loss':>6} {'ARX':>6} {'ratio':>6} | {'supp#':>5} {'ARX':>5} | "
@@ -251,7 +258,7 @@ def main() -> int:
             {
                 "benchmark": "anon",
                 "mode": "quick" if args.quick else "full",
-                "machine": machine(),
+                "machine": info,
                 "versions": versions(),
                 "parameters": {
                     "data": "demos/data/adult/adult.csv",

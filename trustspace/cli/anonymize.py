@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -94,7 +95,7 @@ def _read_csv(path: str, sep: str | None) -> tuple[str, dict[str, list[str]]]:
     first = text.split("\n", 1)[0]
     if sep is None:
         sep = ";" if first.count(";") >= first.count(",") and ";" in first else ","
-    rows = list(csv.reader(text.splitlines(), delimiter=sep))
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
     rows = [r for r in rows if r]
     if not rows:
         raise DataError(f"input file {path!r} is empty; it needs a header row")
