@@ -13,7 +13,7 @@ import pytest
 
 from trustspace.engine import DatasetSpec, Engine
 from trustspace.errors import ConfigError, DataError
-from trustspace.stats import OCTAVE_HALF, OCTAVE_OFFSET, Round, Term
+from trustspace.stats import OCTAVE_HALF, Round, Term, octave_key
 
 COLS = {"id": "int", "x": "float", "name": "str", "flag": "bool", "day": "date"}
 GOOD = "id,x,name,flag,day\n1,2.5,ann,true,2024-01-01\n2,,bob,false,2024-02-29\n3,-1e3,,true,\n"
@@ -193,7 +193,7 @@ def test_histogram_terms(engine, frame):
     octs = got[rnd.term_slice(0)]
     want = np.zeros(len(octs))
     for v in a:
-        key = 0 if v == 0 else int(np.sign(v)) * (int(np.floor(np.log2(abs(v)))) + OCTAVE_OFFSET)
+        key = octave_key(v)
         want[OCTAVE_HALF + key] += 1
     np.testing.assert_array_equal(octs, want)
     # equal-width grid with under- and overflow

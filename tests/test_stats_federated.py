@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from trustspace import secagg, stats
 from trustspace.engine import DatasetSpec, Engine
+from trustspace.errors import EncodingOverflow
 from trustspace.stats import Query, Result
 
 ADULT = Path(__file__).resolve().parents[1] / "demos" / "data" / "adult" / "adult.csv"
@@ -424,3 +425,20 @@ def test_declared_bounds_replace_the_octave_round(tmp_path, adult):
         ),
     )
     close(res.value, adult.groupby("sex").agg({"age": ["mean", "std"]}))
+
+
+def test_tiny_and_huge_magnitudes(tmp_path):
+    df = pd.DataFrame({"v": [1e-300, 0.0, 2.5e-200, -1e-310, 3.0]})
+    engines = make_engines([df.iloc[:2], df.iloc[2:]], tmp_path, {"v": "float"}, name="t")
+    for op in ("sum", "mean", "std"):
+        close(run(engines, Query(op, "t", "v")).value, float(getattr(df.v, op)()), rel=1e-12)
+    res = run(engines, Query("describe", "t", ["v"]))
+    close(res.value.loc[["count", "mean", "std"]], df.describe().loc[["count", "mean", "std"]])
+    for label in ("min", "25%", "50%", "75%", "max"):
+        assert (
+            abs(res.value.loc[label, "v"] - df.v.describe()[label]) <= res.precision[f"v/{label}"]
+        )
+    big = pd.DataFrame({"v": [1.0, 1e40]})
+    engines = make_engines([big], tmp_path, {"v": "float"}, name="h")
+    with pytest.raises(EncodingOverflow, match=r"column 'v': values of magnitude 2\^128"):
+        run(engines, Query("mean", "h", "v"))

@@ -17,7 +17,16 @@ from trustspace.engine._check import check_header, locate_bad_field
 from trustspace.engine._spec import DatasetSpec
 from trustspace.engine._sql import quote_ident, where_clause
 from trustspace.errors import ConfigError, DataError
-from trustspace.stats import OCTAVE_HALF, OCTAVE_OFFSET, ColumnType, Round, TableSchema, Term
+from trustspace.stats import (
+    OCTAVE_HALF,
+    OCTAVE_MAX_EXP,
+    OCTAVE_MIN_EXP,
+    OCTAVE_OFFSET,
+    ColumnType,
+    Round,
+    TableSchema,
+    Term,
+)
 
 __all__ = ["Engine"]
 
@@ -398,11 +407,11 @@ class _Plan:
         x = _num(col, self.schema)
         tid = len(self.keyed)
         if t.kind == "octaves":
-            key = (
-                f"CASE WHEN {x} = 0 THEN 0 WHEN {x} > 0 "
-                f"THEN CAST(floor(log2({x})) AS INTEGER) + {OCTAVE_OFFSET} "
-                f"ELSE -(CAST(floor(log2(-{x})) AS INTEGER) + {OCTAVE_OFFSET}) END"
+            e = (
+                f"least(greatest(CAST(floor(log2(abs({x}))) AS INTEGER), {OCTAVE_MIN_EXP}), "
+                f"{OCTAVE_MAX_EXP + 1}) + {OCTAVE_OFFSET}"
             )
+            key = f"CASE WHEN {x} = 0 THEN 0 WHEN {x} > 0 THEN {e} ELSE -({e}) END"
             self.keyed.append((tid, key, [], f"{x} IS NOT NULL", []))
 
             def fill_oct(

@@ -30,7 +30,7 @@ Example, one node simulated in-process::
     ...         if t.kind == "octaves":
     ...             v = np.zeros(t.size)
     ...             for x in ages:
-    ...                 v[2200 + int(np.floor(np.log2(x))) + 1101] += 1
+    ...                 v[OCTAVE_HALF + octave_key(x)] += 1
     ...             out.append(v)
     ...         else:
     ...             out.append([len(ages) if not t.powers else np.sum(ages ** t.powers[0])])
@@ -57,7 +57,16 @@ from trustspace.stats._filter import (
 )
 from trustspace.stats._machine import GRID_BINS, Computation, Result, start
 from trustspace.stats._query import GROUP_AGGS, OPS, Query
-from trustspace.stats._round import MAX_NODES, OCTAVE_HALF, OCTAVE_OFFSET, Round, Term
+from trustspace.stats._round import (
+    MAX_NODES,
+    OCTAVE_HALF,
+    OCTAVE_MAX_EXP,
+    OCTAVE_MIN_EXP,
+    OCTAVE_OFFSET,
+    Round,
+    Term,
+    octave_key,
+)
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
 
 __all__ = [
@@ -65,6 +74,8 @@ __all__ = [
     "GROUP_AGGS",
     "MAX_NODES",
     "OCTAVE_HALF",
+    "OCTAVE_MAX_EXP",
+    "OCTAVE_MIN_EXP",
     "OCTAVE_OFFSET",
     "OPS",
     "And",
@@ -84,6 +95,7 @@ __all__ = [
     "Term",
     "check_filter",
     "filter_columns",
+    "octave_key",
     "parse_filter",
     "start",
 ]

@@ -37,7 +37,14 @@ import pandas as pd
 
 from trustspace.errors import EncodingOverflow, ProtocolError
 from trustspace.stats._query import Query
-from trustspace.stats._round import OCTAVE_HALF, OCTAVE_OFFSET, Round, Term
+from trustspace.stats._round import (
+    OCTAVE_HALF,
+    OCTAVE_MAX_EXP,
+    OCTAVE_MIN_EXP,
+    OCTAVE_OFFSET,
+    Round,
+    Term,
+)
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
 
 __all__ = ["GRID_BINS", "Computation", "Result", "start"]
@@ -48,8 +55,6 @@ GRID_BINS = 1024
 DEFAULT_REFINEMENTS = 2
 #: Marks a record count withheld upstream (in 1..min_group_size-1, value unknown).
 UNKNOWN_SMALL = -1.0
-#: Largest power of two a value may reach: powers up to 4 of the range must stay finite.
-MAX_EXPONENT = 1020
 
 Vec = npt.NDArray[np.float64]
 _Gen = Generator[Round, Vec, Any]
@@ -123,12 +128,13 @@ def _octave_range(counts: Vec, column: str) -> _Range:
             a = b = 0.0
         else:
             e = abs(key) - OCTAVE_OFFSET  # 2^e <= |x| < 2^(e+1); one octave of margin each side
-            if e + 2 > MAX_EXPONENT:
+            if e > OCTAVE_MAX_EXP:
                 raise EncodingOverflow(
-                    f"column {column!r}: values of magnitude 2^{e} are too large for exact "
-                    "statistics; rescale the column"
+                    f"column {column!r}: values of magnitude 2^{OCTAVE_MAX_EXP + 1} or more are "
+                    "too large for exact statistics; rescale the column"
                 )
-            a, b = math.ldexp(1.0, e - 1), math.ldexp(1.0, e + 2)
+            a = 0.0 if e <= OCTAVE_MIN_EXP else math.ldexp(1.0, e - 1)
+            b = math.ldexp(1.0, e + 2)
             if key < 0:
                 a, b = -b, -a
         lo, hi = min(lo, a), max(hi, b)

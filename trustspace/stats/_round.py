@@ -30,11 +30,14 @@ from trustspace.stats._schema import GroupValue, _check_group_value
 
 __all__ = [
     "MAX_NODES",
+    "OCTAVE_MAX_EXP",
+    "OCTAVE_MIN_EXP",
     "OCTAVE_OFFSET",
     "OCTAVE_SIZE",
     "Round",
     "Term",
     "TermKind",
+    "octave_key",
 ]
 
 #: Most nodes whose record counts can be summed without wrapping 2^63 (2^53 rows each).
@@ -43,11 +46,28 @@ MAX_NODES = 1024
 ENCODED_LIMIT = 2.0**61
 #: Most rows a node may count exactly (float64 integers; 2^53 * MAX_NODES < 2^63).
 COUNT_LIMIT = 2.0**53
-#: Octave key of x != 0 is sign(x) * (floor(log2|x|) + OCTAVE_OFFSET); float64 exponents run
-#: from -1074 (subnormal) to 1023, so keys lie in 27..2124 and the vector holds 2*2200+1 slots.
-OCTAVE_OFFSET = 1101
-OCTAVE_HALF = 2200
+#: Octave key of x != 0: sign(x) * (clamp(floor(log2|x|), MIN, MAX + 1) + OCTAVE_OFFSET).
+#: Exponents below OCTAVE_MIN_EXP share the lowest slot ("tiny": the range then reaches 0);
+#: exponent OCTAVE_MAX_EXP + 1 ("huge", |x| >= 2^128) is refused by the state machine. 515
+#: slots per column instead of the 4,200 float64's full exponent range would need.
+OCTAVE_MIN_EXP = -128
+OCTAVE_MAX_EXP = 127
+OCTAVE_OFFSET = 1 - OCTAVE_MIN_EXP
+OCTAVE_HALF = OCTAVE_MAX_EXP + 1 + OCTAVE_OFFSET
 OCTAVE_SIZE = 2 * OCTAVE_HALF + 1
+
+
+def octave_key(x: float) -> int:
+    """The octave slot offset (from OCTAVE_HALF) of a value, as the engine computes it.
+
+    >>> octave_key(0.0), octave_key(1.0), octave_key(-3.0), octave_key(1e-300), octave_key(1e300)
+    (0, 129, -130, 1, 257)
+    """
+    if x == 0:
+        return 0
+    e = min(max(math.floor(math.log2(abs(x))), OCTAVE_MIN_EXP), OCTAVE_MAX_EXP + 1)
+    return int(math.copysign(e + OCTAVE_OFFSET, x))
+
 
 TermKind = Literal["moment", "octaves", "grid", "bins"]
 _KINDS = ("moment", "octaves", "grid", "bins")
