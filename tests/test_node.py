@@ -256,3 +256,22 @@ def test_secagg_sessions_expire(node: Node, pki: Path) -> None:
     with pytest.raises(ProtocolError, match="expired or never started"):
         client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", (), {}, 1), 5)
     client.close()
+
+
+def test_port_in_use_is_a_clear_config_error(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path]
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = _config(tmp_path, pki, partitions["n1"])
+        p.write_text(
+            p.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+        )
+        with pytest.raises(
+            ConfigError, match=f"cannot listen on '127.0.0.1:{port}'.*another process"
+        ):
+            Node(load_node_config(p))

@@ -47,7 +47,11 @@ class TlsServer:
         try:
             self.port = self._server.add_secure_port(listen, server_credentials(creds))
         except RuntimeError as exc:
-            raise ConfigError(f"{name}: cannot listen on {listen!r}: {exc}") from None
+            reason = str(exc).split(";")[0]
+            raise ConfigError(
+                f"{name}: cannot listen on {listen!r} ({reason}); is another process using "
+                "that port? Choose another listen address in the config"
+            ) from None
         if self.port == 0:
             raise ConfigError(
                 f"{name}: cannot listen on {listen!r} (address in use or not local); choose "
