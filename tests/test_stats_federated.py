@@ -442,3 +442,84 @@ def test_tiny_and_huge_magnitudes(tmp_path):
     engines = make_engines([big], tmp_path, {"v": "float"}, name="h")
     with pytest.raises(EncodingOverflow, match=r"column 'v': values of magnitude 2\^128"):
         run(engines, Query("mean", "h", "v"))
+
+
+def test_precision_beyond_float_resolution_terminates(tmp_path):
+    df = pd.DataFrame({"v": [1.0, 1.0 + 2**-52, 2.0, 3.0, 1e-310]})
+    engines = make_engines([df], tmp_path, {"v": "float"}, name="p")
+    res = run(engines, Query("quantile", "p", "v", params={"q": [0.25, 0.5], "precision": 1e-300}))
+    assert res.rounds < 15
+    close(res.value, df.v.quantile([0.25, 0.5]), rel=0, abs_=1e-15)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from(["p", "q", "r", None]), _values, _values), max_size=40),
+    split=st.integers(0, 40),
+    k=st.sampled_from([0, 1, 3]),
+)
+def test_hypothesis_group_by_equals_pandas(tmp_path, rows, split, k):
+    df = pd.DataFrame(rows, columns=["g", "a", "b"]).astype({"a": "float64", "b": "float64"})
+    parts = [df.iloc[:split], df.iloc[split:]]
+    engines = make_engines(parts, tmp_path, {"g": "str", "a": "float", "b": "float"}, name="hg")
+    agg = {"a": ["size", "count", "sum", "mean"], "b": ["var", "std"]}
+    res = run(
+        engines,
+        Query(
+            "group_by",
+            "hg",
+            ["a", "b"],
+            params={"by": "g", "agg": agg, "values": ["r", "q", "p", "s"]},
+        ),
+        k=k,
+    )
+    expected = df.groupby("g").agg(agg) if len(df.dropna(subset=["g"])) else None
+    got, sup = res.value, res.suppressed
+    for g in ["p", "q", "r", "s"]:
+        size = int((df.g == g).sum())
+        if k == 0 and size == 0:
+            assert g not in got.index  # pandas lists observed groups only
+            continue
+        for c, f in got.columns:
+            n = size if f == "size" else int(((df.g == g) & df[c].notna()).sum())
+            if size < k or n < k:
+                assert sup.loc[g, (c, f)] and math.isnan(got.loc[g, (c, f)])
+            else:
+                assert not sup.loc[g, (c, f)]
+                want = expected.loc[g, (c, f)]
+                scale = float(np.nanmax(np.abs(df[c].to_numpy()), initial=1.0))
+                close(float(got.loc[g, (c, f)]), float(want), rel=1e-6, abs_=1e-9 * scale**2)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(st.one_of(st.none(), st.floats(-1e4, 1e4)), min_size=0, max_size=50),
+    k=st.integers(0, 6),
+)
+def test_hypothesis_describe_under_k(tmp_path, values, k):
+    df = pd.DataFrame({"v": values}, dtype="float64")
+    engines = make_engines(
+        [df.iloc[::3], df.iloc[1::3], df.iloc[2::3]], tmp_path, {"v": "float"}, name="hd"
+    )
+    res = run(engines, Query("describe", "hd", ["v"]), k=k)
+    want = df.describe()["v"]
+    n = int(df.v.count())
+    if n < k:
+        assert res.value["v"].isna().all() and res.suppressed["v"].all()
+        return
+    assert not res.suppressed["v"].any()
+    close(
+        res.value.loc[["count", "mean", "std"], "v"],
+        want[["count", "mean", "std"]],
+        rel=1e-9,
+        abs_=1e-7,
+    )
+    for label in ("min", "25%", "50%", "75%", "max"):
+        if n == 0:
+            assert math.isnan(res.value.loc[label, "v"])
+        else:
+            assert abs(res.value.loc[label, "v"] - want[label]) <= res.precision[f"v/{label}"]

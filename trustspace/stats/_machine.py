@@ -53,6 +53,10 @@ __all__ = ["GRID_BINS", "Computation", "Result", "start"]
 #: (DEFAULT_REFINEMENTS more grids after the first) is 2^-30 of the data's octave range.
 GRID_BINS = 1024
 DEFAULT_REFINEMENTS = 2
+#: Finest fixed-point scale (Term accepts |frac_bits| <= 1100; float64 ends near 2^-1074).
+MAX_FRAC_BITS = 1100
+#: Smallest bin width refined further (well above float64's subnormal range).
+_TINY = 2.0**-1000
 #: Marks a record count withheld upstream (in 1..min_group_size-1, value unknown).
 UNKNOWN_SMALL = -1.0
 
@@ -99,7 +103,7 @@ def _frac_bits(bound: float, what: str) -> int:
         )
     if bound <= 0:
         return 61
-    return 61 - math.frexp(bound)[1]
+    return min(61 - math.frexp(bound)[1], MAX_FRAC_BITS)
 
 
 @dataclass
@@ -215,7 +219,9 @@ class _Quantiles:
             if i is None:
                 continue  # the finer bin would describe fewer than k records, or is uncertain
             t.value, t.width = a + i * w, w
-            if w > self.eps:
+            # Stop at the requested precision, or where float64 cannot split the bin further.
+            finest = GRID_BINS * max(math.ulp(t.value), math.ulp(t.value + w), _TINY)
+            if w > self.eps and w > finest:
                 t.probe = (t.value, w / GRID_BINS)
 
     def estimate(self, q: float) -> tuple[float, float]:
