@@ -27,6 +27,8 @@ age = "int"
 sex = "str"
 [datasets.adult.domains]
 sex = ["Female", "Male"]
+[datasets.adult.bounds]
+age = [0, 120]
 
 [policy]
 min_group_size = 5
@@ -70,6 +72,7 @@ def test_good_node_config_resolves_paths(tmp_path: Path) -> None:
     assert cfg.name == "org-a" and cfg.tls.key == tmp_path / "certs/org-a/key.pem"
     assert cfg.datasets[0].path == tmp_path / "data/a.csv"
     assert cfg.datasets[0].domains == (("sex", ("Female", "Male")),)
+    assert cfg.datasets[0].bounds == (("age", (0.0, 120.0)),)
     assert cfg.policy.min_group_size == 5 and cfg.policy.rate_limit is not None
     assert cfg.policy.rules[0].columns == ("age",)
 
@@ -91,6 +94,7 @@ def test_good_aggregator_config(tmp_path: Path) -> None:
         ('sex = ["Female", "Male"]', 'gender = ["F"]', r"domains\.gender: no such column"),
         ('operations = ["count", "mean"]', 'operations = "count"', r"rules\[0\]\.operations"),
         ("per_minute = 30", "per_minute = 0", "per_minute = 0"),
+        ("age = [0, 120]", "age = [120, 0]", r"bounds\.age = \[120, 0\]: expected \[low, high\]"),
     ],
 )
 def test_node_config_errors_name_file_key_value(

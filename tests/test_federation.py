@@ -55,6 +55,24 @@ def test_var_and_corr_secagg(fed: Federation, union: Any) -> None:
     assert np.allclose(corr.to_numpy(), union[["age", "income"]].corr().to_numpy(), atol=1e-9)
 
 
+def test_paillier_suppressed_counts_reach_the_state_machine(fed: Federation) -> None:
+    with pytest.warns(UserWarning, match="suppressed"):
+        value = fed.mean("default", "age", where="age >= 88 and sex = 'F'", method="paillier")
+    assert np.isnan(value)
+
+
+def test_declared_bounds(partitions: dict[str, Path], union: Any, tmp_path: Path) -> None:
+    parts = {k: str(v) for k, v in list(partitions.items())[:2]}
+    policy = {"min_group_size": 5, "rules": [{"analysts": ["*"], "operations": ["*"]}]}
+    with Federation.local(parts, policy, bounds={"age": (0, 120)}, workdir=tmp_path) as f:
+        import pandas as pd
+
+        two = pd.concat([pd.read_csv(p) for p in parts.values()])
+        assert f.mean("default", "age") == pytest.approx(two.age.mean(), rel=1e-12)
+    with pytest.raises(DataError, match="age"):
+        Federation.local(parts, policy, bounds={"age": (0, 50)}, workdir=tmp_path / "x")
+
+
 def test_paillier_path_matches_pandas(fed: Federation, union: Any) -> None:
     assert fed.count("default", where="sex = 'M'", method="paillier") == int(
         (union.sex == "M").sum()

@@ -169,6 +169,7 @@ class Federation:
         dataset: str = DEFAULT_DATASET,
         columns: Mapping[str, str] | None = None,
         domains: Mapping[str, Sequence[Any]] | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
         delimiter: str = ",",
         key_bits: int | None = None,
         threshold: int | None = None,
@@ -184,6 +185,8 @@ class Federation:
             dataset: the dataset name the partitions are served as.
             columns: column name -> type; inferred from the first partition when omitted.
             domains: column -> its public group values (so ``group_by`` needs no ``values``).
+            bounds: numeric column -> public ``(low, high)`` holding every value (checked at
+                start-up; saves the range-finding round and its disclosure).
             key_bits: Paillier key size for ``method="paillier"`` (default 3072).
             threshold: secure-aggregation threshold (default: the protocol's choice).
             workdir: where the CA, certificates and audit logs go (default: a temporary
@@ -255,6 +258,10 @@ class Federation:
                             delimiter,
                             True,
                             domains=tuple((c, tuple(v)) for c, v in (domains or {}).items()),
+                            bounds=tuple(
+                                (c, (float(lo), float(hi)))
+                                for c, (lo, hi) in (bounds or {}).items()
+                            ),
                         ),
                     ),
                     policy=pol,
@@ -373,7 +380,7 @@ class Federation:
             )
             ev = EncryptedVector.from_bytes(pk, rr.encrypted_vector)
             words = np.asarray(sk.decrypt_vector(ev), dtype=np.int64)
-            comp.feed(rnd.decode(serde.join_words(words)))
+            comp.feed(rnd.decode(serde.join_words(words)), suppressed=rr.suppressed)
             nodes = rr.nodes
         self.last_info = {"nodes": nodes, "min_group_size": k}
         return comp.result()

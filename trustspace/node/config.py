@@ -125,6 +125,7 @@ class DatasetConfig:
     header: bool = True
     null_values: tuple[str, ...] = ("",)
     domains: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    bounds: tuple[tuple[str, tuple[float, float]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,21 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{dom_t.where(col)} = {values!r}: expected a list of values")
             domains.append((col, tuple(values)))
+        bounds_t = dt_.table("bounds")
+        bounds = []
+        for col, pair in bounds_t.data.items():
+            if col not in dict(cols):
+                raise ConfigError(f"{bounds_t.where(col)}: no such column in {cols_t.key}")
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in pair)
+                or not pair[0] <= pair[1]
+            ):
+                raise ConfigError(
+                    f"{bounds_t.where(col)} = {pair!r}: expected [low, high] with low <= high"
+                )
+            bounds.append((col, (float(pair[0]), float(pair[1]))))
         datasets.append(
             DatasetConfig(
                 name=ds_name,
@@ -312,6 +328,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
                 header=dt_.get("header", bool, True),
                 null_values=nulls,
                 domains=tuple(domains),
+                bounds=tuple(bounds),
             )
         )
         dt_.check_unknown()

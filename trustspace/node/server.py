@@ -27,6 +27,7 @@ def build_engine(config: NodeConfig) -> Engine:
             header=d.header,
             null_values=d.null_values,
             domains=dict(d.domains),
+            bounds=dict(d.bounds),
         )
         for d in config.datasets
     }
