@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trustspace.anon.domain import Domain, HistogramOracle
-from trustspace.anon.models import PrivacyModel
+from trustspace.anon.models import KAnonymity, PrivacyModel
 from trustspace.errors import ConfigError, DataError
 
 FloatArray = npt.NDArray[np.float64]
@@ -169,7 +169,8 @@ class _Evaluator:
         self.oracle = oracle
         self.domain = domain
         self.models = list(models)
-        self.tables = _Tables(domain, oracle.marginals())
+        self.marginals = oracle.marginals()
+        self.tables = _Tables(domain, self.marginals)
         self.n = self.tables.n
         self.max_suppressed = math.floor(suppression_limit * self.n + 1e-9)
         self.needs_sensitive = any(m.needs_sensitive for m in self.models)
@@ -184,6 +185,27 @@ class _Evaluator:
             if sc is None:
                 raise ConfigError("the oracle gives no sensitive-value counts")
             self.overall = sc / max(int(sc.sum()), 1)
+
+    def marginal_fails(self, nodes: IntArray) -> npt.NDArray[np.bool_]:
+        """Nodes that fail k-anonymity on the marginals alone, without any histogram.
+
+        A record whose generalized value of one column is shared by fewer than ``k`` records
+        lies in a class smaller than ``k``: it must be suppressed. So the records in such
+        values, for the worst column, bound the suppression from below.
+        """
+        ks = [m.k for m in self.models if isinstance(m, KAnonymity)]
+        out = np.zeros(nodes.shape[0], dtype=bool)
+        if not ks:
+            return out
+        k = max(ks)
+        lower = np.zeros(nodes.shape[0], dtype=np.int64)
+        for j, (h, m) in enumerate(zip(self.domain.hierarchies, self.marginals, strict=True)):
+            small = np.zeros(h.height, dtype=np.int64)
+            for lv in range(h.height):
+                cnt = np.bincount(h.codes(lv), weights=m, minlength=len(h.level_values(lv)))
+                small[lv] = int(cnt[(cnt > 0) & (cnt < k)].sum())
+            lower = np.maximum(lower, small[nodes[:, j]])
+        return np.asarray(lower > self.max_suppressed)
 
     def evaluate(self, levels: Sequence[int]) -> _Eval:
         keys, counts = self.oracle.histogram(levels)
@@ -304,7 +326,7 @@ def search(
     # tags: the monotone models fail here (and below) / hold here (and above); evaluated and
     # not anonymous; nothing to suppress here (and above). In monotone mode "the monotone
     # models" are all of them, so passes/fails mean anonymous/not anonymous.
-    fails = np.zeros(total, dtype=bool)
+    fails = ev_.marginal_fails(nodes)
     passes = np.zeros(total, dtype=bool)
     rejected = np.zeros(total, dtype=bool)
     no_suppression = np.zeros(total, dtype=bool)
