@@ -310,3 +310,35 @@ def test_declared_bounds_are_checked(tmp_path):
         DatasetSpec("d", "a.csv", columns=cols, bounds={"id": (3, 3)})
     with pytest.raises(ConfigError, match=r"int and float columns only"):
         DatasetSpec("d", "a.csv", columns={"s": "str"}, bounds={"s": (0, 1)})
+
+
+def test_one_statement_per_round(engine, monkeypatch):
+    """describe over several columns: every round is ONE DuckDB statement on each node."""
+    from contextlib import contextmanager
+
+    from trustspace.stats import Query, start
+
+    calls: list[str] = []
+    real = Engine._cursor
+
+    @contextmanager
+    def counting(self):
+        with real(self) as cur:
+
+            class Proxy:
+                def execute(self, sql, params=()):
+                    calls.append(sql)
+                    return cur.execute(sql, params)
+
+            yield Proxy()
+
+    monkeypatch.setattr(Engine, "_cursor", counting)
+    comp = start(Query("describe", "f", ["a", "b"], where="g != 'u'"), engine.schema("f"), 0)
+    rounds = 0
+    while (rnd := comp.next_round()) is not None:
+        before = len(calls)
+        comp.feed(engine.compute(rnd))
+        assert len(calls) == before + 1
+        rounds += 1
+    assert rounds == 4 and len(calls) == 4
+    assert all(sql.lstrip().upper().startswith("SELECT") for sql in calls)

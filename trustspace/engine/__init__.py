@@ -3,11 +3,13 @@
 Map:
 
 - ``DatasetSpec(name, path, format="csv"|"parquet", columns, delimiter=",", header=True,
-  null_values=("",), domains={})``: frozen, validated (ConfigError naming the key).
-- ``Engine(specs)``: ``validate()`` (start-up check: missing file, header, every value parses
-  as its declared type; DataError naming file, line and column), ``schema(name) ->
-  TableSchema``, ``compute(round) -> np.ndarray`` (float64 local vector of a
-  ``trustspace.stats.Round``, ONE DuckDB query per round, thread-safe),
+  null_values=("",), domains={}, bounds={})``: frozen, validated (ConfigError naming the key).
+- ``Engine(specs, *, database=":memory:", load=True)``: ``validate()`` (start-up check:
+  missing file, header, every value parses as its declared type (strictly: '4.5' is not an
+  int), floats finite, declared bounds hold; DataError naming file, line and column; with
+  ``load`` the typed read also loads a columnar snapshot that later rounds scan),
+  ``schema(name) -> TableSchema``, ``compute(round) -> np.ndarray`` (float64 local vector of
+  a ``trustspace.stats.Round``, ONE DuckDB statement per round, thread-safe),
   ``tuple_histogram(dataset, columns, where) -> (tuples, counts)`` and
   ``rows(dataset, columns, where) -> DataFrame`` for anonymization.
 - ``parse_filter(text)`` (from ``trustspace.stats``) and ``compile_filter(ast, schema) ->

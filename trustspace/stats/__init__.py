@@ -7,16 +7,37 @@ into results equal to pandas' on the concatenated data.
 
 Map:
 
-- ``Query(op, dataset, columns, where, params)``: the spec; ``to_dict()/from_dict()``.
-- ``start(query, schema, min_group_size) -> Computation``: the state machine
-  (``next_round() -> Round | None``, ``feed(total)``, ``result() -> Result``).
-- ``Round`` / ``Term``: one round's local aggregates, vector layout, ``count_mask`` (the record
-  counts that govern disclosure), ``encode(local) -> uint64`` / ``decode(total)`` (exact
-  fixed point mod 2^64, see ``trustspace.stats._round``), ``to_dict()/from_dict()``.
-- ``Result``: ``value`` (float / Series / DataFrame as pandas lays it out), ``suppressed``
-  (same shape, True where a figure was withheld), ``precision`` (for bin-refined figures).
-- ``TableSchema`` / ``ColumnType``: the public schema a plan is made from.
-- ``parse_filter`` / ``check_filter``: the ``where=`` language (AST only; SQL is the engine's).
+- ``Query(op, dataset, columns=(), where=None, params={})``: the spec, validated at
+  construction; ``check(schema)``; ``to_dict()/from_dict()`` (JSON-able, strict). ops and
+  params: ``count`` (no columns: rows), ``sum``, ``mean``, ``var``/``std`` (``ddof``, default
+  1), ``skew``, ``kurt`` (pandas' bias-corrected G1/G2), ``histogram`` (``bins``: edges, or a
+  number with ``range=[lo, hi]``; numpy.histogram semantics), ``quantile`` (``q``: float or
+  list, ``precision``: absolute, default 2^-30 of the octave range), ``cov`` (``ddof``) and
+  ``corr`` (pairwise-complete rows, as pandas), ``describe`` (``percentiles``,
+  ``precision``), ``group_by`` (``by``, ``agg={column: [size|count|sum|mean|var|std]}``,
+  ``values``: the public group values, else the schema's declared domain).
+- ``start(query, schema, min_group_size) -> Computation``: the state machine.
+  ``next_round() -> Round | None`` (the same round until fed), ``feed(total,
+  suppressed=())`` (the decoded element-wise sum over the nodes; ``suppressed``: indices
+  withheld upstream because their governing count was in (0, k)), ``result() -> Result``.
+- ``Round`` / ``Term``: one round's local aggregates and vector layout (``size``,
+  ``term_slice``), ``count_mask`` (entries that are record counts: they govern disclosure),
+  ``encode(local) -> uint64`` / ``decode(total) -> float64`` (exact fixed point mod 2^64,
+  precision in ``trustspace.stats._round``; our own encoder, since the Paillier path uses its
+  own encoding of the float vector), ``to_dict()/from_dict()`` (strict: ValueError naming the
+  bad key).
+- ``Result``: ``value`` (float for one column, else Series/DataFrame laid out as pandas' own
+  method returns it), ``suppressed`` (same shape, True where a figure was withheld as it would
+  describe fewer than ``min_group_size`` records; NaN in ``value``), ``precision`` (absolute
+  error bound of bin-refined figures: quantiles, describe's min/percentiles/max),
+  ``rounds``, ``any_suppressed``.
+- ``TableSchema(columns, domains={}, bounds={})`` / ``ColumnType``: the public schema a plan
+  is made from (``Engine.schema(name)`` on a node); ``to_dict()/from_dict()``.
+- ``parse_filter`` / ``check_filter`` / ``filter_columns``: the ``where=`` language (AST
+  only; SQL is the engine's).
+
+Security notes (what each role learns, how ``min_group_size`` is enforced on totals only, the
+min/max policy and the differencing risk of filters) are in ``docs/security-stats.md``.
 
 Example, one node simulated in-process::
 
