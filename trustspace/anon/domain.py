@@ -280,6 +280,19 @@ class LocalOracle:
             self.sensitive, weights=self.counts, minlength=self.domain.n_sensitive
         ).astype(np.int64)
 
+    def dense(self, levels: Sequence[int]) -> IntArray:
+        """The dense histogram vector at ``levels`` (length ``domain.size(levels)``): what a
+        node contributes to the secure aggregation for this lattice node.
+
+        >>> d = Domain([Hierarchy("a", [("x", "*"), ("y", "*")])])
+        >>> LocalOracle(d, [["y", "y", "x"]]).dense((0,)).tolist()
+        [1, 2]
+        """
+        keys, counts = self.histogram(levels)
+        return np.bincount(keys, weights=counts, minlength=self.domain.size(levels)).astype(
+            np.int64
+        )
+
     def histogram(self, levels: Sequence[int]) -> tuple[IntArray, IntArray]:
         lv = tuple(int(x) for x in levels)
         src_levels, src_codes, src_counts = self._source(lv)

@@ -20,6 +20,7 @@ evaluated.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -69,6 +70,37 @@ class Result:
     seconds: float = 0.0
     method: str = "optimal"
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The whole result as JSON (e.g. to send the transformation to every node).
+
+        >>> r = Result(("a",), (1,), ("2-anonymity",), 0.1, "loss", 4, 1, 1,
+        ...            frozenset({("x",)}), {"loss": 0.5}, 2, 2)
+        >>> Result.from_json(r.to_json()) == r
+        True
+        """
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d["suppressed_classes"] = sorted(self.suppressed_classes)
+        d["metrics"] = dict(self.metrics)
+        d["extra"] = dict(self.extra)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        """Inverse of ``to_json``.
+
+        Raises:
+            ConfigError: the text is not a serialized ``Result``.
+        """
+        try:
+            d = json.loads(text)
+            d["quasi_identifiers"] = tuple(d["quasi_identifiers"])
+            d["levels"] = tuple(int(x) for x in d["levels"])
+            d["models"] = tuple(d["models"])
+            d["suppressed_classes"] = frozenset(tuple(c) for c in d["suppressed_classes"])
+            return cls(**d)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"not a serialized anonymization result: {exc}") from exc
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready summary."""
