@@ -342,10 +342,12 @@ class Computation:
             raise ProtocolError(f"feed(): {e}") from None
         mask = rnd.count_mask
         counts = arr[mask]
-        if np.any(counts < 0) or np.any(counts != np.round(counts)):
+        snapped = np.round(counts)  # a float path (Paillier decoding) may leave ~1e-9 residue
+        if np.any(snapped < 0) or np.any(np.abs(counts - snapped) > 1e-6):
             raise ProtocolError(
                 f"feed(): round {rnd.index} total holds negative or fractional record counts"
             )
+        arr[mask] = snapped
         idx = np.asarray(list(suppressed), dtype=np.int64)
         if idx.size:
             if idx.min() < 0 or idx.max() >= rnd.size:

@@ -161,7 +161,8 @@ class Query:
         dataset: the dataset name every node serves.
         columns: the columns (a str is one column); ``count`` with no columns counts rows.
         where: an optional filter in the filter language (see ``parse_filter``).
-        params: op options, JSON-able: ``ddof`` (var, std, cov; default 1), ``bins`` and
+        params: op options, JSON-able: ``ddof`` (var, std, cov; default 1; note pandas'
+            ``DataFrame.cov`` ignores ddof when the frame holds NaN, we never do), ``bins`` and
             ``range`` (histogram), ``q`` and ``precision`` (quantile), ``percentiles`` and
             ``precision`` (describe), ``by``, ``agg`` and ``values`` (group_by).
 
