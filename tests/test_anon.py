@@ -531,3 +531,16 @@ def test_mondrian_releases_ancestors_and_satisfies_models(
         ancestors = {row[0]: set(row) for row in SMALL_HIER[c].rows}
         assert all(r in ancestors[o] for o, r in zip(df[c], out[c], strict=True))
     assert out["sa"].tolist() == df["sa"].tolist()
+
+
+def test_quick_rejection_is_a_lower_bound(adult_oracle: tuple[Domain, LocalOracle]) -> None:
+    dom, oracle = adult_oracle
+    nodes = list(itertools.product(*(range(h) for h in dom.heights)))[::97]
+    for k in (2, 5, 50):
+        for levels in nodes:
+            _, counts = oracle.histogram(levels)
+            exact = int(counts[counts < k].sum())
+            quick = oracle.undersized(levels, k)
+            assert quick <= exact
+            if len(counts) < 200:  # few classes in 2^16 buckets: collisions are rare
+                assert quick >= exact - 2 * k

@@ -31,6 +31,8 @@ from trustspace.errors import ConfigError
 
 IntArray = npt.NDArray[np.int64]
 _KEY_LIMIT = 2**62  # mixed-radix keys must fit int64 with headroom
+_HASH_BITS = 16  # buckets of the quick rejection test (few collisions for ~10^4 classes)
+_HASH_MUL = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2^64 / golden ratio
 _CACHE_NODES = 512  # histograms kept for roll-up (ARX also rolls up from cached nodes)
 
 
@@ -293,8 +295,8 @@ class LocalOracle:
             np.int64
         )
 
-    def histogram(self, levels: Sequence[int]) -> tuple[IntArray, IntArray]:
-        lv = tuple(int(x) for x in levels)
+    def _rollup(self, lv: tuple[int, ...]) -> tuple[IntArray, IntArray]:
+        """Keys at ``lv`` of the entries of the best source histogram, and their counts."""
         src_levels, src_codes, src_counts = self._source(lv)
         strides = self.domain.strides(lv)
         key = np.zeros(src_counts.size, dtype=np.int64)
@@ -302,6 +304,26 @@ class LocalOracle:
             key += self._up[j][src_levels[j]][lv[j]][src_codes[:, j]] * strides[j]
         if self.domain.sensitive is not None:
             key += src_codes[:, -1]
+        return key, src_counts
+
+    def undersized(self, levels: Sequence[int], k: int) -> int:
+        """A lower bound of the records in classes smaller than ``k`` at ``levels``, in O(m).
+
+        Hashing the keys into buckets only merges classes, so a bucket with fewer than ``k``
+        records holds classes that are all smaller than ``k``. Lets the search reject most
+        non-anonymous nodes without sorting (an optional oracle method).
+        """
+        lv = tuple(int(x) for x in levels)
+        key, counts = self._rollup(lv)
+        if self.domain.sensitive is not None:
+            key = key // self.domain.n_sensitive
+        h = (key.astype(np.uint64) * np.uint64(_HASH_MUL)) >> np.uint64(64 - _HASH_BITS)
+        b = np.bincount(h.astype(np.int64), weights=counts, minlength=1 << _HASH_BITS)
+        return int(b[(b > 0) & (b < k)].sum())
+
+    def histogram(self, levels: Sequence[int]) -> tuple[IntArray, IntArray]:
+        lv = tuple(int(x) for x in levels)
+        key, src_counts = self._rollup(lv)
         size = self.domain.size(lv)
         if size <= 8 * key.size + 4096:  # dense bincount beats a sort on small domains
             dense = np.bincount(key, weights=src_counts, minlength=size)

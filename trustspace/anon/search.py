@@ -202,6 +202,10 @@ class _Evaluator:
         self.domain = domain
         self.models = list(models)
         self.marginals = oracle.marginals()
+        # optional fast rejection: records surely in classes smaller than k
+        ks = [m.k for m in models if isinstance(m, KAnonymity)]
+        self._k = max(ks, default=1)
+        self._quick = getattr(oracle, "undersized", None) if self._k > 1 else None
         self.tables = _Tables(domain, self.marginals)
         self.n = self.tables.n
         self.max_suppressed = math.floor(suppression_limit * self.n + 1e-9)
@@ -240,6 +244,11 @@ class _Evaluator:
         return np.asarray(lower > self.max_suppressed)
 
     def evaluate(self, levels: Sequence[int]) -> _Eval:
+        if self._quick is not None:
+            lower = int(self._quick(levels, self._k))
+            if lower > self.max_suppressed:  # rejected without the exact histogram
+                empty = np.zeros(0, dtype=np.int64)
+                return _Eval(True, False, lower, 0, empty, empty, np.zeros(0, dtype=bool))
         keys, counts = self.oracle.histogram(levels)
         s = self.domain.n_sensitive
         sens: IntArray | None = None
