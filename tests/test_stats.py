@@ -347,3 +347,48 @@ def test_locate_with_withheld_counts():
     assert _locate(withheld, 20, 30, 6) == 2  # 15..24 from above
     assert _locate(withheld, 12, 30, 6) is None
     assert _locate(np.array([3, 10, 0, 0, 0, 0.0]), 1, 13, 1) is None  # in 'below'
+
+
+def test_replay_reproduces_the_honest_rounds():
+    from trustspace.stats import replay
+
+    q = Query("describe", "d", ["x", "age"], where="age > 3")
+    rng = np.random.default_rng(5)
+    xs, ages = rng.normal(3, 2, 200), rng.integers(0, 90, 200).astype(float)
+
+    def local(rnd: Round) -> np.ndarray:
+        out = []
+        for t in rnd.terms:
+            data = {"x": xs, "age": ages}
+            if t.kind == "moment":
+                if not t.columns:
+                    out.append([len(xs)])
+                else:
+                    v = np.ones(len(xs))
+                    for c, p, ctr in zip(t.columns, t.powers, t.centers, strict=True):
+                        v = v * (data[c] - ctr) ** p
+                    out.append([v.sum()])
+            elif t.kind == "octaves":
+                o = np.zeros(t.size)
+                for v in data[t.columns[0]]:
+                    o[OCTAVE_HALF + octave_key(v)] += 1
+                out.append(o)
+            else:
+                v = data[t.columns[0]]
+                b = t.start + t.nbins * t.width
+                inside = v[(v >= t.start) & (v < b)]
+                idx = np.clip(np.floor((inside - t.start) / t.width), 0, t.nbins - 1)
+                g = np.bincount(idx.astype(int), minlength=t.nbins)
+                out.append([np.sum(v < t.start), *g, np.sum(v >= b)])
+        return np.concatenate([np.asarray(o, dtype=float) for o in out])
+
+    comp = start(q, SCHEMA, 2)
+    totals = []
+    while (rnd := comp.next_round()) is not None:
+        assert replay(q, SCHEMA, 2, totals) == rnd
+        totals.append(local(rnd))
+        comp.feed(totals[-1])
+    assert replay(q, SCHEMA, 2, totals) is None
+    with pytest.raises(ProtocolError, match="finished after"):
+        replay(q, SCHEMA, 2, [*totals, totals[-1]])
+    assert abs(comp.result().value.loc["mean", "x"] - xs.mean()) < 1e-9

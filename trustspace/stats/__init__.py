@@ -20,6 +20,8 @@ Map:
   ``next_round() -> Round | None`` (the same round until fed), ``feed(total,
   suppressed=())`` (the decoded element-wise sum over the nodes; ``suppressed``: indices
   withheld upstream because their governing count was in (0, k)), ``result() -> Result``.
+- ``replay(query, schema, min_group_size, totals, suppressed=()) -> Round | None``: the
+  round an honest driver asks for next, for a node that wants to check a requested round.
 - ``Round`` / ``Term``: one round's local aggregates and vector layout (``size``,
   ``term_slice``), ``count_mask`` (entries that are record counts: they govern disclosure),
   ``encode(local) -> uint64`` / ``decode(total) -> float64`` (exact fixed point mod 2^64,
@@ -76,7 +78,7 @@ from trustspace.stats._filter import (
     filter_columns,
     parse_filter,
 )
-from trustspace.stats._machine import GRID_BINS, Computation, Result, start
+from trustspace.stats._machine import GRID_BINS, Computation, Result, replay, start
 from trustspace.stats._query import GROUP_AGGS, OPS, Query
 from trustspace.stats._round import (
     MAX_NODES,
@@ -118,5 +120,6 @@ __all__ = [
     "filter_columns",
     "octave_key",
     "parse_filter",
+    "replay",
     "start",
 ]

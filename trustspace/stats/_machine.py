@@ -47,7 +47,7 @@ from trustspace.stats._round import (
 )
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
 
-__all__ = ["GRID_BINS", "Computation", "Result", "start"]
+__all__ = ["GRID_BINS", "Computation", "Result", "replay", "start"]
 
 #: Bins per quantile grid: each refinement narrows a bin 2^10-fold, so the default precision
 #: (DEFAULT_REFINEMENTS more grids after the first) is 2^-30 of the data's octave range.
@@ -819,3 +819,30 @@ def start(query: Query, schema: TableSchema, min_group_size: int) -> Computation
         ValueError / ConfigError: the query does not fit the schema (names the column).
     """
     return Computation(query, schema, min_group_size)
+
+
+def replay(
+    query: Query,
+    schema: TableSchema,
+    min_group_size: int,
+    totals: Sequence[npt.ArrayLike],
+    suppressed: Sequence[Sequence[int]] = (),
+) -> Round | None:
+    """The round an honest driver asks for after feeding ``totals`` (None if finished).
+
+    The state machine is deterministic, so a node that is given the earlier rounds' totals
+    can check that a requested Round is exactly the one the query calls for (same terms,
+    centres, bins, group values), rather than one crafted to isolate records. It cannot
+    check the totals themselves; see docs/security-stats.md.
+
+    >>> schema = TableSchema({"x": "float"})
+    >>> first = replay(Query("mean", "d", "x"), schema, 0, [])
+    >>> [t.kind for t in first.terms]
+    ['moment', 'moment', 'octaves']
+    """
+    comp = start(query, schema, min_group_size)
+    for i, total in enumerate(totals):
+        if comp.next_round() is None:
+            raise ProtocolError(f"replay: the computation finished after {i} rounds")
+        comp.feed(total, suppressed[i] if i < len(suppressed) else ())
+    return comp.next_round()
