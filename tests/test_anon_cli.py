@@ -69,6 +69,8 @@ def test_cli_mondrian_l_diversity_and_builders(tmp_path: Path) -> None:
         (lambda a, d: a.extend(["--k", "40000"]), "no generalization satisfies"),
         (lambda a, d: a.extend(["--l", "2"]), "need sensitive"),
         (lambda a, d: a.extend(["--suppression", "1.5"]), "must be in"),
+        (lambda a, d: a.extend(["--qi", "race=interval:5"]), "column 'race'.*integer values"),
+        (lambda a, d: a.extend(["--qi", "race"]), "expected COLUMN=HIERARCHY"),
     ],
 )  # fmt: skip
 def test_cli_bad_input_exits_2_without_output(

@@ -154,8 +154,15 @@ class Hierarchy:
                     f"interval widths for column {name!r} must nest (each a multiple of the "
                     f"previous one); {b} is not a multiple of {a}"
                 )
+        try:
+            ints = sorted({int(str(x)) for x in values})
+        except ValueError as exc:
+            raise DataError(
+                f"column {name!r}: interval hierarchies need integer values ({exc}); "
+                "use an ARX hierarchy file or a grouping for other values"
+            ) from exc
         rows = []
-        for v in sorted({int(str(x)) for x in values}):
+        for v in ints:
             row = [str(v)]
             for w in ws:
                 lo = start + w * ((v - start) // w)

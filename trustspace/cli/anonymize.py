@@ -114,14 +114,12 @@ def _read_csv(path: str, sep: str | None) -> tuple[str, dict[str, list[str]]]:
     return sep, cols
 
 
-def _hierarchy(spec: str, column: list[str] | None, base: Path, sep: str) -> Hierarchy:
+def _hierarchy(spec: str, column: list[str], sep: str) -> Hierarchy:
     from trustspace.anon.hierarchy import Hierarchy
 
     name, eq, what = spec.partition("=")
     if not eq or not name or not what:
         raise ConfigError(f"--qi {spec!r}: expected COLUMN=HIERARCHY (a file or a builder)")
-    if column is None:
-        return Hierarchy(name, [("*",)])  # placeholder; the unknown column is reported later
     if what.startswith("interval:"):
         try:
             widths = [int(w) for w in what[len("interval:") :].split(",")]
@@ -129,12 +127,7 @@ def _hierarchy(spec: str, column: list[str] | None, base: Path, sep: str) -> Hie
             raise ConfigError(
                 f"--qi {spec!r}: widths must be integers, e.g. interval:5,10"
             ) from exc
-        try:
-            return Hierarchy.intervals(name, column, widths)
-        except ValueError as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise DataError(f"--qi {spec!r}: column {name!r} has non-integer values") from exc
+        return Hierarchy.intervals(name, column, widths)
     if what == "mask":
         return Hierarchy.masking(name, column)
     if what == "dates":
@@ -173,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(
                 f"--qi {name!r}: no such column in {args.input!r}; columns are: {', '.join(cols)}"
             )
-        hs[name] = _hierarchy(spec, cols[name], Path(args.input).parent, args.hierarchy_sep)
+        hs[name] = _hierarchy(spec, cols[name], args.hierarchy_sep)
     out, result = anonymize_columns(
         cols,
         list(hs),
