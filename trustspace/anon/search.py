@@ -9,12 +9,22 @@ search stops once the bound reaches the best value found, so the optimum is exac
 the metric is not monotone along the lattice (with a suppression limit, neither Loss nor
 non-uniform entropy is). For the record-separable metrics (Loss, non-uniform entropy) the bound
 is the value without suppression, ``sum_j T_j[l_j]``, computed for every node from the
-marginals alone; suppressing a record only raises its cost. Monotonicity pruning in the manner
-of ARX's Flash (predictive tagging) skips the anonymity check for nodes whose status follows
-from an evaluated node: below a non-anonymous node every node is non-anonymous; above a node
-without suppressed records none has any (so its objective equals its bound, no histogram
-needed). Discernibility and average class size have no cheap bound: every candidate is
-evaluated.
+marginals alone; suppressing a record only raises its cost. Discernibility and average class
+size have no cheap bound: every candidate is evaluated.
+
+**Pruning** (never changes the optimum, only how many histograms are asked for):
+
+- Flash-style predictive tagging (as in ARX): before evaluating an untagged candidate, climb a
+  chain of successors and binary-search it for the anonymity boundary; below a failing node
+  every node fails, above a passing node every node passes, and above a node with nothing
+  suppressed nothing is suppressed (its objective equals its bound: no histogram needed).
+  Where some models are not monotone under suppression (entropy/recursive ℓ-diversity,
+  t-closeness), the tags use the monotone models only (k-anonymity, distinct ℓ-diversity).
+- Marginals: a record whose generalized value in one column is shared by fewer than ``k``
+  records must be suppressed; nodes where such records exceed the limit fail outright.
+- An oracle may offer ``undersized(levels, k)``, a cheap lower bound of the records in classes
+  smaller than ``k`` (``LocalOracle`` hashes classes into buckets); nodes it rejects need no
+  exact histogram.
 """
 
 from __future__ import annotations
