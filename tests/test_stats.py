@@ -111,6 +111,14 @@ def test_query_check_against_schema():
     with pytest.raises(ValueError, match="needs the public list of group values"):
         Query("group_by", "d", "x", params={"by": "age", "agg": {"x": ["mean"]}}).check(SCHEMA)
     Query("group_by", "d", "x", params={"by": "sex", "agg": {"x": ["mean"]}}).check(SCHEMA)
+    with pytest.raises(ValueError, match=r"values\[1\]'?: 2 cannot be a value of 'sex'"):
+        Query(
+            "group_by", "d", "x", params={"by": "sex", "agg": {"x": ["mean"]}, "values": ["M", 2]}
+        ).check(SCHEMA)
+    with pytest.raises(ValueError, match=r"True cannot be a value of 'age', which is int"):
+        Query(
+            "group_by", "d", "x", params={"by": "age", "agg": {"x": ["mean"]}, "values": [True]}
+        ).check(SCHEMA)
     Query("group_by", "d", "sex", params={"by": "flag", "agg": {"sex": ["count"]}}).check(SCHEMA)
     Query("count", "d", ["sex", "day"], where="day > '2024-01-01'").check(SCHEMA)
 

@@ -38,9 +38,8 @@ class Engine:
 
     Args:
         specs: dataset name -> DatasetSpec.
-        database: where DuckDB keeps the loaded tables: ``":memory:"`` (default; DuckDB's
-            buffer manager spills to its temp directory beyond ``memory_limit``) or a file
-            path for a persistent, out-of-core database.
+        database: where DuckDB keeps the loaded tables: ``":memory:"`` (default) or a file
+            path, for data larger than memory (DuckDB pages it from disk).
         load: if True (default), ``validate()`` loads each file once into DuckDB's own
             compressed columnar storage with the declared types (the typed read *is* the
             check), and every round scans that snapshot; if False, every round re-reads the

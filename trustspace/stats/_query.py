@@ -242,6 +242,15 @@ class Query:
                     f"query 'params.by': cannot group by {by!r} of type {typ.value}; "
                     "group by a str, int or bool column"
                 )
+            values = self.params.get("values", schema.domains.get(by, ()))
+            kinds = {ColumnType.STR: (str,), ColumnType.INT: (int,), ColumnType.BOOL: (bool,)}
+            for i, v in enumerate(values):
+                is_bool_as_int = typ is ColumnType.INT and isinstance(v, bool)
+                if not isinstance(v, kinds[typ]) or is_bool_as_int:
+                    raise ValueError(
+                        f"query 'params.values[{i}]': {v!r} cannot be a value of {by!r}, "
+                        f"which is {typ.value}"
+                    )
             if (
                 "values" not in self.params
                 and by not in schema.domains
