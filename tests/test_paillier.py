@@ -197,6 +197,22 @@ def test_fixed_base_table_matches_builtin_pow(e: int, w: int) -> None:
     assert t.pow(e) == pow(3, e, m)
 
 
+@pytest.mark.parametrize(("window", "ebits"), [(8, 24), (8, 20), (10, 37), (3, 10), (16, 40)])
+def test_random_digits_give_uniform_range_exponents(window: int, ebits: int) -> None:
+    m = 2**61 - 1
+    t = fb.FixedBaseTable(3, m, exponent_bits=ebits, window=window)
+    exps = []
+    for _ in range(400):
+        d = t.random_digits()
+        a = sum(int(x) << (window * i) for i, x in enumerate(d))
+        assert 0 <= a < 2**ebits
+        assert t.pow_digits(d) == pow(3, a, m)
+        exps.append(a)
+    assert max(exps) >= 2 ** (ebits - 1)  # the top bit is reachable (p = 1 - 2**-400)
+    if ebits >= 37:  # birthday bound: a collision among 400 draws has p < 2**-20
+        assert len(set(exps)) == len(exps)
+
+
 def test_fixed_base_table_rejects_bad_input() -> None:
     t = fb.FixedBaseTable(3, 1009, exponent_bits=8, window=4)
     with pytest.raises(ValueError):

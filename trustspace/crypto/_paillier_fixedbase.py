@@ -12,6 +12,7 @@ out first), so a node encrypting many values under one analyst key builds its ta
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import gmpy2
+import numpy as np
 
 _ONE: Final = gmpy2.mpz(1)
 _MPZ_OVERHEAD_BYTES: Final = 32  # rough size of an mpz object header
@@ -35,7 +37,7 @@ class FixedBaseTable:
     __slots__ = ("exponent_bits", "modulus", "nbytes", "rows", "window")
 
     def __init__(self, base: int, modulus: int, exponent_bits: int, window: int) -> None:
-        if not 1 <= window <= 16:
+        if not 1 <= window <= 16:  # random_digits draws 16-bit words
             raise ValueError(f"window must be in [1, 16] bits, got {window}")
         if exponent_bits < 1:
             raise ValueError(f"exponent_bits must be positive, got {exponent_bits}")
@@ -66,6 +68,23 @@ class FixedBaseTable:
         w = self.window
         return [(exponent >> (w * i)) & mask for i in range(len(self.rows))]
 
+    def random_digits(self) -> list[int] | bytes:
+        """The digits of a fresh uniform exponent in ``[0, 2**exponent_bits)``, from the OS CSPRNG.
+
+        Independent uniform digits are a uniform exponent; drawing digits directly avoids
+        splitting a big integer (the last digit is masked to the exponent's remaining bits).
+        """
+        nrows = len(self.rows)
+        top = self.exponent_bits - self.window * (nrows - 1)  # bits of the last digit
+        if self.window == 8:
+            raw = bytearray(os.urandom(nrows))
+            raw[-1] &= (1 << top) - 1
+            return bytes(raw)
+        words = np.frombuffer(os.urandom(2 * nrows), dtype="<u2") & ((1 << self.window) - 1)
+        out: list[int] = words.tolist()
+        out[-1] &= (1 << top) - 1
+        return out
+
     def pow_digits(self, digits: list[int] | bytes) -> Any:
         """Return ``base ** sum(d_i * 2**(w*i)) mod modulus`` (one multiplication per row)."""
         rows = self.rows
@@ -92,8 +111,8 @@ def estimate_bytes(modulus_bits: int, exponent_bits: int, window: int, copies: i
 def choose_window(modulus_bits: int, exponent_bits: int, budget: int, copies: int = 1) -> int:
     """The widest window in [4, 12] whose ``copies`` tables fit ``budget`` bytes (at least 4).
 
-    >>> choose_window(4096, 1024, 64 * 2**20), choose_window(6144, 1536, 64 * 2**20)
-    (10, 8)
+    >>> choose_window(4096, 1024, 80 * 2**20), choose_window(6144, 1536, 80 * 2**20)
+    (10, 9)
     """
     best = 4
     for w in range(4, 13):
@@ -109,7 +128,7 @@ class TableConfig:
     Attributes:
         window: window bits of public-key tables (entries mod n^2); ``None`` picks the widest
             window whose table fits ``table_budget`` (10 at 2048 bits: ~58 MB, 103
-            multiplications per encryption; 8 at 3072 bits: ~41 MB, 192 multiplications).
+            multiplications per encryption; 9 at 3072 bits: ~71 MB, 171 multiplications).
         crt_window: window bits of the private-key (CRT) tables mod p^2 and q^2 (two tables of
             half-length entries); ``None`` picks by ``table_budget`` likewise.
         table_budget: bytes one key's tables may take when a window is picked automatically.
@@ -120,7 +139,7 @@ class TableConfig:
 
     window: int | None = None
     crt_window: int | None = None
-    table_budget: int = 64 * 1024 * 1024
+    table_budget: int = 80 * 1024 * 1024  # one key's tables; see the class docstring
     max_keys: int = 8
     max_bytes: int = 512 * 1024 * 1024
 

@@ -141,9 +141,9 @@ def configure_tables(
 
     Args:
         window: window bits of public-key tables; ``None`` (the default setting) picks the
-            widest window whose table fits ``table_budget`` (10 at 2048 bits, 8 at 3072).
-        crt_window: likewise for the private-key CRT tables.
-        table_budget: bytes one key's tables may take under automatic windows (64 MiB).
+            widest window whose table fits ``table_budget`` (10 at 2048 bits, 9 at 3072).
+        crt_window: likewise for the private-key CRT tables (10 at 2048 bits, 9 at 3072).
+        table_budget: bytes one key's tables may take under automatic windows (80 MiB).
         max_keys: how many keys' tables stay cached (default 8).
         max_bytes: memory bound of the whole cache (default 512 MiB; the newest table always
             stays).
@@ -208,8 +208,7 @@ class _CrtNoise:
 
     def noise(self) -> Any:
         tp = self.tp
-        a = secrets.randbits(tp.exponent_bits)  # fresh for every ciphertext, never reused
-        d = tp.digits(a)
+        d = tp.random_digits()  # a fresh exponent a for every ciphertext, never reused
         rp = tp.pow_digits(d)
         rq = self.tq.pow_digits(d)
         return rq + self.qsq * ((rp - rq) * self.qsq_inv % self.psq)
@@ -428,7 +427,7 @@ class PublicKey(_Encryptor):
 
     def _noise(self) -> Any:
         t = self._table()
-        return t.pow_digits(t.digits(secrets.randbits(t.exponent_bits)))
+        return t.pow_digits(t.random_digits())  # fresh a for every ciphertext, never reused
 
     def validate_ciphertext(self, c: int) -> Any:
         """Check that ``c`` is a valid ciphertext under this key and return it as an mpz.
