@@ -283,3 +283,29 @@ def test_filters_match_pandas_on_adult(tmp_path):
         got = eng.rows("adult", ["age", "sex"], where=text)
         assert len(got) == int(mask.sum())
         assert np.array_equal(np.sort(got["age"].to_numpy()), np.sort(a[mask].age.to_numpy()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list("ab'\"() =<>!,.-+e1 0;notandorisnullinx")), max_size=40
+    )
+)
+def test_fuzzed_filters_parse_or_fail_cleanly(text):
+    """Any text either parses into an AST that compiles to placeholders only, or raises
+    ConfigError (never another exception, never SQL built from its characters)."""
+    schema = TableSchema({"a": "int", "b": "str", "x": "float"})
+    try:
+        expr = parse_filter(text)
+    except ConfigError as e:
+        assert "filter error at column" in str(e) or "filter:" in str(e)
+        return
+    try:
+        sql, params = compile_filter(expr, schema, text)
+    except ConfigError:
+        return
+    assert sql.count("?") == len(params)
+    stripped = sql
+    for ident in ('"a"', '"b"', '"x"'):
+        stripped = stripped.replace(ident, "")
+    assert set(stripped) <= set("()?,<>=! ANDORTISULIN"), sql
