@@ -342,3 +342,27 @@ def test_one_statement_per_round(engine, monkeypatch):
         rounds += 1
     assert rounds == 4 and len(calls) == 4
     assert all(sql.lstrip().upper().startswith("SELECT") for sql in calls)
+
+
+def test_parquet_checks(tmp_path):
+    path = tmp_path / "p.parquet"
+    pd.DataFrame({"a": [1.5, np.inf], "s": ["x", "y"]}).to_parquet(path)
+    eng = Engine(
+        {"p": DatasetSpec("p", path, format="parquet", columns={"a": "float", "s": "str"})}
+    )
+    with pytest.raises(DataError, match=r"p.parquet: column 'a': 1 value\(s\) are infinite"):
+        eng.validate()
+    eng = Engine({"p": DatasetSpec("p", path, format="parquet", columns={"a": "int"})})
+    with pytest.raises(
+        DataError, match=r"column 'a' is stored as DOUBLE but the spec declares int"
+    ):
+        eng.validate()
+    eng = Engine({"p": DatasetSpec("p", path, format="parquet", columns={"b": "int"})})
+    with pytest.raises(DataError, match=r"missing column 'b'; the file has: a, s"):
+        eng.validate()
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    eng = Engine(
+        {"p": DatasetSpec("p", tmp_path / "bad.parquet", format="parquet", columns={"a": "int"})}
+    )
+    with pytest.raises(DataError, match=r"bad.parquet: not a readable Parquet file"):
+        eng.validate()
