@@ -264,8 +264,10 @@ def anonymize(
             ``"recursive"`` (with ``c``).
         t, ordered: t-closeness of ``sensitive`` (ordered distance for numeric values; by
             default chosen from the values).
-        suppression_limit: fraction of records that may be suppressed (optimal method).
-        metric: ``loss`` (default), ``entropy``, ``discernibility`` or ``aecs``.
+        suppression_limit: fraction of records that may be suppressed (optimal method;
+            Mondrian suppresses nothing).
+        metric: ``loss`` (default), ``entropy``, ``discernibility`` or ``aecs``: the objective
+            of the optimal search (Mondrian's splits follow Loss; all four are reported).
         method: ``"optimal"`` (full-domain, globally optimal) or ``"mondrian"`` (local
             recoding: lower loss, classes generalized to different levels).
         suppressed: ``"drop"`` suppressed rows (default) or ``"mask"`` their quasi-identifiers.
