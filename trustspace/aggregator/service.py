@@ -13,9 +13,10 @@ the ciphertexts, and returns the re-randomised encrypted total.
 
 Participants: every stage calls all nodes in parallel with a deadline. A node that cannot be
 reached or misses the deadline is *dropped* (the secure-aggregation protocol tolerates it
-while at least ``threshold`` remain). The set of nodes is fixed by the first round of a query:
-a node dropping later aborts the query (mixing node sets across rounds would give a wrong
-answer). A refusal (policy, data, protocol error) aborts at once with the node's own error.
+while at least ``threshold`` remain). The set of nodes is fixed by the first round of a query
+(a node dropping out during it is excluded, and the query runs over the survivors): a node
+dropping later aborts the query (mixing node sets across rounds would give a wrong answer).
+A refusal (policy, data, protocol error) aborts at once with the node's own error.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -310,17 +311,37 @@ class AggregatorService:
         return np.asarray(total, dtype=np.uint64), contributors
 
     def _sum_round(
-        self, ctx: serde.RequestContext, rnd: Round, plan: _Plan
-    ) -> np.ndarray[Any, Any]:
+        self, ctx: serde.RequestContext, rnd: Round, plan: _Plan, *, first: bool = False
+    ) -> tuple[np.ndarray[Any, Any], _Plan]:
+        """Securely sum one round over the plan's nodes; returns (decoded total, plan).
+
+        A node dropping out of the *first* round of a query leaves the query over the
+        survivors (nothing of its data has been used; the returned plan lists it as excluded
+        and later rounds run without it). A node dropping out of a later round aborts: the
+        earlier rounds' totals include it, and the stats state machine combines rounds (e.g.
+        quantile bins sized by the first round's range), so mixing node sets would give a
+        wrong answer.
+        """
         total, contributors = self.secure_sum(ctx, rnd, plan.nodes)
         missing = sorted({n.name for n in plan.nodes} - set(contributors))
-        if missing:
+        if missing and first:
+            log.warning(
+                "%s: node(s) %s dropped out of the first round; the query goes on without them",
+                self.name,
+                ", ".join(missing),
+            )
+            plan = replace(
+                plan,
+                nodes=tuple(n for n in plan.nodes if n.name in contributors),
+                excluded=tuple(sorted({*plan.excluded, *missing})),
+            )
+        elif missing:
             raise NodeError(
                 f"node(s) {', '.join(missing)} dropped out during round {rnd.index} of the "
                 "query; its earlier rounds included them, so the result would be wrong. "
                 "Re-run the query (check those nodes' health)"
             )
-        return rnd.decode(total)
+        return rnd.decode(total), plan
 
     # ------------------------------------------------------------------ handlers
     def run_query(self, caller: Identity, query_dict: dict[str, Any], method: str) -> Any:
@@ -338,8 +359,11 @@ class AggregatorService:
             comp = start(query, plan.schema, plan.min_group_size)
         except ValueError as exc:
             raise ConfigError(f"query does not fit dataset {query.dataset!r}: {exc}") from None
+        first = True
         while (rnd := comp.next_round()) is not None:
-            comp.feed(self._sum_round(ctx, rnd, plan))
+            total, plan = self._sum_round(ctx, rnd, plan, first=first)
+            comp.feed(total)
+            first = False
         with self._lock:
             self._plans.pop((caller.name, request_id), None)
         out = serde.result_to_dict(comp.result())
@@ -389,7 +413,11 @@ class AggregatorService:
             rnd.group_values,
             rnd.index,
         )
-        counts = self._sum_round(ctx, counts_round, plan)
+        counts, shrunk = self._sum_round(ctx, counts_round, plan, first=used == 1)
+        if shrunk is not plan:  # first round: later rounds of this request skip the dropped
+            plan = shrunk
+            with self._lock:
+                self._plans[(caller.name, request_id)] = plan
         k = plan.min_group_size
         suppressed = tuple(int(i) for i in np.flatnonzero((counts > 0) & (counts < k)))
         headroom = len(plan.nodes)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trustspace.errors import ConfigError, NodeError
+from trustspace.node import _fault
 
 GENESIS = "0" * 64
 _FIELDS = ("seq", "time", "prev_hash", "hash")
@@ -125,10 +126,36 @@ def _seq_appears_later(fh: Any, seq: int) -> bool:
     return False
 
 
+def _cut_off_by_crash(path: Path, report: VerifyReport) -> bool:
+    """Whether the only problem is an unterminated last line (a crash while writing it)."""
+    return report.bad_line == report.lines + 1 and report.problem.endswith("(cut off)")
+
+
+def _set_aside_partial_line(path: Path) -> None:
+    """Move the unterminated last line to ``PATH.partial`` (evidence) and cut it from the log.
+
+    Safe: a line is complete and fsync'd before the node answers, so the request of a
+    partial line was never answered (the aggregator saw the node fail) and nothing is lost.
+    """
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    evidence = path.with_name(path.name + ".partial")
+    with evidence.open("ab") as fh:
+        fh.write(data[keep:] + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    with path.open("r+b") as fh:
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class AuditLog:
     """Append-only, hash-chained, fsync'd audit log (thread-safe).
 
-    Opening an existing log verifies it first and continues its chain.
+    Opening an existing log verifies it first and continues its chain. An unterminated last
+    line (the node died while writing it; its request was never answered) is moved to
+    ``PATH.partial`` and the chain continues from the last complete line.
 
     Raises:
         ConfigError: the existing log is broken (the message names the line); move it aside
@@ -141,6 +168,9 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             report = verify(self.path)
+            if not report.ok and _cut_off_by_crash(self.path, report):
+                _set_aside_partial_line(self.path)
+                report = verify(self.path)
             if not report.ok:
                 raise ConfigError(
                     f"audit log {self.path} is broken: {report.problem}; move it aside (keep "
@@ -173,6 +203,12 @@ class AuditLog:
             record.update(seq=self._seq, time=now, prev_hash=self._head)
             record["hash"] = record_hash(record)
             try:
+                if _fault.active("audit:append"):  # test-only: die half-way through the line
+                    line = canonical(record)
+                    self._fh.write(line[: len(line) // 2])
+                    self._fh.flush()
+                    os.fsync(self._fh.fileno())
+                    _fault.trip("audit:append")
                 self._fh.write(canonical(record) + b"\n")
                 self._fh.flush()
                 os.fsync(self._fh.fileno())

@@ -28,6 +28,7 @@ from trustspace.errors import (
     ProtocolError,
     TrustspaceError,
 )
+from trustspace.node import _fault
 from trustspace.node.audit import AuditLog
 from trustspace.node.config import NodeConfig
 from trustspace.node.policy import Policy, Request
@@ -209,6 +210,7 @@ class NodeService:
                 del self._sessions[sid]
 
     def secagg_step(self, caller: Identity, step: serde.SecAggStep) -> list[bytes]:
+        _fault.trip(f"secagg:{step.stage}")  # test-only, off unless TRUSTSPACE_TEST_FAULT is set
         self._expire()
         ctx = step.context
         params: dict[str, Any] = {

@@ -34,6 +34,9 @@ GRPC_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 PREFLIGHT_TIMEOUT_S = 10.0
+#: A restarted peer is tried again within this many ms (gRPC's default backoff grows to 120 s,
+#: so a node back after a crash would be treated as down for up to two minutes).
+MAX_RECONNECT_BACKOFF_MS = 5000
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
@@ -57,7 +60,7 @@ def split_target(target: str) -> tuple[str, int]:
 def secure_channel(target: str, creds: Credentials, server_name: str | None = None) -> grpc.Channel:
     """A mutual-TLS channel to ``target``; ``server_name`` is the name the server's certificate
     must carry (default: the host of ``target``)."""
-    options = list(GRPC_OPTIONS)
+    options = [*GRPC_OPTIONS, ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     chan_creds = grpc.ssl_channel_credentials(
