@@ -12,6 +12,12 @@ total is within N * 2^-(f+1) of the float sum: about 2^-61 relative to the decla
 finer than float64 whenever the bound is within 2^8 of the value. Record counts use f = 0
 (exact integers; at most 2^53 rows per node and MAX_NODES nodes keep them below 2^63).
 Invariant: ``decode(sum_i encode(v_i) mod 2^64) == sum_i v_i`` within that precision.
+
+Why not ``trustspace.secagg.FixedPointEncoder``: it has one scale and one clipping bound per
+vector (scale_bits 0..52, values clipped). A round mixes exact record counts with sums whose
+magnitudes differ by hundreds of binary orders, so every entry needs its own power-of-two
+scale (possibly negative), and statistics must never be clipped silently: an entry beyond
+its declared range raises EncodingOverflow instead.
 """
 
 from __future__ import annotations
