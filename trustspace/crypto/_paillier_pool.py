@@ -137,8 +137,8 @@ def run(key: Any, task: str, items: list[int], processes: int) -> list[Any]:
     from gmpy2 import mpz
 
     pool = _get_pool(key, processes)
-    chunks = max(processes * 4, 1)
-    size = -(-len(items) // chunks)
+    # many small chunks: a slow or busy worker delays the batch by one chunk at most
+    size = max(8, -(-len(items) // (processes * 16)))
     parts = [items[i : i + size] for i in range(0, len(items), size)]
     out: list[Any] = []
     for res in pool.map(_TASKS[task], parts):
