@@ -459,3 +459,34 @@ def test_simulate_reports_bad_inputs() -> None:
         secagg.simulate(np.zeros((3, 2), np.uint64), dropouts={"unmask": [3]})
     with pytest.raises(DataError, match="no inputs"):
         secagg.simulate([])
+
+
+def test_server_refuses_malformed_client_behaviour() -> None:
+    cfg, clients, server = _round(5, neighbors=2)  # sparse: each client has 2 neighbours
+    adv = {c: cl.advertise() for c, cl in clients.items()}
+    with pytest.raises(ProtocolError, match="client 9 is not a participant"):
+        SecAggServer(cfg).collect_advertise({**adv, 9: adv[1]})
+    with pytest.raises(ProtocolError, match="signed as sender 1"):
+        SecAggServer(cfg).collect_advertise({**adv, 2: adv[1]})
+    roster = server.collect_advertise(adv)
+    shares = {c: cl.share_keys(roster) for c, cl in clients.items()}
+    outsider = next(c for c in cfg.client_ids if c != 1 and c not in cfg.neighbours(1))
+    stray = {**shares, 1: {**shares[1], outsider: shares[2][next(iter(shares[2]))]}}
+    for bad, why in ((stray, "expected its 2 live neighbours"), ({**shares, 7: {}}, "without")):
+        fresh = SecAggServer(cfg)
+        fresh.collect_advertise(adv)
+        with pytest.raises(ProtocolError, match=why):
+            fresh.collect_shares(bad)
+    routed = server.collect_shares({c: shares[c] for c in (1, 2, 3, 4, 5)})
+    masked = {c: clients[c].masked_input(np.zeros(4, np.uint64), routed[c]) for c in clients}
+    wrong_len = MaskedInput(cfg.session_id, 1, 64, bytes(8 * 5))
+    with pytest.raises(ProtocolError, match=r"sent 5 values modulo 2\^64, expected 4"):
+        server.collect_masked({**masked, 1: wrong_len})
+    server = SecAggServer(cfg)
+    server.collect_advertise(adv)
+    server.collect_shares(shares)
+    request = server.collect_masked(masked)
+    answers = {c: clients[c].unmask(request) for c in request.survivors}
+    bogus = UnmaskShares(cfg.session_id, 1, ((outsider, bytes(66)),), ())
+    with pytest.raises(ProtocolError, match="cannot hold or that was not requested"):
+        server.collect_unmask({**answers, 1: bogus})
