@@ -91,6 +91,14 @@ SCHEMA = TableSchema(
         ),
         ({"op": "count", "dataset": "d", "where": "age = "}, "filter error at column 7"),
         (
+            {"op": "describe", "dataset": "d", "columns": "x", "params": {"grid_bins": 1000}},
+            "power of two in 16..4096",
+        ),
+        (
+            {"op": "mean", "dataset": "d", "columns": "x", "params": {"grid_bins": 64}},
+            "unknown key",
+        ),
+        (
             {"op": "mean", "dataset": "d", "columns": "x", "params": {"ddof": math.nan}},
             "unknown key",
         ),

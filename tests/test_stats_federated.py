@@ -523,3 +523,13 @@ def test_hypothesis_describe_under_k(tmp_path, values, k):
             assert math.isnan(res.value.loc[label, "v"])
         else:
             assert abs(res.value.loc[label, "v"] - want[label]) <= res.precision[f"v/{label}"]
+
+
+@pytest.mark.parametrize("grid_bins", [16, 64, 4096])
+def test_grid_bins_trade_rounds_for_vector_length(adult_engines, adult, grid_bins):
+    res = run(adult_engines, Query("describe", "adult", ["age"], params={"grid_bins": grid_bins}))
+    close(res.value, adult[["age"]].describe(), rel=0, abs_=1e-6)
+    default = run(adult_engines, Query("describe", "adult", ["age"]))
+    assert (res.rounds > default.rounds) == (grid_bins < 1024)
+    for key, prec in res.precision.items():
+        assert prec <= default.precision[key] * 1.0001

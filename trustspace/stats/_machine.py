@@ -51,8 +51,12 @@ __all__ = ["GRID_BINS", "Computation", "Result", "replay", "start"]
 
 #: Bins per quantile grid: each refinement narrows a bin 2^10-fold, so the default precision
 #: (DEFAULT_REFINEMENTS more grids after the first) is 2^-30 of the data's octave range.
+#: Queries may choose another power of two (``params["grid_bins"]``): fewer bins mean shorter
+#: vectors (cheaper for Paillier) but more rounds to reach the same precision.
 GRID_BINS = 1024
 DEFAULT_REFINEMENTS = 2
+#: Default quantile precision, relative to the first grid's span: 2^-30.
+DEFAULT_RELATIVE_PRECISION_BITS = 10 * (1 + DEFAULT_REFINEMENTS)
 #: Finest fixed-point scale (Term accepts |frac_bits| <= 1100; float64 ends near 2^-1074).
 MAX_FRAC_BITS = 1100
 #: Smallest bin width refined further (well above float64's subnormal range).
@@ -188,23 +192,31 @@ class _Quantiles:
     """
 
     def __init__(
-        self, column: str, n: int, qs: Sequence[float], rng: _Range, eps: float | None, k: int
+        self,
+        column: str,
+        n: int,
+        qs: Sequence[float],
+        rng: _Range,
+        eps: float | None,
+        k: int,
+        bins: int = GRID_BINS,
     ) -> None:
-        self.column, self.n, self.qs, self.k = column, n, list(qs), max(k, 1)
+        self.column, self.n, self.qs, self.k, self.bins = column, n, list(qs), max(k, 1), bins
         span = rng.span if rng.span > 0 else 1.0
-        m = math.frexp(span / GRID_BINS)[1]
+        m = math.frexp(span / bins)[1]
         while True:
             w = math.ldexp(1.0, m)
             a = math.floor(rng.lo / w) * w
-            if a + GRID_BINS * w > rng.hi:
+            if a + bins * w > rng.hi:
                 break
             m += 1
-        self.eps = eps if eps is not None else math.ldexp(w, -10 * DEFAULT_REFINEMENTS)
+        default = math.ldexp(bins * w, -DEFAULT_RELATIVE_PRECISION_BITS)
+        self.eps = eps if eps is not None else default
         self.targets: dict[int, _Target] = {}
         for q in self.qs:
             h = (n - 1) * q
             for r in {math.floor(h), min(math.floor(h) + 1, n - 1)}:
-                self.targets.setdefault(r, _Target(r, a, GRID_BINS * w, (a, w)))
+                self.targets.setdefault(r, _Target(r, a, bins * w, (a, w)))
 
     def probes(self) -> list[tuple[float, float]]:
         return list(dict.fromkeys(t.probe for t in self.targets.values() if t.probe is not None))
@@ -220,9 +232,9 @@ class _Quantiles:
                 continue  # the finer bin would describe fewer than k records, or is uncertain
             t.value, t.width = a + i * w, w
             # Stop at the requested precision, or where float64 cannot split the bin further.
-            finest = GRID_BINS * max(math.ulp(t.value), math.ulp(t.value + w), _TINY)
+            finest = self.bins * max(math.ulp(t.value), math.ulp(t.value + w), _TINY)
             if w > self.eps and w > finest:
-                t.probe = (t.value, w / GRID_BINS)
+                t.probe = (t.value, w / self.bins)
 
     def estimate(self, q: float) -> tuple[float, float]:
         """(value, absolute precision) of quantile q with pandas' linear interpolation."""
@@ -468,7 +480,10 @@ class Computation:
         ]
 
         eps = q.params.get("precision")
-        qs = {c: _Quantiles(c, int(n[c]), quant[c], rng[c], eps, k) for c in quant if c in live}
+        bins = int(q.params.get("grid_bins", GRID_BINS))
+        qs = {
+            c: _Quantiles(c, int(n[c]), quant[c], rng[c], eps, k, bins) for c in quant if c in live
+        }
 
         # Round 1: sums -> means (and first quantile grids).
         mean: dict[str, float] = {}
@@ -543,7 +558,7 @@ class Computation:
         for c, qc in qs.items():
             for probe in qc.probes():
                 grid_keys.append((c, probe))
-                all_terms.append(Term.grid(c, probe[0], probe[1], GRID_BINS))
+                all_terms.append(Term.grid(c, probe[0], probe[1], qc.bins))
         total = yield from self._ask(all_terms)
         return total, grid_keys
 
@@ -554,10 +569,12 @@ class Computation:
         grid_keys: list[tuple[str, tuple[float, float]]],
         start: int,
     ) -> None:
-        size = GRID_BINS + 2
         per: dict[str, dict[tuple[float, float], Vec]] = {}
-        for i, (c, probe) in enumerate(grid_keys):
-            per.setdefault(c, {})[probe] = total[start + i * size : start + (i + 1) * size]
+        pos = start
+        for c, probe in grid_keys:
+            size = qs[c].bins + 2
+            per.setdefault(c, {})[probe] = total[pos : pos + size]
+            pos += size
         for c, grids in per.items():
             qs[c].absorb(grids)
 

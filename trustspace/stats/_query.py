@@ -36,6 +36,8 @@ GROUP_AGGS = ("size", "count", "sum", "mean", "var", "std")
 #: Most bins a histogram may ask for, and most values a group-by domain may list.
 MAX_BINS = 100_000
 MAX_GROUPS = 10_000
+#: Bins per quantile refinement grid a query may ask for (powers of two keep bins exact).
+GRID_BIN_CHOICES = tuple(2**i for i in range(4, 13))
 
 _PARAMS: dict[str, set[str]] = {
     "count": set(),
@@ -46,10 +48,10 @@ _PARAMS: dict[str, set[str]] = {
     "skew": set(),
     "kurt": set(),
     "histogram": {"bins", "range"},
-    "quantile": {"q", "precision"},
+    "quantile": {"q", "precision", "grid_bins"},
     "cov": {"ddof"},
     "corr": set(),
-    "describe": {"percentiles", "precision"},
+    "describe": {"percentiles", "precision", "grid_bins"},
     "group_by": {"by", "agg", "values"},
 }
 
@@ -119,6 +121,10 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
         _probabilities(p["percentiles"], "query 'params.percentiles'")
     if "precision" in p and _number(p["precision"], "query 'params.precision'") <= 0:
         raise ValueError("query 'params.precision': must be > 0")
+    if "grid_bins" in p:
+        gb = p["grid_bins"]
+        if isinstance(gb, bool) or not isinstance(gb, int) or gb not in GRID_BIN_CHOICES:
+            raise ValueError(f"query 'params.grid_bins': {gb!r} is not a power of two in 16..4096")
     if op == "group_by":
         by = p.get("by")
         if not isinstance(by, str) or not by:
@@ -163,8 +169,10 @@ class Query:
         where: an optional filter in the filter language (see ``parse_filter``).
         params: op options, JSON-able: ``ddof`` (var, std, cov; default 1; note pandas'
             ``DataFrame.cov`` ignores ddof when the frame holds NaN, we never do), ``bins`` and
-            ``range`` (histogram), ``q`` and ``precision`` (quantile), ``percentiles`` and
-            ``precision`` (describe), ``by``, ``agg`` and ``values`` (group_by).
+            ``range`` (histogram), ``q``, ``precision`` and ``grid_bins`` (quantile),
+            ``percentiles``, ``precision`` and ``grid_bins`` (describe), ``by``, ``agg`` and
+            ``values`` (group_by). ``grid_bins`` (a power of two, 16..4096, default 1024) trades
+            vector length (Paillier cost) against rounds.
 
     >>> q = Query("mean", "adult", "age", where="sex = 'Male'")
     >>> q.columns
