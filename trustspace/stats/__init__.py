@@ -12,10 +12,11 @@ Map:
   params: ``count`` (no columns: rows), ``sum``, ``mean``, ``var``/``std`` (``ddof``, default
   1), ``skew``, ``kurt`` (pandas' bias-corrected G1/G2), ``histogram`` (``bins``: edges, or a
   number with ``range=[lo, hi]``; numpy.histogram semantics), ``quantile`` (``q``: float or
-  list, ``precision``: absolute, default 2^-30 of the octave range), ``cov`` (``ddof``) and
-  ``corr`` (pairwise-complete rows, as pandas), ``describe`` (``percentiles``,
-  ``precision``), ``group_by`` (``by``, ``agg={column: [size|count|sum|mean|var|std]}``,
-  ``values``: the public group values, else the schema's declared domain).
+  list, ``precision``: absolute, default 2^-30 of the octave range; ``grid_bins``: bins per
+  refinement round, default 1024), ``cov`` (``ddof``) and ``corr`` (pairwise-complete rows,
+  as pandas), ``describe`` (``percentiles``, ``precision``, ``grid_bins``), ``group_by``
+  (``by``, ``agg={column: [size|count|sum|mean|var|std]}``, ``values``: the public group
+  values, else the schema's declared domain).
 - ``start(query, schema, min_group_size) -> Computation``: the state machine.
   ``next_round() -> Round | None`` (the same round until fed), ``feed(total,
   suppressed=())`` (the decoded element-wise sum over the nodes; ``suppressed``: indices
