@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from trustspace.api import Federation, infer_columns
-from trustspace.errors import ConfigError, DataError, NotBuiltError, PolicyError
+from trustspace.errors import ConfigError, DataError, PolicyError
 from trustspace.node.audit import verify
 
 KEY_BITS = 2048  # the smallest key the Paillier module allows; tests only
@@ -116,9 +116,9 @@ def test_audit_logs_every_request_and_verify(fed: Federation) -> None:
         assert counted[-1]["via"] == "aggregator" and counted[-1]["outcome"] == "ok"
 
 
-def test_anonymize_not_built_yet(fed: Federation) -> None:
-    with pytest.raises(NotBuiltError):
-        fed.anonymize("default", k=5)
+def test_anonymize_needs_quasi_identifiers(fed: Federation) -> None:
+    with pytest.raises(ConfigError, match="quasi-identifier"):
+        fed.anonymize("default", {}, k=5)
 
 
 def test_status_lists_nodes(fed: Federation) -> None:

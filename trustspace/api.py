@@ -266,6 +266,7 @@ class Federation:
                     ),
                     policy=pol,
                     audit_path=root / "audit" / f"{name}.jsonl",
+                    output_dir=root / "output" / name,
                     source=Path(f"<Federation.local node {name}>"),
                     drain_grace_s=5.0,
                 )
@@ -547,9 +548,115 @@ class Federation:
             params["values"] = list(values)
         return self._value(Query("group_by", dataset, tuple(aggs), where, params), method)
 
-    def anonymize(self, dataset: str, **kwargs: Any) -> Any:
-        """Federated k-anonymization (not built yet over the network)."""
-        return self._client.run_anonymization({"dataset": dataset, **kwargs})
+    def anonymize(
+        self,
+        dataset: str,
+        quasi_identifiers: Mapping[str, Any],
+        k: int = 5,
+        l: float | None = None,  # noqa: E741 - ℓ is the literature's name
+        t: float | None = None,
+        sensitive: str | None = None,
+        suppression_limit: float = 0.05,
+        metric: str = "loss",
+        *,
+        sensitive_values: Sequence[Any] | None = None,
+        diversity: str = "distinct",
+        c: float | None = None,
+        ordered: bool | None = None,
+        suppressed: str = "drop",
+        disclosure: str = "base",
+        release: bool | None = None,
+    ) -> Any:
+        """Federated k-anonymization (optimal full-domain generalization) over every node.
+
+        The search runs at the aggregator on global histograms of generalized tuples summed
+        by secure aggregation; each node applies the chosen levels and suppressed classes to
+        its own rows and writes them under its ``output_dir``. The union of the outputs is what
+        ``trustspace.anon.anonymize`` gives on the union of the data.
+
+        Args:
+            dataset: the dataset every node serves.
+            quasi_identifiers: ``{column: hierarchy}``, a ``Hierarchy`` or the path of an ARX
+                hierarchy CSV (read here; the hierarchies travel with the request).
+            k, l, t, sensitive, diversity, c, ordered: privacy models, as ``anon.anonymize``.
+            sensitive_values: the sensitive attribute's public domain (default: the domain
+                declared for the column in the node configs).
+            suppression_limit, metric, suppressed: as ``anon.anonymize``.
+            disclosure: ``"base"`` (default: the aggregator learns the global histogram of
+                the original quasi-identifier tuples once, two rounds in all) or ``"visited"``
+                (only the histograms of the lattice nodes the search visits, one round each).
+                See docs/security-anon.md.
+            release: ask for the rows (``True``: a node whose policy keeps them raises
+                ``PolicyError``), never (``False``), or when every node allows it (``None``).
+
+        Returns:
+            A ``trustspace.anon.federated.FederatedRelease`` (``str()`` is a short report):
+            ``levels``, ``suppressed``, ``classes``, ``metrics``, ``outputs`` (where each node
+            wrote its rows) and ``data`` (a DataFrame of the released rows, or ``None``).
+
+        Raises:
+            PolicyError: a node's policy refused a step (names node and rule), e.g. fewer
+                than 3 nodes without ``allow_two_party_anonymization``.
+            DataError: a node holds values its hierarchy does not cover (names node, column
+                and values), or no transformation satisfies the models.
+        """
+        import io
+
+        import pandas as pd
+
+        from trustspace.anon.federated import AnonSpec, FederatedRelease, NodeOutput
+        from trustspace.anon.hierarchy import Hierarchy
+        from trustspace.anon.search import Result as AnonResult
+
+        if not quasi_identifiers:
+            raise ConfigError("name at least one quasi-identifier: {column: hierarchy}")
+        hs = []
+        for name, h in quasi_identifiers.items():
+            if isinstance(h, Hierarchy):
+                hs.append(h if h.name == name else Hierarchy(name, h.rows, source=h.source))
+            else:
+                hs.append(Hierarchy.from_csv(h, name))
+        raw: dict[str, Any] = {
+            "dataset": dataset,
+            "hierarchies": [{"name": h.name, "rows": [list(r) for r in h.rows]} for h in hs],
+            "sensitive": sensitive,
+            "sensitive_values": (
+                None if sensitive_values is None else [str(v) for v in sensitive_values]
+            ),
+            "k": k,
+            "l": l,
+            "t": t,
+            "diversity": diversity,
+            "c": c,
+            "ordered": ordered,
+            "suppression_limit": suppression_limit,
+            "metric": metric,
+            "suppressed": suppressed,
+            "disclosure": disclosure,
+        }
+        if sensitive is None or sensitive_values is not None:  # check here, before any round
+            AnonSpec.from_dict({**raw, "ordered": bool(ordered)})
+        out = self._client.run_anonymization({"spec": raw, "release": release})
+        result = AnonResult.from_json(out["result"])
+        data = None
+        if out.get("rows") is not None:
+            qi = {q: str for q in result.quasi_identifiers}
+            frames = [
+                pd.read_csv(io.StringIO(text), dtype=qi, keep_default_na=False, na_values=[""])
+                for text in out["rows"].values()
+            ]
+            data = pd.concat(frames, ignore_index=True) if frames else None
+        self.last_info = {k_: out.get(k_) for k_ in ("nodes", "excluded", "rounds", "learned")}
+        return FederatedRelease(
+            result=result,
+            outputs=tuple(NodeOutput(**o) for o in out["outputs"]),
+            data=data,
+            rounds=int(out["rounds"]),
+            disclosure=str(out["disclosure"]),
+            learned=tuple(tuple(lv) for lv in out["learned"]),
+            seconds=float(out["seconds"]),
+            extra={k_: out.get(k_) for k_ in ("nodes", "excluded", "vector_entries")},
+        )
 
 
 class GroupBy:

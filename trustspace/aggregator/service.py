@@ -28,15 +28,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from trustspace.aggregator._anon import run_anonymization
 from trustspace.errors import (
     AuthenticationError,
     ConfigError,
     NodeError,
-    NotBuiltError,
     ProtocolError,
     ThresholdError,
     TrustspaceError,
@@ -68,6 +68,18 @@ PLAN_CACHE_S = 600.0  # how long a Paillier query's participants and schema are 
 MAX_ROUNDS_PER_REQUEST = 16
 
 
+class Summable(Protocol):
+    """What ``secure_sum`` aggregates: a vector of ``size`` entries each node computes."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def index(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What one analyst request runs over: nodes, schema and the strictest min_group_size."""
@@ -77,6 +89,7 @@ class _Plan:
     min_group_size: int
     excluded: tuple[str, ...]
     created: float
+    release: frozenset[str] = frozenset()  # nodes whose policy lets anonymized rows leave
 
 
 def _ctx_for(query: Query, analyst: str, request_id: str) -> serde.RequestContext:
@@ -190,16 +203,20 @@ class AggregatorService:
         assert schema is not None
         strictest = max(desc.min_group_size for desc in answers.values())
         nodes = tuple(n for n in self.nodes if n.name in answers)
-        plan = _Plan(nodes, schema, strictest, tuple(sorted(failed)), now)
+        release = frozenset(name for name, d in answers.items() if d.release_rows)
+        plan = _Plan(nodes, schema, strictest, tuple(sorted(failed)), now, release)
         with self._lock:
             self._plans[key] = plan
         return plan
 
     # ------------------------------------------------------------------ secure aggregation
     def secure_sum(
-        self, ctx: serde.RequestContext, rnd: Round, nodes: Sequence[NodeClient]
+        self, ctx: serde.RequestContext, rnd: Summable, nodes: Sequence[NodeClient]
     ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
         """Sum the nodes' encoded local vectors of ``rnd`` by one SecAgg+ session.
+
+        ``rnd`` is a stats ``Round`` or another vector the nodes know how to compute (its
+        ``part``, e.g. an anonymization round: ``aggregator._anon.AnonRound``).
 
         Returns (the uint64 total, the names of the nodes whose input is in it).
 
@@ -242,6 +259,7 @@ class AggregatorService:
         )
         server = SecAggServer(config)
         round_dict = rnd.to_dict()
+        part: str = getattr(rnd, "part", "all")
         dropped: dict[str, TrustspaceError] = {}
         timeout = self.call_timeout_s
 
@@ -254,6 +272,7 @@ class AggregatorService:
                     payloads=tuple(payloads),
                     round=round_dict if stage == "advertise" else {},
                     client_id=ids[client.name],
+                    part=part,
                 ),
                 timeout,
             )
@@ -455,7 +474,9 @@ class AggregatorService:
         return serde.RoundResult(total.to_bytes(), suppressed, len(plan.nodes))
 
     def run_anonymization(self, caller: Identity, spec: dict[str, Any]) -> Any:
-        raise NotBuiltError("federated anonymization is not built yet in this aggregator")
+        """Federated anonymization (``aggregator._anon``): search on securely aggregated
+        histograms, apply at every node, release where policy allows."""
+        return run_anonymization(self, caller, spec)
 
     def status(self, caller: Identity) -> list[serde.NodeStatus]:
         ctx = serde.RequestContext(analyst=caller.name, request_id="", operation="status")

@@ -101,14 +101,27 @@ class TlsConfig:
     ca: Path
     cert: Path
     key: Path
+    #: refused peers: certificate names, or serial numbers as ``"serial:HEX"`` (a deny list)
+    revoked: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, t: _Table, base: Path) -> TlsConfig:
+        revoked = t.str_list("revoked", [])
+        for r in revoked:
+            if r.lower().startswith("serial:"):
+                try:
+                    int(r.split(":", 1)[1], 16)
+                except ValueError:
+                    raise ConfigError(
+                        f"{t.where('revoked')}: {r!r} is not serial:HEX (e.g. serial:1f3a)"
+                    ) from None
         if "dir" in t.data:
             d = t.path_value("dir", base)
             t.check_unknown()
-            return cls(d / "ca.pem", d / "cert.pem", d / "key.pem")
-        tls = cls(t.path_value("ca", base), t.path_value("cert", base), t.path_value("key", base))
+            return cls(d / "ca.pem", d / "cert.pem", d / "key.pem", revoked)
+        tls = cls(
+            t.path_value("ca", base), t.path_value("cert", base), t.path_value("key", base), revoked
+        )
         t.check_unknown()
         return tls
 
@@ -161,6 +174,7 @@ class PolicyConfig:
     min_group_size: int = 10
     release_rows: bool = False
     rate_limit: RateLimit | None = None
+    allow_two_party_anonymization: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,7 @@ class NodeConfig:
     source: Path = field(default=Path("<memory>"))
     session_timeout_s: float = 300.0
     drain_grace_s: float = 30.0
+    output_dir: Path | None = None  # anonymized rows; None: audit folder/anonymized/<name>
 
 
 @dataclass(frozen=True)
@@ -220,6 +235,7 @@ def parse_policy(t: _Table) -> PolicyConfig:
     if mgs < 1:
         raise ConfigError(f"{t.where('min_group_size')} = {mgs}: must be at least 1")
     release = t.get("release_rows", bool, False)
+    two_party = t.get("allow_two_party_anonymization", bool, False)
     rate: RateLimit | None = None
     if "rate_limit" in t.data:
         rt = t.table("rate_limit")
@@ -245,7 +261,7 @@ def parse_policy(t: _Table) -> PolicyConfig:
         )
         rt.check_unknown()
     t.check_unknown()
-    return PolicyConfig(tuple(rules), mgs, release, rate)
+    return PolicyConfig(tuple(rules), mgs, release, rate, two_party)
 
 
 def policy_from_dict(data: dict[str, Any], source: str = "<policy>") -> PolicyConfig:
@@ -267,6 +283,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     listen = _check_address(node, "listen", node.get("listen", str, f"0.0.0.0:{DEFAULT_NODE_PORT}"))
     timeout = node.get("session_timeout_s", (int, float), 300.0)
     grace = node.get("drain_grace_s", (int, float), 30.0)
+    out_dir = node.path_value("output_dir", base) if "output_dir" in node.data else None
     node.check_unknown()
     tls = TlsConfig.parse(root.table("tls", required=True), base)
     audit = root.table("audit", required=True)
@@ -346,6 +363,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         source=p,
         session_timeout_s=float(timeout),
         drain_grace_s=float(grace),
+        output_dir=out_dir,
     )
 
 

@@ -45,6 +45,13 @@ def _matches(allowed: tuple[str, ...], value: str) -> bool:
     return ALL in allowed or value in allowed
 
 
+def _op_matches(allowed: tuple[str, ...], op: str) -> bool:
+    """Operations also match a family: ``"anonymize.*"`` allows every ``anonymize.`` step."""
+    return _matches(allowed, op) or any(
+        a.endswith(".*") and op.startswith(a[:-1]) for a in allowed
+    )
+
+
 class _Bucket:
     def __init__(self, capacity: int, per_second: float, now: float) -> None:
         self.tokens = float(capacity)
@@ -131,7 +138,7 @@ no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
                 "datasets",
                 f"analyst {req.analyst!r} may not use dataset {req.dataset!r}",
             )
-        cand = [r for r in cand if _matches(r.operations, req.operation)]
+        cand = [r for r in cand if _op_matches(r.operations, req.operation)]
         if not cand:
             raise PolicyRefused(
                 self.node,

@@ -17,18 +17,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
 from trustspace.errors import (
     DataError,
-    NotBuiltError,
     PolicyError,
     ProtocolError,
     TrustspaceError,
 )
 from trustspace.node import _fault
+from trustspace.node._anon import AnonJobs
 from trustspace.node.audit import AuditLog
 from trustspace.node.config import NodeConfig
 from trustspace.node.policy import Policy, Request
@@ -95,6 +95,7 @@ class NodeService:
         self._sessions: dict[bytes, _Session] = {}
         self._lock = threading.Lock()
         self._datasets = {d.name for d in config.datasets}
+        self._anon = AnonJobs(config, engine, clock, self._datasets)
 
     # ------------------------------------------------------------------ audit + policy
     def _handle(
@@ -109,8 +110,10 @@ class NodeService:
         work: Callable[[], T],
         check: bool = True,
         unchecked_reason: str = "",
+        extra: Callable[[], None] | None = None,
     ) -> T:
-        """Check policy, run ``work``, write the audit line (fsync), then return."""
+        """Check policy (and ``extra``, a further policy check), run ``work``, write the audit
+        line (fsync), then return."""
         entry: dict[str, Any] = {
             "requester": ctx.analyst,
             "via": caller.name,
@@ -127,6 +130,8 @@ class NodeService:
                         f"node {self.name}: request from {caller.name} names no analyst"
                     )
                 self.policy.check(Request(ctx.analyst, operation, dataset, columns, ctx.request_id))
+            if extra is not None:
+                extra()
         except PolicyError as exc:
             entry.update(decision="deny", reason=str(exc), outcome="refused")
             self.audit.append(entry)
@@ -218,6 +223,8 @@ class NodeService:
             "session": step.setup.session_id.hex()[:16],
             "query": dict(ctx.params),
         }
+        if step.stage == "advertise" and step.part == "anon.histogram":
+            return self._anon_advertise(caller, step, params)
         if step.stage == "advertise":
             rnd = parse_round(step.round, self.name)
             params["round"] = rnd.index
@@ -255,6 +262,12 @@ class NodeService:
 
     def _advertise(self, step: serde.SecAggStep, rnd: Round) -> list[bytes]:
         self._check_round(step.context, rnd)
+        return self._open_session(step, lambda: self._local(rnd).view(np.uint64), rnd.index)
+
+    def _open_session(
+        self, step: serde.SecAggStep, local: Callable[[], np.ndarray[Any, Any]], index: int
+    ) -> list[bytes]:
+        """Start a SecAgg client over the vector ``local()`` and answer the advertise stage."""
         s = step.setup
         cfg = SecAggConfig(
             session_id=s.session_id,
@@ -266,10 +279,10 @@ class NodeService:
         )
         if cfg.modulus_bits != 64:
             raise ProtocolError(f"node {self.name}: statistics need 64-bit secure aggregation")
-        vector = self._local(rnd).view(np.uint64)
+        vector = local()
         if vector.shape[0] != cfg.vector_length:
             raise ProtocolError(
-                f"node {self.name}: round has {vector.shape[0]} entries but the session "
+                f"node {self.name}: round {index} has {vector.shape[0]} entries but the session "
                 f"declares {cfg.vector_length}"
             )
         client = SecAggClient(cfg, step.client_id)
@@ -390,21 +403,112 @@ class NodeService:
         )
 
     # ------------------------------------------------------------------ anonymization
-    def anonymization(self, caller: Identity, ctx: serde.RequestContext, step: str) -> Any:
-        def work() -> Any:
-            raise NotBuiltError(
-                f"node {self.name}: federated anonymization ({step}) is not built yet"
-            )
-
+    def _anon_advertise(
+        self, caller: Identity, step: serde.SecAggStep, params: dict[str, Any]
+    ) -> list[bytes]:
+        """The advertise stage of one anonymization round: this node's vector of the job."""
+        ctx = step.context
+        job = self._anon.job(ctx.analyst, ctx.request_id)
+        vec = step.round.get("vector")
+        if isinstance(vec, dict):
+            params["vector"] = {k: vec.get(k) for k in ("kind", "levels", "cells")}
         return self._handle(
             caller,
             ctx,
-            operation=f"anonymize.{step}",
+            operation="anonymize.histogram",
+            dataset=job.spec.dataset,
+            columns=job.spec.columns,
+            params=params,
+            work=lambda: self._open_session(step, lambda: self._anon.vector(job, step.round), 0),
+            extra=lambda: self._anon.check_parties(len(step.setup.client_ids)),
+        )
+
+    def anon_histogram(
+        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Prepare an anonymization job: policy, participants, this node's tuple counts."""
+        try:
+            spec, nodes = self._anon.parse_spec(payload)
+        except TrustspaceError as exc:
+            self._refuse_malformed(caller, ctx, "anonymize.histogram", exc)
+        params = {
+            "step": "prepare",
+            "quasi_identifiers": list(spec.quasi_identifiers),
+            "models": [m.describe() for m in spec.models()],
+            "suppression_limit": spec.suppression_limit,
+            "disclosure": spec.disclosure,
+            "nodes": list(nodes),
+        }
+        return self._handle(
+            caller,
+            ctx,
+            operation="anonymize.histogram",
+            dataset=spec.dataset,
+            columns=spec.columns,
+            params=params,
+            work=lambda: self._anon.prepare(spec, ctx.analyst, ctx.request_id),
+            extra=lambda: self._anon.check_parties(len(nodes)),
+        )
+
+    def anon_apply(
+        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Apply the chosen transformation to this node's rows and write them locally."""
+        try:
+            job = self._anon.job(ctx.analyst, ctx.request_id)
+        except TrustspaceError as exc:
+            self._refuse_malformed(caller, ctx, "anonymize.apply", exc)
+        dataset = job.spec.dataset
+        columns = tuple(self.engine.schema(dataset).columns)
+        return self._handle(
+            caller,
+            ctx,
+            operation="anonymize.apply",
+            dataset=dataset,
+            columns=columns,
+            params={"step": "apply", "digest": job.spec.digest()[:16]},
+            work=lambda: self._anon.apply(job, payload),
+        )
+
+    def anon_release(self, caller: Identity, ctx: serde.RequestContext) -> bytes:
+        """The rows written by ``anon_apply``, if ``policy.release_rows`` allows it."""
+        try:
+            job = self._anon.job(ctx.analyst, ctx.request_id)
+        except TrustspaceError as exc:
+            self._refuse_malformed(caller, ctx, "anonymize.release", exc)
+        dataset = job.spec.dataset
+        columns = tuple(self.engine.schema(dataset).columns)
+        return self._handle(
+            caller,
+            ctx,
+            operation="anonymize.release",
+            dataset=dataset,
+            columns=columns,
+            params={"step": "release", "path": str(job.output) if job.output else ""},
+            work=lambda: self._anon.release(job),
+            extra=lambda: self.policy.check_release(ctx.analyst),
+        )
+
+    def _refuse_malformed(
+        self, caller: Identity, ctx: serde.RequestContext, operation: str, exc: TrustspaceError
+    ) -> NoReturn:
+        """Audit a request that could not even be parsed, then raise its error."""
+
+        def fail() -> None:
+            raise exc
+
+        self._handle(
+            caller,
+            ctx,
+            operation=operation,
             dataset=ctx.dataset,
             columns=ctx.columns,
             params=dict(ctx.params),
-            work=work,
+            work=fail,
+            check=False,
+            unchecked_reason="malformed request",
         )
+        raise exc
 
     def close(self) -> None:
         self.audit.close()

@@ -111,6 +111,34 @@ class NodeClient(_Client):
         return bytes(resp.encrypted_vector)
 
 
+    def anon_histogram(
+        self, ctx: serde.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Prepare an anonymization job at the node; returns its summary (node, digest)."""
+        req = node_pb2.AnonHistogramRequest(
+            context=serde.context_to_proto(ctx), spec_json=serde.dumps(payload)
+        )
+        resp = self._call("AnonHistogram", self._stub.AnonHistogram, req, timeout)
+        return serde.loads_dict(resp.summary_json, "summary_json")
+
+    def anon_apply(
+        self, ctx: serde.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Have the node apply the transformation to its rows and write them locally."""
+        req = node_pb2.AnonApplyRequest(
+            context=serde.context_to_proto(ctx), transformation_json=serde.dumps(payload)
+        )
+        return serde.anon_applied_from_proto(
+            self._call("AnonApply", self._stub.AnonApply, req, timeout)
+        )
+
+    def anon_release(self, ctx: serde.RequestContext, timeout: float = STEP_TIMEOUT_S) -> bytes:
+        """The node's anonymized rows (CSV), if its policy lets them leave."""
+        req = node_pb2.AnonReleaseRequest(context=serde.context_to_proto(ctx))
+        resp = self._call("AnonRelease", self._stub.AnonRelease, req, timeout)
+        return bytes(resp.rows_csv)
+
+
 class AggregatorClient(_Client):
     """An analyst's connection to the aggregator."""
 

@@ -17,7 +17,7 @@ from trustspace.errors import ProtocolError
 from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2
 
 SECAGG_STAGES = ("advertise", "share_keys", "masked_input", "unmask")
-PARTS = ("all", "counts")
+PARTS = ("all", "counts", "anon.histogram")  # "anon.histogram": round is an anon vector request
 MAX_JSON_CHARS = 8 * 1024 * 1024
 
 
@@ -485,3 +485,20 @@ def join_words(words: Any) -> Any:
     lo = w[half:].view(np.uint64)
     with np.errstate(over="ignore"):
         return (hi << np.uint64(WORD_BITS)) + lo
+
+
+def anon_applied_to_proto(out: Mapping[str, Any]) -> node_pb2.AnonApplyResponse:
+    """A node's ``anon_apply`` answer (rows written, rows suppressed, where) as proto."""
+    return node_pb2.AnonApplyResponse(
+        rows_written=int(out["rows_written"]),
+        rows_suppressed=int(out["rows_suppressed"]),
+        output_path=str(out["output_path"]),
+    )
+
+
+def anon_applied_from_proto(msg: node_pb2.AnonApplyResponse) -> dict[str, Any]:
+    return {
+        "rows_written": int(msg.rows_written),
+        "rows_suppressed": int(msg.rows_suppressed),
+        "output_path": msg.output_path,
+    }

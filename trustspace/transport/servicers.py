@@ -29,7 +29,15 @@ class NodeHandler(Protocol):
 
     def paillier_stats(self, caller: Identity, req: serde.PaillierRequest) -> bytes: ...
 
-    def anonymization(self, caller: Identity, ctx: serde.RequestContext, step: str) -> Any: ...
+    def anon_histogram(
+        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def anon_apply(
+        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def anon_release(self, caller: Identity, ctx: serde.RequestContext) -> bytes: ...
 
 
 class AggregatorHandler(Protocol):
@@ -73,13 +81,34 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             "PaillierStats",
         )
         self._anon = {
-            step: g(
-                lambda req, who, step=step: h.anonymization(
-                    who, serde.context_from_proto(req.context), step
+            "histogram": g(
+                lambda req, who: node_pb2.AnonHistogramResponse(
+                    summary_json=serde.dumps(
+                        h.anon_histogram(
+                            who,
+                            serde.context_from_proto(req.context),
+                            serde.loads_dict(req.spec_json, "spec_json"),
+                        )
+                    )
                 ),
-                f"Anon{step.title()}",
-            )
-            for step in ("histogram", "apply", "release")
+                "AnonHistogram",
+            ),
+            "apply": g(
+                lambda req, who: serde.anon_applied_to_proto(
+                    h.anon_apply(
+                        who,
+                        serde.context_from_proto(req.context),
+                        serde.loads_dict(req.transformation_json, "transformation_json"),
+                    )
+                ),
+                "AnonApply",
+            ),
+            "release": g(
+                lambda req, who: node_pb2.AnonReleaseResponse(
+                    rows_csv=h.anon_release(who, serde.context_from_proto(req.context))
+                ),
+                "AnonRelease",
+            ),
         }
 
     def DescribeDatasets(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -126,7 +126,10 @@ class SecAggStepRequest(_message.Message):
     client_id: _builtins.str
     """this node's id in the session"""
     part: _builtins.str
-    """Which part of the round's vector to aggregate: "all" or "counts" (record counts only)."""
+    """Which part of the round's vector to aggregate: "all" or "counts" (record counts only), or
+    "anon.histogram": round_json is then an anonymization vector request (marginals or the
+    histogram of generalized tuples at some levels) of the job prepared by AnonHistogram.
+    """
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext: ...
     @_builtins.property
@@ -247,7 +250,9 @@ class AnonHistogramRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     SPEC_JSON_FIELD_NUMBER: _builtins.int
     spec_json: _builtins.str
-    """quasi-identifiers, hierarchies and levels"""
+    """{"spec": trustspace.anon.federated.AnonSpec.to_dict(), "nodes": [participant names]}:
+    the node checks its policy, reads its tuple counts and keeps them for the job's rounds.
+    """
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext: ...
     def __init__(
@@ -268,17 +273,17 @@ Global___AnonHistogramRequest: _TypeAlias = AnonHistogramRequest  # noqa: Y015
 class AnonHistogramResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    TUPLES_JSON_FIELD_NUMBER: _builtins.int
-    tuples_json: _builtins.str
-    """the tuple domain this node saw (values only, no counts)"""
+    SUMMARY_JSON_FIELD_NUMBER: _builtins.int
+    summary_json: _builtins.str
+    """{"node": name, "digest": SHA-256 of the spec}: no counts, no values."""
     def __init__(
         self,
         *,
-        tuples_json: _builtins.str = ...,
+        summary_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tuples_json", b"tuples_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["summary_json", b"summary_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,9 +295,8 @@ class AnonApplyRequest(_message.Message):
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     TRANSFORMATION_JSON_FIELD_NUMBER: _builtins.int
-    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     transformation_json: _builtins.str
-    output_path: _builtins.str
+    """{"result": trustspace.anon.Result.to_json(), "digest": the spec's digest}."""
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext: ...
     def __init__(
@@ -300,11 +304,10 @@ class AnonApplyRequest(_message.Message):
         *,
         context: _common_pb2.RequestContext | None = ...,
         transformation_json: _builtins.str = ...,
-        output_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "output_path", b"output_path", "transformation_json", b"transformation_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "transformation_json", b"transformation_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,6 +323,7 @@ class AnonApplyResponse(_message.Message):
     rows_written: _builtins.int
     rows_suppressed: _builtins.int
     output_path: _builtins.str
+    """where the node wrote them (its own file system)"""
     def __init__(
         self,
         *,
@@ -340,19 +344,18 @@ class AnonReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
-    OUTPUT_PATH_FIELD_NUMBER: _builtins.int
-    output_path: _builtins.str
     @_builtins.property
-    def context(self) -> _common_pb2.RequestContext: ...
+    def context(self) -> _common_pb2.RequestContext:
+        """the job is the one of context.request_id"""
+
     def __init__(
         self,
         *,
         context: _common_pb2.RequestContext | None = ...,
-        output_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "output_path", b"output_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

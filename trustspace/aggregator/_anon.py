@@ -1,0 +1,230 @@
+"""The aggregator's federated anonymization driver (``RunAnonymization``).
+
+1. Plan: describe the nodes (same schema everywhere), complete the spec (the sensitive
+   attribute's public domain from the schema), and have every node prepare the job
+   (``AnonHistogram``: policy, at least 3 participants unless every node's policy allows two,
+   hierarchy coverage of its local values, the spec's digest).
+2. Search: ``trustspace.anon.search`` over an ``AggregatedOracle`` whose every miss is ONE
+   secure-aggregation round (``AggregatorService.secure_sum``, part ``anon.histogram``) of the
+   nodes' vectors; everything derivable is rolled up (see ``trustspace.anon.federated``).
+3. Apply: every node applies the chosen levels and the suppressed classes (decided on the
+   global counts) to its own rows and writes them under its ``output_dir``.
+4. Release: the rows come back to the analyst only from nodes whose ``release_rows`` allows it.
+
+What the aggregator learns: the marginals, and the global histograms listed in the result's
+``histograms_learned`` (docs/security-anon.md, "Federated anonymization").
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trustspace.anon.domain import sorted_values
+from trustspace.anon.federated import AggregatedOracle, AnonSpec, VectorRequest
+from trustspace.anon.search import search
+from trustspace.errors import ConfigError, NodeError, ProtocolError
+from trustspace.stats import Query
+from trustspace.transport import serde
+
+if TYPE_CHECKING:
+    from trustspace.aggregator.service import AggregatorService
+    from trustspace.transport.ca import Identity
+
+log = logging.getLogger("trustspace.aggregator")
+
+
+@dataclass(frozen=True)
+class AnonRound:
+    """One anonymization round as ``secure_sum`` sees it (length, payload, label)."""
+
+    size: int
+    payload: Mapping[str, Any]
+    index: int
+    part: str = "anon.histogram"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.payload)
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        for v in values:
+            float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _complete(raw: Mapping[str, Any], schema_columns: Mapping[str, Any], domains: Mapping[str, Any]
+              ) -> AnonSpec:  # fmt: skip
+    """The spec, with the sensitive domain taken from the schema when the analyst gave none."""
+    data = dict(raw)
+    sensitive = data.get("sensitive")
+    hs = data.get("hierarchies")
+    names = [h.get("name") for h in hs if isinstance(h, Mapping)] if isinstance(hs, list) else []
+    dataset = data.get("dataset")
+    for col in [*names, *([sensitive] if sensitive else [])]:
+        if col not in schema_columns:
+            raise ConfigError(
+                f"column {col!r} is not in dataset {dataset!r} (its columns are "
+                f"{', '.join(schema_columns)})"
+            )
+    if sensitive and not data.get("sensitive_values"):
+        declared = domains.get(sensitive)
+        if not declared:
+            raise ConfigError(
+                f"the sensitive attribute {sensitive!r} needs a public value domain: pass "
+                f"sensitive_values=[...] or declare datasets.{dataset}.domains.{sensitive} in "
+                "every node's config"
+            )
+        data["sensitive_values"] = sorted_values([str(v) for v in declared])
+    if data.get("ordered") is None:
+        sv = data.get("sensitive_values") or []
+        data["ordered"] = bool(sv) and _numeric([str(v) for v in sv])
+    return AnonSpec.from_dict(data)
+
+
+def run_anonymization(
+    svc: AggregatorService, caller: Identity, data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The whole federated anonymization for analyst ``caller`` (see the module docstring).
+
+    ``data``: ``{"spec": AnonSpec.to_dict() (sensitive_values/ordered may be null),
+    "release": true | false | null}`` (null: release iff every node allows it).
+    """
+    t0 = time.perf_counter()
+    raw = data.get("spec")
+    if not isinstance(raw, Mapping):
+        raise ConfigError("RunAnonymization: 'spec' must be a JSON object")
+    release = data.get("release")
+    if release is not None and not isinstance(release, bool):
+        raise ConfigError("RunAnonymization: 'release' must be true, false or null")
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise ConfigError("RunAnonymization: name the dataset")
+    request_id = secrets.token_hex(8)
+    plan = svc._plan(Query("count", dataset), caller.name, request_id)
+    try:
+        spec = _complete(raw, plan.schema.columns, plan.schema.domains)
+        nodes = plan.nodes
+        names = [n.name for n in nodes]
+        params = {
+            "quasi_identifiers": list(spec.quasi_identifiers),
+            "k": spec.k,
+            "l": spec.l,
+            "t": spec.t,
+            "suppression_limit": spec.suppression_limit,
+            "metric": spec.metric,
+            "disclosure": spec.disclosure,
+        }
+
+        def ctx(op: str) -> serde.RequestContext:
+            return serde.RequestContext(
+                analyst=caller.name,
+                request_id=request_id,
+                operation=op,
+                dataset=spec.dataset,
+                columns=spec.columns,
+                params=params,
+            )
+
+        timeout = svc.call_timeout_s
+        prep = ctx("anonymize.histogram")
+        payload = {"spec": spec.to_dict(), "nodes": names}
+        answers, failed = svc._fan_out(nodes, lambda n: n.anon_histogram(prep, payload, timeout))
+        _all_answered(failed, "prepare")
+        digest = spec.digest()
+        for name, summary in answers.items():
+            if summary.get("digest") != digest:
+                raise ProtocolError(f"node {name} prepared a different anonymization spec")
+
+        seed = secrets.randbits(62)
+        sizes: list[int] = []
+
+        def fetch(req: VectorRequest) -> np.ndarray[Any, Any]:
+            rnd = AnonRound(
+                req.length(spec.domain), {"vector": req.to_dict(), "digest": digest}, len(sizes)
+            )
+            total, contributors = svc.secure_sum(prep, rnd, nodes)
+            missing = sorted(set(names) - set(contributors))
+            if missing:
+                raise NodeError(
+                    f"node(s) {', '.join(missing)} dropped out during anonymization round "
+                    f"{rnd.index}; the global counts would be wrong. Re-run it (check those "
+                    "nodes' health)"
+                )
+            sizes.append(rnd.size)
+            return total
+
+        oracle = AggregatedOracle(spec, fetch, seed=seed)
+        result = search(
+            oracle,
+            spec.domain,
+            spec.models(),
+            suppression_limit=spec.suppression_limit,
+            metric=spec.metric,
+        )
+        apply_ctx = ctx("anonymize.apply")
+        transformation = {"result": result.to_json(), "digest": digest}
+        applied, failed = svc._fan_out(
+            nodes, lambda n: n.anon_apply(apply_ctx, transformation, timeout)
+        )
+        _all_answered(failed, "apply")
+        allowed = all(n in plan.release for n in names)
+        rows: dict[str, str] | None = None
+        if release or (release is None and allowed):
+            rel_ctx = ctx("anonymize.release")
+            got, failed = svc._fan_out(nodes, lambda n: n.anon_release(rel_ctx, timeout))
+            _all_answered(failed, "release")
+            rows = {name: got[name].decode("utf-8") for name in names}
+    finally:
+        with svc._lock:
+            svc._plans.pop((caller.name, request_id), None)
+    outputs = [
+        {
+            "node": name,
+            "path": applied[name]["output_path"],
+            "rows_written": applied[name]["rows_written"],
+            "rows_suppressed": applied[name]["rows_suppressed"],
+            "released": rows is not None,
+        }
+        for name in names
+    ]
+    seconds = time.perf_counter() - t0
+    log.info(
+        "%s: %s anonymized %s over %d nodes: %d rounds (%d entries), levels %s, %.2f s",
+        svc.name,
+        caller.name,
+        spec.dataset,
+        len(nodes),
+        oracle.rounds,
+        sum(sizes),
+        result.levels,
+        seconds,
+    )
+    return {
+        "result": result.to_json(),
+        "outputs": outputs,
+        "rows": rows,
+        "release_allowed": allowed,
+        "rounds": oracle.rounds,
+        "vector_entries": sum(sizes),
+        "learned": [list(lv) for lv in oracle.learned],
+        "disclosure": spec.disclosure,
+        "nodes": names,
+        "excluded": list(plan.excluded),
+        "seconds": seconds,
+    }
+
+
+def _all_answered(failed: Mapping[str, Exception], step: str) -> None:
+    if failed:
+        detail = "; ".join(f"{n}: {e}" for n, e in failed.items())
+        raise NodeError(f"anonymization aborted at step {step}: {detail}")

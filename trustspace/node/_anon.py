@@ -1,0 +1,202 @@
+"""A node's part of federated anonymization: prepared jobs, round vectors, apply and release.
+
+``NodeService`` checks the policy and writes the audit line of every step; this module does
+the work. A job is prepared by ``AnonHistogram`` (the spec, the node's tuple counts read once
+from its engine) and lives until it is released or ``session_timeout_s`` passes; the
+secure-aggregation rounds of the search (``SecAggStep`` with part ``anon.histogram``), the
+apply and the release all name it by the request id.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trustspace.anon.api import apply as apply_result
+from trustspace.anon.federated import AnonSpec, LocalCounts, VectorRequest
+from trustspace.anon.search import Result
+from trustspace.errors import ConfigError, DataError, ProtocolError
+from trustspace.node.config import NodeConfig
+from trustspace.node.policy import PolicyRefused
+
+#: Fewer participants than this reveal too much: with two, each node learns the other's
+#: histogram by subtracting its own from the total the analyst can see.
+MIN_PARTIES = 3
+MAX_JOBS = 64  # prepared anonymization jobs kept in memory at once
+OUTPUT_DIR_NAME = "anonymized"  # default output_dir: next to the audit log
+
+
+def output_dir(config: NodeConfig) -> Path:
+    """Where this node writes anonymized rows: ``node.output_dir``, else
+    ``anonymized/<node name>/`` in the audit log's folder."""
+    return config.output_dir or config.audit_path.parent / OUTPUT_DIR_NAME / config.name
+
+
+@dataclass
+class AnonJob:
+    spec: AnonSpec
+    counts: LocalCounts
+    analyst: str
+    request_id: str
+    created: float
+    output: Path | None = None
+
+
+class AnonJobs:
+    """The node's prepared anonymization jobs (thread-safe)."""
+
+    def __init__(
+        self, config: NodeConfig, engine: Any, clock: Callable[[], float], datasets: set[str]
+    ) -> None:
+        self.node = config.name
+        self.config = config
+        self.engine = engine
+        self._clock = clock
+        self._datasets = datasets
+        self._jobs: dict[tuple[str, str], AnonJob] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ parsing and checks
+    def parse_spec(self, payload: Mapping[str, Any]) -> tuple[AnonSpec, tuple[str, ...]]:
+        """The spec and participant names of an ``AnonHistogram`` request."""
+        spec_raw = payload.get("spec")
+        nodes = payload.get("nodes")
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+            raise ProtocolError(f"node {self.node}: AnonHistogram: 'nodes' must list names")
+        try:
+            spec = AnonSpec.from_dict(spec_raw if isinstance(spec_raw, Mapping) else {})
+        except (ConfigError, DataError) as exc:
+            raise ConfigError(f"node {self.node}: {exc}") from None
+        return spec, tuple(nodes)
+
+    def check_parties(self, parties: int) -> None:
+        """Refuse fewer than ``MIN_PARTIES`` participants unless the policy allows it."""
+        if parties < MIN_PARTIES and not self.config.policy.allow_two_party_anonymization:
+            raise PolicyRefused(
+                self.node,
+                "allow_two_party_anonymization",
+                f"federated anonymization over {parties} node(s) would let each node learn "
+                f"the other's histogram; at least {MIN_PARTIES} are needed (or set "
+                "policy.allow_two_party_anonymization = true at every node)",
+            )
+
+    def job(self, analyst: str, request_id: str) -> AnonJob:
+        self._expire()
+        with self._lock:
+            job = self._jobs.get((analyst, request_id))
+        if job is None:
+            raise ProtocolError(
+                f"node {self.node}: no prepared anonymization for request {request_id!r} (it "
+                "expired or AnonHistogram was not called); re-run the anonymization"
+            )
+        return job
+
+    def _expire(self) -> None:
+        now = self._clock()
+        with self._lock:
+            for key in [
+                k for k, j in self._jobs.items() if now - j.created > self.config.session_timeout_s
+            ]:
+                del self._jobs[key]
+
+    # ------------------------------------------------------------------ steps
+    def prepare(self, spec: AnonSpec, analyst: str, request_id: str) -> dict[str, Any]:
+        """Read this node's tuple counts (one engine query) and keep them for the rounds."""
+        if spec.dataset not in self._datasets:
+            raise ConfigError(
+                f"node {self.node} serves no dataset {spec.dataset!r} "
+                f"(it serves {', '.join(sorted(self._datasets))})"
+            )
+        tuples, counts = self.engine.tuple_histogram(spec.dataset, list(spec.columns))
+        for j, col in enumerate(spec.columns):
+            missing = int(sum(int(c) for t, c in zip(tuples, counts, strict=True) if t[j] is None))
+            if missing:
+                raise DataError(
+                    f"node {self.node}: column {col!r} of dataset {spec.dataset!r} has {missing} "
+                    "missing value(s); quasi-identifiers and the sensitive attribute must not "
+                    "be missing (fill them, e.g. with '?', and cover that value in the hierarchy)"
+                )
+        local = LocalCounts(spec, tuples, counts, where=f" at node {self.node}")
+        self._expire()
+        with self._lock:
+            if len(self._jobs) >= MAX_JOBS:
+                raise ProtocolError(
+                    f"node {self.node}: too many anonymization jobs in progress; retry later"
+                )
+            self._jobs[(analyst, request_id)] = AnonJob(
+                spec, local, analyst, request_id, self._clock()
+            )
+        return {"node": self.node, "digest": spec.digest()}
+
+    def vector(self, job: AnonJob, round_dict: Mapping[str, Any]) -> np.ndarray[Any, Any]:
+        """This node's input to one round of the job (uint64)."""
+        if round_dict.get("digest") != job.spec.digest():
+            raise ProtocolError(
+                f"node {self.node}: the round belongs to another anonymization spec"
+            )
+        req = VectorRequest.from_dict(round_dict.get("vector"))
+        req.check(job.spec.domain)
+        return job.counts.vector(req)
+
+    def apply(self, job: AnonJob, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply the transformation to this node's rows; write them atomically."""
+        if payload.get("digest") != job.spec.digest():
+            raise ProtocolError(f"node {self.node}: the transformation belongs to another spec")
+        text = payload.get("result")
+        if not isinstance(text, str):
+            raise ProtocolError(f"node {self.node}: AnonApply carries no result")
+        result = Result.from_json(text)
+        spec = job.spec
+        if result.quasi_identifiers != spec.quasi_identifiers or len(result.levels) != len(
+            spec.hierarchies
+        ):
+            raise ProtocolError(
+                f"node {self.node}: the transformation is for quasi-identifiers "
+                f"{result.quasi_identifiers}, the job's are {spec.quasi_identifiers}"
+            )
+        for h, lv in zip(spec.hierarchies, result.levels, strict=True):
+            if not 0 <= lv < h.height:
+                raise ProtocolError(f"node {self.node}: level {lv} of {h.name!r} out of range")
+        df = self.engine.rows(spec.dataset)
+        out = apply_result(df, result, spec.hierarchies, suppressed=spec.suppressed)
+        kept = out if spec.suppressed == "drop" else apply_result(df, result, spec.hierarchies)
+        suppressed = len(df) - len(kept)
+        folder = output_dir(self.config)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{spec.dataset}-{self.node}-{job.request_id}.csv"
+        _write_atomically(path, out.to_csv(index=False).encode())
+        job.output = path
+        return {"rows_written": len(out), "rows_suppressed": suppressed, "output_path": str(path)}
+
+    def release(self, job: AnonJob) -> bytes:
+        """The rows written by ``apply`` (the caller has checked ``release_rows``)."""
+        if job.output is None:
+            raise ProtocolError(
+                f"node {self.node}: nothing to release for request {job.request_id!r}: the "
+                "transformation was not applied yet"
+            )
+        data = job.output.read_bytes()
+        with self._lock:
+            self._jobs.pop((job.analyst, job.request_id), None)
+        return data
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
