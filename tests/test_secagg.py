@@ -490,3 +490,19 @@ def test_server_refuses_malformed_client_behaviour() -> None:
     bogus = UnmaskShares(cfg.session_id, 1, ((outsider, bytes(66)),), ())
     with pytest.raises(ProtocolError, match="cannot hold or that was not requested"):
         server.collect_unmask({**answers, 1: bogus})
+
+
+def test_crafted_seed_share_is_detected_with_a_spare_share() -> None:
+    cfg, clients, server = _round(5)  # t = 3, 5 holders of every seed: spares exist
+    masked = _to_masked(clients, server, {c: np.ones(4, np.uint64) for c in clients})
+    req = server.collect_masked(masked)
+    answers = {c: clients[c].unmask(req) for c in req.survivors}
+    # client 1 shifts client 2's seed by +5 (Shamir is linear), a valid-looking 32-byte seed
+    holders = tuple(sorted(answers))[: cfg.t]
+    w1 = shamir.lagrange_at_zero(holders)[holders.index(1)]
+    seeds = dict(answers[1].seed_shares)
+    y = shamir.decode_share(seeds[2])
+    seeds[2] = ((y + 5 * pow(w1, -1, shamir.PRIME)) % shamir.PRIME).to_bytes(66, "little")
+    answers[1] = UnmaskShares(cfg.session_id, 1, tuple(sorted(seeds.items())), ())
+    with pytest.raises(ProtocolError, match="reconstructed secret is invalid"):
+        server.collect_unmask(answers)

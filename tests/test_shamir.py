@@ -101,3 +101,31 @@ def test_malformed_or_forged_shares_fail_opaquely() -> None:
     forged = shares[2][:40] + bytes([shares[2][40] ^ 1]) + shares[2][41:]  # +- 2^320
     with pytest.raises(CryptoError):  # the result is no longer a 32-byte value
         shamir.combine({1: shares[1], 2: forged}, 2, 32)
+
+
+def test_a_spare_share_exposes_a_crafted_offset() -> None:
+    # Shamir is linear: adding d / l_1(0) to share 1 shifts the secret by exactly d, to another
+    # valid 32-byte value. Without a spare share this cannot be noticed; with one it must be.
+    secret = bytes(32)
+    xs = [1, 2, 3, 4]
+    shares = shamir.split(secret, 3, xs)
+    w1 = shamir.lagrange_at_zero((1, 2, 3))[0]
+    y1 = shamir.decode_share(shares[1])
+    shifted = (y1 + 5 * pow(w1, -1, shamir.PRIME)) % shamir.PRIME
+    crafted = {**shares, 1: shifted.to_bytes(shamir.SHARE_BYTES, "little")}
+    three = {x: crafted[x] for x in (1, 2, 3)}
+    assert shamir.combine(three, 3, 32) == (5).to_bytes(32, "little")  # undetectable alone
+    with pytest.raises(CryptoError):
+        shamir.combine(crafted, 3, 32)  # the spare share 4 disagrees
+    assert shamir.combine(shares, 3, 32) == secret
+    assert shamir.combine(crafted, 3, 32, verify=False) == (5).to_bytes(32, "little")
+
+
+def test_lagrange_at_any_point_interpolates() -> None:
+    xs = [2, 5, 7, 11]
+    ys = shamir.raw_split(77, 4, xs)
+    w = shamir.lagrange_at(tuple(xs), 5)
+    assert sum(a * b for a, b in zip(w, ys, strict=True)) % shamir.PRIME == ys[1]
+    more = shamir.raw_split(77, 4, [*xs, 13])  # fresh polynomial: check f(13) from 4 points
+    w13 = shamir.lagrange_at(tuple(xs), 13)
+    assert sum(a * b for a, b in zip(w13, more[:4], strict=True)) % shamir.PRIME == more[4]

@@ -37,6 +37,7 @@ __all__ = [
     "SHARE_BYTES",
     "combine",
     "decode_share",
+    "lagrange_at",
     "lagrange_at_zero",
     "raw_combine",
     "raw_split",
@@ -106,18 +107,33 @@ def raw_split(
     return out
 
 
-@lru_cache(maxsize=4096)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     """Return the Lagrange weights ``l_i(0)`` for the x-coordinates ``xs`` (cached).
+
+    Cached through :func:`lagrange_at`; clear with ``lagrange_at.cache_clear()``.
 
     ``secret = sum(l_i(0) * y_i) mod PRIME``. The cache is keyed by the exact tuple, so callers
     should pass x-coordinates in a canonical (sorted) order to share cache entries.
     """
+    return lagrange_at(xs, 0)
+
+
+@lru_cache(maxsize=4096)
+def lagrange_at(xs: tuple[int, ...], target: int) -> tuple[int, ...]:
+    """Return the Lagrange weights ``l_i(target)`` for the x-coordinates ``xs`` (cached).
+
+    ``f(target) = sum(l_i(target) * y_i) mod PRIME`` for any polynomial of degree below
+    ``len(xs)`` through the points.
+    """
     _check_xs(xs)
     # exact integer products (the x's are small, so this beats reducing at every step)
-    total = math.prod(xs)
-    nums = [total // xi % PRIME for xi in xs]
-    dens = [math.prod(xj - xi for xj in xs if xj != xi) % PRIME for xi in xs]
+    if target == 0:
+        total = math.prod(xs)
+        nums = [total // xi % PRIME for xi in xs]
+        dens = [math.prod(xj - xi for xj in xs if xj != xi) % PRIME for xi in xs]
+    else:
+        nums = [math.prod(target - xj for xj in xs if xj != xi) % PRIME for xi in xs]
+        dens = [math.prod(xi - xj for xj in xs if xj != xi) % PRIME for xi in xs]
     # Montgomery's batch inversion: one modular inverse instead of len(xs)
     prefix = [1]
     for d in dens:
@@ -170,23 +186,36 @@ def decode_share(share: bytes) -> int:
     return y
 
 
-def combine(shares: Mapping[int, bytes], threshold: int, secret_len: int) -> bytes:
+def combine(
+    shares: Mapping[int, bytes], threshold: int, secret_len: int, *, verify: bool = True
+) -> bytes:
     """Reconstruct a ``secret_len``-byte secret from at least ``threshold`` shares.
 
     Uses the ``threshold`` smallest x-coordinates (a canonical choice, so the Lagrange cache
-    is shared between secrets held by the same parties).
+    is shared between secrets held by the same parties). With ``verify`` and a spare share,
+    the polynomial through those shares must also pass through the next share: one wrong
+    share among the ``threshold + 1`` used is then always detected (a wrong share could
+    otherwise shift the secret to another valid-looking value).
 
     Raises:
         ValueError: if fewer than ``threshold`` shares are given.
-        CryptoError: if a share is malformed or the result is not a ``secret_len``-byte value
-            (a wrong or forged share); opaque on purpose.
+        CryptoError: if a share is malformed, the shares are inconsistent or the result is
+            not a ``secret_len``-byte value (a wrong or forged share); opaque on purpose.
     """
     if len(shares) < threshold:
         raise ValueError(f"Shamir needs {threshold} shares to reconstruct, got {len(shares)}")
     if not 0 < secret_len <= MAX_SECRET_BYTES:
         raise ValueError(f"secret_len must be 1 .. {MAX_SECRET_BYTES}, got {secret_len}")
-    xs = sorted(shares)[:threshold]
-    value = raw_combine((x, decode_share(shares[x])) for x in xs)
+    ordered = sorted(shares)
+    xs = ordered[:threshold]
+    ys = [decode_share(shares[x]) for x in xs]
+    value = raw_combine(zip(xs, ys, strict=True))
+    if verify and len(ordered) > threshold:
+        spare = ordered[threshold]
+        weights = lagrange_at(tuple(xs), spare)
+        predicted = sum(w * y for w, y in zip(weights, ys, strict=True)) % PRIME
+        if predicted != decode_share(shares[spare]):
+            raise CryptoError("Shamir reconstruction failed")
     if value >> (8 * secret_len):
         raise CryptoError("Shamir reconstruction failed")
     return value.to_bytes(secret_len, "little")
