@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from trustspace.aggregator.service import AggregatorService
 from trustspace.node.config import AggregatorConfig
-from trustspace.transport.ca import Credentials
+from trustspace.transport.ca import Credentials, revocation_check
 from trustspace.transport.clients import NodeClient
-from trustspace.transport.server import TlsServer
+from trustspace.transport.server import CallHooks, TlsServer
 from trustspace.transport.servicers import AGGREGATOR_SERVICE, add_aggregator_servicer
 
 
@@ -33,6 +33,8 @@ class Aggregator:
                 creds=creds,
                 register=lambda s: add_aggregator_servicer(s, self.service),
                 service_names=(AGGREGATOR_SERVICE,),
+                # revoked analysts are refused before any work (the refusal is logged)
+                hooks=CallHooks(revoked=revocation_check(config.tls.revoked)),
             )
         except BaseException:
             self.service.close()

@@ -165,6 +165,7 @@ class AuditLog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._local = threading.local()  # per-thread "a line was written" mark (see ``mark``)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             report = verify(self.path)
@@ -216,7 +217,16 @@ class AuditLog:
                 raise NodeError(f"cannot write audit log {self.path}: {exc}") from None
             self._seq += 1
             self._head = record["hash"]
+            self._local.wrote = True
             return record
+
+    def mark(self) -> None:
+        """Start watching whether this thread writes a line (before a request is handled)."""
+        self._local.wrote = False
+
+    def written_since_mark(self) -> bool:
+        """Whether this thread appended a line since its last ``mark()``."""
+        return bool(getattr(self._local, "wrote", False))
 
     def close(self) -> None:
         with self._lock:

@@ -8,8 +8,8 @@ from trustspace.engine import DatasetSpec, Engine
 from trustspace.errors import ConfigError
 from trustspace.node.config import NodeConfig
 from trustspace.node.service import NodeService
-from trustspace.transport.ca import Credentials
-from trustspace.transport.server import TlsServer
+from trustspace.transport.ca import Credentials, revocation_check
+from trustspace.transport.server import CallHooks, TlsServer
 from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
 
 log = logging.getLogger("trustspace.node")
@@ -64,6 +64,7 @@ class Node:
                 creds=creds,
                 register=lambda s: add_node_servicer(s, self.service),
                 service_names=(NODE_SERVICE,),
+                hooks=self._hooks(),
             )
         except BaseException:
             self.service.close()
@@ -75,6 +76,34 @@ class Node:
             config.audit_path,
             self.service.audit.lines,
             self.service.audit.head,
+        )
+
+    def _hooks(self) -> CallHooks:
+        """Revoked callers are refused before any work; every refused call is audited."""
+        audit = self.service.audit
+        name = self.config.name
+
+        def refused(method: str, caller: str, code: str, details: str) -> None:
+            audit.append(
+                {
+                    "requester": "",
+                    "via": caller,
+                    "operation": f"rpc.{method}",
+                    "dataset": "",
+                    "columns": [],
+                    "params": {"status": code},
+                    "decision": "deny",
+                    "reason": details[:500],
+                    "outcome": "refused",
+                }
+            )
+            log.info("node %s: refused %s from %s: %s", name, method, caller, code)
+
+        return CallHooks(
+            revoked=revocation_check(self.config.tls.revoked),
+            before=audit.mark,
+            refused=refused,
+            handled=audit.written_since_mark,
         )
 
     @property

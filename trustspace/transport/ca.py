@@ -22,6 +22,7 @@ import ipaddress
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -434,3 +435,33 @@ def verify_blob(
     except InvalidSignature:
         raise AuthenticationError(f"{where}: signature of {ident} does not verify") from None
     return ident
+
+
+def revocation_check(revoked: tuple[str, ...]) -> Callable[[bytes], str]:
+    """A checker for a deny list of certificate names and ``serial:HEX`` serial numbers.
+
+    The returned function takes a PEM certificate and returns why it is revoked ("" when it
+    is not). An unparsable certificate counts as revoked (fail closed).
+
+    >>> check = revocation_check(("mallory", "serial:0x1F"))
+    >>> check(b"not a certificate")
+    'unreadable certificate'
+    """
+    names = {r for r in revoked if not r.lower().startswith("serial:")}
+    serials = {int(r.split(":", 1)[1], 16) for r in revoked if r.lower().startswith("serial:")}
+
+    def check(pem: bytes) -> str:
+        if not revoked:
+            return ""
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            return "unreadable certificate"
+        name = identity_of(cert).name
+        if name in names:
+            return f"name {name!r} is on the revocation list"
+        if cert.serial_number in serials:
+            return f"serial {cert.serial_number:x} is on the revocation list"
+        return ""
+
+    return check

@@ -1,4 +1,11 @@
-"""A gRPC server with mutual TLS, message size limits, health checking and a graceful drain."""
+"""A gRPC server with mutual TLS, message size limits, health checking and a graceful drain.
+
+Every call of our services passes a gate (``_Gate``, a server interceptor) before any work:
+the caller's certificate is checked against the revocation list (``CallHooks.revoked``), the
+request bytes are parsed here so that an undecodable message is a clean ``INVALID_ARGUMENT``
+(gRPC itself would answer ``INTERNAL``), and every refused or failed call that the handler did
+not record itself is reported to ``CallHooks.refused`` (a node writes it to its audit log).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +13,137 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from trustspace.errors import ConfigError
+from trustspace.proto.v1 import common_pb2
 from trustspace.transport.ca import Credentials
+from trustspace.transport.status import ERROR_KEY
 from trustspace.transport.tls import GRPC_OPTIONS, check_own_credentials, server_credentials
 
 log = logging.getLogger("trustspace.transport")
 MAX_WORKERS = 16  # enough for one aggregator calling every stage in parallel plus health checks
 
 
+def _no_revocation(pem: bytes) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class CallHooks:
+    """What a server runs around each call of its services (not the health service).
+
+    ``revoked(cert_pem)`` returns why the caller's certificate is revoked ("" if it is not);
+    ``before()`` runs just before the servicer; ``refused(method, caller, code_name, details)``
+    reports a call that ended with an error status (``handled()`` says whether the handler
+    already recorded it, e.g. wrote its own audit line).
+    """
+
+    revoked: Callable[[bytes], str] = _no_revocation
+    before: Callable[[], None] | None = None
+    refused: Callable[[str, str, str, str], None] | None = None
+    handled: Callable[[], bool] | None = None
+
+
+def _peer_pem(context: grpc.ServicerContext) -> bytes:
+    pems = context.auth_context().get("x509_pem_cert") or []
+    return bytes(pems[0]) if pems else b""
+
+
+def _peer_name(pem: bytes) -> str:
+    from trustspace.transport.ca import identity_from_pem
+
+    try:
+        return identity_from_pem(pem).name if pem else "?"
+    except Exception:
+        return "?"
+
+
+class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Revocation check, strict request parsing and refusal reporting around every call."""
+
+    def __init__(self, name: str, hooks: CallHooks) -> None:
+        self._name = name
+        self._hooks = hooks
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        method_path = str(details.method)
+        if handler is None or handler.unary_unary is None or "grpc.health" in method_path:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(method_path.rsplit("/", 1)[-1], handler),
+            request_deserializer=None,  # bytes: parsed below, with a clean error
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, method: str, handler: Any) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        inner, parse, hooks = handler.unary_unary, handler.request_deserializer, self._hooks
+
+        def refuse(context: grpc.ServicerContext, caller: str, code: Any, msg: str) -> None:
+            self._report(method, caller, code, msg)
+            bad_input = code == grpc.StatusCode.INVALID_ARGUMENT
+            kind = "ProtocolError" if bad_input else "AuthenticationError"
+            info = common_pb2.ErrorInfo(node=self._name, message=msg, kind=kind)
+            context.set_trailing_metadata(((ERROR_KEY, info.SerializeToString()),))
+            context.abort(code, msg)
+
+        def behavior(raw: bytes, context: grpc.ServicerContext) -> Any:
+            pem = _peer_pem(context)
+            caller = _peer_name(pem)
+            why = hooks.revoked(pem) if pem else ""
+            if why:
+                log.warning("%s: refused %s from %s: %s", self._name, method, caller, why)
+                refuse(
+                    context,
+                    caller,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"{self._name} refused {method} from {caller}: its certificate is revoked "
+                    f"({why})",
+                )
+            try:
+                request = parse(raw) if parse is not None else raw
+            except Exception:
+                refuse(
+                    context,
+                    caller,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{self._name}: {method}: the request ({len(raw)} bytes) is not a valid "
+                    "protobuf message of its type",
+                )
+            if hooks.before is not None:
+                hooks.before()
+            try:
+                return inner(request, context)
+            except BaseException:
+                code = context.code()
+                if code not in (None, grpc.StatusCode.OK) and not (
+                    hooks.handled is not None and hooks.handled()
+                ):
+                    self._report(method, caller, code, str(context.details() or ""))
+                raise
+
+        return behavior
+
+    def _report(self, method: str, caller: str, code: Any, details: str) -> None:
+        if self._hooks.refused is None:
+            return
+        try:
+            self._hooks.refused(method, caller, getattr(code, "name", str(code)), details)
+        except Exception:  # reporting must not turn a clean refusal into a crash
+            log.exception("%s: could not record the refused %s call", self._name, method)
+
+
 class TlsServer:
     """A started-on-demand gRPC server on ``listen`` with mTLS and the health service.
 
     ``register`` receives the raw ``grpc.Server`` to add servicers; ``service_names`` are the
-    fully-qualified services reported SERVING by the health service.
+    fully-qualified services reported SERVING by the health service; ``hooks`` are run around
+    every call (see ``CallHooks``).
     """
 
     def __init__(
@@ -33,12 +154,14 @@ class TlsServer:
         creds: Credentials,
         register: Callable[[grpc.Server], None],
         service_names: tuple[str, ...],
+        hooks: CallHooks | None = None,
     ) -> None:
         check_own_credentials(creds, f"{name}'s certificate")
         self.name = name
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix=name),
             options=GRPC_OPTIONS,
+            interceptors=[_Gate(name, hooks or CallHooks())],
         )
         register(self._server)
         self._health = health.HealthServicer()

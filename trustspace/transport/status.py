@@ -24,6 +24,7 @@ from trustspace.errors import (
     NotBuiltError,
     PolicyError,
     ProtocolError,
+    ThresholdError,
     TrustspaceError,
 )
 from trustspace.proto.v1 import common_pb2
@@ -45,8 +46,11 @@ def status_of(exc: TrustspaceError) -> grpc.StatusCode:
         return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(exc, NodeError):
         return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, ThresholdError):
+        return grpc.StatusCode.FAILED_PRECONDITION  # too few nodes: the request itself is fine
     if isinstance(exc, ProtocolError):
-        return grpc.StatusCode.FAILED_PRECONDITION
+        # malformed, out of range, replayed or out of order: the caller's message is at fault
+        return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, ValueError | CryptoError | OverflowError):
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.FAILED_PRECONDITION
