@@ -86,14 +86,39 @@ def anonymize_columns(
     columns: Columns,
     quasi_identifiers: Sequence[str] | Mapping[str, Hierarchy | str | Path],
     hierarchies: Mapping[str, Hierarchy | str | Path] | None = None,
-    **options: Any,
+    *,
+    k: int = 2,
+    l: float | None = None,  # noqa: E741
+    t: float | None = None,
+    sensitive: str | None = None,
+    diversity: str = "distinct",
+    c: float | None = None,
+    ordered: bool | None = None,
+    suppression_limit: float = 0.0,
+    metric: str = "loss",
+    method: str = "optimal",
+    suppressed: str = "drop",
+    models: Sequence[PrivacyModel] | None = None,
 ) -> tuple[dict[str, list[Any]], Result]:
-    """``anonymize`` on plain columns; returns the released columns and the ``Result``.
-
-    Takes the keyword arguments of ``anonymize`` (and ``models=``: a list of
-    ``PrivacyModel`` instead of k/l/t).
-    """
-    out, result, _ = _anonymize(columns, quasi_identifiers, hierarchies, **options)
+    """``anonymize`` on plain columns (``name -> values``): the released columns and the
+    ``Result``. ``models`` (a list of ``PrivacyModel``) replaces k/l/t when given."""
+    out, result, _ = _anonymize(
+        columns,
+        quasi_identifiers,
+        hierarchies,
+        k=k,
+        l=l,
+        t=t,
+        sensitive=sensitive,
+        diversity=diversity,
+        c=c,
+        ordered=ordered,
+        suppression_limit=suppression_limit,
+        metric=metric,
+        method=method,
+        suppressed=suppressed,
+        models=models,
+    )
     return out, result
 
 

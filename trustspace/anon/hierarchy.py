@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -66,8 +67,7 @@ class Hierarchy:
                     "every row needs the same number of levels"
                 )
         values = [str(r[0]) for r in rows]
-        seen: set[str] = set()
-        dup = {v for v in values if v in seen or seen.add(v)}  # type: ignore[func-returns-value]
+        dup = [v for v, c in Counter(values).items() if c > 1]
         if dup:
             raise ConfigError(
                 f"{where}: values listed more than once: {_show(dup)}; "
