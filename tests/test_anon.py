@@ -483,6 +483,10 @@ def test_api_errors_are_clear(adult: pd.DataFrame, hier: dict[str, Hierarchy]) -
         anonymize(small, QI, hier, l=2)
     with pytest.raises(ConfigError, match="k must be an integer"):
         anonymize(small, QI, hier, k=0)
+    with pytest.raises(ConfigError, match="unknown method"):
+        anonymize(small, QI, hier, method="greedy")
+    with pytest.raises(ConfigError, match="suppressed must be one of"):
+        anonymize(small, QI, hier, suppressed="hide")
     with pytest.raises(ConfigError, match="unknown metric"):
         anonymize(small, QI, hier, metric="precision")
     with pytest.raises(DataError, match="no generalization satisfies"):

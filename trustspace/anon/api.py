@@ -140,6 +140,10 @@ def _anonymize(
     suppressed: str = "drop",
     models: Sequence[PrivacyModel] | None = None,
 ) -> tuple[dict[str, list[Any]], Result, np.ndarray[Any, Any]]:
+    if method not in ("optimal", "mondrian"):
+        raise ConfigError(f"unknown method {method!r}; use 'optimal' or 'mondrian'")
+    if suppressed not in SUPPRESSED_MODES:
+        raise ConfigError(f"suppressed must be one of {SUPPRESSED_MODES}, got {suppressed!r}")
     hs = _hierarchies(quasi_identifiers, hierarchies)
     cols = [_column(columns, h.name, "quasi-identifier") for h in hs]
     sens_values = None
@@ -159,13 +163,11 @@ def _anonymize(
         result = search(oracle, domain, models, suppression_limit=suppression_limit, metric=metric)
         out, keep = _apply(columns, result, hs, suppressed)
         return out, result, keep
-    if method == "mondrian":
-        from trustspace.anon.mondrian import mondrian
+    from trustspace.anon.mondrian import mondrian
 
-        levels, codes, result = mondrian(oracle, domain, models)
-        n = len(cols[0])
-        return _release_local(columns, domain, oracle, levels, codes), result, np.ones(n, bool)
-    raise ConfigError(f"unknown method {method!r}; use 'optimal' or 'mondrian'")
+    levels, codes, result = mondrian(oracle, domain, models)
+    n = len(cols[0])
+    return _release_local(columns, domain, oracle, levels, codes), result, np.ones(n, bool)
 
 
 def _release_local(
