@@ -550,3 +550,18 @@ def test_quick_rejection_is_a_lower_bound(adult_oracle: tuple[Domain, LocalOracl
             assert quick <= exact
             if len(counts) < 200:  # few classes in 2^16 buckets: collisions are rare
                 assert quick >= exact - 2 * k
+
+
+def test_ordered_t_closeness_on_a_numeric_attribute(
+    adult: pd.DataFrame, hier: dict[str, Hierarchy]
+) -> None:
+    sub = adult.iloc[:3000]
+    qi = ["sex", "race", "marital-status", "education", "workclass"]
+    rel = anonymize(sub, qi, hier, k=3, t=0.12, sensitive="age")  # numeric: ordered distance
+    assert "ordered" in rel.result.models[1]
+    data = rel.data.assign(age=rel.data["age"].astype(int))
+    assert pc.k_anonymity(_canon(data), qi) >= 3
+    assert pc.t_closeness(_canon(data), qi, ["age"]) <= 0.12 + 1e-9
+    # the same table without ordered distance is a different (categorical) model
+    eq = anonymize(sub, qi, hier, k=3, t=0.12, sensitive="age", ordered=False)
+    assert "equal" in eq.result.models[1]
