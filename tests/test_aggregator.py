@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from trustspace.api import Federation
+from trustspace.api import Federation, decrypt_round
 from trustspace.errors import NodeError, ThresholdError
 from trustspace.paillier import EncryptedVector
 from trustspace.stats import Round, Term
@@ -82,27 +82,56 @@ def test_paillier_round_suppresses_small_groups(
         rr = fed._client.run_round(
             serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), "req-1")
         )
-        words = np.asarray(sk.decrypt_vector(EncryptedVector.from_bytes(pk, rr.encrypted_vector)))
-        total = rnd.decode(serde.join_words(words.astype(np.int64)))
+        # only the sum is encrypted (two words); the counts come as securely summed totals
+        ev = EncryptedVector.from_bytes(pk, rr.encrypted_vector)
+        assert len(ev) == 2
+        words = np.asarray(sk.decrypt_vector(ev))
+        assert serde.join_words(words.astype(np.int64)).tolist() == [0]
+        total = decrypt_round(rnd, rr, sk)
         # rows (4 < 5) and the age sum (governed by the non-null count, 4) are suppressed;
         # the grid: [<0]=0, [0,50)=0, [50,100)=4 -> suppressed, [>=100]=0
         assert set(rr.suppressed) == {0, 1, 4}
         assert total.tolist() == [0.0] * rnd.size
         assert rr.nodes == 3
-        big = Round("default", "age < 88", (Term.rows(),))
+        big = Round("default", "age < 88", (Term.rows(), Term.moment(["age"], [1], [0.0], 40)))
         rr = fed._client.run_round(
             serde.RoundRequest(
-                Query("count", "default", (), "age < 88").to_dict(),
+                Query("sum", "default", "age", "age < 88").to_dict(),
                 big.to_dict(),
                 int(pk.n),
                 "req-2",
             )
         )
-        words = np.asarray(sk.decrypt_vector(EncryptedVector.from_bytes(pk, rr.encrypted_vector)))
         assert rr.suppressed == ()
-        assert big.decode(serde.join_words(words.astype(np.int64))).tolist() == [
-            float((union.age < 88).sum())
-        ]
+        want = union.age[union.age < 88]
+        assert decrypt_round(big, rr, sk).tolist() == [float(len(want)), float(want.sum())]
+
+
+def test_paillier_counts_only_round_encrypts_nothing(
+    partitions: dict[str, Path], union: Any, tmp_path: Path
+) -> None:
+    """Counts are summed by secure aggregation anyway: no node is asked to encrypt them."""
+    import json
+
+    from trustspace.stats import Query
+
+    with _local(partitions, ("n1", "n2", "n3"), tmp_path) as fed:
+        pk, sk = fed._keys()
+        rnd = Round("default", "age < 88", (Term.rows(), Term.grid("age", 0.0, 50.0, 2)))
+        query = Query("count", "default", (), "age < 88")
+        rr = fed._client.run_round(
+            serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), "req-3")
+        )
+        assert rr.encrypted_vector == b""
+        ages = union.age[union.age < 88]
+        want = [len(ages), 0, int((ages < 50).sum()), int((ages >= 50).sum()), 0]
+        assert list(rr.count_totals) == want
+        assert decrypt_round(rnd, rr, sk).tolist() == [float(w) for w in want]
+        assert fed.count(where="age < 88", method="paillier") == len(ages)
+        assert fed.workdir is not None
+        for name in ("n1", "n2", "n3"):
+            log = (fed.workdir / "audit" / f"{name}.jsonl").read_text().splitlines()
+            assert not any(json.loads(line)["params"].get("method") == "paillier" for line in log)
 
 
 def test_configured_threshold_is_a_floor(partitions: dict[str, Path], tmp_path: Path) -> None:

@@ -31,17 +31,20 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trustspace.errors import ConfigError, DataError, TrustspaceError
-from trustspace.stats import Query, Result, TableSchema, start
+from trustspace.stats import Query, Result, Round, TableSchema, start
 from trustspace.transport import serde
 from trustspace.transport.ca import Credentials, init_ca, issue
 from trustspace.transport.clients import AggregatorClient
 
 __all__ = ["Credentials", "Federation", "GroupBy"]
+
+if TYPE_CHECKING:
+    from trustspace.paillier import PrivateKey
 
 log = logging.getLogger("trustspace.api")
 DEFAULT_DATASET = "default"
@@ -368,8 +371,6 @@ class Federation:
         return self._keypair
 
     def _run_paillier(self, query: Query) -> Result:
-        from trustspace.paillier import EncryptedVector
-
         pk, sk = self._keys()
         schema, k = self._schema(query.dataset)
         comp = start(query, schema, k)
@@ -379,9 +380,7 @@ class Federation:
             rr = self._client.run_round(
                 serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), request_id)
             )
-            ev = EncryptedVector.from_bytes(pk, rr.encrypted_vector)
-            words = np.asarray(sk.decrypt_vector(ev), dtype=np.int64)
-            comp.feed(rnd.decode(serde.join_words(words)), suppressed=rr.suppressed)
+            comp.feed(decrypt_round(rnd, rr, sk), suppressed=rr.suppressed)
             nodes = rr.nodes
         self.last_info = {"nodes": nodes, "min_group_size": k}
         return comp.result()
@@ -679,6 +678,24 @@ class GroupBy:
         return self._fed.group_by(
             self._dataset, self._by, agg, self._where, values=self._values, method=self._method
         )
+
+
+def decrypt_round(rnd: Round, rr: serde.RoundResult, sk: PrivateKey) -> np.ndarray[Any, Any]:
+    """The float64 total of a Paillier round: its count totals as sent, its sums decrypted.
+
+    Raises:
+        ProtocolError: the answer does not fit the round's layout.
+        InvalidCiphertext: the encrypted vector is not under ``sk``'s key or was tampered with.
+    """
+    from trustspace.paillier import EncryptedVector
+
+    words = None
+    if rr.encrypted_vector:
+        ev = EncryptedVector.from_bytes(sk.public_key, rr.encrypted_vector)
+        words = np.asarray(sk.decrypt_vector(ev), dtype=np.int64)
+    total = serde.paillier_round_total(rnd.count_mask, rr.count_totals, words)
+    decoded: np.ndarray[Any, Any] = rnd.decode(total)
+    return decoded
 
 
 def _cols(columns: str | Sequence[str]) -> tuple[str, ...]:

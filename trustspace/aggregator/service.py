@@ -8,8 +8,10 @@ Paillier path (``run_round``): the analyst runs the state machine and asks for o
 time with its public key. The aggregator first sums the round's *governing record counts*
 by secure aggregation (every entry's count: itself for count entries, the non-null count of
 its columns for sums), marks entries whose count is in ``(0, min_group_size)`` as suppressed,
-then asks every node for its encrypted vector with those entries sent as 0, validates and adds
-the ciphertexts, and returns the re-randomised encrypted total.
+then asks every node for its encrypted vector of the round's *non-count* entries (sums) with
+the suppressed ones sent as 0, validates and adds the ciphertexts, and returns the
+re-randomised encrypted total together with the count entries' totals (which it has just
+summed; suppressed ones zeroed). Rounds of counts only need no encryption at all.
 
 Participants: every stage calls all nodes in parallel with a deadline. A node that cannot be
 reached or misses the deadline is *dropped* (the secure-aggregation protocol tolerates it
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -58,6 +60,9 @@ from trustspace.transport.clients import (
     STEP_TIMEOUT_S,
     NodeClient,
 )
+
+if TYPE_CHECKING:
+    from trustspace.paillier import PublicKey
 
 log = logging.getLogger("trustspace.aggregator")
 T = TypeVar("T")
@@ -401,7 +406,7 @@ class AggregatorService:
 
     def run_round(self, caller: Identity, req: serde.RoundRequest) -> serde.RoundResult:
         """Paillier path: one round, the encrypted total with suppressed entries zeroed."""
-        from trustspace.paillier import EncryptedVector, PublicKey
+        from trustspace.paillier import PublicKey
 
         query = _parse_query(dict(req.query))
         try:
@@ -439,6 +444,39 @@ class AggregatorService:
                 self._plans[(caller.name, request_id)] = plan
         k = plan.min_group_size
         suppressed = tuple(int(i) for i in np.flatnonzero((counts > 0) & (counts < k)))
+        # The count entries' totals are known here already (that is ``counts`` at the count
+        # entries); they go to the analyst with the suppressed ones zeroed, exactly what it
+        # would decrypt. Only the other entries (sums) are encrypted by the nodes.
+        mask = rnd.count_mask
+        shown = np.where((counts > 0) & (counts < k), 0.0, counts)[mask]
+        count_totals = tuple(int(c) for c in np.rint(shown).astype(np.int64))
+        sums = rnd.moment_round()
+        encrypted = b""
+        if sums is not None:
+            encrypted = self._paillier_sum(ctx, rnd, sums.size, plan, pk, suppressed)
+        log.info(
+            "%s: %s Paillier round %d over %d nodes, %d suppressed, %d encrypted entries",
+            self.name,
+            caller.name,
+            rnd.index,
+            len(plan.nodes),
+            len(suppressed),
+            0 if sums is None else sums.size,
+        )
+        return serde.RoundResult(encrypted, suppressed, len(plan.nodes), count_totals)
+
+    def _paillier_sum(
+        self,
+        ctx: serde.RequestContext,
+        rnd: Round,
+        entries: int,
+        plan: _Plan,
+        pk: PublicKey,
+        suppressed: tuple[int, ...],
+    ) -> bytes:
+        """Ask every node for its encrypted non-count entries; validate, add, re-randomise."""
+        from trustspace.paillier import EncryptedVector
+
         headroom = len(plan.nodes)
         preq = serde.PaillierRequest(ctx, int(pk.n), rnd.to_dict(), headroom, suppressed)
         answers, failed = self._fan_out(
@@ -455,23 +493,15 @@ class AggregatorService:
                 raise ProtocolError(
                     f"node {node_name} sent an invalid encrypted vector: {exc}"
                 ) from None
-            if len(ev) != 2 * rnd.size:
+            if len(ev) != 2 * entries:
                 raise ProtocolError(
-                    f"node {node_name} sent {len(ev)} words, the round needs {2 * rnd.size}"
+                    f"node {node_name} sent {len(ev)} words, the round needs {2 * entries}"
                 )
             vectors.append(ev)
         total = vectors[0]
         for ev in vectors[1:]:
             total = total + ev
-        log.info(
-            "%s: %s Paillier round %d over %d nodes, %d suppressed",
-            self.name,
-            caller.name,
-            rnd.index,
-            len(plan.nodes),
-            len(suppressed),
-        )
-        return serde.RoundResult(total.to_bytes(), suppressed, len(plan.nodes))
+        return total.to_bytes()
 
     def run_anonymization(self, caller: Identity, spec: dict[str, Any]) -> Any:
         """Federated anonymization (``aggregator._anon``): search on securely aggregated

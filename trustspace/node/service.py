@@ -42,6 +42,9 @@ from trustspace.transport.ca import Credentials, Identity, sign_blob, verify_blo
 log = logging.getLogger("trustspace.node")
 T = TypeVar("T")
 MAX_SESSIONS = 256  # concurrent secure-aggregation sessions kept in memory
+#: Session ids remembered after their session ends, so that a replayed advertise cannot start
+#: a finished session again (32 bytes each: 2 MiB at most; the oldest are forgotten first).
+MAX_USED_SESSION_IDS = 65_536
 
 
 def round_columns(rnd: Round) -> tuple[str, ...]:
@@ -93,6 +96,7 @@ class NodeService:
         self.audit = audit if audit is not None else AuditLog(config.audit_path)
         self._clock = clock
         self._sessions: dict[bytes, _Session] = {}
+        self._used_ids: dict[bytes, None] = {}  # insertion-ordered: oldest first
         self._lock = threading.Lock()
         self._datasets = {d.name for d in config.datasets}
         self._anon = AnonJobs(config, engine, clock, self._datasets)
@@ -290,11 +294,14 @@ class NodeService:
             client, vector, step.context.analyst, step.context.request_id, self._clock()
         )
         with self._lock:
-            if s.session_id in self._sessions:
+            if s.session_id in self._sessions or s.session_id in self._used_ids:
                 raise ProtocolError(f"node {self.name}: session id reused; refusing")
             if len(self._sessions) >= MAX_SESSIONS:
                 raise ProtocolError(f"node {self.name}: too many concurrent sessions; retry later")
             self._sessions[s.session_id] = session
+            self._used_ids[s.session_id] = None
+            if len(self._used_ids) > MAX_USED_SESSION_IDS:
+                del self._used_ids[next(iter(self._used_ids))]
         adv = client.advertise().to_bytes()
         # signed with our certificate so that peers can check every participant is a real node
         return [adv, sign_blob(self._creds, adv), self._creds.cert_pem]
@@ -380,11 +387,22 @@ class NodeService:
 
         def work() -> bytes:
             self._check_round(ctx, rnd)
-            encoded = self._local(rnd).copy()
-            bad = [i for i in req.suppressed if not 0 <= i < encoded.shape[0]]
+            # Only the non-count entries are encrypted: the aggregator sums the record counts
+            # by secure aggregation anyway (min_group_size), so they travel only that way.
+            sums = rnd.moment_round()
+            if sums is None:
+                raise ProtocolError(
+                    f"node {self.name}: round {rnd.index} holds only record counts, which are "
+                    "summed by secure aggregation; there is nothing to encrypt"
+                )
+            bad = [i for i in req.suppressed if not 0 <= i < rnd.size]
             if bad:
                 raise ProtocolError(f"node {self.name}: suppressed index {bad[0]} out of range")
-            encoded[list(req.suppressed)] = 0
+            where = ~rnd.count_mask
+            full = np.zeros(rnd.size, dtype=np.int64)
+            full[where] = self._local(sums)
+            full[list(req.suppressed)] = 0
+            encoded = full[where]
             ev = pk.encrypt_vector(
                 serde.split_words(encoded),
                 value_bits=serde.PAILLIER_WORD_VALUE_BITS,

@@ -350,6 +350,25 @@ class Round:
         block = np.concatenate([np.full(t.size, t.is_count) for t in self.terms])
         return np.tile(block, self.n_groups)
 
+    def moment_round(self) -> Round | None:
+        """The round of this round's non-count terms (same filter, groups and index), or None.
+
+        Its vector is this round's vector at ``~count_mask``, in order: the Paillier path
+        encrypts only these entries, since the record counts are summed by secure aggregation
+        anyway (to enforce ``min_group_size``).
+
+        >>> r = Round("d", None, (Term.rows(), Term.moment(["x"], [1], [0.0], 40)), "g", ("a",))
+        >>> m = r.moment_round()
+        >>> m.size, (~r.count_mask).sum().item(), Round("d", None, (Term.rows(),)).moment_round()
+        (2, 2, None)
+        """
+        terms = tuple(t for t in self.terms if not t.is_count)
+        if not terms:
+            return None
+        return Round(
+            self.dataset, self.where, terms, self.group_column, self.group_values, self.index
+        )
+
     @property
     def frac_bits(self) -> npt.NDArray[np.int64]:
         """The fixed-point fractional bits of every entry."""

@@ -262,22 +262,31 @@ def paillier_request_from_proto(msg: node_pb2.PaillierStatsRequest) -> PaillierR
 
 @dataclass(frozen=True)
 class RoundResult:
-    """The Paillier path's answer for one round: the encrypted total and suppressed entries."""
+    """The Paillier path's answer for one round: the encrypted total of the non-count entries
+    (empty bytes if the round has none), suppressed entries, and the count entries' totals
+    (securely aggregated, suppressed ones zeroed; see ``paillier_round_total``)."""
 
     encrypted_vector: bytes
     suppressed: tuple[int, ...]
     nodes: int
+    count_totals: tuple[int, ...] = ()
 
 
 def round_result_to_proto(r: RoundResult) -> aggregator_pb2.RunRoundResponse:
     return aggregator_pb2.RunRoundResponse(
-        encrypted_vector=r.encrypted_vector, suppressed=list(r.suppressed), nodes=r.nodes
+        encrypted_vector=r.encrypted_vector,
+        suppressed=list(r.suppressed),
+        nodes=r.nodes,
+        count_totals=list(r.count_totals),
     )
 
 
 def round_result_from_proto(msg: aggregator_pb2.RunRoundResponse) -> RoundResult:
     return RoundResult(
-        bytes(msg.encrypted_vector), tuple(int(i) for i in msg.suppressed), int(msg.nodes)
+        bytes(msg.encrypted_vector),
+        tuple(int(i) for i in msg.suppressed),
+        int(msg.nodes),
+        tuple(int(c) for c in msg.count_totals),
     )
 
 
@@ -500,6 +509,48 @@ def join_words(words: Any) -> Any:
     lo = w[half:].view(np.uint64)
     with np.errstate(over="ignore"):
         return (hi << np.uint64(WORD_BITS)) + lo
+
+
+def paillier_round_total(count_mask: Any, count_totals: Sequence[int], words: Any) -> Any:
+    """A Paillier round's total modulo 2^64 (what ``Round.decode`` takes) from its parts.
+
+    Args:
+        count_mask: the round's ``Round.count_mask``.
+        count_totals: the totals of the count entries, in order (``RoundResult.count_totals``).
+        words: the decrypted sum of ``split_words`` vectors of the non-count entries
+            (``Round.moment_round``), or None if the round has none.
+
+    Raises:
+        ProtocolError: the parts do not fit the round's layout.
+
+    >>> import numpy as np
+    >>> mask = np.array([True, False, True])
+    >>> paillier_round_total(mask, [4, 0], split_words(np.array([-3]))).view(np.int64).tolist()
+    [4, -3, 0]
+    """
+    import numpy as np
+
+    mask = np.asarray(count_mask, dtype=bool)
+    total = np.zeros(mask.shape[0], dtype=np.uint64)
+    counts = np.asarray(count_totals, dtype=np.int64)
+    if counts.shape != (int(mask.sum()),):
+        raise ProtocolError(
+            f"round answer has {counts.shape[0]} count totals; the round has {int(mask.sum())}"
+        )
+    total[mask] = counts.view(np.uint64)
+    rest = int((~mask).sum())
+    if rest:
+        if words is None:
+            raise ProtocolError(f"round answer has no encrypted vector for its {rest} sums")
+        joined = join_words(words)
+        if joined.shape != (rest,):
+            raise ProtocolError(
+                f"round answer has {joined.shape[0]} encrypted sums; the round has {rest}"
+            )
+        total[~mask] = joined
+    elif words is not None and np.asarray(words).size:
+        raise ProtocolError("round answer has encrypted entries but the round has no sums")
+    return total
 
 
 def anon_applied_to_proto(out: Mapping[str, Any]) -> node_pb2.AnonApplyResponse:

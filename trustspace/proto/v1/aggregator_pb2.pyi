@@ -98,13 +98,23 @@ class RunRoundResponse(_message.Message):
     ENCRYPTED_VECTOR_FIELD_NUMBER: _builtins.int
     SUPPRESSED_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    COUNT_TOTALS_FIELD_NUMBER: _builtins.int
     encrypted_vector: _builtins.bytes
-    """The sum of the nodes' encrypted vectors (EncryptedVector.to_bytes(), re-randomised)."""
+    """The sum of the nodes' encrypted vectors (EncryptedVector.to_bytes(), re-randomised) over
+    the round's non-count entries (trustspace.stats.Round.moment_round); empty if it has none.
+    """
     nodes: _builtins.int
     """how many nodes contributed"""
     @_builtins.property
     def suppressed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """entries every node sent as 0 (below min_group_size)"""
+
+    @_builtins.property
+    def count_totals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The totals of the round's record-count entries, in round order (Round.count_mask), with
+        the suppressed ones zeroed: the aggregator sums them by secure aggregation anyway (to
+        enforce min_group_size), so they are not encrypted a second time.
+        """
 
     def __init__(
         self,
@@ -112,10 +122,11 @@ class RunRoundResponse(_message.Message):
         encrypted_vector: _builtins.bytes = ...,
         suppressed: _abc.Iterable[_builtins.int] | None = ...,
         nodes: _builtins.int = ...,
+        count_totals: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_vector", b"encrypted_vector", "nodes", b"nodes", "suppressed", b"suppressed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_totals", b"count_totals", "encrypted_vector", b"encrypted_vector", "nodes", b"nodes", "suppressed", b"suppressed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
