@@ -305,6 +305,7 @@ SMALL_HIER = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     table=small_tables,
@@ -505,6 +506,7 @@ def test_mask_mode_keeps_rows(adult: pd.DataFrame, hier: dict[str, Hierarchy]) -
     assert starred >= rel.result.suppressed_records
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(
     table=small_tables,
