@@ -1,0 +1,572 @@
+"""Bad input to every RPC of a live node and aggregator (in-process servers on 127.0.0.1).
+
+Hypothesis generates malformed messages: random bytes as the whole request, and messages whose
+fields are random or nearly valid (real stage names, real round and query JSON with wrong
+types, huge strings, wrong key sizes). Every call must end cleanly — OK for a harmless request,
+or INVALID_ARGUMENT / PERMISSION_DENIED / FAILED_PRECONDITION / UNAUTHENTICATED / UNIMPLEMENTED,
+never INTERNAL, UNKNOWN or a hang — the server keeps serving, and a node writes exactly one
+audit line per call (refusals included). ``make test`` runs FAST_EXAMPLES inputs per RPC;
+``make soak`` runs SOAK_EXAMPLES (10,000) per RPC.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+from _reliability import record
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trustspace.api import Federation
+from trustspace.node.audit import verify
+from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2
+from trustspace.stats import Query, start
+from trustspace.transport import serde
+from trustspace.transport.ca import Credentials
+from trustspace.transport.tls import secure_channel
+
+FAST_EXAMPLES = 200
+SOAK_EXAMPLES = 10_000
+CLEAN = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+NODE_RPCS = {
+    "DescribeDatasets": node_pb2.DescribeDatasetsRequest,
+    "SecAggStep": node_pb2.SecAggStepRequest,
+    "PaillierStats": node_pb2.PaillierStatsRequest,
+    "AnonHistogram": node_pb2.AnonHistogramRequest,
+    "AnonApply": node_pb2.AnonApplyRequest,
+    "AnonRelease": node_pb2.AnonReleaseRequest,
+}
+AGG_RPCS = {
+    "RunQuery": aggregator_pb2.RunQueryRequest,
+    "RunRound": aggregator_pb2.RunRoundRequest,
+    "RunAnonymization": aggregator_pb2.RunAnonymizationRequest,
+    "Status": aggregator_pb2.StatusRequest,
+}
+CALL_TIMEOUT_S = 30.0  # a hang shows as DEADLINE_EXCEEDED, which fails the test
+
+
+class Space:
+    """Two in-process nodes and an aggregator (Federation.local) plus raw channels."""
+
+    def __init__(self, root: Path) -> None:
+        rng = np.random.default_rng(3)  # test data only
+        df = pd.DataFrame({"age": rng.integers(18, 90, 60), "sex": rng.choice(["F", "M"], 60)})
+        self.df = df
+        self.fed = Federation.local(
+            {"n1": df, "n2": df.iloc[::-1]},
+            policy={"min_group_size": 3, "rules": [{"analysts": ["analyst"], "operations": ["*"]}]},
+            workdir=root,
+            bounds={"age": (0, 120)},
+        )
+        ca = root / "ca"
+        self.node = self.fed.nodes["n1"]
+        self.agg_creds = Credentials.from_dir(ca / "aggregator")
+        self.analyst_creds = Credentials.from_dir(ca / "analyst")
+        self.node_channel = secure_channel(self.node.address, self.agg_creds, "n1")
+        agg_addr = self.fed.aggregator.address
+        self.agg_channel = secure_channel(agg_addr, self.analyst_creds, "127.0.0.1")
+        self.audit = self.node.service.audit
+        schema = self.node.engine.schema("default")
+        self.round = start(Query("count", "default", where="age > 30"), schema, 3).next_round()
+        assert self.round is not None
+
+    def raw(self, service: str, method: str) -> Callable[..., Any]:
+        chan = self.node_channel if service == "NodeService" else self.agg_channel
+        return chan.unary_unary(f"/trustspace.proto.v1.{service}/{method}")
+
+    def close(self) -> None:
+        self.node_channel.close()
+        self.agg_channel.close()
+        self.fed.close()
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+    s = Space(tmp_path_factory.mktemp("fuzz"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ strategies
+def _interesting_json(space_round: dict[str, Any]) -> st.SearchStrategy[str]:
+    """JSON text that is valid, nearly valid (wrong types, missing keys) or broken."""
+    good_query = {"op": "count", "dataset": "default", "columns": [], "where": None, "params": {}}
+    variants: list[Any] = [
+        space_round,
+        good_query,
+        {**good_query, "op": 5},
+        {**good_query, "dataset": ["x"]},
+        {**good_query, "where": "age >>> 3"},
+        {**good_query, "where": "age = 1 or " * 2000 + "age = 1"},
+        {**space_round, "terms": "all"},
+        {**space_round, "index": -1},
+        {**space_round, "dataset": "other"},
+        [],
+        None,
+        "x",
+        1e308,
+    ]
+    texts = [json.dumps(v) for v in variants]
+    texts += ["{", "[" * 5000, '{"a":' * 3000, "\x00", "NaN", "{}" * 10]
+    return st.one_of(st.sampled_from(texts), st.text(max_size=200))
+
+
+def _field_strategy(field: Any, json_text: st.SearchStrategy[str], depth: int) -> Any:
+    fd = field
+    if fd.type == fd.TYPE_MESSAGE:
+        if depth > 2:
+            return st.none()
+        inner = _message_strategy(fd.message_type, json_text, depth + 1)
+        return st.lists(inner, max_size=3) if _repeated(fd) else inner
+    if fd.type == fd.TYPE_STRING:
+        if fd.name.endswith("_json"):
+            base: Any = json_text
+        else:
+            base = st.one_of(
+                st.sampled_from(
+                    [
+                        "",
+                        "analyst",
+                        "advertise",
+                        "share_keys",
+                        "masked_input",
+                        "unmask",
+                        "all",
+                        "counts",
+                        "default",
+                        "count",
+                        "1",
+                        "2",
+                        "-1",
+                        "9" * 30,
+                        "../../etc/passwd",
+                        "/tmp/x.csv",
+                    ]
+                ),
+                st.text(max_size=64),
+            )
+    elif fd.type == fd.TYPE_BYTES:
+        base = st.one_of(
+            st.binary(max_size=300),
+            st.sampled_from([b"", b"\x00" * 32, (1 << 2047 | 1).to_bytes(256, "big")]),
+        )
+    elif fd.type == fd.TYPE_BOOL:
+        base = st.booleans()
+    else:  # integers of any width in the protos: uint32/uint64
+        bits = 64 if fd.type in (fd.TYPE_UINT64, fd.TYPE_INT64) else 32
+        base = st.one_of(st.integers(0, 4), st.integers(0, 2**bits - 1))
+    return st.lists(base, max_size=4) if _repeated(fd) else base
+
+
+def _repeated(fd: Any) -> bool:
+    if hasattr(fd, "is_repeated"):
+        return bool(fd.is_repeated)
+    return bool(fd.label == fd.LABEL_REPEATED)
+
+
+def _message_strategy(desc: Any, json_text: st.SearchStrategy[str], depth: int = 0) -> Any:
+    from google.protobuf import message_factory
+
+    cls = message_factory.GetMessageClass(desc)
+    fields = {f.name: _field_strategy(f, json_text, depth) for f in desc.fields}
+
+    def build(values: dict[str, Any]) -> Any:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    return st.fixed_dictionaries({}, optional=fields).map(build)
+
+
+# ------------------------------------------------------------------ the checks
+def _call(fn: Callable[..., Any], payload: bytes) -> grpc.StatusCode:
+    try:
+        fn(payload, timeout=CALL_TIMEOUT_S)
+    except grpc.RpcError as err:
+        return err.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def _still_serving(space: Space) -> None:
+    desc = space.raw("NodeService", "DescribeDatasets")
+    req = node_pb2.DescribeDatasetsRequest(context=common_pb2.RequestContext(analyst="analyst"))
+    assert _call(desc, req.SerializeToString()) == grpc.StatusCode.OK
+    status = space.raw("AggregatorService", "Status")
+    assert _call(status, aggregator_pb2.StatusRequest().SerializeToString()) == grpc.StatusCode.OK
+
+
+def fuzz_rpc(space: Space, service: str, method: str, msg_cls: Any, examples: int) -> None:
+    fn = space.raw(service, method)
+    json_text = _interesting_json(space.round.to_dict())
+    structured = _message_strategy(msg_cls.DESCRIPTOR, json_text)
+    inputs = st.one_of(
+        st.binary(max_size=512),
+        structured.map(lambda m: m.SerializeToString()),
+    )
+    codes: dict[str, int] = {}
+    calls = 0
+    lines_before = space.audit.lines
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=examples <= FAST_EXAMPLES,  # make test: the same inputs on every run
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(payload=inputs)
+    def run(payload: bytes) -> None:
+        nonlocal calls
+        code = _call(fn, payload)
+        calls += 1
+        codes[code.name] = codes.get(code.name, 0) + 1
+        assert code in CLEAN, f"{method}: {code.name} for {payload[:80]!r}"
+
+    t0 = time.monotonic()
+    try:
+        run()
+    finally:
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(codes.items()))
+        record(
+            "bad input",
+            f"{service}.{method}: random bytes and malformed fields",
+            f"{summary}; no crash",
+            tries=calls,
+            ok=all(grpc.StatusCode[k] in CLEAN for k in codes),
+        )
+    if service == "NodeService":
+        # every call (refusals included) is exactly one audit line
+        assert space.audit.lines - lines_before == calls, (space.audit.lines - lines_before, calls)
+        assert verify(space.audit.path).ok
+    _still_serving(space)
+    print(f"{method}: {calls} inputs in {time.monotonic() - t0:.1f} s: {summary}")
+
+
+@pytest.mark.parametrize("method", sorted(NODE_RPCS))
+def test_node_rpc_bad_input(space: Space, method: str) -> None:
+    fuzz_rpc(space, "NodeService", method, NODE_RPCS[method], FAST_EXAMPLES)
+
+
+@pytest.mark.parametrize("method", sorted(AGG_RPCS))
+def test_aggregator_rpc_bad_input(space: Space, method: str) -> None:
+    fuzz_rpc(space, "AggregatorService", method, AGG_RPCS[method], FAST_EXAMPLES)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize(
+    ("service", "method"),
+    [("NodeService", m) for m in sorted(NODE_RPCS)]
+    + [("AggregatorService", m) for m in sorted(AGG_RPCS)],
+)
+def test_long_fuzz(space: Space, service: str, method: str) -> None:
+    rpcs = NODE_RPCS if service == "NodeService" else AGG_RPCS
+    fuzz_rpc(space, service, method, rpcs[method], SOAK_EXAMPLES)
+
+
+# ------------------------------------------------------------------ targeted bad input
+def _ctx(op: str = "count") -> common_pb2.RequestContext:
+    return common_pb2.RequestContext(analyst="analyst", request_id="fz", operation=op)
+
+
+@pytest.mark.parametrize(
+    ("label", "n"),
+    [
+        ("zero", 0),
+        ("one", 1),
+        ("even", 1 << 2047),
+        ("tiny (35)", 35),
+        ("1024-bit", (1 << 1023) | 1),
+        ("9000-bit", (1 << 8999) | 1),
+        ("40000-bit", (1 << 39999) | 1),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bad_paillier_public_keys(space: Space, label: str, n: int) -> None:
+    """Node and aggregator refuse unusable or oversized keys at once (a 40,000-bit key used
+    to cost a node 65 s of CPU)."""
+    n_bytes = serde.int_to_bytes(n)
+    rnd = serde.dumps(space.round.to_dict())
+    node_req = node_pb2.PaillierStatsRequest(
+        context=_ctx(),
+        public_key=common_pb2.PaillierPublicKey(n=n_bytes),
+        round_json=rnd,
+        headroom=2,
+    )
+    t0 = time.monotonic()
+    code = _call(space.raw("NodeService", "PaillierStats"), node_req.SerializeToString())
+    took = time.monotonic() - t0
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, code
+    agg_req = aggregator_pb2.RunRoundRequest(
+        query_json=serde.dumps(Query("count", "default", where="age > 30").to_dict()),
+        round_json=rnd,
+        public_key=common_pb2.PaillierPublicKey(n=n_bytes),
+        request_id=f"key-{label}",
+    )
+    code2 = _call(space.raw("AggregatorService", "RunRound"), agg_req.SerializeToString())
+    assert code2 in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), code2
+    record(
+        "bad input",
+        f"Paillier public key: {label}",
+        f"node {code.name} in {took:.2f} s, aggregator {code2.name}",
+    )
+
+
+def test_oversized_messages_are_refused(space: Space) -> None:
+    big_json = "[" + "1," * (5 * 1024 * 1024) + "1]"  # 10 MiB, above the 8 MiB JSON limit
+    req = aggregator_pb2.RunQueryRequest(query_json=big_json, method="secagg")
+    assert (
+        _call(space.raw("AggregatorService", "RunQuery"), req.SerializeToString())
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    too_big = b"\x0a" + b"\xff" * 5 + os.urandom(16)  # a field claiming ~34 GB: truncated
+    assert (
+        _call(space.raw("NodeService", "SecAggStep"), too_big) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    over = aggregator_pb2.RunQueryRequest(query_json="x" * (65 * 1024 * 1024))
+    code = _call(space.raw("AggregatorService", "RunQuery"), over.SerializeToString())
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # the 64 MiB message limit
+    _still_serving(space)
+    record(
+        "bad input",
+        "oversized: 10 MiB JSON, truncated length prefix, 65 MiB message",
+        "INVALID_ARGUMENT, INVALID_ARGUMENT, RESOURCE_EXHAUSTED; still serving",
+        tries=3,
+    )
+
+
+# ------------------------------------------------------------------ replayed secagg messages
+class _Driver:
+    """Drives one secure-aggregation session over n1 and n2 by hand (what the aggregator's
+    ``secure_sum`` does), keeping every message so that tests can replay them."""
+
+    def __init__(self, space: Space, request_id: str) -> None:
+        from trustspace.secagg.config import SecAggConfig
+        from trustspace.secagg.server import SecAggServer
+        from trustspace.transport.clients import NodeClient
+
+        self.rnd = space.round
+        self.clients = {
+            1: NodeClient("n1", space.fed.nodes["n1"].address, space.agg_creds),
+            2: NodeClient("n2", space.fed.nodes["n2"].address, space.agg_creds),
+        }
+        self.ctx = serde.RequestContext("analyst", request_id, "count", "default")
+        self.setup = serde.SecAggSetup(
+            session_id=os.urandom(32), client_ids=(1, 2), vector_length=self.rnd.size
+        )
+        self.server = SecAggServer(
+            SecAggConfig(
+                session_id=self.setup.session_id, client_ids=(1, 2), vector_length=self.rnd.size
+            )
+        )
+        self.sent: dict[tuple[str, int], tuple[bytes, ...]] = {}
+
+    def step(self, stage: str, cid: int, payloads: tuple[bytes, ...]) -> list[bytes]:
+        self.sent[(stage, cid)] = payloads
+        return self.clients[cid].secagg_step(
+            serde.SecAggStep(
+                self.ctx,
+                self.setup,
+                stage,
+                payloads,
+                self.rnd.to_dict() if stage == "advertise" else {},
+                cid,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+
+    def run_until(self, last: str) -> Any:
+        from trustspace.secagg.messages import (
+            AdvertiseKeys,
+            EncryptedShares,
+            MaskedInput,
+            UnmaskShares,
+        )
+
+        adv = {c: self.step("advertise", c, ()) for c in (1, 2)}
+        if last == "advertise":
+            return adv
+        roster = self.server.collect_advertise(
+            {c: AdvertiseKeys.from_bytes(o[0]) for c, o in adv.items()}
+        )
+        roster_bytes = tuple(b for c in roster for b in adv[c])
+        shared = {c: self.step("share_keys", c, roster_bytes) for c in roster}
+        routing = self.server.collect_shares(
+            {
+                c: {m.recipient: m for m in (EncryptedShares.from_bytes(b) for b in out)}
+                for c, out in shared.items()
+            }
+        )
+        if last == "share_keys":
+            return routing
+        masked = {
+            r: self.step("masked_input", r, tuple(m.to_bytes() for m in senders.values()))
+            for r, senders in routing.items()
+        }
+        request = self.server.collect_masked(
+            {c: MaskedInput.from_bytes(o[0]) for c, o in masked.items()}
+        )
+        if last == "masked_input":
+            return request
+        unmasked = {c: self.step("unmask", c, (request.to_bytes(),)) for c in request.survivors}
+        return self.server.collect_unmask(
+            {c: UnmaskShares.from_bytes(o[0]) for c, o in unmasked.items()}
+        )
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+
+
+def test_replayed_secagg_messages_are_refused(space: Space) -> None:
+    from trustspace.errors import ProtocolError
+
+    done = _Driver(space, "replay-1")
+    total = done.run_until("unmask")
+    # the honest run completes with the exact count (n2 holds the same rows)
+    assert space.round.decode(total)[0] == 2 * int((space.df.age > 30).sum())
+    cases = {
+        "advertise again (same session id)": ("advertise", 1),
+        "share_keys after the session ended": ("share_keys", 1),
+        "masked_input after the session ended": ("masked_input", 2),
+        "unmask again (a second survivor list)": ("unmask", 1),
+    }
+    lines = space.audit.lines
+    for label, (stage, cid) in cases.items():
+        with pytest.raises(ProtocolError):
+            done.step(stage, cid, done.sent[(stage, cid)])
+        record("bad input", f"replayed SecAgg message: {label}", "INVALID_ARGUMENT, audited")
+    # every refused call to n1 is one line of n1's audit log
+    assert space.audit.lines - lines == sum(cid == 1 for _, cid in cases.values())
+    done.close()
+
+    # a session left half-way (its query failed after masked_input): nothing more is released
+    half = _Driver(space, "replay-2")
+    request = half.run_until("masked_input")
+    other = _Driver(space, "replay-3")
+    with pytest.raises(ProtocolError):  # its messages do not fit another session
+        other.step("share_keys", 1, tuple(half.sent[("share_keys", 1)]))
+    with pytest.raises(ProtocolError):  # masked input twice: the state machine refuses
+        half.step("masked_input", 1, half.sent[("masked_input", 1)])
+    # a session that saw a protocol error is dropped: even the honest unmask request (which
+    # would release shares) is refused afterwards
+    with pytest.raises(ProtocolError, match="no secure-aggregation session"):
+        half.step("unmask", 1, (request.to_bytes(),))
+    record(
+        "data safety",
+        "half-finished session: its messages replayed into another session, masked input "
+        "twice, then the unmask request",
+        "each refused; the session is dropped, no share is released",
+        tries=3,
+    )
+    half.close()
+    other.close()
+    assert verify(space.audit.path).ok
+
+
+# ------------------------------------------------------------------ bad ciphertexts
+def test_bad_ciphertexts_from_a_node_are_refused(space: Space) -> None:
+    """A node (or a man in the middle) returning out-of-range, non-unit, foreign-key or
+    truncated ciphertexts: the aggregator refuses the round with a clean ProtocolError."""
+    import datetime as dt
+
+    from trustspace.aggregator.service import AggregatorService
+    from trustspace.errors import InvalidCiphertext, ProtocolError
+    from trustspace.paillier import EncryptedVector, generate_keypair
+    from trustspace.transport.ca import Identity
+    from trustspace.transport.clients import NodeClient
+
+    pk, sk = generate_keypair(2048)
+    other_pk, _ = generate_keypair(2048)
+    p = int(sk.p)
+    n1 = NodeClient("n1", space.fed.nodes["n1"].address, space.agg_creds)
+    n2 = NodeClient("n2", space.fed.nodes["n2"].address, space.agg_creds)
+    query = Query("sum", "default", "age", where="age > 30")
+    comp = start(query, space.node.engine.schema("default"), 3)
+    rnd = comp.next_round()
+    for _ in range(5):  # the first round with sums to encrypt (after the count round)
+        assert rnd is not None
+        if rnd.moment_round() is not None:
+            break
+        comp.feed(np.full(rnd.size, 100.0))
+        rnd = comp.next_round()
+    assert rnd is not None
+    words = serde.split_words(np.arange(rnd.size, dtype=np.int64))  # what a node encrypts
+
+    def node_vector(key: Any) -> bytes:
+        ev = key.encrypt_vector(words, value_bits=serde.PAILLIER_WORD_VALUE_BITS, headroom=2)
+        return bytes(ev.to_bytes())
+
+    honest, foreign = node_vector(pk), node_vector(other_pk)
+    width = pk.ciphertext_length
+
+    def with_first(value: int) -> bytes:
+        head, last = honest[: len(honest) - width], honest[len(honest) - width :]
+        assert len(last) == width
+        return head + value.to_bytes(width, "big") if value < 1 << (8 * width) else honest[:-1]
+
+    nsq = int(pk.n) ** 2
+    crafted = {
+        "zero": with_first(0),
+        "n^2 (out of range)": with_first(nsq) if nsq < 1 << (8 * width) else honest[:-1],
+        "a multiple of p (not a unit)": with_first(p * 12345 if p else int(pk.n)),
+        "n (not a unit)": with_first(int(pk.n)),
+        "under another key": foreign,
+        "truncated": honest[:-7],
+    }
+
+    class Evil:
+        """A node client that runs secure aggregation honestly and answers PaillierStats with
+        the given bytes."""
+
+        def __init__(self, real: NodeClient, data: bytes) -> None:
+            self.real, self.data = real, data
+            self.name, self.address = real.name, real.address
+
+        def describe(self, *a: Any, **k: Any) -> Any:
+            return self.real.describe(*a, **k)
+
+        def secagg_step(self, *a: Any, **k: Any) -> Any:
+            return self.real.secagg_step(*a, **k)
+
+        def paillier_stats(self, *a: Any, **k: Any) -> bytes:
+            return self.data
+
+        def close(self) -> None:
+            pass
+
+    analyst = Identity("analyst", "analyst", dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC))
+    for i, (label, data) in enumerate(crafted.items()):
+        with pytest.raises(InvalidCiphertext):
+            EncryptedVector.from_bytes(pk, data)
+        agg = AggregatorService("agg", [Evil(n1, data), Evil(n2, honest)])  # type: ignore[list-item]
+        try:
+            with pytest.raises(ProtocolError, match="n1 sent an invalid encrypted vector"):
+                agg.run_round(
+                    analyst,
+                    serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), f"ct{i}"),
+                )
+        finally:
+            agg._pool.shutdown(wait=True)
+        record(
+            "bad input", f"Paillier ciphertext from a node: {label}", "ProtocolError, round refused"
+        )
+    ok = EncryptedVector.from_bytes(pk, honest)  # the honest vector still decrypts
+    assert len(sk.decrypt_vector(ok)) >= 2
+    n1.close()
+    n2.close()
