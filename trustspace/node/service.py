@@ -387,11 +387,22 @@ class NodeService:
 
         def work() -> bytes:
             self._check_round(ctx, rnd)
-            encoded = self._local(rnd).copy()
-            bad = [i for i in req.suppressed if not 0 <= i < encoded.shape[0]]
+            # Only the non-count entries are encrypted: the aggregator sums the record counts
+            # by secure aggregation anyway (min_group_size), so they travel only that way.
+            sums = rnd.moment_round()
+            if sums is None:
+                raise ProtocolError(
+                    f"node {self.name}: round {rnd.index} holds only record counts, which are "
+                    "summed by secure aggregation; there is nothing to encrypt"
+                )
+            bad = [i for i in req.suppressed if not 0 <= i < rnd.size]
             if bad:
                 raise ProtocolError(f"node {self.name}: suppressed index {bad[0]} out of range")
-            encoded[list(req.suppressed)] = 0
+            where = ~rnd.count_mask
+            full = np.zeros(rnd.size, dtype=np.int64)
+            full[where] = self._local(sums)
+            full[list(req.suppressed)] = 0
+            encoded = full[where]
             ev = pk.encrypt_vector(
                 serde.split_words(encoded),
                 value_bits=serde.PAILLIER_WORD_VALUE_BITS,
