@@ -171,15 +171,16 @@ def run_anonymization(
             suppression_limit=spec.suppression_limit,
             metric=spec.metric,
         )
+        allowed = all(n in plan.release for n in names)
+        will_release = bool(release or (release is None and allowed))
         apply_ctx = ctx("anonymize.apply")
-        transformation = {"result": result.to_json(), "digest": digest}
+        transformation = {"result": result.to_json(), "digest": digest, "release": will_release}
         applied, failed = svc._fan_out(
             nodes, lambda n: n.anon_apply(apply_ctx, transformation, timeout)
         )
         _all_answered(failed, "apply")
-        allowed = all(n in plan.release for n in names)
         rows: dict[str, str] | None = None
-        if release or (release is None and allowed):
+        if will_release:
             rel_ctx = ctx("anonymize.release")
             got, failed = svc._fan_out(nodes, lambda n: n.anon_release(rel_ctx, timeout))
             _all_answered(failed, "release")

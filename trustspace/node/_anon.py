@@ -173,6 +173,8 @@ class AnonJobs:
         path = folder / f"{spec.dataset}-{self.node}-{job.request_id}.csv"
         _write_atomically(path, out.to_csv(index=False).encode())
         job.output = path
+        if payload.get("release") is False:  # no release follows: forget the job now
+            self._forget(job)
         return {"rows_written": len(out), "rows_suppressed": suppressed, "output_path": str(path)}
 
     def release(self, job: AnonJob) -> bytes:
@@ -183,9 +185,12 @@ class AnonJobs:
                 "transformation was not applied yet"
             )
         data = job.output.read_bytes()
+        self._forget(job)
+        return data
+
+    def _forget(self, job: AnonJob) -> None:
         with self._lock:
             self._jobs.pop((job.analyst, job.request_id), None)
-        return data
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
