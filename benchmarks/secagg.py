@@ -265,6 +265,25 @@ def round_vs_floor(n: int, m: int, drop_frac: float, reps: int, gbps: float) -> 
     }  # fmt: skip
 
 
+def sweep(ns: list[int], m: int, drop_frac: float) -> list[dict[str, Any]]:
+    """Whole-round time against the number of clients (same m, same dropout fraction)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for n in ns:
+        inputs = rng.integers(0, 2**64, size=(n, m), dtype=np.uint64)
+        dropped = sorted(rng.choice(n, size=round(drop_frac * n), replace=False).tolist())
+        start = time.perf_counter()
+        out = secagg.simulate(inputs, dropouts={"masked_input": dropped})
+        seconds = time.perf_counter() - start
+        expected = np.delete(inputs, dropped, axis=0).sum(axis=0, dtype=np.uint64)
+        assert np.array_equal(out, expected), "round result is not the exact sum"
+        cfg = SecAggConfig(os.urandom(32), tuple(range(1, n + 1)), m)
+        rows.append({"n": n, "m": m, "k": cfg.k, "t": cfg.t, "dropped": len(dropped),
+                     "seconds": seconds})  # fmt: skip
+        print(f"  sweep n={n:5d} m={m} k={cfg.k} t={cfg.t}: {seconds:.3f} s", flush=True)
+    return rows
+
+
 # -- 5. scale (child process, for a clean peak-memory figure) --------------------------------
 
 
@@ -354,6 +373,7 @@ def main() -> None:
 
     rnd = round_vs_floor(100, 100_000, 0.1, 2 if quick else 3, best_gbps)
     sc = scale(params["scale"]["n"], 10_000, 0.05)
+    sw = sweep([10, 25, 50, 100] if quick else [10, 25, 50, 100, 200, 400], 10_000, 0.05)
 
     results = {
         "aes_ctr": aes,
@@ -369,6 +389,7 @@ def main() -> None:
         },
         "round_n100_m100k": {**rnd, "target_ratio_to_floor": 3.0},
         "scale": sc,
+        "sweep_clients": sw,
     }  # fmt: skip
 
     def f(x: float | None, unit: str = "", digits: int = 3) -> str:

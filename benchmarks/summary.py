@@ -1,0 +1,355 @@
+"""Render benchmarks/results/*.json as one Markdown table (SUMMARY.md) and PNG charts.
+
+    python benchmarks/summary.py
+
+Reads whatever results exist (paillier, secagg, stats, anon); each row states our figure, the
+anchor's, the ratio and the target, with the machine and versions the figures came from.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OPS = [
+    "encrypt",
+    "encrypt_private_key",
+    "decrypt",
+    "add",
+    "mul_32bit",
+    "vector_encrypt_per_value",
+    "vector_decrypt_per_value",
+]
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: ""}[met]
+
+
+Row = tuple[str, str, str, str, str, str]
+
+
+def paillier_rows(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for bits, res in sorted(d["results"].items()):
+        for op in OPS:
+            if op not in res["ops"]:
+                continue
+            o = res["ops"][op]
+            ours = o["trustspace"]["median"]
+            phe = o.get("phe", {}).get("median")
+            heu = o.get("heu", {}).get("median")
+            s = d["summary"].get(f"{op}@{bits}", {})
+            if op.startswith("vector_") or op == "encrypt_private_key":
+                # ratios are to phe's scalar operation of the same kind
+                base = "encrypt" if "encrypt" in op else "decrypt"
+                phe = res["ops"][base].get("phe", {}).get("median")
+            anchor = f"phe {_fmt(phe, 0)}" + (f", HEU {_fmt(heu, 0)}" if heu else "")
+            ratio = f"{_fmt(s.get('ratio_phe'))}x phe" + (
+                f", {_fmt(s.get('ratio_heu'))}x HEU" if s.get("ratio_heu") else ""
+            )
+            target = f">= {s['target']:g}x phe" if s.get("target") else ""
+            rows.append(
+                (
+                    f"Paillier {op} ({bits}-bit), ops/s",
+                    _fmt(ours, 0),
+                    anchor,
+                    ratio,
+                    target,
+                    _verdict(s.get("met")),
+                )
+            )
+    em = d.get("summary", {}).get("encrypt_many_2proc_speedup")
+    if em:
+        rows.append(
+            (
+                "Paillier encrypt_many, 2 processes vs 1",
+                f"{_fmt(em['ratio'])}x",
+                "one process",
+                f"{_fmt(em['ratio'])}x",
+                f">= {em['target']:g}x",
+                _verdict(em.get("met")),
+            )
+        )
+    return rows
+
+
+def secagg_rows(d: dict[str, Any]) -> list[Row]:
+    r = d["results"]
+    mk, sh, rd = r["masking_1M_50_neighbours"], r["shamir_32B_n100_t51"], r["round_n100_m100k"]
+    rows: list[Row] = [
+        (
+            "SecAgg+ client masking, 1M values, 50 neighbours (mod 2^32), s",
+            _fmt(mk["ours_mod32_s"], 4),
+            f"Flower {_fmt(mk['flower_mod32_s'], 3)}",
+            f"{_fmt(mk['speedup_mod32'], 1)}x faster",
+            ">= 5x",
+            _verdict(mk["speedup_mod32"] is not None and mk["speedup_mod32"] >= 5),
+        ),
+        (
+            "Shamir share + combine, 32 B, n=100, t=51, s",
+            _fmt(sh["ours_s"], 4),
+            f"Flower {_fmt(sh['flower_s'], 3)}",
+            f"{_fmt(sh['speedup'], 0)}x faster",
+            ">= 100x",
+            _verdict(sh["speedup"] is not None and sh["speedup"] >= 100),
+        ),
+        (
+            f"whole round n=100, m=100k, k={rd['k']}, t={rd['t']}, 10% dropped, s",
+            _fmt(rd["seconds"], 2),
+            f"keystream floor {_fmt(rd['floor_seconds'], 2)}",
+            f"{_fmt(rd['ratio_to_floor'])}x floor"
+            + (f" (CPU {_fmt(rd['cpu_ratio_to_floor'])}x)" if "cpu_ratio_to_floor" in rd else ""),
+            "<= 3x",
+            _verdict(rd["ratio_to_floor"] <= 3),
+        ),
+    ]
+    sc = r.get("scale")
+    if sc:
+        rows.append(
+            (
+                f"scale n={sc['n']}, m={sc['m']}, 5% dropped, s",
+                _fmt(sc["seconds"], 1),
+                "",
+                f"exact: {sc['exact']}, peak RSS {_fmt(sc.get('peak_rss_MiB'), 0)} MiB",
+                "completes exactly",
+                _verdict(bool(sc["exact"])),
+            )
+        )
+    return rows
+
+
+def stats_rows(d: dict[str, Any]) -> list[Row]:
+    ds = d["describe"]
+    p = d["parameters"]
+    rows: list[Row] = []
+    for m in ("secagg", "paillier"):
+        ratio = ds[f"{m}_ratio_to_pandas"]
+        rows.append(
+            (
+                f"describe 5 cols, {p['nodes']} nodes x {p['rows_per_node']:,} rows ({m}), s",
+                _fmt(ds[f"{m}_s"], 3),
+                f"pandas {_fmt(ds['pandas_describe_s'], 3)}",
+                f"{_fmt(ratio)}x pandas",
+                "<= 3x",
+                _verdict(ratio <= 3),
+            )
+        )
+    for m, lat in d.get("count_latency", {}).items():
+        rows.append(
+            (
+                f"count latency over 3 small nodes ({m}), p50 / p95 ms",
+                f"{_fmt(lat['p50_ms'], 1)} / {_fmt(lat['p95_ms'], 1)}",
+                "",
+                "",
+                f"p50 <= {lat['target_p50_ms']:g} ms",
+                _verdict(lat["p50_ms"] <= lat["target_p50_ms"]),
+            )
+        )
+    return rows
+
+
+def anon_rows(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for o in d.get("optimal", []):
+        if o["k"] == 5 and o["suppression"] == 0.05:
+            search_s = o.get("search_seconds_median", o["seconds_median"])
+            rows.append(
+                (
+                    "optimal k=5, 5% suppression, Adult 8 QIs (in-process), s",
+                    _fmt(search_s, 3),
+                    f"ARX {o['arx_seconds']}",
+                    f"{_fmt(search_s / o['arx_seconds'])}x ARX",
+                    "<= 1x ARX",
+                    _verdict(search_s <= o["arx_seconds"]),
+                )
+            )
+        rows.append(
+            (
+                f"Loss, k={o['k']}, suppression {o['suppression']:.0%}",
+                _fmt(o["loss"], 4),
+                f"ARX {o['arx_loss']}",
+                f"{_fmt(o['loss_ratio'], 3)}x ARX",
+                "<= ARX",
+                _verdict(o["loss"] <= o["arx_loss"] + 5e-4),
+            )
+        )
+    pr = d.get("process")
+    if pr:
+        rows.append(
+            (
+                "whole `trustspace anonymize` process, k=5, 5%, s",
+                _fmt(pr["seconds_median"], 2),
+                f"ARX fresh process ~{pr['arx_fresh_process_seconds']}",
+                f"{_fmt(pr['ratio_to_arx'])}x ARX",
+                f"<= {pr['target_seconds']} s",
+                _verdict(pr["seconds_median"] <= pr["target_seconds"]),
+            )
+        )
+    for mo in d.get("mondrian", []):
+        if "arx_seconds" in mo:
+            rows.append(
+                (
+                    f"Mondrian k={mo['k']}: time s / Loss",
+                    f"{_fmt(mo['seconds_median'], 2)} / {_fmt(mo['loss'], 4)}",
+                    f"ARX local recoding {mo['arx_seconds']} / {mo['arx_loss']}",
+                    f"{_fmt(mo['time_ratio'])}x time, {_fmt(mo['loss_ratio'], 3)}x Loss",
+                    "",
+                    "",
+                )
+            )
+    fed = d.get("federated")
+    if isinstance(fed, dict) and fed.get("seconds_median") is not None:
+        local = fed.get("local_seconds_median")
+        ratio = fed.get("ratio_to_local")
+        rows.append(
+            (
+                "federated k=5, 5%, 3 node processes, mTLS, s",
+                _fmt(fed["seconds_median"], 2),
+                f"local {_fmt(local, 2)}",
+                f"{_fmt(ratio)}x local",
+                "<= 3x local",
+                _verdict(ratio is not None and ratio <= 3),
+            )
+        )
+    return rows
+
+
+def charts(data: dict[str, dict[str, Any]]) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is in the bench extra
+        return []
+    made = []
+    if (d := data.get("paillier")) is not None:
+        fig, axes = plt.subplots(1, len(d["results"]), figsize=(12, 4.5), squeeze=False)
+        for ax, (bits, res) in zip(axes[0], sorted(d["results"].items()), strict=True):
+            ops = [op for op in ("encrypt", "decrypt", "add", "mul_32bit") if op in res["ops"]]
+            for i, (who, color) in enumerate(
+                (("trustspace", "tab:blue"), ("phe", "tab:gray"), ("heu", "tab:orange"))
+            ):
+                vals = [res["ops"][op].get(who, {}).get("median", 0) or 0 for op in ops]
+                ax.bar([j + i * 0.27 for j in range(len(ops))], vals, 0.27, label=who, color=color)
+            ax.set_xticks([j + 0.27 for j in range(len(ops))], ops)
+            ax.set_yscale("log")
+            ax.set_title(f"Paillier {bits}-bit, ops/s (one core, log scale)")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "paillier.png", dpi=110)
+        plt.close(fig)
+        made.append("paillier.png")
+    if (d := data.get("secagg")) is not None:
+        r = d["results"]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        mk, sh = r["masking_1M_50_neighbours"], r["shamir_32B_n100_t51"]
+        labels = ["mask 1M, 50 nbrs", "Shamir n=100 t=51"]
+        ours = [mk["ours_mod32_s"] * 1e3, sh["ours_s"] * 1e3]
+        flower = [(mk["flower_mod32_s"] or 0) * 1e3, (sh["flower_s"] or 0) * 1e3]
+        axes[0].bar([0, 1], ours, 0.4, label="trustspace", color="tab:blue")
+        axes[0].bar([0.4, 1.4], flower, 0.4, label="Flower 1.42", color="tab:gray")
+        axes[0].set_xticks([0.2, 1.2], labels)
+        axes[0].set_yscale("log")
+        axes[0].set_ylabel("ms (log scale)")
+        axes[0].set_title("SecAgg+ primitives against Flower")
+        axes[0].legend()
+        sw = r.get("sweep_clients") or []
+        if sw:
+            axes[1].plot([x["n"] for x in sw], [x["seconds"] for x in sw], "o-", color="tab:blue")
+            axes[1].set_xlabel("clients n (10,000 values each, 5% dropped)")
+            axes[1].set_ylabel("whole in-process round, s")
+            axes[1].set_title("SecAgg+ round time against the number of clients")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "secagg.png", dpi=110)
+        plt.close(fig)
+        made.append("secagg.png")
+    if (d := data.get("anon")) is not None and d.get("optimal"):
+        opt = [o for o in d["optimal"] if o["suppression"] == 0.05]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        ks = [str(o["k"]) for o in opt]
+        x = range(len(ks))
+        ours_t = [o.get("search_seconds_median", o["seconds_median"]) for o in opt]
+        axes[0].bar([i for i in x], ours_t, 0.4, label="trustspace", color="tab:blue")
+        axes[0].bar([i + 0.4 for i in x], [o["arx_seconds"] for o in opt], 0.4, label="ARX (ref.)",
+                    color="tab:gray")  # fmt: skip
+        axes[0].set_xticks([i + 0.2 for i in x], [f"k={k}" for k in ks])
+        axes[0].set_title("optimal search time, Adult, 5% suppression (s)")
+        axes[0].legend()
+        axes[1].bar([i for i in x], [o["loss"] for o in opt], 0.4, label="trustspace",
+                    color="tab:blue")  # fmt: skip
+        axes[1].bar([i + 0.4 for i in x], [o["arx_loss"] for o in opt], 0.4, label="ARX (ref.)",
+                    color="tab:gray")  # fmt: skip
+        axes[1].set_xticks([i + 0.2 for i in x], [f"k={k}" for k in ks])
+        axes[1].set_title("Loss (lower is better)")
+        axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "anon.png", dpi=110)
+        plt.close(fig)
+        made.append("anon.png")
+    return made
+
+
+def main() -> int:
+    builders = {
+        "paillier": paillier_rows,
+        "secagg": secagg_rows,
+        "stats": stats_rows,
+        "anon": anon_rows,
+    }
+    data = {name: d for name in builders if (d := _load(name)) is not None}
+    if not data:
+        print("no results under benchmarks/results/; run `make bench` first", file=sys.stderr)
+        return 1
+    lines = ["# Benchmark summary", ""]
+    first = next(iter(data.values()))
+    m = first["machine"]
+    lines.append(
+        f"Machine: {m.get('cpu') or m.get('cpu_model')}, {m.get('cores')} cores, "
+        f"{m.get('platform')}."
+    )
+    for name, d in data.items():
+        v = ", ".join(f"{k} {val}" for k, val in d.get("versions", {}).items())
+        lines.append(
+            f"- `{name}` ({d.get('mode') or d.get('parameters', {}).get('mode', '')}): {v}"
+        )
+    lines += [
+        "",
+        "| measurement | trustspace | anchor | ratio | target | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, build in builders.items():
+        if name in data:
+            try:
+                rows = build(data[name])
+            except (KeyError, TypeError) as exc:  # an older or partial result file
+                rows = [(f"{name}: result file incomplete ({exc!r})", "", "", "", "", "")]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+    made = charts(data)
+    lines += [""] + [f"![{p}]({p})" for p in made]
+    out = RESULTS / "SUMMARY.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {out}" + (f" and {', '.join(made)}" if made else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
