@@ -151,8 +151,12 @@ def test_spec_round_trip_and_errors(hier: dict[str, Hierarchy]) -> None:
         AnonSpec.from_dict({**spec.to_dict(), "kk": 3})
     with pytest.raises(ConfigError, match="sensitive"):
         AnonSpec("adult", (hier["age"],), l=2)
+    with pytest.raises(ConfigError, match="anonymization spec"):
+        AnonSpec.from_dict({**spec.to_dict(), "l": "two", "sensitive": "x"})
     with pytest.raises(ProtocolError, match="do not fit"):
         VectorRequest("histogram", (9, 0)).check(spec.domain)
+    with pytest.raises(ProtocolError, match="too long"):
+        VectorRequest("histogram", (0, 0), cells=2**30).check(spec.domain)
 
 
 # ---------------------------------------------------------------- over the services
@@ -296,3 +300,7 @@ def test_policy_operation_family_and_unknown_column() -> None:
         assert fed.anonymize("default", _small_qis(), k=3).data is not None
         with pytest.raises(ConfigError, match="'height' is not in dataset"):
             fed.anonymize("default", {"height": _small_qis()["age"]}, k=3)
+        # a malformed request reaches the aggregator: a clear error, the server stays up
+        with pytest.raises(ConfigError, match="anonymization spec"):
+            fed._client.run_anonymization({"spec": {"dataset": "default", "hierarchies": 3}})
+        assert fed.anonymize("default", _small_qis(), k=3).classes >= 1

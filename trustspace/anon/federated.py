@@ -75,7 +75,9 @@ _KEY_BOUND = 2**63  # sum of count*key over the histogram must not wrap modulo 2
 _CACHE = 512  # rolled-up histograms kept as roll-up sources (fetched ones are always kept)
 _HASH_BITS = 16  # buckets of the quick rejection test (as LocalOracle.undersized)
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
-MAX_SPEC_CHARS = 4 * 1024 * 1024  # hierarchies travel in the request; bound what we parse
+#: Longest vector a node computes for one round (2^25 uint64 = 256 MiB): the aggregator never
+#: asks for a dense vector longer than the sketch, which is ~4.5 entries per record.
+MAX_VECTOR_ENTRIES = 2**25
 
 
 def _mix(x: U64Array, seed: int) -> U64Array:
@@ -231,7 +233,9 @@ class AnonSpec:
             kw["sensitive_values"] = tuple(sv)
         try:
             return cls(hierarchies=tuple(hs), **kw)
-        except TypeError as exc:
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"anonymization spec: {exc}") from None
 
     def digest(self) -> str:
@@ -275,6 +279,11 @@ class VectorRequest:
             )
         if self.cells < 0:
             raise ProtocolError(f"sketch cells must be positive, got {self.cells}")
+        if self.length(domain) > MAX_VECTOR_ENTRIES:
+            raise ProtocolError(
+                f"a vector of {self.length(domain)} entries is too long (at most "
+                f"{MAX_VECTOR_ENTRIES}); the aggregator should have asked for a sketch"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
