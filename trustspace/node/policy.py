@@ -47,9 +47,7 @@ def _matches(allowed: tuple[str, ...], value: str) -> bool:
 
 def _op_matches(allowed: tuple[str, ...], op: str) -> bool:
     """Operations also match a family: ``"anonymize.*"`` allows every ``anonymize.`` step."""
-    return _matches(allowed, op) or any(
-        a.endswith(".*") and op.startswith(a[:-1]) for a in allowed
-    )
+    return _matches(allowed, op) or any(a.endswith(".*") and op.startswith(a[:-1]) for a in allowed)
 
 
 class _Bucket:

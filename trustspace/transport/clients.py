@@ -110,7 +110,6 @@ class NodeClient(_Client):
         )
         return bytes(resp.encrypted_vector)
 
-
     def anon_histogram(
         self, ctx: serde.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
     ) -> dict[str, Any]:
