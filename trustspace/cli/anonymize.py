@@ -142,6 +142,8 @@ def _write_atomic(path: str, write: Any) -> None:
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename, so a crash never shows a stub
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
