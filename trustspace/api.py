@@ -563,7 +563,7 @@ class Federation:
         c: float | None = None,
         ordered: bool | None = None,
         suppressed: str = "drop",
-        disclosure: str = "base",
+        disclosure: str = "visited",
         release: bool | None = None,
     ) -> Any:
         """Federated k-anonymization (optimal full-domain generalization) over every node.
@@ -581,10 +581,11 @@ class Federation:
             sensitive_values: the sensitive attribute's public domain (default: the domain
                 declared for the column in the node configs).
             suppression_limit, metric, suppressed: as ``anon.anonymize``.
-            disclosure: ``"base"`` (default: the aggregator learns the global histogram of
-                the original quasi-identifier tuples once, two rounds in all) or ``"visited"``
-                (only the histograms of the lattice nodes the search visits, one round each).
-                See docs/security-anon.md.
+            disclosure: ``"visited"`` (default: the aggregator learns only the histograms of
+                the lattice nodes the search visits, one round each) or ``"base"`` (it learns
+                the global histogram of the original quasi-identifier tuples once, two rounds
+                in all, several times faster; every node must set
+                ``policy.allow_base_histogram = true``). See docs/security.md.
             release: ask for the rows (``True``: a node whose policy keeps them raises
                 ``PolicyError``), never (``False``), or when every node allows it (``None``).
 

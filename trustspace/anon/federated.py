@@ -66,7 +66,12 @@ DISCLOSURES = ("base", "visited")
 SUPPRESSED_MODES = ("drop", "mask")
 SKETCH_TABLES = 3  # 3 hash functions peel up to ~0.81 keys per cell (threshold 1/1.222)
 SKETCH_CELLS_PER_KEY = 0.5  # per table: 1.5 cells per key in all, well below the threshold
-SKETCH_MIN_CELLS = 8  # tiny tables peel badly; a few spare cells cost nothing
+# Two keys that share their cell in all three tables never peel: with c cells per table a pair
+# does so with probability 1/c^3, so small sketches get enough spare cells to make that rare
+# (k=20 keys in 64 cells: 190/64^3 = 0.07%), and a sketch that still fails is retried under
+# another public seed (SKETCH_ATTEMPTS), which reveals nothing beyond the same histogram.
+SKETCH_MIN_CELLS = 64
+SKETCH_ATTEMPTS = 3
 _SKETCH_FIELDS = 3
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 increment (2^64 / golden ratio)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -118,7 +123,7 @@ class AnonSpec:
     suppression_limit: float = 0.0
     metric: str = "loss"
     suppressed: str = "drop"
-    disclosure: str = "base"
+    disclosure: str = "visited"
 
     def __post_init__(self) -> None:
         if not self.dataset:
@@ -624,8 +629,7 @@ class AggregatedOracle:
             keys = np.flatnonzero(total).astype(np.int64)
             counts = total[keys].astype(np.int64)
         else:
-            req = VectorRequest("histogram", target, cells, self._seed)
-            keys, counts = sketch_decode(self._round(req), cells, self._seed, size)
+            keys, counts = self._sketch_round(target, cells, size)
         if int(counts.sum()) != self.n:
             raise ProtocolError(
                 f"the aggregated histogram counts {int(counts.sum())} records but the marginals "
@@ -635,6 +639,20 @@ class AggregatedOracle:
         self._fetched.append(hist)
         self.learned.append(target)
         return hist
+
+    def _sketch_round(
+        self, target: tuple[int, ...], cells: int, size: int
+    ) -> tuple[IntArray, IntArray]:
+        """A sketch round, retried under the next public seeds if the sum does not peel."""
+        for attempt in range(SKETCH_ATTEMPTS):
+            seed = (self._seed + attempt) % 2**62
+            req = VectorRequest("histogram", target, cells, seed)
+            try:
+                return sketch_decode(self._round(req), cells, seed, size)
+            except ProtocolError:
+                if attempt == SKETCH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _remember(self, lv: tuple[int, ...], keys: IntArray, counts: IntArray) -> None:
         self._cache[lv] = (keys, counts)
@@ -667,7 +685,7 @@ class FederatedRelease:
     outputs: tuple[NodeOutput, ...]
     data: pd.DataFrame | None = None
     rounds: int = 0
-    disclosure: str = "base"
+    disclosure: str = "visited"
     learned: tuple[tuple[int, ...], ...] = ()
     seconds: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)

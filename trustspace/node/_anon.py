@@ -87,6 +87,18 @@ class AnonJobs:
                 "policy.allow_two_party_anonymization = true at every node)",
             )
 
+    def check_prepare(self, spec: AnonSpec, parties: int) -> None:
+        """The policy checks of ``AnonHistogram``: participants and disclosure mode."""
+        self.check_parties(parties)
+        if spec.disclosure == "base" and not self.config.policy.allow_base_histogram:
+            raise PolicyRefused(
+                self.node,
+                "allow_base_histogram",
+                "disclosure='base' would let the aggregator learn the global histogram of the "
+                "original quasi-identifier tuples; use disclosure='visited' (the default), or "
+                "set policy.allow_base_histogram = true at every node",
+            )
+
     def job(self, analyst: str, request_id: str) -> AnonJob:
         self._expire()
         with self._lock:

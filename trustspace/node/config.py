@@ -175,6 +175,7 @@ class PolicyConfig:
     release_rows: bool = False
     rate_limit: RateLimit | None = None
     allow_two_party_anonymization: bool = False
+    allow_base_histogram: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ def parse_policy(t: _Table) -> PolicyConfig:
         raise ConfigError(f"{t.where('min_group_size')} = {mgs}: must be at least 1")
     release = t.get("release_rows", bool, False)
     two_party = t.get("allow_two_party_anonymization", bool, False)
+    base_histogram = t.get("allow_base_histogram", bool, False)
     rate: RateLimit | None = None
     if "rate_limit" in t.data:
         rt = t.table("rate_limit")
@@ -261,7 +263,7 @@ def parse_policy(t: _Table) -> PolicyConfig:
         )
         rt.check_unknown()
     t.check_unknown()
-    return PolicyConfig(tuple(rules), mgs, release, rate, two_party)
+    return PolicyConfig(tuple(rules), mgs, release, rate, two_party, base_histogram)
 
 
 def policy_from_dict(data: dict[str, Any], source: str = "<policy>") -> PolicyConfig:

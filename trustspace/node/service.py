@@ -465,7 +465,7 @@ class NodeService:
             columns=spec.columns,
             params=params,
             work=lambda: self._anon.prepare(spec, ctx.analyst, ctx.request_id),
-            extra=lambda: self._anon.check_parties(len(nodes)),
+            extra=lambda: self._anon.check_prepare(spec, len(nodes)),
         )
 
     def anon_apply(
