@@ -65,7 +65,7 @@ def servers(
         data=partitions["n1"],
         audit=root / "n1.jsonl",
     )
-    revoked = json.dumps(["revoked-agg", _serial(ids["serial-agg"])])
+    revoked = json.dumps(["revoked-agg", _serial(ids["serial-agg"]), "n3"])
     cfg.write_text(cfg.read_text().replace("[tls]\n", f"[tls]\nrevoked = {revoked}\n"))
     node = Node(load_node_config(cfg)).start()
     agg_cfg = root / "agg.toml"
@@ -75,10 +75,28 @@ def servers(
         f'[[nodes]]\nname = "n1"\naddress = "{node.address}"\n'
     )
     agg = Aggregator(load_aggregator_config(agg_cfg)).start()
+    n3_cfg = write_node_config(
+        root / "n3.toml",
+        name="n3",
+        identity=pki / "ca" / "n3",
+        data=partitions["n3"],
+        audit=root / "n3.jsonl",
+    )
+    n3 = Node(load_node_config(n3_cfg)).start()
+    agg13_cfg = root / "agg13.toml"
+    agg13_cfg.write_text(
+        '[aggregator]\nlisten = "127.0.0.1:0"\n'
+        f'[tls]\ndir = "{pki / "ca" / "agg"}"\n'
+        f'[[nodes]]\nname = "n1"\naddress = "{node.address}"\n'
+        f'[[nodes]]\nname = "n3"\naddress = "{n3.address}"\n'
+    )
+    agg13 = Aggregator(load_aggregator_config(agg13_cfg)).start()
     try:
-        yield {"node": node, "agg": agg, "audit": root / "n1.jsonl"}
+        yield {"node": node, "agg": agg, "agg13": agg13, "audit": root / "n1.jsonl"}
     finally:
+        agg13.stop(0)
         agg.stop(0)
+        n3.stop(0)
         node.stop(0)
 
 
@@ -212,3 +230,23 @@ def test_bad_revocation_entry_is_a_config_error(tmp_path: Path, pki: Path) -> No
     )
     with pytest.raises(ConfigError, match=r"agg\.toml: key tls\.revoked: 'serial:xyz'"):
         load_aggregator_config(cfg)
+
+
+def test_revoked_node_in_a_roster_aborts_secure_aggregation(
+    servers: dict[str, Any], pki: Path
+) -> None:
+    """n1 revokes n3: an aggregator that puts n3 in a secure-aggregation roster gets a refusal
+    from n1 before n1 shares anything."""
+    from trustspace.errors import ProtocolError
+
+    client = AggregatorClient(servers["agg13"].address, Credentials.from_dir(pki / "ca" / "alice"))
+    try:
+        with pytest.raises(ProtocolError, match=r"roster entry of n3: name 'n3' is on the revoc"):
+            client.run_query({"op": "count", "dataset": "default"})
+    finally:
+        client.close()
+    record(
+        "identity",
+        "revoked node certificate in a secure-aggregation roster",
+        "the revoking node aborts at share_keys; nothing shared",
+    )

@@ -37,7 +37,13 @@ from trustspace.secagg.config import SecAggConfig
 from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
 from trustspace.stats import Round, filter_columns, parse_filter
 from trustspace.transport import serde
-from trustspace.transport.ca import Credentials, Identity, sign_blob, verify_blob
+from trustspace.transport.ca import (
+    Credentials,
+    Identity,
+    revocation_check,
+    sign_blob,
+    verify_blob,
+)
 
 log = logging.getLogger("trustspace.node")
 T = TypeVar("T")
@@ -354,6 +360,9 @@ class NodeService:
                 role="node",
                 where=f"node {self.name}: roster entry of client {msg.sender}",
             )
+            why = revocation_check(self.config.tls.revoked)(p[i + 2])
+            if why:
+                raise ProtocolError(f"node {self.name}: roster entry of {ident.name}: {why}")
             if ident.name in names or msg.sender in roster:
                 raise ProtocolError(
                     f"node {self.name}: node {ident.name} appears twice in the roster; aborting"
