@@ -242,6 +242,23 @@ def test_table_cache_is_bounded_and_reused() -> None:
         fb.TABLES.reconfigure(old)
 
 
+def test_public_table_is_built_only_once_it_pays() -> None:
+    """Few encryptions use plain powmods (no table); the table comes after TABLE_AFTER_USES."""
+    hz.clear_tables()
+    pk = PublicKey(int(PK.n))
+    key = pk._table_key()
+    for _ in range(hz.TABLE_AFTER_USES):
+        r = pk._noise()
+        assert pow(int(r), LAMBDA, NSQ) == 1  # still an n-th power (DJN noise)
+    assert fb.TABLES.get(key) is None
+    c = pk.raw_encrypt(11)
+    assert fb.TABLES.get(key) is not None
+    assert SK.raw_decrypt(c) == 11
+    hz.clear_tables()
+    pk.encrypt_vector(np.arange(hz.TABLE_AFTER_USES * 40), headroom=1, processes=1)
+    assert fb.TABLES.get(key) is not None  # a large batch builds it up front
+
+
 # ------------------------------------------------------------------------ encoding + arithmetic
 
 

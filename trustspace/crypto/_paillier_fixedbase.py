@@ -195,6 +195,14 @@ class TableCache:
             self._evict(keep=key)
             return item
 
+    def get(self, key: Hashable) -> Any:
+        """Return the cached object for ``key`` (marking it recently used), or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
     def clear(self) -> None:
         """Drop every cached table."""
         with self._lock:
