@@ -85,6 +85,10 @@ class Space:
         schema = self.node.engine.schema("default")
         self.round = start(Query("count", "default", where="age > 30"), schema, 3).next_round()
         assert self.round is not None
+        from trustspace.paillier import generate_keypair
+
+        self.paillier_n = int(generate_keypair(2048)[0].n)
+        self.valid = _valid_requests(self)
 
     def raw(self, service: str, method: str) -> Callable[..., Any]:
         chan = self.node_channel if service == "NodeService" else self.agg_channel
@@ -194,6 +198,88 @@ def _message_strategy(desc: Any, json_text: st.SearchStrategy[str], depth: int =
     return st.fixed_dictionaries({}, optional=fields).map(build)
 
 
+def _mutations(base: Any, json_text: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
+    """A valid request with one field (top-level or one level down) replaced by a random or
+    nearly valid value: these reach the policy, the state machines and the crypto."""
+    choices: list[st.SearchStrategy[bytes]] = []
+
+    def mutate(path: tuple[str, ...], value: Any) -> bytes:
+        msg = type(base)()
+        msg.CopyFrom(base)
+        holder = msg
+        for name in path[:-1]:
+            holder = getattr(holder, name)
+        field = holder.DESCRIPTOR.fields_by_name[path[-1]]
+        holder.ClearField(path[-1])
+        if value is None:
+            pass
+        elif _repeated(field):
+            getattr(holder, path[-1]).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(holder, path[-1]).CopyFrom(value)
+        else:
+            setattr(holder, path[-1], value)
+        return bytes(msg.SerializeToString())
+
+    for f in base.DESCRIPTOR.fields:
+        if f.type == f.TYPE_MESSAGE and not _repeated(f):
+            for g in f.message_type.fields:
+                strat = _field_strategy(g, json_text, 3)
+                choices.append(strat.map(lambda v, p=(f.name, g.name): mutate(p, v)))
+        strat = _field_strategy(f, json_text, 1)
+        choices.append(strat.map(lambda v, p=(f.name,): mutate(p, v)))
+    return st.one_of(*choices)
+
+
+def _valid_requests(space: Space) -> dict[str, Any]:
+    """One valid request per RPC that has a simple one (the base of the mutations)."""
+    ctx = common_pb2.RequestContext(
+        analyst="analyst", request_id="fz", operation="count", dataset="default"
+    )
+    rnd = serde.dumps(space.round.to_dict())
+    sums_query = Query("sum", "default", "age", where="age > 30")
+    comp = start(sums_query, space.node.engine.schema("default"), 3)
+    sums = comp.next_round()
+    for _ in range(5):  # the first round with sums (what PaillierStats encrypts)
+        assert sums is not None
+        if sums.moment_round() is not None:
+            break
+        comp.feed(np.full(sums.size, 100.0))
+        sums = comp.next_round()
+    assert sums is not None
+    n = serde.int_to_bytes(space.paillier_n)
+    return {
+        "DescribeDatasets": node_pb2.DescribeDatasetsRequest(context=ctx),
+        "SecAggStep": node_pb2.SecAggStepRequest(
+            context=ctx,
+            setup=node_pb2.SecAggSetup(
+                session_id=b"s" * 32, client_ids=["1", "2"], vector_length=space.round.size
+            ),
+            stage="advertise",
+            round_json=rnd,
+            client_id="1",
+        ),
+        "PaillierStats": node_pb2.PaillierStatsRequest(
+            context=common_pb2.RequestContext(
+                analyst="analyst", request_id="fz", operation="sum", dataset="default"
+            ),
+            public_key=common_pb2.PaillierPublicKey(n=n),
+            round_json=serde.dumps(sums.to_dict()),
+            headroom=2,
+        ),
+        "RunQuery": aggregator_pb2.RunQueryRequest(
+            query_json=serde.dumps(Query("count", "default", where="age > 30").to_dict()),
+            method="secagg",
+        ),
+        "RunRound": aggregator_pb2.RunRoundRequest(
+            query_json=serde.dumps(sums_query.to_dict()),
+            round_json=serde.dumps(sums.to_dict()),
+            public_key=common_pb2.PaillierPublicKey(n=n),
+            request_id="fz",
+        ),
+    }
+
+
 # ------------------------------------------------------------------ the checks
 def _call(fn: Callable[..., Any], payload: bytes) -> grpc.StatusCode:
     try:
@@ -215,10 +301,11 @@ def fuzz_rpc(space: Space, service: str, method: str, msg_cls: Any, examples: in
     fn = space.raw(service, method)
     json_text = _interesting_json(space.round.to_dict())
     structured = _message_strategy(msg_cls.DESCRIPTOR, json_text)
-    inputs = st.one_of(
-        st.binary(max_size=512),
-        structured.map(lambda m: m.SerializeToString()),
-    )
+    kinds = [st.binary(max_size=512), structured.map(lambda m: m.SerializeToString())]
+    base = space.valid.get(method)
+    if base is not None:
+        kinds.append(_mutations(base, json_text))
+    inputs = st.one_of(*kinds)
     codes: dict[str, int] = {}
     calls = 0
     lines_before = space.audit.lines
@@ -245,7 +332,8 @@ def fuzz_rpc(space: Space, service: str, method: str, msg_cls: Any, examples: in
         summary = ", ".join(f"{k} {v}" for k, v in sorted(codes.items()))
         record(
             "bad input",
-            f"{service}.{method}: random bytes and malformed fields",
+            f"{service}.{method}: random bytes, random fields, one field of a valid request "
+            "mutated",
             f"{summary}; no crash",
             tries=calls,
             ok=all(grpc.StatusCode[k] in CLEAN for k in codes),
