@@ -162,3 +162,47 @@ def test_request_id_reuse_is_bounded(
         fed._client.run_round(req)
         with pytest.raises(ConfigError, match="has run 2 rounds"):
             fed._client.run_round(req)
+
+
+def test_paillier_reuses_governing_counts_of_earlier_rounds(
+    partitions: dict[str, Path], union: Any, tmp_path: Path
+) -> None:
+    """A sum whose non-null count an earlier round of the request summed is suppressed from
+    that count, without summing it again (no second secure-aggregation session)."""
+    import json
+
+    from trustspace.stats import Query
+
+    with _local(partitions, ("n1", "n2", "n3"), tmp_path) as fed:
+        pk, sk = fed._keys()
+        for where, rid in (("age >= 88 and sex = 'F'", "small"), ("age < 88", "large")):
+            query = Query("sum", "default", "age", where)
+            first = Round("default", where, (Term.count("age"),))
+            fed._client.run_round(
+                serde.RoundRequest(query.to_dict(), first.to_dict(), int(pk.n), rid)
+            )
+            second = Round("default", where, (Term.moment(["age"], [1], [0.0], 40),), index=1)
+            rr = fed._client.run_round(
+                serde.RoundRequest(query.to_dict(), second.to_dict(), int(pk.n), rid)
+            )
+            ages = union.age[union.eval(where.replace(" = ", " == "))]
+            if rid == "small":
+                assert 0 < len(ages) < 5
+                assert rr.suppressed == (0,)
+                assert decrypt_round(second, rr, sk).tolist() == [0.0]
+            else:
+                assert rr.suppressed == ()
+                assert decrypt_round(second, rr, sk).tolist() == [float(ages.sum())]
+        assert fed.workdir is not None
+        lines = [
+            json.loads(line)
+            for line in (fed.workdir / "audit" / "n1.jsonl").read_text().splitlines()
+        ]
+        for rid in ("small", "large"):
+            stages = [
+                ln["params"].get("stage") or ln["params"].get("method")
+                for ln in lines
+                if ln.get("request_id") == rid
+            ]
+            assert stages.count("advertise") == 1  # only the first round was securely summed
+            assert stages.count("paillier") == 1

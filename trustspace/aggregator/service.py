@@ -139,6 +139,10 @@ class AggregatorService:
         )
         self._plans: dict[tuple[str, str], _Plan] = {}
         self._rounds: dict[tuple[str, str], int] = {}
+        #: Paillier requests' record-count totals by _governing_key, to skip re-summing them
+        self._governing: dict[tuple[str, str], dict[tuple[Any, ...], np.ndarray[Any, Any]]] = {}
+        #: runs a round's Paillier fan-out beside its secure sum (each fans out on _pool)
+        self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-side")
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ fan-out
@@ -178,6 +182,7 @@ class AggregatorService:
             for old in [o for o, p in self._plans.items() if now - p.created > PLAN_CACHE_S]:
                 del self._plans[old]
                 self._rounds.pop(old, None)
+                self._governing.pop(old, None)
             cached = self._plans.get(key)
         if cached is not None:
             return cached
@@ -429,31 +434,53 @@ class AggregatorService:
             )
         plan = self._plan(query, caller.name, request_id)
         ctx = _ctx_for(query, caller.name, request_id)
-        counts_round = Round(
-            rnd.dataset,
-            rnd.where,
-            tuple(t if t.is_count else Term.count(*t.columns) for t in rnd.terms),
-            rnd.group_column,
-            rnd.group_values,
-            rnd.index,
-        )
-        counts, shrunk = self._sum_round(ctx, counts_round, plan, first=used == 1)
-        if shrunk is not plan:  # first round: later rounds of this request skip the dropped
-            plan = shrunk
-            with self._lock:
-                self._plans[(caller.name, request_id)] = plan
         k = plan.min_group_size
-        suppressed = tuple(int(i) for i in np.flatnonzero((counts > 0) & (counts < k)))
+        mask = rnd.count_mask
+        sums = rnd.moment_round()
+        known = None if used == 1 else self._known_governing(caller.name, request_id, sums)
+        encrypted = b""
+        if known is None:
+            counts_round = Round(
+                rnd.dataset,
+                rnd.where,
+                tuple(t if t.is_count else Term.count(*t.columns) for t in rnd.terms),
+                rnd.group_column,
+                rnd.group_values,
+                rnd.index,
+            )
+            counts, shrunk = self._sum_round(ctx, counts_round, plan, first=used == 1)
+            if shrunk is not plan:  # first round: later rounds of this request skip the dropped
+                plan = shrunk
+                with self._lock:
+                    self._plans[(caller.name, request_id)] = plan
+            self._remember_governing(caller.name, request_id, counts_round, counts)
+            suppressed = tuple(int(i) for i in np.flatnonzero((counts > 0) & (counts < k)))
+            if sums is not None:
+                encrypted = self._paillier_sum(ctx, rnd, sums.size, plan, pk, suppressed)
+        else:
+            # Every sum's governing count was summed in an earlier round of this request (same
+            # dataset, filter, groups, columns): the nodes encrypt the sums while the round's
+            # count entries are summed by secure aggregation, instead of after.
+            assert sums is not None
+            counts = np.zeros(rnd.size)
+            counts[~mask] = known
+            early = tuple(int(i) for i in np.flatnonzero((counts > 0) & (counts < k)))
+            pending = self._side.submit(self._paillier_sum, ctx, rnd, sums.size, plan, pk, early)
+            only = tuple(t for t in rnd.terms if t.is_count)
+            if only:
+                counts_round = Round(
+                    rnd.dataset, rnd.where, only, rnd.group_column, rnd.group_values, rnd.index
+                )
+                totals, _ = self._sum_round(ctx, counts_round, plan)
+                self._remember_governing(caller.name, request_id, counts_round, totals)
+                counts[mask] = totals
+            suppressed = tuple(int(i) for i in np.flatnonzero((counts > 0) & (counts < k)))
+            encrypted = pending.result()
         # The count entries' totals are known here already (that is ``counts`` at the count
         # entries); they go to the analyst with the suppressed ones zeroed, exactly what it
         # would decrypt. Only the other entries (sums) are encrypted by the nodes.
-        mask = rnd.count_mask
         shown = np.where((counts > 0) & (counts < k), 0.0, counts)[mask]
         count_totals = tuple(int(c) for c in np.rint(shown).astype(np.int64))
-        sums = rnd.moment_round()
-        encrypted = b""
-        if sums is not None:
-            encrypted = self._paillier_sum(ctx, rnd, sums.size, plan, pk, suppressed)
         log.info(
             "%s: %s Paillier round %d over %d nodes, %d suppressed, %d encrypted entries",
             self.name,
@@ -464,6 +491,34 @@ class AggregatorService:
             0 if sums is None else sums.size,
         )
         return serde.RoundResult(encrypted, suppressed, len(plan.nodes), count_totals)
+
+    def _remember_governing(
+        self, analyst: str, request_id: str, counts_round: Round, totals: np.ndarray[Any, Any]
+    ) -> None:
+        """Keep the record-count terms' totals of a request's round (per group block)."""
+        with self._lock:
+            memo = self._governing.setdefault((analyst, request_id), {})
+            for i, t in enumerate(counts_round.terms):
+                if t.kind == "moment":  # a record count of rows with these columns non-null
+                    memo[_governing_key(counts_round, t)] = np.array(
+                        [
+                            totals[counts_round.term_slice(i, g)][0]
+                            for g in range(counts_round.n_groups)
+                        ]
+                    )
+
+    def _known_governing(
+        self, analyst: str, request_id: str, sums: Round | None
+    ) -> np.ndarray[Any, Any] | None:
+        """The governing counts of ``sums``'s entries (its layout) if all are known, else None."""
+        if sums is None:
+            return None
+        with self._lock:
+            memo = self._governing.get((analyst, request_id), {})
+            per_term = [memo.get(_governing_key(sums, t)) for t in sums.terms]
+        if any(v is None for v in per_term):
+            return None
+        return np.array([v[g] for g in range(sums.n_groups) for v in per_term if v is not None])
 
     def _paillier_sum(
         self,
@@ -524,9 +579,15 @@ class AggregatorService:
         return out
 
     def close(self) -> None:
+        self._side.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for n in self.nodes:
             n.close()
+
+
+def _governing_key(rnd: Round, term: Term) -> tuple[Any, ...]:
+    """What a record count depends on: dataset, filter, groups and the non-null columns."""
+    return (rnd.dataset, rnd.where, rnd.group_column, rnd.group_values, term.columns)
 
 
 def _signed(out: Sequence[bytes], client: int) -> tuple[bytes, bytes, bytes]:
