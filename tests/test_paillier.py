@@ -247,9 +247,10 @@ def test_public_table_is_built_only_once_it_pays() -> None:
     hz.clear_tables()
     pk = PublicKey(int(PK.n))
     key = pk._table_key()
-    for _ in range(hz.TABLE_AFTER_USES):
+    for i in range(hz.TABLE_AFTER_USES):
         r = pk._noise()
         assert pow(int(r), LAMBDA, NSQ) == 1  # still an n-th power (DJN noise)
+        assert (pk._base().small is None) == (i < hz.SMALL_TABLE_AFTER_USES)
     assert fb.TABLES.get(key) is None
     c = pk.raw_encrypt(11)
     assert fb.TABLES.get(key) is not None
