@@ -14,7 +14,8 @@ Every statistics method is a thin builder of a ``trustspace.stats.Query`` run by
   returns only the final, policy-checked result.
 - ``method="paillier"``: this process generates a Paillier key pair once per Federation (the
   private key never leaves it), runs the stats state machine, and has the aggregator add the
-  nodes' encrypted local vectors round by round; it decrypts only totals.
+  nodes' encrypted local sums round by round; it decrypts only totals. Record counts come as
+  totals the aggregator sums by secure aggregation anyway (to enforce ``min_group_size``).
 
 ``Federation.local`` starts one node per partition and an aggregator in this process, on
 127.0.0.1 ephemeral ports, with a throw-away CA and mutual TLS: the same servers, TLS and code

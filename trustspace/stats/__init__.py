@@ -2,8 +2,9 @@
 
 No I/O and no duckdb/grpc here: a node's ``trustspace.engine.Engine`` computes each round's
 local vector, the services sum the vectors over the nodes (secure aggregation of
-``Round.encode`` outputs, or Paillier on the float vector), and this package turns the totals
-into results equal to pandas' on the concatenated data.
+``Round.encode`` outputs; the Paillier path encrypts only the non-count entries,
+``Round.moment_round``, and takes the record counts from that secure sum), and this package
+turns the totals into results equal to pandas' on the concatenated data.
 
 Map:
 

@@ -52,7 +52,8 @@ __all__ = ["GRID_BINS", "Computation", "Result", "replay", "start"]
 #: Bins per quantile grid: each refinement narrows a bin 2^10-fold, so the default precision
 #: (DEFAULT_REFINEMENTS more grids after the first) is 2^-30 of the data's octave range.
 #: Queries may choose another power of two (``params["grid_bins"]``): fewer bins mean shorter
-#: vectors (cheaper for Paillier) but more rounds to reach the same precision.
+#: vectors (less secure-aggregation traffic; grids are record counts, which the Paillier path
+#: does not encrypt) but more rounds to reach the same precision.
 GRID_BINS = 1024
 DEFAULT_REFINEMENTS = 2
 #: Default quantile precision, relative to the first grid's span: 2^-30.

@@ -172,7 +172,7 @@ class Query:
             ``range`` (histogram), ``q``, ``precision`` and ``grid_bins`` (quantile),
             ``percentiles``, ``precision`` and ``grid_bins`` (describe), ``by``, ``agg`` and
             ``values`` (group_by). ``grid_bins`` (a power of two, 16..4096, default 1024) trades
-            vector length (Paillier cost) against rounds.
+            vector length against rounds.
 
     >>> q = Query("mean", "adult", "age", where="sex = 'Male'")
     >>> q.columns

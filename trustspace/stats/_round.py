@@ -272,7 +272,8 @@ class Round:
     (as pandas' groupby does by default).
 
     A node computes the float64 vector with ``Engine.compute(round)``; the vectors are summed
-    over the nodes (secure aggregation of ``encode`` outputs, or Paillier); the total is fed to
+    over the nodes (secure aggregation of ``encode`` outputs; Paillier for the entries of
+    ``moment_round``, the counts by secure aggregation); the total is fed to
     the state machine.
 
     >>> r = Round("adult", "age > 30", (Term.rows(), Term.moment(["age"], [1], [0.0], 40)))

@@ -202,7 +202,7 @@ class PaillierStatsRequest(_message.Message):
     def public_key(self) -> _common_pb2.PaillierPublicKey: ...
     @_builtins.property
     def suppressed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """entries to send as 0 (groups below min_group_size)"""
+        """round entries to send as 0 (below min_group_size)"""
 
     def __init__(
         self,
@@ -227,8 +227,10 @@ class PaillierStatsResponse(_message.Message):
 
     ENCRYPTED_VECTOR_FIELD_NUMBER: _builtins.int
     encrypted_vector: _builtins.bytes
-    """The local vector, fixed-point encoded (trustspace.stats.Round.encode as signed integers),
-    packed and encrypted: trustspace.paillier.EncryptedVector.to_bytes() (re-randomised).
+    """The local vector of the round's non-count entries (trustspace.stats.Round.moment_round;
+    record counts are summed by secure aggregation only), fixed-point encoded (Round.encode
+    as signed integers, two 31-bit words each), packed and encrypted:
+    trustspace.paillier.EncryptedVector.to_bytes().
     """
     def __init__(
         self,
