@@ -12,7 +12,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PIP_FLAGS := --disable-pip-version-check --quiet
 
-.PHONY: help demo test lint typecheck protos protos-check unit bench bench-full soak clean
+.PHONY: help demo test lint typecheck protos protos-check unit bench bench-full soak reliability clean
 
 help:
 	@echo "make demo       run the multi-node demo (builds .venv)"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench      quick benchmarks against the anchors; make bench-full for the full set"
 	@echo "make protos     regenerate trustspace/proto/v1 from protos/"
 	@echo "make soak       long fault, fuzz and load runs (on demand)"
+	@echo "make reliability  run the fault/fuzz/identity/load suite with soak, write docs/reliability.md"
 
 $(VPY):
 	@if [ -z "$(PYTHON)" ]; then echo "error: trustspace needs Python >= 3.11; none found on PATH (set PYTHON=...)" >&2; exit 1; fi
@@ -77,6 +78,9 @@ bench-full: $(VENV)/.installed-bench
 
 soak: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest -m soak $(PYTEST_ARGS)
+
+reliability: $(VENV)/.installed-dev
+	$(VPY) scripts/reliability.py --soak
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

@@ -658,3 +658,23 @@ def test_bad_ciphertexts_from_a_node_are_refused(space: Space) -> None:
     assert len(sk.decrypt_vector(ok)) >= 2
     n1.close()
     n2.close()
+
+
+# ------------------------------------------------------------------ what the long fuzz found
+@pytest.mark.parametrize(
+    ("method", "field", "value"),
+    [
+        ("SecAggStep", "client_id", "²"),  # str.isdigit() accepts it, int() does not
+        ("SecAggStep", "client_id", "١٢"),  # Arabic-Indic digits: int() would accept them
+        ("PaillierStats", "headroom", 2**32 - 2),  # no 63-bit packing slot fits it
+        ("PaillierStats", "headroom", 2**31 + 1),
+    ],
+)
+def test_long_fuzz_findings_stay_fixed(space: Space, method: str, field: str, value: Any) -> None:
+    """Inputs that ``make soak`` found answering INTERNAL (an unexpected exception)."""
+    msg = type(space.valid[method])()
+    msg.CopyFrom(space.valid[method])
+    setattr(msg, field, value)
+    code = _call(space.raw("NodeService", method), msg.SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    record("bad input", f"{method} with {field} = {value!r} (found by the long fuzz)", code.name)

@@ -23,6 +23,9 @@ MAX_JSON_CHARS = 8 * 1024 * 1024
 #: the cap bounds an analyst's key (forwarded by the aggregator) to ~20x the work of the 3072-bit
 #: default. Without it a 40,000-bit modulus cost a node 65 s of CPU per request (a cheap DoS).
 MAX_PAILLIER_KEY_BITS = 8192
+#: Most vectors a Paillier total may add up (one per node): far more nodes than a data space
+#: has, and 31-bit words plus 16 bits of headroom still fit the 63-bit packing slots.
+MAX_PAILLIER_HEADROOM = 1 << 16
 
 
 def dumps(obj: Any) -> str:
@@ -196,7 +199,7 @@ def step_to_proto(step: SecAggStep) -> node_pb2.SecAggStepRequest:
 
 
 def _int(text: str, what: str) -> int:
-    if not text.isdigit() or len(text) > 20:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:  # not "²" or "٣"
         raise ProtocolError(f"{what}: {text!r} is not a client id")
     return int(text)
 
@@ -249,8 +252,10 @@ def paillier_request_to_proto(req: PaillierRequest) -> node_pb2.PaillierStatsReq
 
 
 def paillier_request_from_proto(msg: node_pb2.PaillierStatsRequest) -> PaillierRequest:
-    if msg.headroom < 1:
-        raise ProtocolError("PaillierStats: headroom must be at least 1")
+    if not 1 <= msg.headroom <= MAX_PAILLIER_HEADROOM:
+        raise ProtocolError(
+            f"PaillierStats: headroom {msg.headroom} must be 1 to {MAX_PAILLIER_HEADROOM}"
+        )
     return PaillierRequest(
         context=context_from_proto(msg.context),
         n=paillier_modulus(msg.public_key.n, "PaillierStats"),
