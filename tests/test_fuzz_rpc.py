@@ -332,8 +332,8 @@ def fuzz_rpc(space: Space, service: str, method: str, msg_cls: Any, examples: in
         summary = ", ".join(f"{k} {v}" for k, v in sorted(codes.items()))
         record(
             "bad input",
-            f"{service}.{method}: random bytes, random fields, one field of a valid request "
-            "mutated",
+            f"{service}.{method} ({'long' if examples > FAST_EXAMPLES else 'short'} run): "
+            "random bytes, random fields, one field of a valid request mutated",
             f"{summary}; no crash",
             tries=calls,
             ok=all(grpc.StatusCode[k] in CLEAN for k in codes),
