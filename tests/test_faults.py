@@ -159,7 +159,8 @@ def test_node_killed_at_stage(fs: FaultSpace, stage: str) -> None:
     assert info["nodes"] == list(included)
     assert info["excluded"] == ([] if stage == "unmask" else ["n3"])
     assert any("n3" in str(w.message) for w in caught) == (stage != "unmask")
-    with fs.fed("t2") as fed:  # the next query (two rounds) runs over the survivors at once
+    # the next query (two rounds) runs over the survivors at once, with a warning naming n3
+    with fs.fed("t2") as fed, pytest.warns(UserWarning, match="n3"):
         u = fs.union("n1", "n2")
         assert fed.mean("default", "age", where="sex = 'F'") == pytest.approx(
             u[u.sex == "F"].age.mean(), rel=1e-12
