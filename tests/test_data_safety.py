@@ -70,15 +70,15 @@ _CRASH = textwrap.dedent(
 @pytest.mark.parametrize(
     ("label", "imports", "call"),
     [
-        (
+        (  # the writer of the node's AnonApply output and of certificates and keys
             "node AnonApply output",
-            "from trustspace.node._anon import _write_atomically",
-            "_write_atomically(Path(sys.argv[1]), b'age\\n' * 100000)",
+            "from trustspace._files import write_atomic",
+            "write_atomic(Path(sys.argv[1]), b'age\\n' * 100000)",
         ),
-        (
+        (  # the writer of `trustspace anonymize -o` (streamed text)
             "trustspace anonymize -o",
-            "from trustspace.cli.anonymize import _write_atomic",
-            "_write_atomic(sys.argv[1], lambda fh: fh.write('age\\n' * 100000))",
+            "from trustspace._files import write_atomic",
+            "write_atomic(sys.argv[1], lambda fh: fh.write('age\\n' * 100000), text=True)",
         ),
     ],
 )
@@ -102,17 +102,16 @@ def test_crash_while_writing_output_leaves_no_complete_looking_file(
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trustspace.cli.anonymize import _write_atomic
-    from trustspace.node._anon import _write_atomically
+    from trustspace._files import write_atomic
 
     def boom(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError):
-        _write_atomically(tmp_path / "a.csv", b"x" * 1000)
+        write_atomic(tmp_path / "a.csv", b"x" * 1000)
     with pytest.raises(OSError):
-        _write_atomic(str(tmp_path / "b.csv"), lambda fh: fh.write("x" * 1000))
+        write_atomic(str(tmp_path / "b.csv"), lambda fh: fh.write("x" * 1000), text=True)
     assert list(tmp_path.iterdir()) == []
     record(
         "data safety", "disk full while writing an anonymization output", "OSError, no file left"

@@ -10,12 +10,11 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trustspace._files import write_atomic
 from trustspace.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -136,20 +135,6 @@ def _hierarchy(spec: str, column: list[str], sep: str) -> Hierarchy:
     return Hierarchy.from_csv(path, name, sep=sep)
 
 
-def _write_atomic(path: str, write: Any) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # on disk before the rename, so a crash never shows a stub
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from trustspace.anon.api import anonymize_columns
 
@@ -194,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
     report = result.report()
     report["input"] = args.input
     report["output"] = args.output
-    _write_atomic(args.output, write_csv)
+    write_atomic(args.output, write_csv, text=True)
     if args.report:
-        _write_atomic(args.report, lambda fh: fh.write(json.dumps(report, indent=2) + "\n"))
+        write_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode())
     m = result.metrics
     levels = "(local recoding)"
     if result.levels:

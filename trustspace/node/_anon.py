@@ -9,8 +9,6 @@ apply and the release all name it by the request id.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from trustspace._files import write_atomic
 from trustspace.anon.api import apply as apply_result
 from trustspace.anon.federated import AnonSpec, LocalCounts, VectorRequest
 from trustspace.anon.search import Result
@@ -183,7 +182,7 @@ class AnonJobs:
         folder = output_dir(self.config)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{spec.dataset}-{self.node}-{job.request_id}.csv"
-        _write_atomically(path, out.to_csv(index=False).encode())
+        write_atomic(path, out.to_csv(index=False).encode())
         job.output = path
         if payload.get("release") is False:  # no release follows: forget the job now
             self._forget(job)
@@ -203,17 +202,3 @@ class AnonJobs:
     def _forget(self, job: AnonJob) -> None:
         with self._lock:
             self._jobs.pop((job.analyst, job.request_id), None)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
