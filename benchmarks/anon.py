@@ -45,21 +45,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from trustspace import _adult  # noqa: E402
 from trustspace.anon import Domain, Hierarchy, KAnonymity, LocalOracle, search  # noqa: E402
 from trustspace.anon.mondrian import mondrian  # noqa: E402
 
-ADULT = ROOT / "demos" / "data" / "adult"
+ADULT = _adult.DIR
 RESULTS = HERE / "results" / "anon.json"
-QI = [
-    "age",
-    "sex",
-    "race",
-    "marital-status",
-    "education",
-    "native-country",
-    "workclass",
-    "occupation",
-]
+QI = list(_adult.QUASI_IDENTIFIERS)
 # SOURCE.md: (k, suppression) -> (ARX seconds warm JVM, suppressed, classes, Loss)
 ARX = {
     (2, 0.0): (0.05, 0, 60, 0.590),

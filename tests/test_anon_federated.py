@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycanon import anonymity as pc
 
+from trustspace import _adult
 from trustspace.anon import Domain, Hierarchy, LocalOracle, anonymize, search
 from trustspace.anon.federated import (
     SKETCH_ATTEMPTS,
@@ -33,17 +34,8 @@ from trustspace.api import Federation
 from trustspace.errors import ConfigError, DataError, PolicyError, ProtocolError
 from trustspace.node.audit import verify
 
-ADULT = Path(__file__).resolve().parents[1] / "demos" / "data" / "adult"
-QI = [
-    "age",
-    "sex",
-    "race",
-    "marital-status",
-    "education",
-    "native-country",
-    "workclass",
-    "occupation",
-]
+ADULT = _adult.DIR
+QI = list(_adult.QUASI_IDENTIFIERS)
 ALLOW_ALL = {"analysts": ["*"], "operations": ["*"]}
 
 

@@ -17,23 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trustspace import secagg, stats
+from trustspace import _adult, secagg, stats
 from trustspace.engine import DatasetSpec, Engine
 from trustspace.errors import EncodingOverflow
 from trustspace.stats import Query, Result
 
-ADULT = Path(__file__).resolve().parents[1] / "demos" / "data" / "adult" / "adult.csv"
-ADULT_COLUMNS = {
-    "sex": "str",
-    "age": "int",
-    "race": "str",
-    "marital-status": "str",
-    "education": "str",
-    "native-country": "str",
-    "workclass": "str",
-    "occupation": "str",
-    "salary-class": "str",
-}
+ADULT = _adult.CSV
+ADULT_COLUMNS = _adult.COLUMNS
 
 
 def make_engines(

@@ -28,30 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from trustspace import _adult
 from trustspace.cli._space import LocalSpace, NodeSpec
 
-ADULT = Path(__file__).resolve().parents[2] / "demos" / "data" / "adult"
-ADULT_COLUMNS = {
-    "sex": "str",
-    "age": "int",
-    "race": "str",
-    "marital-status": "str",
-    "education": "str",
-    "native-country": "str",
-    "workclass": "str",
-    "occupation": "str",
-    "salary-class": "str",
-}
-QUASI_IDENTIFIERS = (
-    "age",
-    "sex",
-    "race",
-    "marital-status",
-    "education",
-    "native-country",
-    "workclass",
-    "occupation",
-)
+ADULT = _adult.DIR
+ADULT_COLUMNS = _adult.COLUMNS
+QUASI_IDENTIFIERS = _adult.QUASI_IDENTIFIERS
 MIN_GROUP_SIZE = 10
 
 
