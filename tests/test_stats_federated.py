@@ -523,3 +523,20 @@ def test_grid_bins_trade_rounds_for_vector_length(adult_engines, adult, grid_bin
     assert (res.rounds > default.rounds) == (grid_bins < 1024)
     for key, prec in res.precision.items():
         assert prec <= default.precision[key] * 1.0001
+
+
+def test_sparse_tails_release_the_run_of_bins_holding_k(tmp_path):
+    """A min/max/percentile whose own bin holds fewer than k records is released as the lower
+    edge of the narrowest run of bins around it holding k records, not left at the range."""
+    rng = np.random.default_rng(5)  # test data only
+    df = pd.DataFrame({"v": np.round(rng.lognormal(10.5, 0.6, 6000), 2)})
+    engines = make_engines([df.iloc[::3], df.iloc[1::3], df.iloc[2::3]], tmp_path, {"v": "float"})
+    res = run(engines, Query("describe", "d", ["v"]), k=10)
+    want = df.describe()["v"]
+    span = 2.0 ** math.ceil(math.log2(want["max"]))  # the octave range's width at most
+    for label in ("min", "25%", "50%", "75%", "max"):
+        value, prec = res.value.loc[label, "v"], res.precision[f"v/{label}"]
+        assert value <= want[label] + 1e-9 < value + prec + 2e-9, label
+        assert prec < span / 4, (label, prec)  # before: the whole range for min and max
+    top_k = np.sort(df.v.to_numpy())[-10]  # the run released for max holds >= k records
+    assert res.value.loc["max", "v"] <= top_k

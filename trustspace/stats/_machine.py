@@ -184,12 +184,44 @@ def _locate(counts: Vec, rank: int, n: int, k: int) -> int | None:
     return int(hits[0]) - 1 if hits.size else None
 
 
+def _window(counts: Vec, rank: int, k: int) -> tuple[int, int] | None:
+    """The narrowest run of adjacent bins (first, last; 0-based, without the under/overflow
+    entries) around the bin holding order statistic ``rank`` that holds at least ``k`` records,
+    grown one bin at a time towards the fuller neighbour; None if the grid holds fewer than
+    ``k`` records or has withheld (UNKNOWN_SMALL) entries.
+
+    Used where the rank's own bin is too small to release: the run's lower edge is released
+    instead, with the run's width as the precision, so the figure still describes >= k records
+    (e.g. a ``max`` becomes the lower edge of the top bins holding k records).
+    """
+    if bool((counts == UNKNOWN_SMALL).any()):
+        return None
+    c = np.asarray(counts[1:-1], dtype=np.float64)
+    before = float(counts[0]) + np.concatenate([[0.0], np.cumsum(c)])
+    hits = np.flatnonzero((before[:-1] <= rank) & (rank < before[1:]))
+    if hits.size == 0 or c.sum() < k:
+        return None
+    i0 = i1 = int(hits[0])
+    total = c[i0]
+    while total < k:
+        left = c[i0 - 1] if i0 > 0 else -1.0
+        right = c[i1 + 1] if i1 + 1 < c.size else -1.0
+        if right > left:
+            i1 += 1
+            total += c[i1]
+        else:
+            i0 -= 1
+            total += c[i0]
+    return i0, i1
+
+
 class _Quantiles:
     """Locates order statistics of one column by refining histogram bins.
 
     Disclosure: a bin is only refined (and its edge only released) while it holds at least
-    ``k`` records; a target whose bin would hold fewer stops at its last safe bin, and its
-    precision is that bin's width.
+    ``k`` records; a target whose bin would hold fewer takes the narrowest run of bins around
+    it that holds ``k`` (``_window``) if that is narrower than its last safe bin, and stops;
+    its precision is the width of what it released.
     """
 
     def __init__(
@@ -230,7 +262,12 @@ class _Quantiles:
             t.probe = None
             i = _locate(grids[(a, w)], t.rank, self.n, self.k)
             if i is None:
-                continue  # the finer bin would describe fewer than k records, or is uncertain
+                # the rank's finer bin would describe fewer than k records: release the
+                # narrowest run of bins around it that holds k, if narrower than what we have
+                run = _window(grids[(a, w)], t.rank, self.k)
+                if run is not None and (run[1] - run[0] + 1) * w < t.width:
+                    t.value, t.width = a + run[0] * w, (run[1] - run[0] + 1) * w
+                continue
             t.value, t.width = a + i * w, w
             # Stop at the requested precision, or where float64 cannot split the bin further.
             finest = self.bins * max(math.ulp(t.value), math.ulp(t.value + w), _TINY)
