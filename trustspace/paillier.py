@@ -34,7 +34,7 @@ aggregator's additions are single modular multiplications:
 Everything here is re-exported from :mod:`trustspace.crypto.paillier` (hazmat), which also has
 the ``raw_*`` methods and the precomputation settings. Encrypted values re-randomise themselves
 before they are serialised; deserialisation validates the key fingerprint and the ciphertexts.
-Security notes: ``docs/security-paillier.md``.
+Security notes: ``docs/security.md (Paillier)``.
 """
 
 from __future__ import annotations

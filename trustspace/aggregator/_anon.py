@@ -12,7 +12,7 @@
 4. Release: the rows come back to the analyst only from nodes whose ``release_rows`` allows it.
 
 What the aggregator learns: the marginals, and the global histograms listed in the result's
-``histograms_learned`` (docs/security-anon.md, "Federated anonymization").
+``histograms_learned`` (docs/security.md (k-anonymization), "Federated anonymization").
 """
 
 from __future__ import annotations

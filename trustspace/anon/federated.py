@@ -143,7 +143,7 @@ class AnonSpec:
         if self.disclosure not in DISCLOSURES:
             raise ConfigError(
                 f"disclosure must be one of {DISCLOSURES}, got {self.disclosure!r} (see "
-                "docs/security-anon.md, 'Federated anonymization')"
+                "docs/security.md (k-anonymization), 'Federated anonymization')"
             )
         models = self.models()  # validates l, t, c, diversity
         if any(m.needs_sensitive for m in models) and self.sensitive is None:

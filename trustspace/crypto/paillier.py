@@ -7,7 +7,7 @@ Fresh encryptions draw their noise ``r**n`` in the Damgård–Jurik–Nielsen sh
 ``h_s**a`` with ``h_s = (-x**2)**n mod n**2`` for a random unit x and a fresh random exponent
 ``a`` of |n|/2 bits, computed with a fixed-base windowed table (cached per key, bounded, see
 :func:`configure_tables`); the private-key holder computes the same thing modulo p**2 and q**2
-(CRT). The security argument and its extra assumption are in ``docs/security-paillier.md``.
+(CRT). The security argument and its extra assumption are in ``docs/security.md (Paillier)``.
 
 Safe objects: :class:`EncryptedNumber` (ints and floats in one fixed-point context per
 ``frac_bits``; ``+``, ``-``, ``*`` by plaintext scalar, ``sum()``; lazily re-randomised before it

@@ -888,7 +888,7 @@ def replay(
     The state machine is deterministic, so a node that is given the earlier rounds' totals
     can check that a requested Round is exactly the one the query calls for (same terms,
     centres, bins, group values), rather than one crafted to isolate records. It cannot
-    check the totals themselves; see docs/security-stats.md.
+    check the totals themselves; see docs/security.md (federated-statistics).
 
     >>> schema = TableSchema({"x": "float"})
     >>> first = replay(Query("mean", "d", "x"), schema, 0, [])
