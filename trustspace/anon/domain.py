@@ -15,7 +15,8 @@ dense vector ``counts[key]``. It depends only on the hierarchies, never on the d
 A **histogram oracle** answers ``histogram(levels) -> (keys, counts)``: the sorted non-zero keys
 of the dense vector and their counts. Locally (``LocalOracle``) it rolls up the compressed
 histogram of distinct tuples; a federated driver computes the same vector by secure aggregation
-of the nodes' local dense vectors (see ``docs/security.md (k-anonymization)``) and returns its non-zeros.
+of the nodes' local dense vectors (see ``docs/security.md``, k-anonymization) and returns its
+non-zeros.
 """
 
 from __future__ import annotations

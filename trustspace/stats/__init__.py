@@ -41,7 +41,8 @@ Map:
   only; SQL is the engine's).
 
 Security notes (what each role learns, how ``min_group_size`` is enforced on totals only, the
-min/max policy and the differencing risk of filters) are in ``docs/security.md (federated-statistics)``.
+min/max policy and the differencing risk of filters) are in ``docs/security.md`` (federated
+statistics).
 
 Example, one node simulated in-process::
 
