@@ -258,6 +258,8 @@ def _run(args: argparse.Namespace, data: Path, space: LocalSpace, started: float
             _say(f"    not available: {exc}")
 
     _say(f"\ndemo finished in {time.perf_counter() - started:.1f} s; stopping the processes")
+    if not args.workdir:
+        _say(f"(the working folder {root} is removed now; --workdir DIR keeps it)")
     return 0
 
 
