@@ -44,6 +44,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from _common import machine as common_machine  # noqa: E402
 
 from trustspace import _adult  # noqa: E402
 from trustspace.anon import Domain, Hierarchy, KAnonymity, LocalOracle, search  # noqa: E402
@@ -69,20 +72,8 @@ TARGET_PROCESS_S = 1.5
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),  # other work on the machine skews times
-    }
+    # other work on the machine skews times: record the load beside the common fields
+    return {**common_machine(), "load_average_at_start": os.getloadavg()}
 
 
 def versions() -> dict[str, str]:

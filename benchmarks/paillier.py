@@ -37,6 +37,9 @@ import numpy as np
 import phe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine as common_machine
 
 from trustspace.crypto import _paillier_fixedbase as fb
 from trustspace.crypto import _paillier_pool as _pool
@@ -62,16 +65,8 @@ TARGETS = {
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "platform": platform.platform(),
-        "cpu_model": cpu,
-        "cores": os.cpu_count(),
+        **common_machine(),
         "affinity": sorted(os.sched_getaffinity(0)),
         "loadavg_at_start": os.getloadavg(),
     }
@@ -397,7 +392,7 @@ def main() -> None:
         f"median of {rounds} interleaved rounds"
     )
     print(
-        f"machine: {report['machine']['cpu_model']}, {report['machine']['cores']} cores; "
+        f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; "
         f"gmpy2 {report['versions']['gmpy2']}, phe {report['versions']['phe']}, "
         f"sf-heu {report['versions']['sf-heu'] or 'n/a'}"
     )

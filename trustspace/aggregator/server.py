@@ -6,11 +6,11 @@ from trustspace.aggregator.service import AggregatorService
 from trustspace.node.config import AggregatorConfig
 from trustspace.transport.ca import Credentials, revocation_check
 from trustspace.transport.clients import NodeClient
-from trustspace.transport.server import CallHooks, TlsServer
+from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import AGGREGATOR_SERVICE, add_aggregator_servicer
 
 
-class Aggregator:
+class Aggregator(ServerHost):
     """A running aggregator: ``start()``, ``address``, ``stop(grace)``."""
 
     def __init__(self, config: AggregatorConfig, *, credentials: Credentials | None = None) -> None:
@@ -18,6 +18,7 @@ class Aggregator:
             config.tls.ca, config.tls.cert, config.tls.key, expected_role="aggregator"
         )
         self.config = config
+        self.drain_grace_s = config.drain_grace_s
         clients = [NodeClient(n.name, n.address, creds) for n in config.nodes]
         self.service = AggregatorService(
             creds.name,
@@ -40,21 +41,5 @@ class Aggregator:
             self.service.close()
             raise
 
-    @property
-    def address(self) -> str:
-        return self.server.address
-
-    @property
-    def port(self) -> int:
-        return int(self.server.port)
-
-    def start(self) -> Aggregator:
-        self.server.start()
-        return self
-
-    def stop(self, grace: float | None = None) -> None:
-        self.server.stop(self.config.drain_grace_s if grace is None else grace)
+    def close(self) -> None:
         self.service.close()
-
-    def wait(self) -> None:
-        self.server.wait()

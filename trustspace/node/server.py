@@ -9,7 +9,7 @@ from trustspace.errors import ConfigError
 from trustspace.node.config import NodeConfig
 from trustspace.node.service import NodeService
 from trustspace.transport.ca import Credentials, revocation_check
-from trustspace.transport.server import CallHooks, TlsServer
+from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
 
 log = logging.getLogger("trustspace.node")
@@ -49,12 +49,13 @@ def load_credentials(config: NodeConfig) -> Credentials:
     return creds
 
 
-class Node:
+class Node(ServerHost):
     """A running node: ``start()``, ``address``, ``stop(grace)`` (drains in-flight calls)."""
 
     def __init__(self, config: NodeConfig, *, credentials: Credentials | None = None) -> None:
         creds = credentials or load_credentials(config)
         self.config = config
+        self.drain_grace_s = config.drain_grace_s
         self.engine = build_engine(config)
         self.service = NodeService(config, self.engine, credentials=creds)
         try:
@@ -106,22 +107,6 @@ class Node:
             handled=audit.written_since_mark,
         )
 
-    @property
-    def address(self) -> str:
-        return self.server.address
-
-    @property
-    def port(self) -> int:
-        return int(self.server.port)
-
-    def start(self) -> Node:
-        self.server.start()
-        return self
-
-    def stop(self, grace: float | None = None) -> None:
-        self.server.stop(self.config.drain_grace_s if grace is None else grace)
+    def close(self) -> None:
         self.service.close()
         self.engine.close()
-
-    def wait(self) -> None:
-        self.server.wait()

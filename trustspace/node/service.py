@@ -28,7 +28,7 @@ from trustspace.errors import (
     TrustspaceError,
 )
 from trustspace.node import _fault
-from trustspace.node._anon import AnonJobs
+from trustspace.node._anon import AnonJob, AnonJobs
 from trustspace.node.audit import AuditLog
 from trustspace.node.config import NodeConfig
 from trustspace.node.policy import Policy, Request
@@ -477,21 +477,27 @@ class NodeService:
             extra=lambda: self._anon.check_prepare(spec, len(nodes)),
         )
 
+    def _anon_job(
+        self, caller: Identity, ctx: serde.RequestContext, operation: str
+    ) -> tuple[AnonJob, tuple[str, ...]]:
+        """The prepared job of this request and every column of its dataset (apply and release
+        touch whole rows); an unknown or expired job is refused and audited."""
+        try:
+            job = self._anon.job(ctx.analyst, ctx.request_id)
+        except TrustspaceError as exc:
+            self._refuse_malformed(caller, ctx, operation, exc)
+        return job, tuple(self.engine.schema(job.spec.dataset).columns)
+
     def anon_apply(
         self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
     ) -> dict[str, Any]:
         """Apply the chosen transformation to this node's rows and write them locally."""
-        try:
-            job = self._anon.job(ctx.analyst, ctx.request_id)
-        except TrustspaceError as exc:
-            self._refuse_malformed(caller, ctx, "anonymize.apply", exc)
-        dataset = job.spec.dataset
-        columns = tuple(self.engine.schema(dataset).columns)
+        job, columns = self._anon_job(caller, ctx, "anonymize.apply")
         return self._handle(
             caller,
             ctx,
             operation="anonymize.apply",
-            dataset=dataset,
+            dataset=job.spec.dataset,
             columns=columns,
             params={"step": "apply", "digest": job.spec.digest()[:16]},
             work=lambda: self._anon.apply(job, payload),
@@ -499,17 +505,12 @@ class NodeService:
 
     def anon_release(self, caller: Identity, ctx: serde.RequestContext) -> bytes:
         """The rows written by ``anon_apply``, if ``policy.release_rows`` allows it."""
-        try:
-            job = self._anon.job(ctx.analyst, ctx.request_id)
-        except TrustspaceError as exc:
-            self._refuse_malformed(caller, ctx, "anonymize.release", exc)
-        dataset = job.spec.dataset
-        columns = tuple(self.engine.schema(dataset).columns)
+        job, columns = self._anon_job(caller, ctx, "anonymize.release")
         return self._handle(
             caller,
             ctx,
             operation="anonymize.release",
-            dataset=dataset,
+            dataset=job.spec.dataset,
             columns=columns,
             params={"step": "release", "path": str(job.output) if job.output else ""},
             work=lambda: self._anon.release(job),

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -202,3 +202,35 @@ class TlsServer:
 
     def wait(self) -> None:
         self._server.wait_for_termination()
+
+
+class ServerHost:
+    """What ``Node`` and ``Aggregator`` share: a ``TlsServer`` in ``self.server``, started,
+    waited on and drained the same way; ``close()`` releases what the subclass owns."""
+
+    server: TlsServer
+    drain_grace_s: float
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    @property
+    def port(self) -> int:
+        return int(self.server.port)
+
+    def start(self) -> Self:
+        self.server.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish (up to ``grace`` or the configured
+        ``drain_grace_s``), then close."""
+        self.server.stop(self.drain_grace_s if grace is None else grace)
+        self.close()
+
+    def wait(self) -> None:
+        self.server.wait()
+
+    def close(self) -> None:
+        """Release the subclass's resources (called by ``stop``)."""
