@@ -106,3 +106,5 @@ def test_cli_verify_clean_and_missing(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["audit", "verify", str(p)]) == 0
     assert "5 lines" in capsys.readouterr().out
     assert main(["audit", "verify", str(tmp_path / "none.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "no such audit log" in err and "TAMPERED" not in err

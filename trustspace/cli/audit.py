@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from trustspace.node.audit import verify
@@ -22,6 +23,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.log).is_file():  # nothing to verify; not evidence of tampering either
+        print(
+            f"trustspace audit verify: {args.log}: no such audit log (give the node's "
+            "[audit] path)",
+            file=sys.stderr,
+        )
+        return 1
     report = verify(args.log)
     if report.ok:
         print(f"{args.log}: OK, {report.lines} lines, head {report.head}")
