@@ -212,8 +212,8 @@ def keystream_bytes(cfg: SecAggConfig, u2: set[int], u3: set[int]) -> int:
     """Bytes of AES-CTR keystream a round needs: every masking client (self mask + one per
     live neighbour) and the aggregator (survivors' self masks, dropped clients' pair masks)."""
     width = cfg.modulus_bits // 8
-    streams = sum(1 + len(cfg.neighbours(c) & u2) for c in u3)
-    streams += len(u3) + sum(len(cfg.neighbours(d) & u3) for d in u2 - u3)
+    streams = sum(1 + len(cfg.neighbors_of(c) & u2) for c in u3)
+    streams += len(u3) + sum(len(cfg.neighbors_of(d) & u3) for d in u2 - u3)
     return streams * cfg.vector_length * width
 
 

@@ -11,8 +11,8 @@ import pytest
 from trustspace.api import Federation, decrypt_round
 from trustspace.errors import NodeError, ThresholdError
 from trustspace.paillier import EncryptedVector
-from trustspace.stats import Round, Term
-from trustspace.transport import serde
+from trustspace.stats import Round, Term, join_words
+from trustspace.transport import types
 
 KEY_BITS = 2048
 
@@ -79,14 +79,12 @@ def test_paillier_round_suppresses_small_groups(
             where,
             (Term.rows(), Term.moment(["age"], [1], [0.0], 40), Term.grid("age", 0.0, 50.0, 2)),
         )
-        rr = fed._client.run_round(
-            serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), "req-1")
-        )
+        rr = fed._client.run_round(types.RoundRequest(query.to_dict(), rnd, int(pk.n), "req-1"))
         # only the sum is encrypted (two words); the counts come as securely summed totals
         ev = EncryptedVector.from_bytes(pk, rr.encrypted_vector)
         assert len(ev) == 2
         words = np.asarray(sk.decrypt_vector(ev))
-        assert serde.join_words(words.astype(np.int64)).tolist() == [0]
+        assert join_words(words.astype(np.int64)).tolist() == [0]
         total = decrypt_round(rnd, rr, sk)
         # rows (4 < 5) and the age sum (governed by the non-null count, 4) are suppressed;
         # the grid: [<0]=0, [0,50)=0, [50,100)=4 -> suppressed, [>=100]=0
@@ -95,9 +93,9 @@ def test_paillier_round_suppresses_small_groups(
         assert rr.nodes == 3
         big = Round("default", "age < 88", (Term.rows(), Term.moment(["age"], [1], [0.0], 40)))
         rr = fed._client.run_round(
-            serde.RoundRequest(
+            types.RoundRequest(
                 Query("sum", "default", "age", "age < 88").to_dict(),
-                big.to_dict(),
+                big,
                 int(pk.n),
                 "req-2",
             )
@@ -119,9 +117,7 @@ def test_paillier_counts_only_round_encrypts_nothing(
         pk, sk = fed._keys()
         rnd = Round("default", "age < 88", (Term.rows(), Term.grid("age", 0.0, 50.0, 2)))
         query = Query("count", "default", (), "age < 88")
-        rr = fed._client.run_round(
-            serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), "req-3")
-        )
+        rr = fed._client.run_round(types.RoundRequest(query.to_dict(), rnd, int(pk.n), "req-3"))
         assert rr.encrypted_vector == b""
         ages = union.age[union.age < 88]
         want = [len(ages), 0, int((ages < 50).sum()), int((ages >= 50).sum()), 0]
@@ -149,15 +145,15 @@ def test_request_id_reuse_is_bounded(
     partitions: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reusing one Paillier request id (one rate-limit token) works only for a few rounds."""
-    from trustspace.aggregator import service
+    from trustspace.aggregator import _paillier
     from trustspace.errors import ConfigError
     from trustspace.stats import Query
 
-    monkeypatch.setattr(service, "MAX_ROUNDS_PER_REQUEST", 2)
+    monkeypatch.setattr(_paillier, "MAX_ROUNDS_PER_REQUEST", 2)
     with _local(partitions, ("n1", "n2"), tmp_path) as fed:
         pk, _ = fed._keys()
         rnd = Round("default", None, (Term.rows(),))
-        req = serde.RoundRequest(Query("count", "default").to_dict(), rnd.to_dict(), int(pk.n), "x")
+        req = types.RoundRequest(Query("count", "default").to_dict(), rnd, int(pk.n), "x")
         fed._client.run_round(req)
         fed._client.run_round(req)
         with pytest.raises(ConfigError, match="has run 2 rounds"):
@@ -178,13 +174,9 @@ def test_paillier_reuses_governing_counts_of_earlier_rounds(
         for where, rid in (("age >= 88 and sex = 'F'", "small"), ("age < 88", "large")):
             query = Query("sum", "default", "age", where)
             first = Round("default", where, (Term.count("age"),))
-            fed._client.run_round(
-                serde.RoundRequest(query.to_dict(), first.to_dict(), int(pk.n), rid)
-            )
+            fed._client.run_round(types.RoundRequest(query.to_dict(), first, int(pk.n), rid))
             second = Round("default", where, (Term.moment(["age"], [1], [0.0], 40),), index=1)
-            rr = fed._client.run_round(
-                serde.RoundRequest(query.to_dict(), second.to_dict(), int(pk.n), rid)
-            )
+            rr = fed._client.run_round(types.RoundRequest(query.to_dict(), second, int(pk.n), rid))
             ages = union.age[union.eval(where.replace(" = ", " == "))]
             if rid == "small":
                 assert 0 < len(ages) < 5

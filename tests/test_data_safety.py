@@ -17,7 +17,7 @@ from _reliability import record
 from trustspace.api import Federation
 from trustspace.errors import PolicyError, ProtocolError
 from trustspace.stats import Query, start
-from trustspace.transport import serde
+from trustspace.transport import types
 from trustspace.transport.ca import Credentials
 from trustspace.transport.clients import NodeClient
 
@@ -35,17 +35,17 @@ def test_refused_query_leaves_nothing_to_continue(tmp_path: Path) -> None:
         )
         rnd = start(Query("sum", "default", "age"), node.engine.schema("default"), 3).next_round()
         assert rnd is not None
-        setup = serde.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+        setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
         for analyst, op in (("mallory", "count"), ("alice", "sum")):
-            ctx = serde.RequestContext(analyst, "rq", op, "default")
+            ctx = types.RequestContext(analyst, "rq", op, "default")
             with pytest.raises(PolicyError):
                 client.secagg_step(
-                    serde.SecAggStep(ctx, setup, "advertise", (), rnd.to_dict(), 1), timeout=10
+                    types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), timeout=10
                 )
             for stage in ("share_keys", "masked_input", "unmask"):
                 with pytest.raises(ProtocolError, match="no secure-aggregation session"):
                     client.secagg_step(
-                        serde.SecAggStep(ctx, setup, stage, (b"x",), {}, 1), timeout=10
+                        types.SecAggStep(ctx, setup, stage, (b"x",), None, 1), timeout=10
                     )
         client.close()
     record(

@@ -12,7 +12,7 @@ import pytest
 
 from trustspace.engine import DatasetSpec, Engine
 from trustspace.errors import ProtocolError
-from trustspace.stats import Query, start
+from trustspace.stats import Query, join_words, split_words, start
 from trustspace.transport import serde
 
 COLUMNS = {"age": "int", "income": "float", "sex": "str"}
@@ -61,10 +61,10 @@ def test_result_round_trip(query: Query, partitions: dict[str, Path]) -> None:
 
 def test_words_split_and_join_are_exact() -> None:
     v = np.array([0, 1, -1, 2**61, -(2**61), 123456789012345], dtype=np.int64)
-    total = serde.join_words(sum(serde.split_words(v) for _ in range(7)))
+    total = join_words(sum(split_words(v) for _ in range(7)))
     assert total.view(np.int64).tolist() == (7 * v).tolist()
     with pytest.raises(ProtocolError, match="even length"):
-        serde.join_words(np.zeros(3, dtype=np.int64))
+        join_words(np.zeros(3, dtype=np.int64))
 
 
 def test_malformed_json_fields() -> None:

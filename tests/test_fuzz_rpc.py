@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from trustspace.api import Federation
 from trustspace.node.audit import verify
 from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2
-from trustspace.stats import Query, start
-from trustspace.transport import serde
+from trustspace.stats import PAILLIER_WORD_VALUE_BITS, Query, split_words, start
+from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials
 from trustspace.transport.tls import secure_channel
 
@@ -453,8 +453,8 @@ class _Driver:
             1: NodeClient("n1", space.fed.nodes["n1"].address, space.agg_creds),
             2: NodeClient("n2", space.fed.nodes["n2"].address, space.agg_creds),
         }
-        self.ctx = serde.RequestContext("analyst", request_id, "count", "default")
-        self.setup = serde.SecAggSetup(
+        self.ctx = types.RequestContext("analyst", request_id, "count", "default")
+        self.setup = types.SecAggSetup(
             session_id=os.urandom(32), client_ids=(1, 2), vector_length=self.rnd.size
         )
         self.server = SecAggServer(
@@ -467,12 +467,12 @@ class _Driver:
     def step(self, stage: str, cid: int, payloads: tuple[bytes, ...]) -> list[bytes]:
         self.sent[(stage, cid)] = payloads
         return self.clients[cid].secagg_step(
-            serde.SecAggStep(
+            types.SecAggStep(
                 self.ctx,
                 self.setup,
                 stage,
                 payloads,
-                self.rnd.to_dict() if stage == "advertise" else {},
+                self.rnd if stage == "advertise" else None,
                 cid,
             ),
             timeout=CALL_TIMEOUT_S,
@@ -594,10 +594,10 @@ def test_bad_ciphertexts_from_a_node_are_refused(space: Space) -> None:
         comp.feed(np.full(rnd.size, 100.0))
         rnd = comp.next_round()
     assert rnd is not None
-    words = serde.split_words(np.arange(rnd.size, dtype=np.int64))  # what a node encrypts
+    words = split_words(np.arange(rnd.size, dtype=np.int64))  # what a node encrypts
 
     def node_vector(key: Any) -> bytes:
-        ev = key.encrypt_vector(words, value_bits=serde.PAILLIER_WORD_VALUE_BITS, headroom=2)
+        ev = key.encrypt_vector(words, value_bits=PAILLIER_WORD_VALUE_BITS, headroom=2)
         return bytes(ev.to_bytes())
 
     honest, foreign = node_vector(pk), node_vector(other_pk)
@@ -647,7 +647,7 @@ def test_bad_ciphertexts_from_a_node_are_refused(space: Space) -> None:
             with pytest.raises(ProtocolError, match="n1 sent an invalid encrypted vector"):
                 agg.run_round(
                     analyst,
-                    serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), f"ct{i}"),
+                    types.RoundRequest(query.to_dict(), rnd, int(pk.n), f"ct{i}"),
                 )
         finally:
             agg._pool.shutdown(wait=True)

@@ -19,7 +19,7 @@ from trustspace.errors import ConfigError, DataError, NodeError, ProtocolError
 from trustspace.node.config import load_node_config
 from trustspace.node.server import Node
 from trustspace.proto.v1 import node_pb2, node_pb2_grpc
-from trustspace.transport import serde
+from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials, Identity
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.server import TlsServer
@@ -97,15 +97,15 @@ def test_health_service(node: Node, pki: Path) -> None:
 
 def test_garbage_requests_are_refused_and_node_keeps_serving(node: Node, pki: Path) -> None:
     client = NodeClient("n1", node.address, _agg(pki))
-    ctx = serde.RequestContext("alice", "r1", "count", "default")
-    setup = serde.SecAggSetup(os.urandom(32), (1, 2), 2)
-    bad_steps = [
-        serde.SecAggStep(ctx, setup, "share_keys", (b"junk",), {}, 1),  # no such session
-        serde.SecAggStep(ctx, setup, "advertise", (), {"dataset": "default"}, 1),  # bad round
-    ]
-    for step in bad_steps:
-        with pytest.raises(ProtocolError, match="n1"):
-            client.secagg_step(step, timeout=5)
+    ctx = types.RequestContext("alice", "r1", "count", "default")
+    setup = types.SecAggSetup(os.urandom(32), (1, 2), 2)
+    no_session = types.SecAggStep(ctx, setup, "share_keys", (b"junk",), None, 1)
+    with pytest.raises(ProtocolError, match="n1"):
+        client.secagg_step(no_session, timeout=5)
+    bad_round = serde.step_to_proto(no_session)
+    bad_round.stage, bad_round.round_json = "advertise", '{"dataset": "default"}'
+    with pytest.raises(ProtocolError, match="n1: malformed round"):
+        client._call("SecAggStep", client._stub.SecAggStep, bad_round, 5)
     ch = secure_channel(node.address, _agg(pki), "n1")
     stub = node_pb2_grpc.NodeServiceStub(ch)
     with pytest.raises(grpc.RpcError) as info:
@@ -130,18 +130,18 @@ class _SlowHandler:
     def __init__(self) -> None:
         self.entered = threading.Event()
 
-    def describe(self, caller: Identity, ctx: serde.RequestContext) -> serde.NodeDescription:
+    def describe(self, caller: Identity, ctx: types.RequestContext) -> types.NodeDescription:
         self.entered.set()
         time.sleep(1.0)
-        return serde.NodeDescription("slow", (), 3, False)
+        return types.NodeDescription("slow", (), 3, False)
 
-    def secagg_step(self, caller: Identity, step: serde.SecAggStep) -> list[bytes]:
+    def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]:
         raise NotImplementedError
 
-    def paillier_stats(self, caller: Identity, req: serde.PaillierRequest) -> bytes:
+    def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
         raise NotImplementedError
 
-    def anonymization(self, caller: Identity, ctx: serde.RequestContext, step: str) -> None:
+    def anonymization(self, caller: Identity, ctx: types.RequestContext, step: str) -> None:
         raise NotImplementedError
 
 
@@ -159,13 +159,13 @@ def test_stop_drains_in_flight_calls(pki: Path) -> None:
     client = NodeClient("n2", server.address, _agg(pki))
     out: list[object] = []
     t = threading.Thread(
-        target=lambda: out.append(client.describe(serde.RequestContext("a", "r", "x"), 10))
+        target=lambda: out.append(client.describe(types.RequestContext("a", "r", "x"), 10))
     )
     t.start()
     assert handler.entered.wait(5)
     server.stop(grace=10)  # returns after the in-flight call finished
     t.join(5)
-    assert out and isinstance(out[0], serde.NodeDescription) and out[0].min_group_size == 3
+    assert out and isinstance(out[0], types.NodeDescription) and out[0].min_group_size == 3
     client.close()
 
 
@@ -193,7 +193,7 @@ def test_sigterm_exits_zero(tmp_path: Path, pki: Path, partitions: dict[str, Pat
 
 def test_no_answer_leaves_without_its_audit_line(node: Node, pki: Path) -> None:
     client = NodeClient("n1", node.address, _agg(pki))
-    ctx = serde.RequestContext("alice", "r1", "count", "default")
+    ctx = types.RequestContext("alice", "r1", "count", "default")
     before = node.service.audit.lines
     assert client.describe(ctx, timeout=5).node == "n1"
     assert node.service.audit.lines == before + 1
@@ -213,32 +213,28 @@ def test_roster_entries_must_be_signed_by_distinct_nodes(node: Node, pki: Path) 
 
     agg = _agg(pki)
     client = NodeClient("n1", node.address, agg)
-    ctx = serde.RequestContext("alice", "r-sybil", "count", "default")
+    ctx = types.RequestContext("alice", "r-sybil", "count", "default")
     rnd = Round("default", None, (Term.rows(),))
 
     def attempt(entry: tuple[bytes, bytes, bytes]) -> None:
-        setup = serde.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
-        own = client.secagg_step(
-            serde.SecAggStep(ctx, setup, "advertise", (), rnd.to_dict(), 1), timeout=5
-        )
+        setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+        own = client.secagg_step(types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), timeout=5)
         assert len(own) == 3  # keys, signature, certificate
         fake = SecAggClient(SecAggConfig(setup.session_id, (1, 2), rnd.size), 2)
         adv = fake.advertise().to_bytes()
         keys, sig, cert = entry
         payloads = (*own, keys or adv, sig or sign_blob(agg, adv), cert)
-        client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", payloads, {}, 1), 5)
+        client.secagg_step(types.SecAggStep(ctx, setup, "share_keys", payloads, None, 1), 5)
 
     with pytest.raises(AuthenticationError, match="is not a node"):
         attempt((b"", b"", agg.cert_pem))  # signed by the aggregator itself
     n2 = (pki / "ca" / "n2" / "cert.pem").read_bytes()
     with pytest.raises(AuthenticationError, match="does not verify"):
         attempt((b"", b"", n2))  # claims to be n2, signed by someone else
-    setup = serde.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
-    own = client.secagg_step(
-        serde.SecAggStep(ctx, setup, "advertise", (), rnd.to_dict(), 1), timeout=5
-    )
+    setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+    own = client.secagg_step(types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), timeout=5)
     with pytest.raises(ProtocolError, match="appears twice"):  # a replayed genuine entry
-        client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", (*own, *own), {}, 1), 5)
+        client.secagg_step(types.SecAggStep(ctx, setup, "share_keys", (*own, *own), None, 1), 5)
     client.close()
 
 
@@ -248,13 +244,13 @@ def test_secagg_sessions_expire(node: Node, pki: Path) -> None:
     now = [0.0]
     node.service._clock = lambda: now[0]
     client = NodeClient("n1", node.address, _agg(pki))
-    ctx = serde.RequestContext("alice", "r-exp", "count", "default")
+    ctx = types.RequestContext("alice", "r-exp", "count", "default")
     rnd = Round("default", None, (Term.rows(),))
-    setup = serde.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
-    client.secagg_step(serde.SecAggStep(ctx, setup, "advertise", (), rnd.to_dict(), 1), 5)
+    setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+    client.secagg_step(types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), 5)
     now[0] += node.config.session_timeout_s + 1
     with pytest.raises(ProtocolError, match="expired or never started"):
-        client.secagg_step(serde.SecAggStep(ctx, setup, "share_keys", (), {}, 1), 5)
+        client.secagg_step(types.SecAggStep(ctx, setup, "share_keys", (), None, 1), 5)
     client.close()
 
 

@@ -48,10 +48,10 @@ def _must_abort(cfg: SecAggConfig, drops: dict[str, set[int]]) -> bool:
     for stage in (*STAGES[:3], "consistency", STAGES[3]):
         gone |= {i + 1 for i in drops.get(stage, set())}
         live[stage] = {c for c in ids if c not in gone}
-    u2, answering = live["share"], live["unmask"]
+    u2, answering = live[STAGES[1]], live[STAGES[3]]
     if not u2:
         return True
-    return any(len((cfg.neighbours(c) | {c}) & answering) < cfg.t for c in u2)
+    return any(len((cfg.neighbors_of(c) | {c}) & answering) < cfg.t for c in u2)
 
 
 @settings(max_examples=80, deadline=None)
@@ -109,7 +109,7 @@ def test_exact_sum_under_random_dropouts(
             secagg.simulate(inputs, seed=seed, **kwargs)
     else:
         out = secagg.simulate(inputs, seed=seed, **kwargs)
-        before = drops["advertise"] | drops["share"] | drops["masked_input"]
+        before = drops["advertise"] | drops[STAGES[1]] | drops["masked_input"]
         assert out.dtype == dtype
         assert np.array_equal(out, _expected(inputs, before))
 
@@ -355,18 +355,18 @@ def test_parameters_for_hopeless_fractions_fall_back_quickly_to_the_complete_gra
     assert choose_parameters(100_000, 0.45, 0.45) == (99_999, 72_501)
     cfg = SecAggConfig(bytes(16), tuple(range(1, 3001)), 1, dropout_fraction=0.45,
                        corrupt_fraction=0.45)  # fmt: skip
-    assert cfg.k == 2999 and len(cfg.neighbours(17)) == 2999 and 17 not in cfg.neighbours(17)
+    assert cfg.k == 2999 and len(cfg.neighbors_of(17)) == 2999 and 17 not in cfg.neighbors_of(17)
 
 
-def test_neighbour_graph_is_regular_symmetric_and_session_bound() -> None:
+def test_neighbor_graph_is_regular_symmetric_and_session_bound() -> None:
     ids = tuple(range(1, 51))
     a = SecAggConfig(bytes(16), ids, 1, neighbors=8)
     b = SecAggConfig(bytes([1]) * 16, ids, 1, neighbors=8)
     for c in ids:
-        assert len(a.neighbours(c)) == 8 and c not in a.neighbours(c)
-        assert all(c in a.neighbours(p) for p in a.neighbours(c))
-    assert any(a.neighbours(c) != b.neighbours(c) for c in ids)
-    assert SecAggConfig(bytes(16), ids, 1, neighbors=8).neighbours(7) == a.neighbours(7)
+        assert len(a.neighbors_of(c)) == 8 and c not in a.neighbors_of(c)
+        assert all(c in a.neighbors_of(p) for p in a.neighbors_of(c))
+    assert any(a.neighbors_of(c) != b.neighbors_of(c) for c in ids)
+    assert SecAggConfig(bytes(16), ids, 1, neighbors=8).neighbors_of(7) == a.neighbors_of(7)
 
 
 # -- optional consistency round and identity-bound keys ------------------------------------
@@ -470,7 +470,7 @@ def test_server_refuses_malformed_client_behaviour() -> None:
         SecAggServer(cfg).collect_advertise({**adv, 2: adv[1]})
     roster = server.collect_advertise(adv)
     shares = {c: cl.share_keys(roster) for c, cl in clients.items()}
-    outsider = next(c for c in cfg.client_ids if c != 1 and c not in cfg.neighbours(1))
+    outsider = next(c for c in cfg.client_ids if c != 1 and c not in cfg.neighbors_of(1))
     stray = {**shares, 1: {**shares[1], outsider: shares[2][next(iter(shares[2]))]}}
     for bad, why in ((stray, "expected its 2 live neighbours"), ({**shares, 7: {}}, "without")):
         fresh = SecAggServer(cfg)

@@ -10,7 +10,7 @@ import pytest
 
 from trustspace.api import Federation
 from trustspace.errors import AuthenticationError, ConfigError, NodeError
-from trustspace.transport import serde
+from trustspace.transport import types
 from trustspace.transport.ca import Credentials, issue
 from trustspace.transport.clients import AggregatorClient, NodeClient
 from trustspace.transport.tls import preflight
@@ -94,7 +94,7 @@ def test_analyst_may_not_call_a_node(fed: Federation) -> None:
     node = fed.nodes["n1"]
     client = NodeClient("n1", node.address, creds)
     try:
-        ctx = serde.RequestContext("analyst", "r1", "count")
+        ctx = types.RequestContext("analyst", "r1", "count")
         with pytest.raises(AuthenticationError, match="only aggregator certificates"):
             client.describe(ctx, timeout=5)
     finally:
@@ -156,11 +156,11 @@ def test_aggregator_explains_a_node_from_another_ca(fed: Federation, tmp_path: P
     client = NodeClient("n1", server.address, Credentials.from_dir(_ca(fed) / "aggregator"))
     try:
         with pytest.raises(AuthenticationError, match=r"node n1 is unavailable for .*not issued"):
-            client.describe(serde.RequestContext("a", "r", "x"), timeout=5)
+            client.describe(types.RequestContext("a", "r", "x"), timeout=5)
     finally:
         client.close()
         server.stop(0)
     client = NodeClient("n1", server.address, Credentials.from_dir(_ca(fed) / "aggregator"))
     with pytest.raises(NodeError, match="cannot reach"):  # the server is gone now
-        client.describe(serde.RequestContext("a", "r", "x"), timeout=5)
+        client.describe(types.RequestContext("a", "r", "x"), timeout=5)
     client.close()

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trustspace.errors import ConfigError, DataError, TrustspaceError
-from trustspace.stats import Query, Result, Round, TableSchema, start
-from trustspace.transport import serde
+from trustspace.stats import Query, Result, Round, TableSchema, paillier_round_total, start
+from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials, init_ca, issue
 from trustspace.transport.clients import AggregatorClient
 
@@ -322,7 +322,7 @@ class Federation:
         self.close()
 
     # ------------------------------------------------------------------ status
-    def status(self) -> list[serde.NodeStatus]:
+    def status(self) -> list[types.NodeStatus]:
         """Every node the aggregator knows: reachable or not (with why), datasets, settings."""
         return self._client.status()[1]
 
@@ -379,7 +379,7 @@ class Federation:
         nodes = 0
         while (rnd := comp.next_round()) is not None:
             rr = self._client.run_round(
-                serde.RoundRequest(query.to_dict(), rnd.to_dict(), int(pk.n), request_id)
+                types.RoundRequest(query.to_dict(), rnd, int(pk.n), request_id)
             )
             comp.feed(decrypt_round(rnd, rr, sk), suppressed=rr.suppressed)
             nodes = rr.nodes
@@ -682,7 +682,7 @@ class GroupBy:
         )
 
 
-def decrypt_round(rnd: Round, rr: serde.RoundResult, sk: PrivateKey) -> np.ndarray[Any, Any]:
+def decrypt_round(rnd: Round, rr: types.RoundResult, sk: PrivateKey) -> np.ndarray[Any, Any]:
     """The float64 total of a Paillier round: its count totals as sent, its sums decrypted.
 
     Raises:
@@ -695,7 +695,7 @@ def decrypt_round(rnd: Round, rr: serde.RoundResult, sk: PrivateKey) -> np.ndarr
     if rr.encrypted_vector:
         ev = EncryptedVector.from_bytes(sk.public_key, rr.encrypted_vector)
         words = np.asarray(sk.decrypt_vector(ev), dtype=np.int64)
-    total = serde.paillier_round_total(rnd.count_mask, rr.count_totals, words)
+    total = paillier_round_total(rnd.count_mask, rr.count_totals, words)
     decoded: np.ndarray[Any, Any] = rnd.decode(total)
     return decoded
 

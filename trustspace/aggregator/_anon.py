@@ -21,7 +21,6 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,27 +29,13 @@ from trustspace.anon.domain import sorted_values
 from trustspace.anon.federated import AggregatedOracle, AnonSpec, VectorRequest
 from trustspace.anon.search import search
 from trustspace.errors import ConfigError, NodeError, ProtocolError
-from trustspace.stats import Query
-from trustspace.transport import serde
+from trustspace.transport import types
 
 if TYPE_CHECKING:
-    from trustspace.aggregator.service import AggregatorService
+    from trustspace.aggregator._host import Host
     from trustspace.transport.ca import Identity
 
 log = logging.getLogger("trustspace.aggregator")
-
-
-@dataclass(frozen=True)
-class AnonRound:
-    """One anonymization round as ``secure_sum`` sees it (length, payload, label)."""
-
-    size: int
-    payload: Mapping[str, Any]
-    index: int
-    part: str = "anon.histogram"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.payload)
 
 
 def _numeric(values: list[str]) -> bool:
@@ -91,9 +76,7 @@ def _complete(raw: Mapping[str, Any], schema_columns: Mapping[str, Any], domains
     return AnonSpec.from_dict(data)
 
 
-def run_anonymization(
-    svc: AggregatorService, caller: Identity, data: Mapping[str, Any]
-) -> dict[str, Any]:
+def run_anonymization(svc: Host, caller: Identity, data: Mapping[str, Any]) -> dict[str, Any]:
     """The whole federated anonymization for analyst ``caller`` (see the module docstring).
 
     ``data``: ``{"spec": AnonSpec.to_dict() (sensitive_values/ordered may be null),
@@ -110,8 +93,7 @@ def run_anonymization(
     if not isinstance(dataset, str) or not dataset:
         raise ConfigError("RunAnonymization: name the dataset")
     request_id = secrets.token_hex(8)
-    plan = svc._plan(Query("count", dataset), caller.name, request_id)
-    try:
+    with svc.planned(dataset, caller.name, request_id) as plan:
         spec = _complete(raw, plan.schema.columns, plan.schema.domains)
         nodes = plan.nodes
         names = [n.name for n in nodes]
@@ -125,8 +107,8 @@ def run_anonymization(
             "disclosure": spec.disclosure,
         }
 
-        def ctx(op: str) -> serde.RequestContext:
-            return serde.RequestContext(
+        def ctx(op: str) -> types.RequestContext:
+            return types.RequestContext(
                 analyst=caller.name,
                 request_id=request_id,
                 operation=op,
@@ -138,7 +120,7 @@ def run_anonymization(
         timeout = svc.call_timeout_s
         prep = ctx("anonymize.histogram")
         payload = {"spec": spec.to_dict(), "nodes": names}
-        answers, failed = svc._fan_out(nodes, lambda n: n.anon_histogram(prep, payload, timeout))
+        answers, failed = svc.fan_out(nodes, lambda n: n.anon_histogram(prep, payload, timeout))
         _all_answered(failed, "prepare")
         digest = spec.digest()
         for name, summary in answers.items():
@@ -149,19 +131,19 @@ def run_anonymization(
         sizes: list[int] = []
 
         def fetch(req: VectorRequest) -> np.ndarray[Any, Any]:
-            rnd = AnonRound(
-                req.length(spec.domain), {"vector": req.to_dict(), "digest": digest}, len(sizes)
-            )
-            total, contributors = svc.secure_sum(prep, rnd, nodes)
+            size, index = req.length(spec.domain), len(sizes)
+            vector = types.AnonVector(req, digest)
+            total, contributors = svc.secure_sum(prep, vector, size, index, nodes)
             missing = sorted(set(names) - set(contributors))
             if missing:
                 raise NodeError(
                     f"node(s) {', '.join(missing)} dropped out during anonymization round "
-                    f"{rnd.index}; the global counts would be wrong. Re-run it (check those "
+                    f"{index}; the global counts would be wrong. Re-run it (check those "
                     "nodes' health)"
                 )
-            sizes.append(rnd.size)
-            return total
+            sizes.append(size)
+            out: np.ndarray[Any, Any] = total
+            return out
 
         oracle = AggregatedOracle(spec, fetch, seed=seed)
         result = search(
@@ -175,19 +157,16 @@ def run_anonymization(
         will_release = bool(release or (release is None and allowed))
         apply_ctx = ctx("anonymize.apply")
         transformation = {"result": result.to_json(), "digest": digest, "release": will_release}
-        applied, failed = svc._fan_out(
+        applied, failed = svc.fan_out(
             nodes, lambda n: n.anon_apply(apply_ctx, transformation, timeout)
         )
         _all_answered(failed, "apply")
         rows: dict[str, str] | None = None
         if will_release:
             rel_ctx = ctx("anonymize.release")
-            got, failed = svc._fan_out(nodes, lambda n: n.anon_release(rel_ctx, timeout))
+            got, failed = svc.fan_out(nodes, lambda n: n.anon_release(rel_ctx, timeout))
             _all_answered(failed, "release")
             rows = {name: got[name].decode("utf-8") for name in names}
-    finally:
-        with svc._lock:
-            svc._plans.pop((caller.name, request_id), None)
     outputs = [
         {
             "node": name,

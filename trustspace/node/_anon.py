@@ -19,11 +19,12 @@ import numpy as np
 
 from trustspace._files import write_atomic
 from trustspace.anon.api import apply as apply_result
-from trustspace.anon.federated import AnonSpec, LocalCounts, VectorRequest
+from trustspace.anon.federated import AnonSpec, LocalCounts
 from trustspace.anon.search import Result
 from trustspace.errors import ConfigError, DataError, ProtocolError
 from trustspace.node.config import NodeConfig
 from trustspace.node.policy import PolicyRefused
+from trustspace.transport.types import AnonVector
 
 #: Fewer participants than this reveal too much: with two, each node learns the other's
 #: histogram by subtracting its own from the total the analyst can see.
@@ -146,15 +147,14 @@ class AnonJobs:
             )
         return {"node": self.node, "digest": spec.digest()}
 
-    def vector(self, job: AnonJob, round_dict: Mapping[str, Any]) -> np.ndarray[Any, Any]:
+    def vector(self, job: AnonJob, vector: AnonVector) -> np.ndarray[Any, Any]:
         """This node's input to one round of the job (uint64)."""
-        if round_dict.get("digest") != job.spec.digest():
+        if vector.digest != job.spec.digest():
             raise ProtocolError(
                 f"node {self.node}: the round belongs to another anonymization spec"
             )
-        req = VectorRequest.from_dict(round_dict.get("vector"))
-        req.check(job.spec.domain)
-        return job.counts.vector(req)
+        vector.request.check(job.spec.domain)
+        return job.counts.vector(vector.request)
 
     def apply(self, job: AnonJob, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Apply the transformation to this node's rows; write them atomically."""

@@ -35,8 +35,15 @@ from trustspace.node.policy import Policy, Request
 from trustspace.secagg.client import SecAggClient
 from trustspace.secagg.config import SecAggConfig
 from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
-from trustspace.stats import Round, filter_columns, parse_filter
-from trustspace.transport import serde
+from trustspace.secagg.stage import Stage
+from trustspace.stats import (
+    PAILLIER_WORD_VALUE_BITS,
+    Round,
+    filter_columns,
+    parse_filter,
+    split_words,
+)
+from trustspace.transport import types
 from trustspace.transport.ca import (
     Credentials,
     Identity,
@@ -63,13 +70,6 @@ def round_columns(rnd: Round) -> tuple[str, ...]:
     if rnd.where:
         cols.extend(filter_columns(parse_filter(rnd.where)))
     return tuple(dict.fromkeys(cols))
-
-
-def parse_round(data: Any, node: str) -> Round:
-    try:
-        return Round.from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError(f"node {node}: malformed round: {exc}") from None
 
 
 @dataclass
@@ -111,7 +111,7 @@ class NodeService:
     def _handle(
         self,
         caller: Identity,
-        ctx: serde.RequestContext,
+        ctx: types.RequestContext,
         *,
         operation: str,
         dataset: str,
@@ -163,12 +163,12 @@ class NodeService:
         return result
 
     # ------------------------------------------------------------------ describe
-    def describe(self, caller: Identity, ctx: serde.RequestContext) -> serde.NodeDescription:
-        def work() -> serde.NodeDescription:
-            return serde.NodeDescription(
+    def describe(self, caller: Identity, ctx: types.RequestContext) -> types.NodeDescription:
+        def work() -> types.NodeDescription:
+            return types.NodeDescription(
                 node=self.name,
                 datasets=tuple(
-                    serde.DatasetDescription(d.name, self.engine.schema(d.name).to_dict())
+                    types.DatasetDescription(d.name, self.engine.schema(d.name).to_dict())
                     for d in self.config.datasets
                     if self.policy.may_see(ctx.analyst, d.name)
                 ),
@@ -189,7 +189,7 @@ class NodeService:
         )
 
     # ------------------------------------------------------------------ local vectors
-    def _check_round(self, ctx: serde.RequestContext, rnd: Round) -> tuple[str, ...]:
+    def _check_round(self, ctx: types.RequestContext, rnd: Round) -> tuple[str, ...]:
         if rnd.dataset not in self._datasets:
             raise PolicyError(
                 f"node {self.name} serves no dataset {rnd.dataset!r} "
@@ -224,7 +224,7 @@ class NodeService:
             ]:
                 del self._sessions[sid]
 
-    def secagg_step(self, caller: Identity, step: serde.SecAggStep) -> list[bytes]:
+    def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]:
         _fault.trip(f"secagg:{step.stage}")  # test-only, off unless TRUSTSPACE_TEST_FAULT is set
         self._expire()
         ctx = step.context
@@ -233,10 +233,12 @@ class NodeService:
             "session": step.setup.session_id.hex()[:16],
             "query": dict(ctx.params),
         }
-        if step.stage == "advertise" and step.part == "anon.histogram":
-            return self._anon_advertise(caller, step, params)
-        if step.stage == "advertise":
-            rnd = parse_round(step.round, self.name)
+        if step.stage is Stage.ADVERTISE and isinstance(step.vector, types.AnonVector):
+            return self._anon_advertise(caller, step, step.vector, params)
+        if step.stage is Stage.ADVERTISE:
+            rnd = step.vector
+            if not isinstance(rnd, Round):
+                raise ProtocolError(f"node {self.name}: the advertise stage carries no round")
             params["round"] = rnd.index
             return self._handle(
                 caller,
@@ -270,12 +272,12 @@ class NodeService:
             unchecked_reason="continues a session allowed at its advertise stage",
         )
 
-    def _advertise(self, step: serde.SecAggStep, rnd: Round) -> list[bytes]:
+    def _advertise(self, step: types.SecAggStep, rnd: Round) -> list[bytes]:
         self._check_round(step.context, rnd)
         return self._open_session(step, lambda: self._local(rnd).view(np.uint64), rnd.index)
 
     def _open_session(
-        self, step: serde.SecAggStep, local: Callable[[], np.ndarray[Any, Any]], index: int
+        self, step: types.SecAggStep, local: Callable[[], np.ndarray[Any, Any]], index: int
     ) -> list[bytes]:
         """Start a SecAgg client over the vector ``local()`` and answer the advertise stage."""
         s = step.setup
@@ -312,7 +314,7 @@ class NodeService:
         # signed with our certificate so that peers can check every participant is a real node
         return [adv, sign_blob(self._creds, adv), self._creds.cert_pem]
 
-    def _continue(self, step: serde.SecAggStep, session: _Session) -> list[bytes]:
+    def _continue(self, step: types.SecAggStep, session: _Session) -> list[bytes]:
         with session.lock:
             try:
                 return self._stage(step, session)
@@ -321,12 +323,12 @@ class NodeService:
                     self._sessions.pop(step.setup.session_id, None)
                 raise
 
-    def _stage(self, step: serde.SecAggStep, session: _Session) -> list[bytes]:
+    def _stage(self, step: types.SecAggStep, session: _Session) -> list[bytes]:
         client = session.client
-        if step.stage == "share_keys":
+        if step.stage is Stage.SHARE_KEYS:
             out = client.share_keys(self._verified_roster(step))
             return [m.to_bytes() for _, m in sorted(out.items())]
-        if step.stage == "masked_input":
+        if step.stage is Stage.MASKED_INPUT:
             received = {}
             for raw in step.payloads:
                 shares = EncryptedShares.from_bytes(raw)
@@ -339,7 +341,7 @@ class NodeService:
             self._sessions.pop(step.setup.session_id, None)
         return [answer.to_bytes()]
 
-    def _verified_roster(self, step: serde.SecAggStep) -> dict[int, AdvertiseKeys]:
+    def _verified_roster(self, step: types.SecAggStep) -> dict[int, AdvertiseKeys]:
         """The roster, each entry signed by a distinct, valid node certificate of our CA.
 
         Stops a malicious aggregator from inventing participants it plays itself (a session
@@ -376,11 +378,11 @@ class NodeService:
         return roster
 
     # ------------------------------------------------------------------ Paillier
-    def paillier_stats(self, caller: Identity, req: serde.PaillierRequest) -> bytes:
+    def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
         from trustspace.paillier import PublicKey
 
         ctx = req.context
-        rnd = parse_round(req.round, self.name)
+        rnd = req.round
         try:
             pk = PublicKey(req.n)
         except (ValueError, TypeError) as exc:
@@ -413,8 +415,8 @@ class NodeService:
             full[list(req.suppressed)] = 0
             encoded = full[where]
             ev = pk.encrypt_vector(
-                serde.split_words(encoded),
-                value_bits=serde.PAILLIER_WORD_VALUE_BITS,
+                split_words(encoded),
+                value_bits=PAILLIER_WORD_VALUE_BITS,
                 headroom=req.headroom,
             )
             return ev.to_bytes()
@@ -431,14 +433,17 @@ class NodeService:
 
     # ------------------------------------------------------------------ anonymization
     def _anon_advertise(
-        self, caller: Identity, step: serde.SecAggStep, params: dict[str, Any]
+        self,
+        caller: Identity,
+        step: types.SecAggStep,
+        vector: types.AnonVector,
+        params: dict[str, Any],
     ) -> list[bytes]:
         """The advertise stage of one anonymization round: this node's vector of the job."""
         ctx = step.context
         job = self._anon.job(ctx.analyst, ctx.request_id)
-        vec = step.round.get("vector")
-        if isinstance(vec, dict):
-            params["vector"] = {k: vec.get(k) for k in ("kind", "levels", "cells")}
+        req = vector.request
+        params["vector"] = {"kind": req.kind, "levels": list(req.levels), "cells": req.cells}
         return self._handle(
             caller,
             ctx,
@@ -446,12 +451,12 @@ class NodeService:
             dataset=job.spec.dataset,
             columns=job.spec.columns,
             params=params,
-            work=lambda: self._open_session(step, lambda: self._anon.vector(job, step.round), 0),
+            work=lambda: self._open_session(step, lambda: self._anon.vector(job, vector), 0),
             extra=lambda: self._anon.check_parties(len(step.setup.client_ids)),
         )
 
     def anon_histogram(
-        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
     ) -> dict[str, Any]:
         """Prepare an anonymization job: policy, participants, this node's tuple counts."""
         try:
@@ -478,7 +483,7 @@ class NodeService:
         )
 
     def _anon_job(
-        self, caller: Identity, ctx: serde.RequestContext, operation: str
+        self, caller: Identity, ctx: types.RequestContext, operation: str
     ) -> tuple[AnonJob, tuple[str, ...]]:
         """The prepared job of this request and every column of its dataset (apply and release
         touch whole rows); an unknown or expired job is refused and audited."""
@@ -489,7 +494,7 @@ class NodeService:
         return job, tuple(self.engine.schema(job.spec.dataset).columns)
 
     def anon_apply(
-        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
     ) -> dict[str, Any]:
         """Apply the chosen transformation to this node's rows and write them locally."""
         job, columns = self._anon_job(caller, ctx, "anonymize.apply")
@@ -503,7 +508,7 @@ class NodeService:
             work=lambda: self._anon.apply(job, payload),
         )
 
-    def anon_release(self, caller: Identity, ctx: serde.RequestContext) -> bytes:
+    def anon_release(self, caller: Identity, ctx: types.RequestContext) -> bytes:
         """The rows written by ``anon_apply``, if ``policy.release_rows`` allows it."""
         job, columns = self._anon_job(caller, ctx, "anonymize.release")
         return self._handle(
@@ -518,7 +523,7 @@ class NodeService:
         )
 
     def _refuse_malformed(
-        self, caller: Identity, ctx: serde.RequestContext, operation: str, exc: TrustspaceError
+        self, caller: Identity, ctx: types.RequestContext, operation: str, exc: TrustspaceError
     ) -> NoReturn:
         """Audit a request that could not even be parsed, then raise its error."""
 

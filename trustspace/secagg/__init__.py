@@ -8,7 +8,7 @@ Public API (everything a transport needs; the gRPC layer drives these objects un
 
 ``SecAggConfig(session_id, client_ids, vector_length, threshold=None, neighbors=None,
 modulus_bits=64, dropout_fraction=0.1, corrupt_fraction=0.05, consistency_check=False)``
-    Frozen, validated public parameters; ``.t``, ``.k``, ``.neighbours(cid)`` after creation.
+    Frozen, validated public parameters; ``.t``, ``.k``, ``.neighbors_of(cid)`` after creation.
     (k, t) come from the SecAgg+ conditions of Bell et al. CCS'20 (see ``_params``).
 
 ``SecAggClient(config, client_id, *, rng=os.urandom, identity_signer=None,
@@ -43,24 +43,32 @@ session is refused with ``ProtocolError``. Too few clients at any stage raise
 (``encode(array) -> uint array``, ``decode(sum, n_clients) -> float array``) and refuses a
 configuration whose sum could wrap the modulus.
 
+``Stage`` (a ``StrEnum``) names the stages; ``drive(config, exchange) -> Outcome`` is the one
+driver of a round (stage order, dropouts, abort rules): ``exchange(stage, {client: payload})
+-> {client: reply}`` delivers each stage's messages in-process or over a network, and a client
+missing from a reply has dropped. ``simulate`` and the aggregator's gRPC path both wrap it.
+
 ``simulate(inputs, threshold=None, neighbors=None, dropouts=None, seed=None)`` runs a whole
-round in-process with ``dropouts={"advertise"|"share"|"masked_input"|"unmask": [indices]}``
-(keyword extras: ``modulus_bits``, ``consistency_check``, ``wire``, ``session_id``, ...).
+round in-process with ``dropouts={stage: [indices]}`` for the stages ``advertise``,
+``share_keys`` (also spelled ``share``), ``masked_input`` and ``unmask`` (keyword extras:
+``modulus_bits``, ``consistency_check``, ``wire``, ``session_id``, ...).
 
 >>> import numpy as np
 >>> from trustspace import secagg
 >>> secagg.simulate([np.array([1, 2], dtype=np.uint32)] * 3).tolist()
 [3, 6]
 
-Modules: ``config`` (parameters), ``messages`` (wire format), ``client`` / ``server`` (state
-machines), ``simulate`` (in-process driver), ``encoding`` (fixed point), ``_params`` ((k, t)
-and the graph). Primitives live in ``trustspace.crypto.{keyagreement, prg, shamir}``.
+Modules: ``stage`` (the stage names), ``config`` (parameters), ``messages`` (wire format),
+``client`` / ``server`` (state machines), ``driver`` (the round driver), ``simulate``
+(in-process exchange), ``encoding`` (fixed point), ``_params`` ((k, t) and the graph).
+Primitives live in ``trustspace.crypto.{keyagreement, prg, shamir}``.
 """
 
 from __future__ import annotations
 
 from trustspace.secagg.client import SecAggClient
 from trustspace.secagg.config import SecAggConfig
+from trustspace.secagg.driver import Exchange, Outcome, StageAborted, drive
 from trustspace.secagg.encoding import FixedPointEncoder
 from trustspace.secagg.messages import (
     AdvertiseKeys,
@@ -72,18 +80,24 @@ from trustspace.secagg.messages import (
 )
 from trustspace.secagg.server import SecAggServer
 from trustspace.secagg.simulate import STAGES, simulate
+from trustspace.secagg.stage import Stage
 
 __all__ = [
     "STAGES",
     "AdvertiseKeys",
     "EncryptedShares",
+    "Exchange",
     "FixedPointEncoder",
     "MaskedInput",
+    "Outcome",
     "SecAggClient",
     "SecAggConfig",
     "SecAggServer",
+    "Stage",
+    "StageAborted",
     "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskShares",
+    "drive",
     "simulate",
 ]

@@ -117,7 +117,7 @@ def threshold_for(n: int, k: int, corrupt_fraction: float) -> int:
     return k + 1 if t is None else t
 
 
-def neighbour_graph(
+def neighbor_graph(
     session_id: bytes, client_ids: Sequence[int], k: int
 ) -> dict[int, frozenset[int]] | None:
     """The Harary graph H(k, n) over a session-dependent random placement of the clients.

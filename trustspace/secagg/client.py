@@ -30,6 +30,7 @@ from trustspace.secagg.messages import (
     UnmaskShares,
     shares_associated_data,
 )
+from trustspace.secagg.stage import Stage
 
 __all__ = ["SecAggClient", "mask_key", "seed_mask_key", "share_keys_for_pair"]
 
@@ -96,7 +97,7 @@ class SecAggClient:
         self.config = config
         self.client_id = client_id
         self._rng = rng
-        self._stage = "advertise"
+        self._stage = Stage.ADVERTISE
         self._cipher_sk = b""
         self._mask_sk = b""
         self._own: AdvertiseKeys | None = None
@@ -113,17 +114,17 @@ class SecAggClient:
         self._signed: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
-    def stage(self) -> str:
-        """The next stage this client expects ("advertise" ... "unmask", then "done")."""
+    def stage(self) -> Stage:
+        """The next stage this client expects (``Stage.DONE`` after the last one)."""
         return self._stage
 
-    def _enter(self, stage: str) -> None:
+    def _enter(self, stage: Stage) -> None:
         if self._stage != stage:
             raise ProtocolError(
-                f"client {self.client_id}: stage {stage!r} called while expecting "
-                f"{self._stage!r}; each stage runs once, in order"
+                f"client {self.client_id}: stage '{stage}' called while expecting "
+                f"'{self._stage}'; each stage runs once, in order"
             )
-        self._stage = "failed"  # restored on success; an exception leaves the client unusable
+        self._stage = Stage.FAILED  # restored on success; an exception leaves the client unusable
 
     def _check_session(self, stage: str, what: str, session_id: bytes) -> None:
         if session_id != self.config.session_id:
@@ -134,7 +135,7 @@ class SecAggClient:
 
     def advertise(self) -> AdvertiseKeys:
         """Stage 1: generate this round's two X25519 key pairs and publish the public keys."""
-        self._enter("advertise")
+        self._enter(Stage.ADVERTISE)
         self._cipher_sk, cipher_pk = ka.generate_keypair(self._rng)
         self._mask_sk, mask_pk = ka.generate_keypair(self._rng)
         sign_pk = b""
@@ -144,7 +145,7 @@ class SecAggClient:
         if self._identity_signer is not None:
             own = replace(own, identity_sig=self._identity_signer(own.signed_payload()))
         self._own = own
-        self._stage = "share_keys"
+        self._stage = Stage.SHARE_KEYS
         return self._own
 
     def share_keys(self, roster: Mapping[int, AdvertiseKeys]) -> dict[int, EncryptedShares]:
@@ -161,7 +162,7 @@ class SecAggClient:
                 that alters this client's own keys.
             ThresholdError: if fewer than t share holders (neighbours + self) are present.
         """
-        stage = "share_keys"
+        stage = Stage.SHARE_KEYS
         self._enter(stage)
         cfg = self.config
         seen_keys: set[bytes] = set()
@@ -203,7 +204,7 @@ class SecAggClient:
                 f"client {self.client_id}, stage {stage}: the roster omits or alters this "
                 "client's own keys; aborting"
             )
-        neighbours = sorted(cfg.neighbours(self.client_id) & roster.keys())
+        neighbours = sorted(cfg.neighbors_of(self.client_id) & roster.keys())
         holders = len(neighbours) + 1
         if holders < cfg.t:
             raise ThresholdError(
@@ -225,7 +226,7 @@ class SecAggClient:
             ad = shares_associated_data(cfg.session_id, self.client_id, peer)
             sealed = ka.aead_encrypt(key, seed_shares[peer] + key_shares[peer], ad, self._rng)
             out[peer] = EncryptedShares(cfg.session_id, self.client_id, peer, sealed)
-        self._stage = "masked_input"
+        self._stage = Stage.MASKED_INPUT
         return out
 
     def masked_input(
@@ -244,7 +245,7 @@ class SecAggClient:
                 decrypt.
             ThresholdError: if fewer than t share holders remain.
         """
-        stage = "masked_input"
+        stage = Stage.MASKED_INPUT
         cfg = self.config
         arr = np.asarray(vector)
         if arr.ndim != 1 or arr.shape[0] != cfg.vector_length:
@@ -303,7 +304,7 @@ class SecAggClient:
         prg.apply_masks(acc, add, sub)
         # secrets no longer needed: drop them (only the shares held for others remain)
         self._cipher_secrets, self._seed, self._mask_sk, self._cipher_sk = {}, b"", b"", b""
-        self._stage = "consistency" if cfg.consistency_check else "unmask"
+        self._stage = Stage.CONSISTENCY if cfg.consistency_check else Stage.UNMASK
         return MaskedInput(
             cfg.session_id,
             self.client_id,
@@ -361,13 +362,13 @@ class SecAggClient:
         Raises:
             ProtocolError, ThresholdError: as :meth:`unmask` for an inconsistent request.
         """
-        stage = "consistency"
+        stage = Stage.CONSISTENCY
         self._enter(stage)
         self._check_request(stage, request)
         self._signed = (request.survivors, request.dropped)
         signature = ka.sign(self._sign_sk, request.signed_payload())
         self._sign_sk = b""
-        self._stage = "unmask"
+        self._stage = Stage.UNMASK
         return SurvivorSignature(self.config.session_id, self.client_id, signature)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
@@ -382,7 +383,7 @@ class SecAggClient:
             ThresholdError: if fewer than t survivors are listed (or, with the consistency
                 round, fewer than t valid survivor signatures).
         """
-        stage = "unmask"
+        stage = Stage.UNMASK
         self._enter(stage)
         cfg = self.config
         survivors, dropped = self._check_request(stage, request)
@@ -391,7 +392,7 @@ class SecAggClient:
         seed = [(self.client_id, self._own_seed_share)]
         seed += [(p, self._peers[p][0]) for p in self._peers if p in survivors]
         keys = [(p, self._peers[p][1]) for p in self._peers if p in dropped]
-        self._stage = "done"
+        self._stage = Stage.DONE
         return UnmaskShares(
             cfg.session_id, self.client_id, tuple(sorted(seed)), tuple(sorted(keys))
         )

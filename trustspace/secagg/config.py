@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from trustspace.errors import ConfigError
-from trustspace.secagg._params import choose_parameters, neighbour_graph, threshold_for
+from trustspace.secagg._params import choose_parameters, neighbor_graph, threshold_for
 from trustspace.secagg.messages import MAX_CLIENT_ID
 
 __all__ = ["SecAggConfig"]
@@ -34,7 +34,7 @@ class SecAggConfig:
         consistency_check: run the optional consistency round of Bonawitz et al.: clients
             sign the survivor list and unmask only for a list signed by t survivors.
 
-    After construction ``t`` and ``k`` hold the values in force, and :meth:`neighbours` the
+    After construction ``t`` and ``k`` hold the values in force, and :meth:`neighbors_of` the
     graph. Raises :class:`~trustspace.errors.ConfigError` naming the bad field and value.
     """
 
@@ -110,7 +110,7 @@ class SecAggConfig:
             t = self.threshold
         object.__setattr__(self, "t", t)
         object.__setattr__(self, "k", k)
-        object.__setattr__(self, "_graph", neighbour_graph(self.session_id, ids, k))
+        object.__setattr__(self, "_graph", neighbor_graph(self.session_id, ids, k))
         object.__setattr__(self, "_members", frozenset(ids))
 
     @property
@@ -123,7 +123,7 @@ class SecAggConfig:
         """The participants as a set (constant-time membership tests)."""
         return self._members
 
-    def neighbours(self, client_id: int) -> frozenset[int]:
+    def neighbors_of(self, client_id: int) -> frozenset[int]:
         """The graph neighbours of ``client_id`` (its share holders besides itself)."""
         if client_id not in self._members:
             raise ConfigError(f"client {client_id} is not a participant of this round")

@@ -27,6 +27,7 @@ from trustspace.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
+from trustspace.secagg.stage import Stage
 
 __all__ = ["SecAggServer"]
 
@@ -42,7 +43,7 @@ class SecAggServer:
 
     def __init__(self, config: SecAggConfig) -> None:
         self.config = config
-        self._stage = "advertise"
+        self._stage = Stage.ADVERTISE
         self._roster: dict[int, AdvertiseKeys] = {}
         self._u2: set[int] = set()
         self._survivors: tuple[int, ...] = ()
@@ -51,16 +52,16 @@ class SecAggServer:
         self._responders: set[int] = set()  # who may answer the unmask request
 
     @property
-    def stage(self) -> str:
-        """The next stage the server expects ("advertise" ... "unmask", then "done")."""
+    def stage(self) -> Stage:
+        """The next stage the server expects (``Stage.DONE`` after the last one)."""
         return self._stage
 
-    def _enter(self, stage: str) -> None:
+    def _enter(self, stage: Stage) -> None:
         if self._stage != stage:
             raise ProtocolError(
-                f"aggregator: stage {stage!r} called while expecting {self._stage!r}"
+                f"aggregator: stage '{stage}' called while expecting '{self._stage}'"
             )
-        self._stage = "failed"  # restored on success; after an error the round is over
+        self._stage = Stage.FAILED  # restored on success; after an error the round is over
 
     def _check(self, stage: str, cid: int, msg: Any, kind: type, sender: int | None) -> None:
         if not isinstance(msg, kind):
@@ -88,11 +89,11 @@ class SecAggServer:
 
     def _holders(self, cid: int, live: set[int]) -> set[int]:
         """The live share holders of ``cid``: itself (if live) and its live neighbours."""
-        return set(self.config.neighbours(cid) | {cid}) & live
+        return set(self.config.neighbors_of(cid) | {cid}) & live
 
     def collect_advertise(self, msgs: Mapping[int, AdvertiseKeys]) -> dict[int, AdvertiseKeys]:
         """Stage 1: check the advertised keys; return the roster to broadcast to every sender."""
-        stage = "advertise"
+        stage = Stage.ADVERTISE
         self._enter(stage)
         ids = self.config.members
         for cid, msg in msgs.items():
@@ -111,7 +112,7 @@ class SecAggServer:
                 f"threshold t={self.config.t}; aborting the round, no partial sum"
             )
         self._roster = dict(sorted(msgs.items()))
-        self._stage = "share_keys"
+        self._stage = Stage.SHARE_KEYS
         return dict(self._roster)
 
     def collect_shares(
@@ -122,14 +123,14 @@ class SecAggServer:
         Only clients that sent their shares (U2) receive anything; a recipient gets the shares
         of its neighbours in U2.
         """
-        stage = "share_keys"
+        stage = Stage.SHARE_KEYS
         self._enter(stage)
         for cid, out in msgs.items():
             if cid not in self._roster:
                 raise ProtocolError(
                     f"aggregator, stage {stage}: client {cid} sent shares without advertising keys"
                 )
-            expected = self.config.neighbours(cid) & self._roster.keys()
+            expected = self.config.neighbors_of(cid) & self._roster.keys()
             if set(out) != expected:
                 raise ProtocolError(
                     f"aggregator, stage {stage}: client {cid} sent shares to {len(out)} clients, "
@@ -151,12 +152,12 @@ class SecAggServer:
             for rcpt, msg in msgs[sender].items():
                 if rcpt in u2:
                     routing[rcpt][sender] = msg
-        self._stage = "masked_input"
+        self._stage = Stage.MASKED_INPUT
         return routing
 
     def collect_masked(self, msgs: Mapping[int, MaskedInput]) -> UnmaskRequest:
         """Stage 3: add the masked inputs; return the unmask request (survivors, dropped)."""
-        stage = "masked_input"
+        stage = Stage.MASKED_INPUT
         self._enter(stage)
         cfg = self.config
         dtype = prg.dtype_for(cfg.modulus_bits)
@@ -187,7 +188,7 @@ class SecAggServer:
         self._survivors = tuple(sorted(survivors))
         self._dropped = tuple(sorted(self._u2 - survivors))
         self._responders = set(survivors)
-        self._stage = "consistency" if cfg.consistency_check else "unmask"
+        self._stage = Stage.CONSISTENCY if cfg.consistency_check else Stage.UNMASK
         return UnmaskRequest(cfg.session_id, self._survivors, self._dropped)
 
     def collect_consistency(self, msgs: Mapping[int, SurvivorSignature]) -> UnmaskRequest:
@@ -201,7 +202,7 @@ class SecAggServer:
             ProtocolError: for a signature from a non-survivor or that does not verify.
             ThresholdError: if fewer than t survivors signed.
         """
-        stage = "consistency"
+        stage = Stage.CONSISTENCY
         self._enter(stage)
         cfg = self.config
         unsigned = UnmaskRequest(cfg.session_id, self._survivors, self._dropped)
@@ -225,7 +226,7 @@ class SecAggServer:
                 f"survivor list, threshold t={cfg.t}; aborting the round, no partial sum"
             )
         self._responders = set(msgs)
-        self._stage = "unmask"
+        self._stage = Stage.UNMASK
         return UnmaskRequest(cfg.session_id, self._survivors, self._dropped, tuple(sigs))
 
     def collect_unmask(self, msgs: Mapping[int, UnmaskShares]) -> np.ndarray[Any, Any]:
@@ -234,7 +235,7 @@ class SecAggServer:
         Returns:
             The exact sum modulo ``2**modulus_bits`` of the survivors' inputs (uint32/uint64).
         """
-        stage = "unmask"
+        stage = Stage.UNMASK
         self._enter(stage)
         cfg = self.config
         survivors = set(self._survivors)
@@ -248,7 +249,7 @@ class SecAggServer:
                     + (" that signed the survivor list" if cfg.consistency_check else "")
                 )
             self._check(stage, cid, msg, UnmaskShares, getattr(msg, "sender", None))
-            holds = cfg.neighbours(cid) | {cid}
+            holds = cfg.neighbors_of(cid) | {cid}
             for owners, items, pts in (
                 (survivors, msg.seed_shares, seed_pts),
                 (dropped, msg.key_shares, key_pts),
@@ -272,7 +273,7 @@ class SecAggServer:
                 sk = shamir.combine(key_pts[owner], cfg.t, ka.KEY_BYTES)
                 if ka.public_key(sk) != self._roster[owner].mask_pk:
                     raise CryptoError("reconstructed key does not match")
-                partners = sorted(cfg.neighbours(owner) & survivors)
+                partners = sorted(cfg.neighbors_of(owner) & survivors)
                 secrets = ka.exchange_many(sk, [self._roster[p].mask_pk for p in partners])
                 for partner, shared in zip(partners, secrets, strict=True):
                     # the partner added +mask if partner < owner, else -mask: undo it
@@ -287,5 +288,5 @@ class SecAggServer:
         total = self._sum
         prg.apply_masks(total, add, sub)
         self._sum = None
-        self._stage = "done"
+        self._stage = Stage.DONE
         return total

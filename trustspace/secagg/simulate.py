@@ -12,19 +12,14 @@ import numpy as np
 from trustspace.errors import ConfigError, DataError
 from trustspace.secagg.client import SecAggClient
 from trustspace.secagg.config import SecAggConfig
-from trustspace.secagg.messages import (
-    AdvertiseKeys,
-    EncryptedShares,
-    MaskedInput,
-    SurvivorSignature,
-    UnmaskRequest,
-    UnmaskShares,
-)
-from trustspace.secagg.server import SecAggServer
+from trustspace.secagg.driver import drive
+from trustspace.secagg.stage import ROUND_STAGES, Stage, stages_for
 
 __all__ = ["STAGES", "deterministic_rng", "simulate"]
 
-STAGES = ("advertise", "share", "masked_input", "unmask")
+#: The stages ``simulate(dropouts=...)`` takes, in order ("share" is accepted for share_keys;
+#: "consistency" too with ``consistency_check=True``).
+STAGES = ROUND_STAGES
 
 
 def deterministic_rng(seed: bytes) -> Callable[[int], bytes]:
@@ -60,8 +55,9 @@ def simulate(
     Args:
         inputs: one 1-D integer vector per client (or a 2-D array, one row per client).
         threshold, neighbors: t and k (see :class:`SecAggConfig`; computed when None).
-        dropouts: ``{"advertise" | "share" | "masked_input" | "unmask": [client indices]}``:
-            the clients that fall silent at that stage (and stay silent afterwards).
+        dropouts: ``{"advertise" | "share_keys" | "masked_input" | "unmask": [client
+            indices]}`` (``"share"`` is accepted for ``"share_keys"``): the clients that fall
+            silent at that stage (and stay silent afterwards).
         seed: makes the run reproducible (keys, seeds, session id) -- tests only.
         modulus_bits: 32 or 64; by default 32 for uint32/int32 inputs, else 64.
         wire: pass every message through ``to_bytes``/``from_bytes`` as the network would.
@@ -95,15 +91,21 @@ def simulate(
         )
     if modulus_bits is None:
         modulus_bits = 32 if vectors[0].dtype in (np.uint32, np.int32) else 64
-    stages = STAGES if not consistency_check else (*STAGES[:3], "consistency", STAGES[3])
-    drops = {stage: set(dropouts.get(stage, ())) if dropouts else set() for stage in stages}
-    if dropouts:
-        bad = set(dropouts) - set(stages)
-        if bad:
-            raise ConfigError(f"simulate: unknown dropout stages {sorted(bad)}; use {stages}")
-        for stage, idx in drops.items():
-            if any(not isinstance(i, int) or not 0 <= i < n for i in idx):
-                raise ConfigError(f"simulate: dropouts[{stage!r}] must be indices in 0 .. {n - 1}")
+    stages = stages_for(consistency_check=consistency_check)
+    drops: dict[Stage, set[int]] = {stage: set() for stage in stages}
+    for name, idx in (dropouts or {}).items():
+        try:
+            stage = Stage.parse(name, aliases=True)
+        except ConfigError:
+            stage = None
+        if stage not in drops:
+            raise ConfigError(
+                f"simulate: unknown dropout stages [{name!r}]; use "
+                f"{[str(s) for s in stages]} ('share' is accepted for share_keys)"
+            )
+        if any(not isinstance(i, int) or not 0 <= i < n for i in idx):
+            raise ConfigError(f"simulate: dropouts[{name!r}] must be indices in 0 .. {n - 1}")
+        drops[stage].update(idx)
     if seed is None:
         rngs = [os.urandom for _ in range(n + 1)]
     else:
@@ -123,45 +125,35 @@ def simulate(
         consistency_check=consistency_check,
     )
     clients = {i + 1: SecAggClient(config, i + 1, rng=rngs[i]) for i in range(n)}
-    server = SecAggServer(config)
     gone: set[int] = set()
 
-    def live(stage: str) -> list[int]:
+    def exchange(stage: Stage, payloads: Mapping[int, Any]) -> dict[int, Any]:
         gone.update(i + 1 for i in drops[stage])
-        return [c for c in clients if c not in gone]
+        replies: dict[int, Any] = {}
+        for c, payload in payloads.items():
+            if c in gone:
+                continue
+            client = clients[c]
+            if stage is Stage.ADVERTISE:
+                reply: Any = client.advertise()
+            elif stage is Stage.SHARE_KEYS:
+                reply = client.share_keys(payload)
+            elif stage is Stage.MASKED_INPUT:
+                reply = client.masked_input(vectors[c - 1], payload)
+            elif stage is Stage.CONSISTENCY:
+                reply = client.consistency(_wire(payload, wire))
+            else:
+                reply = client.unmask(_wire(payload, wire))
+            replies[c] = _wire(reply, wire)
+        return replies
 
-    adv = {c: clients[c].advertise() for c in live("advertise")}
-    if wire:
-        adv = {c: AdvertiseKeys.from_bytes(m.to_bytes()) for c, m in adv.items()}
-    roster = server.collect_advertise(adv)
-    shares = {c: clients[c].share_keys(roster) for c in live("share")}
-    if wire:
-        shares = {
-            c: {r: EncryptedShares.from_bytes(m.to_bytes()) for r, m in out.items()}
-            for c, out in shares.items()
-        }
-    routed = server.collect_shares(shares)
-    masked = {c: clients[c].masked_input(vectors[c - 1], routed[c]) for c in live("masked_input")}
-    if wire:
-        masked = {c: MaskedInput.from_bytes(m.to_bytes()) for c, m in masked.items()}
-    request = server.collect_masked(masked)
-    if wire:
-        request = UnmaskRequest.from_bytes(request.to_bytes())
-    if consistency_check:
-        signed = {
-            c: clients[c].consistency(request)
-            for c in live("consistency")
-            if c in request.survivors
-        }
-        if wire:
-            signed = {c: SurvivorSignature.from_bytes(m.to_bytes()) for c, m in signed.items()}
-        request = server.collect_consistency(signed)
-        if wire:
-            request = UnmaskRequest.from_bytes(request.to_bytes())
-        signers = {c for c, _ in request.signatures}
-    else:
-        signers = set(request.survivors)
-    answers = {c: clients[c].unmask(request) for c in live("unmask") if c in signers}
-    if wire:
-        answers = {c: UnmaskShares.from_bytes(m.to_bytes()) for c, m in answers.items()}
-    return server.collect_unmask(answers)
+    return drive(config, exchange).total
+
+
+def _wire(msg: Any, wire: bool) -> Any:
+    """``msg`` after a trip through its canonical bytes (as the network carries it)."""
+    if not wire:
+        return msg
+    if isinstance(msg, dict):
+        return {k: _wire(v, wire) for k, v in msg.items()}
+    return type(msg).from_bytes(msg.to_bytes())

@@ -39,6 +39,9 @@ Map:
   is made from (``Engine.schema(name)`` on a node); ``to_dict()/from_dict()``.
 - ``parse_filter`` / ``check_filter`` / ``filter_columns``: the ``where=`` language (AST
   only; SQL is the engine's).
+- ``split_words`` / ``join_words`` / ``paillier_round_total`` and the Paillier path's limits
+  (``MAX_PAILLIER_KEY_BITS``, ``MAX_PAILLIER_HEADROOM``): a round's entries as the 31-bit words
+  the nodes encrypt, and the analyst's total from them (``_paillier``).
 
 Security notes (what each role learns, how ``min_group_size`` is enforced on totals only, the
 min/max policy and the differencing risk of filters) are in ``docs/security.md`` (federated
@@ -82,6 +85,15 @@ from trustspace.stats._filter import (
     parse_filter,
 )
 from trustspace.stats._machine import GRID_BINS, Computation, Result, replay, start
+from trustspace.stats._paillier import (
+    MAX_PAILLIER_HEADROOM,
+    MAX_PAILLIER_KEY_BITS,
+    PAILLIER_WORD_VALUE_BITS,
+    WORD_BITS,
+    join_words,
+    paillier_round_total,
+    split_words,
+)
 from trustspace.stats._query import GROUP_AGGS, OPS, Query
 from trustspace.stats._round import (
     MAX_NODES,
@@ -99,11 +111,15 @@ __all__ = [
     "GRID_BINS",
     "GROUP_AGGS",
     "MAX_NODES",
+    "MAX_PAILLIER_HEADROOM",
+    "MAX_PAILLIER_KEY_BITS",
     "OCTAVE_HALF",
     "OCTAVE_MAX_EXP",
     "OCTAVE_MIN_EXP",
     "OCTAVE_OFFSET",
     "OPS",
+    "PAILLIER_WORD_VALUE_BITS",
+    "WORD_BITS",
     "And",
     "ColumnType",
     "Compare",
@@ -121,8 +137,11 @@ __all__ = [
     "Term",
     "check_filter",
     "filter_columns",
+    "join_words",
     "octave_key",
+    "paillier_round_total",
     "parse_filter",
     "replay",
+    "split_words",
     "start",
 ]

@@ -9,7 +9,7 @@ import grpc
 
 from trustspace.errors import AuthenticationError, NodeError
 from trustspace.proto.v1 import aggregator_pb2, aggregator_pb2_grpc, node_pb2, node_pb2_grpc
-from trustspace.transport import serde
+from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials
 from trustspace.transport.status import error_info, to_exception
 from trustspace.transport.tls import preflight, secure_channel
@@ -84,13 +84,13 @@ class NodeClient(_Client):
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
 
     def describe(
-        self, ctx: serde.RequestContext, timeout: float = DESCRIBE_TIMEOUT_S
-    ) -> serde.NodeDescription:
+        self, ctx: types.RequestContext, timeout: float = DESCRIBE_TIMEOUT_S
+    ) -> types.NodeDescription:
         req = node_pb2.DescribeDatasetsRequest(context=serde.context_to_proto(ctx))
         resp = self._call("DescribeDatasets", self._stub.DescribeDatasets, req, timeout)
         return serde.description_from_proto(resp)
 
-    def secagg_step(self, step: serde.SecAggStep, timeout: float = STEP_TIMEOUT_S) -> list[bytes]:
+    def secagg_step(self, step: types.SecAggStep, timeout: float = STEP_TIMEOUT_S) -> list[bytes]:
         resp = self._call(
             f"secure aggregation stage {step.stage}",
             self._stub.SecAggStep,
@@ -100,7 +100,7 @@ class NodeClient(_Client):
         return [bytes(p) for p in resp.payloads]
 
     def paillier_stats(
-        self, req: serde.PaillierRequest, timeout: float = PAILLIER_TIMEOUT_S
+        self, req: types.PaillierRequest, timeout: float = PAILLIER_TIMEOUT_S
     ) -> bytes:
         resp = self._call(
             "PaillierStats",
@@ -111,7 +111,7 @@ class NodeClient(_Client):
         return bytes(resp.encrypted_vector)
 
     def anon_histogram(
-        self, ctx: serde.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
+        self, ctx: types.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
     ) -> dict[str, Any]:
         """Prepare an anonymization job at the node; returns its summary (node, digest)."""
         req = node_pb2.AnonHistogramRequest(
@@ -121,7 +121,7 @@ class NodeClient(_Client):
         return serde.loads_dict(resp.summary_json, "summary_json")
 
     def anon_apply(
-        self, ctx: serde.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
+        self, ctx: types.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
     ) -> dict[str, Any]:
         """Have the node apply the transformation to its rows and write them locally."""
         req = node_pb2.AnonApplyRequest(
@@ -131,7 +131,7 @@ class NodeClient(_Client):
             self._call("AnonApply", self._stub.AnonApply, req, timeout)
         )
 
-    def anon_release(self, ctx: serde.RequestContext, timeout: float = STEP_TIMEOUT_S) -> bytes:
+    def anon_release(self, ctx: types.RequestContext, timeout: float = STEP_TIMEOUT_S) -> bytes:
         """The node's anonymized rows (CSV), if its policy lets them leave."""
         req = node_pb2.AnonReleaseRequest(context=serde.context_to_proto(ctx))
         resp = self._call("AnonRelease", self._stub.AnonRelease, req, timeout)
@@ -167,8 +167,8 @@ class AggregatorClient(_Client):
         return serde.loads(resp.result_json, "result_json")
 
     def run_round(
-        self, req: serde.RoundRequest, timeout: float = QUERY_TIMEOUT_S
-    ) -> serde.RoundResult:
+        self, req: types.RoundRequest, timeout: float = QUERY_TIMEOUT_S
+    ) -> types.RoundResult:
         resp = self._call(
             "RunRound", self._stub.RunRound, serde.round_request_to_proto(req), timeout
         )
@@ -179,6 +179,6 @@ class AggregatorClient(_Client):
         resp = self._call("RunAnonymization", self._stub.RunAnonymization, req, timeout)
         return serde.loads(resp.result_json, "result_json")
 
-    def status(self, timeout: float = DESCRIBE_TIMEOUT_S) -> tuple[str, list[serde.NodeStatus]]:
+    def status(self, timeout: float = DESCRIBE_TIMEOUT_S) -> tuple[str, list[types.NodeStatus]]:
         resp = self._call("Status", self._stub.Status, aggregator_pb2.StatusRequest(), timeout)
         return serde.status_from_proto(resp)

@@ -1,31 +1,36 @@
 """Conversion between protobuf messages and trustspace's domain objects, in one place.
 
-The transport-level value types (``RequestContext``, ``SecAggSetup``, ``SecAggStep``,
-``NodeDescription``, ...) are plain frozen dataclasses so that node, aggregator and analyst code
-never touch protobuf classes. JSON fields are parsed strictly; a malformed request raises
-``ProtocolError`` naming the field.
+The domain side is ``trustspace.transport.types`` (plain frozen dataclasses), ``trustspace.stats``
+and ``trustspace.anon``: node, aggregator and analyst code never touch protobuf classes. Every
+``*_from_proto`` parses strictly; a malformed message raises ``ProtocolError`` naming the field.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from trustspace.errors import ProtocolError
+from trustspace.anon.federated import VectorRequest
+from trustspace.errors import ConfigError, ProtocolError
 from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2
+from trustspace.secagg import Stage
+from trustspace.stats import MAX_PAILLIER_HEADROOM, MAX_PAILLIER_KEY_BITS, Round
+from trustspace.transport.types import (
+    PARTS,
+    AnonVector,
+    DatasetDescription,
+    NodeDescription,
+    NodeStatus,
+    PaillierRequest,
+    RequestContext,
+    RoundRequest,
+    RoundResult,
+    SecAggSetup,
+    SecAggStep,
+)
 
-SECAGG_STAGES = ("advertise", "share_keys", "masked_input", "unmask")
-PARTS = ("all", "counts", "anon.histogram")  # "anon.histogram": round is an anon vector request
 MAX_JSON_CHARS = 8 * 1024 * 1024
-#: Largest Paillier modulus a node encrypts under. 7680 bits is NIST SP 800-57's 192-bit level;
-#: the cap bounds an analyst's key (forwarded by the aggregator) to ~20x the work of the 3072-bit
-#: default. Without it a 40,000-bit modulus cost a node 65 s of CPU per request (a cheap DoS).
-MAX_PAILLIER_KEY_BITS = 8192
-#: Most vectors a Paillier total may add up (one per node): far more nodes than a data space
-#: has, and 31-bit words plus 16 bits of headroom still fit the 63-bit packing slots.
-MAX_PAILLIER_HEADROOM = 1 << 16
 
 
 def dumps(obj: Any) -> str:
@@ -69,18 +74,6 @@ def paillier_modulus(data: bytes, what: str) -> int:
     return n
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    """Who asks for what (forwarded by the aggregator to every node)."""
-
-    analyst: str
-    request_id: str
-    operation: str
-    dataset: str = ""
-    columns: tuple[str, ...] = ()
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
 def context_to_proto(ctx: RequestContext) -> common_pb2.RequestContext:
     return common_pb2.RequestContext(
         analyst=ctx.analyst,
@@ -101,22 +94,6 @@ def context_from_proto(msg: common_pb2.RequestContext) -> RequestContext:
         columns=tuple(msg.columns),
         params=loads_dict(msg.params_json, "context.params_json"),
     )
-
-
-@dataclass(frozen=True)
-class DatasetDescription:
-    """A dataset's public schema as a node publishes it (``schema`` is TableSchema.to_dict())."""
-
-    name: str
-    schema: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class NodeDescription:
-    node: str
-    datasets: tuple[DatasetDescription, ...]
-    min_group_size: int
-    release_rows: bool
 
 
 def dataset_to_proto(d: DatasetDescription) -> common_pb2.DatasetInfo:
@@ -153,33 +130,13 @@ def description_from_proto(msg: node_pb2.DescribeDatasetsResponse) -> NodeDescri
     )
 
 
-@dataclass(frozen=True)
-class SecAggSetup:
-    """The public parameters of one secure-aggregation session (see ``SecAggConfig``)."""
-
-    session_id: bytes
-    client_ids: tuple[int, ...]
-    vector_length: int
-    threshold: int | None = None
-    neighbors: int | None = None
-    modulus_bits: int = 64
-
-
-@dataclass(frozen=True)
-class SecAggStep:
-    """One stage of one session at one node."""
-
-    context: RequestContext
-    setup: SecAggSetup
-    stage: str
-    payloads: tuple[bytes, ...]
-    round: Mapping[str, Any]
-    client_id: int
-    part: str = "all"
-
-
 def step_to_proto(step: SecAggStep) -> node_pb2.SecAggStepRequest:
     s = step.setup
+    vector: dict[str, Any] = {}
+    if isinstance(step.vector, AnonVector):
+        vector = {"vector": step.vector.request.to_dict(), "digest": step.vector.digest}
+    elif step.vector is not None:
+        vector = step.vector.to_dict()
     return node_pb2.SecAggStepRequest(
         context=context_to_proto(step.context),
         setup=node_pb2.SecAggSetup(
@@ -192,7 +149,7 @@ def step_to_proto(step: SecAggStep) -> node_pb2.SecAggStepRequest:
         ),
         stage=step.stage,
         payloads=list(step.payloads),
-        round_json=dumps(dict(step.round)) if step.round else "",
+        round_json=dumps(vector) if vector else "",
         client_id=str(step.client_id),
         part=step.part,
     )
@@ -205,9 +162,11 @@ def _int(text: str, what: str) -> int:
 
 
 def step_from_proto(msg: node_pb2.SecAggStepRequest) -> SecAggStep:
-    if msg.stage not in SECAGG_STAGES:
-        raise ProtocolError(f"SecAggStep: unknown stage {msg.stage!r}; expected {SECAGG_STAGES}")
-    part = msg.part or "all"
+    try:
+        stage = Stage.parse(msg.stage)
+    except ConfigError as exc:
+        raise ProtocolError(f"SecAggStep: {exc}") from None
+    part = msg.part or PARTS[0]
     if part not in PARTS:
         raise ProtocolError(f"SecAggStep: unknown part {part!r}; expected {PARTS}")
     s = msg.setup
@@ -219,33 +178,40 @@ def step_from_proto(msg: node_pb2.SecAggStepRequest) -> SecAggStep:
         neighbors=int(s.neighbors) or None,
         modulus_bits=int(s.modulus_bits) or 64,
     )
+    data = loads_dict(msg.round_json, "round_json")
+    vector: Round | AnonVector | None = None
+    if data and part == PARTS[1]:
+        digest = data.get("digest")
+        if not isinstance(digest, str):
+            raise ProtocolError("SecAggStep: the anonymization round names no spec digest")
+        vector = AnonVector(VectorRequest.from_dict(data.get("vector")), digest)
+    elif data:
+        vector = round_from_dict(data)
+    elif stage is Stage.ADVERTISE:
+        raise ProtocolError("SecAggStep: the advertise stage carries no round")
     return SecAggStep(
         context=context_from_proto(msg.context),
         setup=setup,
-        stage=msg.stage,
+        stage=stage,
         payloads=tuple(bytes(p) for p in msg.payloads),
-        round=loads_dict(msg.round_json, "round_json"),
+        vector=vector,
         client_id=_int(msg.client_id, "client_id"),
-        part=part,
     )
 
 
-@dataclass(frozen=True)
-class PaillierRequest:
-    """Encrypt the local vector of ``round`` under the public key with modulus ``n``."""
-
-    context: RequestContext
-    n: int
-    round: Mapping[str, Any]
-    headroom: int
-    suppressed: tuple[int, ...] = ()
+def round_from_dict(data: Any) -> Round:
+    """A stats ``Round`` off the wire; ``ProtocolError`` naming the bad key."""
+    try:
+        return Round.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed round: {exc}") from None
 
 
 def paillier_request_to_proto(req: PaillierRequest) -> node_pb2.PaillierStatsRequest:
     return node_pb2.PaillierStatsRequest(
         context=context_to_proto(req.context),
         public_key=common_pb2.PaillierPublicKey(n=int_to_bytes(req.n)),
-        round_json=dumps(dict(req.round)),
+        round_json=dumps(req.round.to_dict()),
         headroom=req.headroom,
         suppressed=list(req.suppressed),
     )
@@ -259,22 +225,10 @@ def paillier_request_from_proto(msg: node_pb2.PaillierStatsRequest) -> PaillierR
     return PaillierRequest(
         context=context_from_proto(msg.context),
         n=paillier_modulus(msg.public_key.n, "PaillierStats"),
-        round=loads_dict(msg.round_json, "round_json"),
+        round=round_from_dict(loads_dict(msg.round_json, "round_json")),
         headroom=int(msg.headroom),
         suppressed=tuple(int(i) for i in msg.suppressed),
     )
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """The Paillier path's answer for one round: the encrypted total of the non-count entries
-    (empty bytes if the round has none), suppressed entries, and the count entries' totals
-    (securely aggregated, suppressed ones zeroed; see ``paillier_round_total``)."""
-
-    encrypted_vector: bytes
-    suppressed: tuple[int, ...]
-    nodes: int
-    count_totals: tuple[int, ...] = ()
 
 
 def round_result_to_proto(r: RoundResult) -> aggregator_pb2.RunRoundResponse:
@@ -295,18 +249,10 @@ def round_result_from_proto(msg: aggregator_pb2.RunRoundResponse) -> RoundResult
     )
 
 
-@dataclass(frozen=True)
-class RoundRequest:
-    query: Mapping[str, Any]
-    round: Mapping[str, Any]
-    n: int
-    request_id: str
-
-
 def round_request_to_proto(r: RoundRequest) -> aggregator_pb2.RunRoundRequest:
     return aggregator_pb2.RunRoundRequest(
         query_json=dumps(dict(r.query)),
-        round_json=dumps(dict(r.round)),
+        round_json=dumps(r.round.to_dict()),
         public_key=common_pb2.PaillierPublicKey(n=int_to_bytes(r.n)),
         request_id=r.request_id,
     )
@@ -315,20 +261,10 @@ def round_request_to_proto(r: RoundRequest) -> aggregator_pb2.RunRoundRequest:
 def round_request_from_proto(msg: aggregator_pb2.RunRoundRequest) -> RoundRequest:
     return RoundRequest(
         query=loads_dict(msg.query_json, "query_json"),
-        round=loads_dict(msg.round_json, "round_json"),
+        round=round_from_dict(loads_dict(msg.round_json, "round_json")),
         n=paillier_modulus(msg.public_key.n, "RunRound"),
         request_id=msg.request_id,
     )
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    name: str
-    address: str
-    reachable: bool
-    detail: str = ""
-    datasets: tuple[DatasetDescription, ...] = ()
-    min_group_size: int = 0
 
 
 def status_to_proto(aggregator: str, nodes: Sequence[NodeStatus]) -> aggregator_pb2.StatusResponse:
@@ -475,87 +411,6 @@ def result_from_dict(data: Mapping[str, Any]) -> Any:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed result: {exc}") from None
-
-
-# ---------------------------------------------------------------------- Paillier vector words
-#: Paillier packs slots of at most 63 bits, but a fixed-point entry (``Round.encode``) needs
-#: up to 62 bits plus room for the sum over the nodes. Each entry v is therefore sent as two
-#: words: hi = v >> 31 (arithmetic) and lo = v & (2^31 - 1), with v = hi * 2^31 + lo exactly;
-#: both fit signed 32 bits. Sums of words recombine modulo 2^64 into the sum of the entries.
-WORD_BITS = 31
-PAILLIER_WORD_VALUE_BITS = 32
-
-
-def split_words(encoded: Any) -> Any:
-    """int64 entries -> int64 vector ``[hi..., lo...]`` of twice the length."""
-    import numpy as np
-
-    v = np.asarray(encoded, dtype=np.int64)
-    hi = v >> WORD_BITS
-    lo = v & ((1 << WORD_BITS) - 1)
-    return np.concatenate([hi, lo])
-
-
-def join_words(words: Any) -> Any:
-    """The inverse of ``split_words`` on (sums of) word vectors: uint64 totals modulo 2^64.
-
-    >>> import numpy as np
-    >>> v = np.array([5, -7, 2**61, -(2**61)], dtype=np.int64)
-    >>> join_words(split_words(v) + split_words(v)).view(np.int64).tolist() == (2 * v).tolist()
-    True
-    """
-    import numpy as np
-
-    w = np.asarray(words, dtype=np.int64)
-    if w.ndim != 1 or w.shape[0] % 2:
-        raise ProtocolError(f"encrypted total has {w.shape} words; expected an even length")
-    half = w.shape[0] // 2
-    hi = w[:half].view(np.uint64)
-    lo = w[half:].view(np.uint64)
-    with np.errstate(over="ignore"):
-        return (hi << np.uint64(WORD_BITS)) + lo
-
-
-def paillier_round_total(count_mask: Any, count_totals: Sequence[int], words: Any) -> Any:
-    """A Paillier round's total modulo 2^64 (what ``Round.decode`` takes) from its parts.
-
-    Args:
-        count_mask: the round's ``Round.count_mask``.
-        count_totals: the totals of the count entries, in order (``RoundResult.count_totals``).
-        words: the decrypted sum of ``split_words`` vectors of the non-count entries
-            (``Round.moment_round``), or None if the round has none.
-
-    Raises:
-        ProtocolError: the parts do not fit the round's layout.
-
-    >>> import numpy as np
-    >>> mask = np.array([True, False, True])
-    >>> paillier_round_total(mask, [4, 0], split_words(np.array([-3]))).view(np.int64).tolist()
-    [4, -3, 0]
-    """
-    import numpy as np
-
-    mask = np.asarray(count_mask, dtype=bool)
-    total = np.zeros(mask.shape[0], dtype=np.uint64)
-    counts = np.asarray(count_totals, dtype=np.int64)
-    if counts.shape != (int(mask.sum()),):
-        raise ProtocolError(
-            f"round answer has {counts.shape[0]} count totals; the round has {int(mask.sum())}"
-        )
-    total[mask] = counts.view(np.uint64)
-    rest = int((~mask).sum())
-    if rest:
-        if words is None:
-            raise ProtocolError(f"round answer has no encrypted vector for its {rest} sums")
-        joined = join_words(words)
-        if joined.shape != (rest,):
-            raise ProtocolError(
-                f"round answer has {joined.shape[0]} encrypted sums; the round has {rest}"
-            )
-        total[~mask] = joined
-    elif words is not None and np.asarray(words).size:
-        raise ProtocolError("round answer has encrypted entries but the round has no sums")
-    return total
 
 
 def anon_applied_to_proto(out: Mapping[str, Any]) -> node_pb2.AnonApplyResponse:

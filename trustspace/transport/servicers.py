@@ -7,37 +7,56 @@ wrapped by ``status.guard`` (role check, exception -> status code with ``ErrorIn
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from trustspace.errors import TrustspaceError
 from trustspace.proto.v1 import aggregator_pb2, aggregator_pb2_grpc, node_pb2, node_pb2_grpc
-from trustspace.transport import serde
+from trustspace.transport import serde, types
 from trustspace.transport.ca import Identity
 from trustspace.transport.status import guard
 
 NODE_SERVICE = "trustspace.proto.v1.NodeService"
+Msg = TypeVar("Msg")
+Out = TypeVar("Out")
+
+
+def _parser(server: str) -> Callable[[Callable[[Msg], Out], Msg], Out]:
+    """``parse(convert, msg)``: ``convert(msg)``, its errors naming this server (serde's
+    messages name the field, not where it was refused)."""
+
+    def parse(convert: Callable[[Msg], Out], msg: Msg) -> Out:
+        try:
+            return convert(msg)
+        except TrustspaceError as exc:
+            raise type(exc)(f"{server}: {exc}") from None
+
+    return parse
+
+
 AGGREGATOR_SERVICE = "trustspace.proto.v1.AggregatorService"
 
 
 class NodeHandler(Protocol):
     name: str
 
-    def describe(self, caller: Identity, ctx: serde.RequestContext) -> serde.NodeDescription: ...
+    def describe(self, caller: Identity, ctx: types.RequestContext) -> types.NodeDescription: ...
 
-    def secagg_step(self, caller: Identity, step: serde.SecAggStep) -> list[bytes]: ...
+    def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]: ...
 
-    def paillier_stats(self, caller: Identity, req: serde.PaillierRequest) -> bytes: ...
+    def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes: ...
 
     def anon_histogram(
-        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
     ) -> dict[str, Any]: ...
 
     def anon_apply(
-        self, caller: Identity, ctx: serde.RequestContext, payload: dict[str, Any]
+        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
     ) -> dict[str, Any]: ...
 
-    def anon_release(self, caller: Identity, ctx: serde.RequestContext) -> bytes: ...
+    def anon_release(self, caller: Identity, ctx: types.RequestContext) -> bytes: ...
 
 
 class AggregatorHandler(Protocol):
@@ -45,11 +64,11 @@ class AggregatorHandler(Protocol):
 
     def run_query(self, caller: Identity, query: dict[str, Any], method: str) -> Any: ...
 
-    def run_round(self, caller: Identity, req: serde.RoundRequest) -> serde.RoundResult: ...
+    def run_round(self, caller: Identity, req: types.RoundRequest) -> types.RoundResult: ...
 
     def run_anonymization(self, caller: Identity, spec: dict[str, Any]) -> Any: ...
 
-    def status(self, caller: Identity) -> list[serde.NodeStatus]: ...
+    def status(self, caller: Identity) -> list[types.NodeStatus]: ...
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -61,6 +80,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         def g(fn: Any, method: str) -> Any:
             return guard(fn, server_name=h.name, method=method, allowed_roles=("aggregator",))
 
+        parse = _parser(f"node {h.name}")
+
         self._describe = g(
             lambda req, who: serde.description_to_proto(
                 h.describe(who, serde.context_from_proto(req.context))
@@ -69,14 +90,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         self._secagg = g(
             lambda req, who: node_pb2.SecAggStepResponse(
-                payloads=h.secagg_step(who, serde.step_from_proto(req))
+                payloads=h.secagg_step(who, parse(serde.step_from_proto, req))
             ),
             "SecAggStep",
         )
 
         self._paillier = g(
             lambda req, who: node_pb2.PaillierStatsResponse(
-                encrypted_vector=h.paillier_stats(who, serde.paillier_request_from_proto(req))
+                encrypted_vector=h.paillier_stats(
+                    who, parse(serde.paillier_request_from_proto, req)
+                )
             ),
             "PaillierStats",
         )

@@ -1,0 +1,164 @@
+"""The aggregator's secure sum: ``secagg.drive`` with an exchange that fans out over gRPC.
+
+The driver decides stage order, dropouts and aborts; this module only carries each stage's
+messages to the nodes (every node of a stage in parallel, with a deadline) and back. A node
+that cannot be reached or misses the deadline is absent from the stage's replies: the driver
+treats it as dropped. A refusal (policy, data, protocol error) aborts at once with the node's
+own error.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from trustspace.errors import ProtocolError, ThresholdError, TrustspaceError
+from trustspace.secagg import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    SecAggConfig,
+    Stage,
+    UnmaskShares,
+    drive,
+)
+from trustspace.stats import Round
+from trustspace.transport import types
+from trustspace.transport.clients import NodeClient
+
+T = TypeVar("T")
+
+FanOut = Callable[
+    [Sequence[NodeClient], Callable[[NodeClient], T]],
+    tuple[dict[str, T], dict[str, TrustspaceError]],
+]
+
+
+class _GrpcExchange:
+    """``exchange(stage, {client: payload})`` for ``secagg.drive`` over the nodes' RPCs."""
+
+    def __init__(
+        self,
+        fan_out: FanOut[list[bytes]],
+        ctx: types.RequestContext,
+        setup: types.SecAggSetup,
+        vector: Round | types.AnonVector,
+        nodes: Sequence[NodeClient],
+        timeout: float,
+    ) -> None:
+        self._fan_out = fan_out
+        self._ctx, self._setup, self._vector, self._timeout = ctx, setup, vector, timeout
+        self.ids = {n.name: i for n, i in zip(nodes, setup.client_ids, strict=True)}
+        self.by_id = {i: n for n, i in zip(nodes, setup.client_ids, strict=True)}
+        self.dropped: dict[str, TrustspaceError] = {}
+        #: each node's (keys, signature, certificate) from the advertise stage: forwarded as
+        #: the roster, so that every node checks every participant is a real, distinct node
+        self._signed: dict[int, tuple[bytes, bytes, bytes]] = {}
+
+    def __call__(self, stage: Stage, payloads: Mapping[int, Any]) -> dict[int, Any]:
+        raw = self._send(stage, {c: self._encode(stage, p) for c, p in payloads.items()})
+        return {c: self._decode(stage, c, out) for c, out in raw.items()}
+
+    def _encode(self, stage: Stage, payload: Any) -> Sequence[bytes]:
+        if stage is Stage.ADVERTISE:
+            return ()
+        if stage is Stage.SHARE_KEYS:
+            return [b for c in payload for b in self._signed[c]]
+        if stage is Stage.MASKED_INPUT:
+            return [m.to_bytes() for m in payload.values()]
+        return [payload.to_bytes()]  # the unmask request
+
+    def _decode(self, stage: Stage, client: int, out: Sequence[bytes]) -> Any:
+        if stage is Stage.ADVERTISE:
+            if len(out) != 3:
+                raise ProtocolError(
+                    f"client {client} answered stage {stage} with {len(out)} messages, "
+                    "expected keys, signature and certificate"
+                )
+            self._signed[client] = (out[0], out[1], out[2])
+            return AdvertiseKeys.from_bytes(out[0])
+        if stage is Stage.SHARE_KEYS:
+            msgs = (EncryptedShares.from_bytes(b) for b in out)
+            return {m.recipient: m for m in msgs}
+        if len(out) != 1:
+            raise ProtocolError(f"client {client} answered stage {stage} with {len(out)} messages")
+        if stage is Stage.MASKED_INPUT:
+            return MaskedInput.from_bytes(out[0])
+        return UnmaskShares.from_bytes(out[0])
+
+    def _send(self, stage: Stage, targets: Mapping[int, Sequence[bytes]]) -> dict[int, list[bytes]]:
+        def call(node: NodeClient) -> list[bytes]:
+            step = types.SecAggStep(
+                context=self._ctx,
+                setup=self._setup,
+                stage=stage,
+                payloads=tuple(targets[self.ids[node.name]]),
+                vector=self._vector if stage is Stage.ADVERTISE else None,
+                client_id=self.ids[node.name],
+            )
+            return node.secagg_step(step, self._timeout)
+
+        ok, failed = self._fan_out([self.by_id[c] for c in targets], call)
+        self.dropped.update(failed)
+        return {self.ids[name]: out for name, out in ok.items()}
+
+
+def secure_sum(
+    fan_out: FanOut[list[bytes]],
+    ctx: types.RequestContext,
+    vector: Round | types.AnonVector,
+    size: int,
+    index: int,
+    nodes: Sequence[NodeClient],
+    *,
+    threshold: int | None,
+    timeout: float,
+) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
+    """Sum the nodes' local vectors of ``vector`` (``size`` entries; round ``index`` in error
+    messages) by one SecAgg+ session.
+
+    Returns (the uint64 total, the names of the nodes whose input is in it).
+
+    Raises:
+        ThresholdError: fewer than the threshold (or 2) nodes remain; names the stage, the
+            counts and what each dropped node failed with.
+        ProtocolError: a node sent a malformed or inconsistent message.
+    """
+    if len(nodes) < 2:
+        raise ThresholdError(
+            f"secure aggregation needs at least 2 nodes, only {len(nodes)} answered "
+            f"({', '.join(n.name for n in nodes) or 'none'})"
+        )
+    if threshold is not None:
+        if len(nodes) < threshold:
+            raise ThresholdError(
+                f"only {len(nodes)} node(s) answered ({', '.join(n.name for n in nodes)}), "
+                f"fewer than the configured threshold {threshold}; no partial result"
+            )
+        # SecAgg needs a strict majority of share holders; never go below it
+        threshold = max(threshold, len(nodes) // 2 + 1)
+    setup = types.SecAggSetup(
+        session_id=secrets.token_bytes(32),
+        client_ids=tuple(range(1, len(nodes) + 1)),
+        vector_length=size,
+        threshold=threshold,
+    )
+    config = SecAggConfig(
+        session_id=setup.session_id,
+        client_ids=setup.client_ids,
+        vector_length=setup.vector_length,
+        threshold=setup.threshold,
+    )
+    exchange = _GrpcExchange(fan_out, ctx, setup, vector, nodes, timeout)
+    try:
+        outcome = drive(config, exchange)
+    except ThresholdError as exc:
+        detail = "; ".join(f"{n}: {e}" for n, e in exchange.dropped.items())
+        raise ThresholdError(f"{exc}" + (f" (dropped: {detail})" if detail else "")) from None
+    except ProtocolError as exc:
+        raise ProtocolError(f"secure aggregation of round {index} failed: {exc}") from None
+    contributors = tuple(exchange.by_id[c].name for c in outcome.survivors)
+    return np.asarray(outcome.total, dtype=np.uint64), contributors
