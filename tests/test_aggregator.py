@@ -198,3 +198,18 @@ def test_paillier_reuses_governing_counts_of_earlier_rounds(
             ]
             assert stages.count("advertise") == 1  # only the first round was securely summed
             assert stages.count("paillier") == 1
+
+
+def test_failed_query_forgets_its_plan(partitions: dict[str, Path], tmp_path: Path) -> None:
+    """A query that fails after planning leaves no plan behind (no stale participants kept
+    until the plan cache expires)."""
+    from trustspace.errors import ConfigError
+
+    with _local(partitions, ("n1", "n2"), tmp_path) as fed:
+        service = fed.aggregator.service
+        with pytest.raises(ConfigError, match="unknown column"):
+            fed.mean("default", "no_such_column")
+        fed.nodes["n2"].stop(0)
+        with pytest.raises(ThresholdError):
+            fed.count()
+        assert service._plans == {}
