@@ -12,7 +12,7 @@ building the compressed histogram from the loaded columns plus the search; "proc
 whole ``trustspace anonymize`` command (interpreter start, CSV in, CSV and report out).
 
 Federated section: the same k=5 / 5 % optimum over 3 node processes and an aggregator process
-(``trustspace.cli._space.LocalSpace``: real ``trustspace node`` / ``aggregator`` processes,
+(``trustspace.testing.LocalSpace``: real ``trustspace node`` / ``aggregator`` processes,
 mutual TLS on loopback), Adult split at random into 3 partitions. Timed from the analyst's
 ``Federation.anonymize`` call to its return: the nodes' preparation (one DuckDB query each),
 the secure-aggregation rounds, the search at the aggregator, and every node applying the
@@ -214,7 +214,7 @@ def federated(reps: int) -> dict[str, Any]:
 
     from trustspace.anon import anonymize
     from trustspace.api import Credentials, Federation
-    from trustspace.cli._space import LocalSpace, NodeSpec
+    from trustspace.testing import LocalSpace, NodeSpec
 
     df = pd.read_csv(ADULT / "adult.csv", sep=";")
     qis = {q: str(ADULT / f"adult_hierarchy_{q}.csv") for q in QI}

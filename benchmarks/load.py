@@ -1,6 +1,6 @@
 """Load: concurrent analyst sessions x mixed queries against three node processes.
 
-A data space of real processes on 127.0.0.1 (``trustspace.cli._space.LocalSpace``: CA, three
+A data space of real processes on 127.0.0.1 (``trustspace.testing.LocalSpace``: CA, three
 ``trustspace node`` processes over partitions of a synthetic table, one ``trustspace
 aggregator``). SESSIONS analyst threads each run QUERIES mixed queries (count, sum, mean, var,
 histogram, group_by; secure aggregation) and check every answer against pandas on the union.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, versions
 
 from trustspace.api import Credentials, Federation
-from trustspace.cli._space import LocalSpace, NodeSpec
+from trustspace.testing import LocalSpace, NodeSpec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 NODES = ("org-a", "org-b", "org-c")

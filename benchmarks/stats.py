@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, versions
 
 from trustspace.api import Credentials, Federation
-from trustspace.cli._space import LocalSpace, NodeSpec
+from trustspace.testing import LocalSpace, NodeSpec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stats.json"
 COLUMNS = ["income", "age", "hours", "score", "debt"]

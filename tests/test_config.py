@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from trustspace.aggregator.config import load_aggregator_config
+from trustspace.engine import ColumnType, DatasetSpec
 from trustspace.errors import ConfigError
-from trustspace.node.config import load_aggregator_config, load_node_config
+from trustspace.node.config import load_node_config
 
 GOOD_NODE = """
 [node]
@@ -71,8 +73,8 @@ def test_good_node_config_resolves_paths(tmp_path: Path) -> None:
     cfg = load_node_config(_write(tmp_path, GOOD_NODE))
     assert cfg.name == "org-a" and cfg.tls.key == tmp_path / "certs/org-a/key.pem"
     assert cfg.datasets[0].path == tmp_path / "data/a.csv"
-    assert cfg.datasets[0].domains == (("sex", ("Female", "Male")),)
-    assert cfg.datasets[0].bounds == (("age", (0.0, 120.0)),)
+    assert dict(cfg.datasets[0].domains) == {"sex": ("Female", "Male")}
+    assert dict(cfg.datasets[0].bounds) == {"age": (0.0, 120.0)}
     assert cfg.policy.min_group_size == 5 and cfg.policy.rate_limit is not None
     assert cfg.policy.rules[0].columns == ("age",)
 
@@ -105,6 +107,35 @@ def test_node_config_errors_name_file_key_value(
     with pytest.raises(ConfigError, match=match) as info:
         load_node_config(p)
     assert str(p) in str(info.value)
+
+
+def test_datasets_are_the_engines_specs(tmp_path: Path) -> None:
+    ds = load_node_config(_write(tmp_path, GOOD_NODE)).datasets[0]
+    assert isinstance(ds, DatasetSpec)
+    assert ds.name == "adult" and ds.format == "csv" and ds.delimiter == ","
+    assert dict(ds.columns) == {"age": ColumnType.INT, "sex": ColumnType.STR}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        # checked by DatasetSpec (TableSchema) only: the message still names the file and key
+        ('sex = ["Female", "Male"]', 'sex = ["Male", "Male"]', r"domains\.sex'?: values must"),
+        ("age = [0, 120]", "sex = [0, 1]", r"bounds\.sex'?: bounds apply to int and float"),
+        ("age = [0, 120]", "age = [0, inf]", r"bounds\.age'?: inf is not a finite number"),
+        ('sex = ["Female", "Male"]', "sex = [{ a = 1 }]", r"domains\.sex\[0\]'?: group value"),
+        # was accepted here and refused only when the node built its engine, without the file
+        ("age = [0, 120]", "age = [5, 5]", r"bounds\.age = \[5, 5\]: expected \[low, high\]"),
+    ],
+)
+def test_dataset_spec_errors_name_file_and_key(
+    tmp_path: Path, old: str, new: str, match: str
+) -> None:
+    assert old in GOOD_NODE
+    p = _write(tmp_path, GOOD_NODE.replace(old, new))
+    with pytest.raises(ConfigError, match=match) as info:
+        load_node_config(p)
+    assert str(info.value).startswith(f"{p}: key datasets.adult")
 
 
 def test_node_config_file_problems(tmp_path: Path) -> None:

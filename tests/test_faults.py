@@ -26,10 +26,10 @@ import pytest
 from _reliability import record
 
 from trustspace.api import Credentials, Federation
-from trustspace.cli._space import LocalSpace, NodeSpec
 from trustspace.errors import NodeError, ThresholdError, TrustspaceError
 from trustspace.node import _fault
 from trustspace.node.audit import verify
+from trustspace.testing import LocalSpace, NodeSpec
 
 CALL_TIMEOUT_S = 3.0  # the aggregators' per-stage deadline; the slow node stalls longer
 STALL_S = 8.0

@@ -19,9 +19,10 @@ from _reliability import record
 from conftest import write_node_config
 from cryptography import x509
 
+from trustspace.aggregator.config import load_aggregator_config
 from trustspace.aggregator.server import Aggregator
 from trustspace.errors import AuthenticationError, ConfigError
-from trustspace.node.config import load_aggregator_config, load_node_config
+from trustspace.node.config import load_node_config
 from trustspace.node.server import Node
 from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2, node_pb2_grpc
 from trustspace.transport.ca import Credentials, identity_from_pem, issue

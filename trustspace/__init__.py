@@ -3,6 +3,8 @@
 Map of the package (layers import downwards only):
 
 - ``trustspace.cli``, ``trustspace.api`` (``Federation``): analyst and operator entry points.
+- ``trustspace.testing`` (``LocalSpace``): a whole data space as real processes on this
+  machine, for tests, benchmarks and the demo.
 - ``trustspace.node``, ``trustspace.aggregator``: services composed of config, policy, audit,
   engine and transport.
 - ``trustspace.transport``: gRPC only (servicers, stubs, mutual TLS, proto<->domain serde).
@@ -10,7 +12,8 @@ Map of the package (layers import downwards only):
 - ``trustspace.engine``: a node's local query engine over its own files (DuckDB).
 - ``trustspace.crypto``: hazmat primitives (Paillier, encodings, Shamir, PRG, key agreement);
   ``trustspace.paillier`` is the safe Paillier API on top of it.
-- ``trustspace.errors``: the exceptions, all derived from ``TrustspaceError``.
+- ``trustspace.errors``: the exceptions, all derived from ``TrustspaceError``;
+  ``trustspace._config``: the TOML-table helpers and ``[tls]`` shared by the configs.
 """
 
 from __future__ import annotations

@@ -200,15 +200,10 @@ class Federation:
         Raises:
             ConfigError, DataError: a bad partition, policy or data file (names it).
         """
+        from trustspace.aggregator.config import AggregatorConfig, NodeAddress
         from trustspace.aggregator.server import Aggregator
-        from trustspace.node.config import (
-            AggregatorConfig,
-            DatasetConfig,
-            NodeAddress,
-            NodeConfig,
-            TlsConfig,
-            policy_from_dict,
-        )
+        from trustspace.engine import DatasetSpec
+        from trustspace.node.config import NodeConfig, TlsConfig, policy_from_dict
         from trustspace.node.server import Node
 
         if not partitions:
@@ -248,24 +243,21 @@ class Federation:
                     policy.get(name) if per_node and policy else policy
                 ) or DEFAULT_LOCAL_POLICY
                 pol = policy_from_dict(dict(pol_raw), f"Federation.local policy for {name}")
-                fmt = "parquet" if path.suffix.lower() == ".parquet" else "csv"
                 cfg = NodeConfig(
                     name=name,
                     listen="127.0.0.1:0",
                     tls=TlsConfig(ident / "ca.pem", ident / "cert.pem", ident / "key.pem"),
                     datasets=(
-                        DatasetConfig(
+                        DatasetSpec(
                             dataset,
                             path,
-                            fmt,
-                            tuple(cols.items()),
+                            "parquet" if path.suffix.lower() == ".parquet" else "csv",
+                            cols,
                             delimiter,
-                            True,
-                            domains=tuple((c, tuple(v)) for c, v in (domains or {}).items()),
-                            bounds=tuple(
-                                (c, (float(lo), float(hi)))
-                                for c, (lo, hi) in (bounds or {}).items()
-                            ),
+                            domains={c: tuple(v) for c, v in (domains or {}).items()},
+                            bounds={
+                                c: (float(lo), float(hi)) for c, (lo, hi) in (bounds or {}).items()
+                            },
                         ),
                     ),
                     policy=pol,

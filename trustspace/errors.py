@@ -54,7 +54,3 @@ class AuthenticationError(TrustspaceError):
 
 class NodeError(TrustspaceError):
     """A remote node failed or could not be reached (the message names the node)."""
-
-
-class NotBuiltError(TrustspaceError, NotImplementedError):
-    """A capability named in the design is not built yet (the message names it)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
-from trustspace.node.config import AggregatorConfig
 from trustspace.transport.ca import Credentials, revocation_check
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer

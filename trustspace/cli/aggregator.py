@@ -20,8 +20,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trustspace.aggregator.config import load_aggregator_config
     from trustspace.aggregator.server import Aggregator
-    from trustspace.node.config import load_aggregator_config
 
     setup_logging(args.log_level)
     config = load_aggregator_config(args.config)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from trustspace import _adult
-from trustspace.cli._space import LocalSpace, NodeSpec
+from trustspace.testing import LocalSpace, NodeSpec
 
 ADULT = _adult.DIR
 ADULT_COLUMNS = _adult.COLUMNS

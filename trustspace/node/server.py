@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from trustspace.engine import DatasetSpec, Engine
+from trustspace.engine import Engine
 from trustspace.errors import ConfigError
 from trustspace.node.config import NodeConfig
 from trustspace.node.service import NodeService
@@ -17,21 +17,7 @@ log = logging.getLogger("trustspace.node")
 
 def build_engine(config: NodeConfig) -> Engine:
     """The node's engine over its datasets, validated (DataError naming file, line, column)."""
-    specs = {
-        d.name: DatasetSpec(
-            name=d.name,
-            path=d.path,
-            format="parquet" if d.format == "parquet" else "csv",
-            columns=dict(d.columns),
-            delimiter=d.delimiter,
-            header=d.header,
-            null_values=d.null_values,
-            domains=dict(d.domains),
-            bounds=dict(d.bounds),
-        )
-        for d in config.datasets
-    }
-    engine = Engine(specs)
+    engine = Engine({d.name: d for d in config.datasets})
     engine.validate()
     return engine
 

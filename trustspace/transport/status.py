@@ -3,7 +3,7 @@
 Server side: ``guard`` wraps every RPC so that (1) the caller's certificate role is checked,
 (2) a ``TrustspaceError`` becomes a status code plus an ``ErrorInfo`` (node, rule, message) and
 (3) any other exception becomes ``INTERNAL`` with a safe message and an incident id, logged
-without request payloads (which may carry secret shares). Client side: ``raise_from_rpc``
+without request payloads (which may carry secret shares). Client side: ``to_exception``
 turns a failed call back into the matching ``TrustspaceError`` subclass.
 """
 
@@ -21,7 +21,6 @@ from trustspace.errors import (
     AuthenticationError,
     CryptoError,
     NodeError,
-    NotBuiltError,
     PolicyError,
     ProtocolError,
     ThresholdError,
@@ -42,8 +41,6 @@ def status_of(exc: TrustspaceError) -> grpc.StatusCode:
         return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(exc, AuthenticationError):
         return grpc.StatusCode.UNAUTHENTICATED
-    if isinstance(exc, NotBuiltError):
-        return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(exc, NodeError):
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, ThresholdError):
@@ -166,5 +163,9 @@ def to_exception(err: grpc.RpcError, *, peer: str, what: str) -> TrustspaceError
     if code == grpc.StatusCode.UNAVAILABLE:
         return NodeError(f"{peer} is unavailable for {what}: {details}")
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        return NotBuiltError(f"{peer} does not implement {what}")
+        # every method of our services exists: the peer runs another (older) trustspace
+        return NodeError(
+            f"{peer} does not implement {what} (UNIMPLEMENTED): it is probably running a "
+            "different trustspace version; upgrade it to the same version as this one"
+        )
     return NodeError(f"{peer} failed {what}: {code.name if code else 'error'}: {details}")

@@ -1,0 +1,168 @@
+"""TOML config helpers shared by the node and aggregator configs: tables, addresses, ``[tls]``.
+
+Every error names the file, the dotted key and the bad value. Relative paths are relative to
+the config file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trustspace.errors import ConfigError
+
+__all__ = ["Table", "TlsConfig", "check_address", "read_toml"]
+
+
+class Table:
+    """A TOML table with its file and dotted key, for error messages naming both.
+
+    Every key read (``get``, ``table``, ...) is remembered, so ``check_unknown`` can refuse the
+    keys nobody asked for (a typo must not silently fall back to a default).
+
+    >>> t = Table(Path("node.toml"), "node", {"name": "org-a", "prot": 1})
+    >>> t.get("name", str)
+    'org-a'
+    >>> t.get("port", int, 50051)
+    50051
+    >>> t.check_unknown()
+    Traceback (most recent call last):
+    ...
+    trustspace.errors.ConfigError: node.toml: key node.prot: unknown key (allowed here: name, port)
+    """
+
+    def __init__(self, path: Path, key: str, data: Any) -> None:
+        self.path, self.key = path, key
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: [{key}] must be a table, got {data!r}")
+        self.data: dict[str, Any] = data
+        self._used: set[str] = set()
+
+    def where(self, name: str) -> str:
+        """``FILE: key DOTTED.NAME``, the start of every error message about key ``name``."""
+        return f"{self.path}: key {self.key + '.' if self.key else ''}{name}"
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        """The value of key ``name``, checked to be a ``kind``; ``default`` if it is absent.
+
+        Raises:
+            ConfigError: the key is missing and has no default, or has the wrong type.
+        """
+        self._used.add(name)
+        if name not in self.data:
+            if default is ...:
+                raise ConfigError(f"{self.where(name)} is missing")
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise ConfigError(f"{self.where(name)} = {value!r}: expected a number")
+        if not isinstance(value, kind):
+            names = (
+                " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+            )
+            raise ConfigError(f"{self.where(name)} = {value!r}: expected {names}")
+        return value
+
+    def table(self, name: str, *, required: bool = False) -> Table:
+        """The sub-table ``name`` (empty when absent, unless ``required``)."""
+        self._used.add(name)
+        if name not in self.data:
+            if required:
+                raise ConfigError(f"{self.where(name)} is missing (a [{name}] table)")
+            return Table(self.path, self._sub(name), {})
+        return Table(self.path, self._sub(name), self.data[name])
+
+    def _sub(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def str_list(self, name: str, default: list[str] | None = None) -> tuple[str, ...]:
+        """Key ``name`` as a list of non-empty strings."""
+        value = self.get(name, list, default if default is not None else ...)
+        if not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.where(name)} = {value!r}: expected a list of strings")
+        return tuple(value)
+
+    def path_value(self, name: str, base: Path, default: Any = ...) -> Path:
+        """Key ``name`` as a path; a relative one is taken relative to ``base``."""
+        value = self.get(name, str, default)
+        if value is None:
+            raise ConfigError(f"{self.where(name)} is missing")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def check_unknown(self) -> None:
+        """Refuse a key of this table that no ``get``/``table`` call asked for."""
+        extra = sorted(set(self.data) - self._used)
+        if extra:
+            raise ConfigError(
+                f"{self.where(extra[0])}: unknown key (allowed here: "
+                f"{', '.join(sorted(self._used)) or 'none'})"
+            )
+
+
+def check_address(table: Table, name: str, value: str) -> str:
+    """``value`` (key ``name`` of ``table``) if it is ``HOST:PORT``; ConfigError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{table.where(name)} = {value!r}: expected HOST:PORT, e.g. 0.0.0.0:50051"
+        )
+    return value
+
+
+def read_toml(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The path and parsed content of a TOML config file.
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8 or not valid TOML (naming the file).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        with p.open("rb") as fh:
+            return p, tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Where this server's identity lives: CA certificate, certificate and private key.
+
+    The ``[tls]`` table is ``dir = "certs/NAME"`` (an identity directory made by
+    ``trustspace ca issue``) or the three files ``ca``, ``cert`` and ``key``.
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+    #: refused peers: certificate names, or serial numbers as ``"serial:HEX"`` (a deny list)
+    revoked: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, t: Table, base: Path) -> TlsConfig:
+        """Parse a ``[tls]`` table; relative paths are relative to ``base``."""
+        revoked = t.str_list("revoked", [])
+        for r in revoked:
+            if r.lower().startswith("serial:"):
+                try:
+                    int(r.split(":", 1)[1], 16)
+                except ValueError:
+                    raise ConfigError(
+                        f"{t.where('revoked')}: {r!r} is not serial:HEX (e.g. serial:1f3a)"
+                    ) from None
+        if "dir" in t.data:
+            d = t.path_value("dir", base)
+            t.check_unknown()
+            return cls(d / "ca.pem", d / "cert.pem", d / "key.pem", revoked)
+        tls = cls(
+            t.path_value("ca", base), t.path_value("cert", base), t.path_value("key", base), revoked
+        )
+        t.check_unknown()
+        return tls
