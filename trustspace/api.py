@@ -32,7 +32,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from trustspace.transport.clients import AggregatorClient
 __all__ = ["Credentials", "Federation", "GroupBy"]
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from trustspace.anon.federated import FederatedRelease
     from trustspace.paillier import PrivateKey
 
 log = logging.getLogger("trustspace.api")
@@ -389,9 +392,12 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
+    ) -> float | pd.Series[float]:
         """Rows passing ``where`` (no columns) or non-null counts of ``columns``."""
-        return self._value(Query("count", dataset, _cols(columns), where), method)
+        return cast(
+            "float | pd.Series[float]",
+            self._value(Query("count", dataset, _cols(columns), where), method),
+        )
 
     def sum(
         self,
@@ -400,8 +406,11 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("sum", dataset, _cols(columns), where), method)
+    ) -> float | pd.Series[float]:
+        return cast(
+            "float | pd.Series[float]",
+            self._value(Query("sum", dataset, _cols(columns), where), method),
+        )
 
     def mean(
         self,
@@ -410,8 +419,11 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("mean", dataset, _cols(columns), where), method)
+    ) -> float | pd.Series[float]:
+        return cast(
+            "float | pd.Series[float]",
+            self._value(Query("mean", dataset, _cols(columns), where), method),
+        )
 
     def var(
         self,
@@ -421,8 +433,11 @@ class Federation:
         *,
         ddof: int = 1,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("var", dataset, _cols(columns), where, {"ddof": ddof}), method)
+    ) -> float | pd.Series[float]:
+        return cast(
+            "float | pd.Series[float]",
+            self._value(Query("var", dataset, _cols(columns), where, {"ddof": ddof}), method),
+        )
 
     def std(
         self,
@@ -432,8 +447,11 @@ class Federation:
         *,
         ddof: int = 1,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("std", dataset, _cols(columns), where, {"ddof": ddof}), method)
+    ) -> float | pd.Series[float]:
+        return cast(
+            "float | pd.Series[float]",
+            self._value(Query("std", dataset, _cols(columns), where, {"ddof": ddof}), method),
+        )
 
     def skew(
         self,
@@ -442,8 +460,11 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("skew", dataset, _cols(columns), where), method)
+    ) -> float | pd.Series[float]:
+        return cast(
+            "float | pd.Series[float]",
+            self._value(Query("skew", dataset, _cols(columns), where), method),
+        )
 
     def kurt(
         self,
@@ -452,8 +473,11 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("kurt", dataset, _cols(columns), where), method)
+    ) -> float | pd.Series[float]:
+        return cast(
+            "float | pd.Series[float]",
+            self._value(Query("kurt", dataset, _cols(columns), where), method),
+        )
 
     def histogram(
         self,
@@ -464,11 +488,14 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
+    ) -> pd.Series[float]:
         params: dict[str, Any] = {"bins": bins if isinstance(bins, int) else list(bins)}
         if range is not None:
             params["range"] = list(range)
-        return self._value(Query("histogram", dataset, column, where, params), method)
+        return cast(
+            "pd.Series[float]",
+            self._value(Query("histogram", dataset, column, where, params), method),
+        )
 
     def quantile(
         self,
@@ -478,9 +505,12 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
+    ) -> float | pd.Series[float] | pd.DataFrame:
         qv: Any = q if isinstance(q, int | float) else list(q)
-        return self._value(Query("quantile", dataset, column, where, {"q": qv}), method)
+        return cast(
+            "float | pd.Series[float] | pd.DataFrame",
+            self._value(Query("quantile", dataset, column, where, {"q": qv}), method),
+        )
 
     def cov(
         self,
@@ -490,8 +520,11 @@ class Federation:
         *,
         ddof: int = 1,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("cov", dataset, tuple(columns), where, {"ddof": ddof}), method)
+    ) -> pd.DataFrame:
+        return cast(
+            "pd.DataFrame",
+            self._value(Query("cov", dataset, tuple(columns), where, {"ddof": ddof}), method),
+        )
 
     def corr(
         self,
@@ -500,8 +533,10 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
-    ) -> Any:
-        return self._value(Query("corr", dataset, tuple(columns), where), method)
+    ) -> pd.DataFrame:
+        return cast(
+            "pd.DataFrame", self._value(Query("corr", dataset, tuple(columns), where), method)
+        )
 
     def describe(
         self,
@@ -511,11 +546,14 @@ class Federation:
         *,
         percentiles: Sequence[float] | None = None,
         method: str = "secagg",
-    ) -> Any:
+    ) -> pd.DataFrame:
         params: dict[str, Any] = {}
         if percentiles is not None:
             params["percentiles"] = list(percentiles)
-        return self._value(Query("describe", dataset, _cols(columns), where, params), method)
+        return cast(
+            "pd.DataFrame",
+            self._value(Query("describe", dataset, _cols(columns), where, params), method),
+        )
 
     def group_by(
         self,
@@ -526,7 +564,7 @@ class Federation:
         *,
         values: Sequence[Any] | None = None,
         method: str = "secagg",
-    ) -> Any:
+    ) -> pd.DataFrame | GroupBy:
         """Per-group aggregates, like ``df.groupby(by).agg(agg)`` over the union of the data.
 
         Without ``agg`` returns a builder: ``fed.group_by("adult", "sex").agg({"age": "mean"})``.
@@ -538,7 +576,10 @@ class Federation:
         params: dict[str, Any] = {"by": by, "agg": aggs}
         if values is not None:
             params["values"] = list(values)
-        return self._value(Query("group_by", dataset, tuple(aggs), where, params), method)
+        return cast(
+            "pd.DataFrame",
+            self._value(Query("group_by", dataset, tuple(aggs), where, params), method),
+        )
 
     def anonymize(
         self,
@@ -558,7 +599,7 @@ class Federation:
         suppressed: str = "drop",
         disclosure: str = "visited",
         release: bool | None = None,
-    ) -> Any:
+    ) -> FederatedRelease:
         """Federated k-anonymization (optimal full-domain generalization) over every node.
 
         The search runs at the aggregator on global histograms of generalized tuples summed
@@ -667,10 +708,13 @@ class GroupBy:
         self._fed, self._dataset, self._by = fed, dataset, by
         self._where, self._values, self._method = where, values, method
 
-    def agg(self, agg: Mapping[str, str | Sequence[str]]) -> Any:
+    def agg(self, agg: Mapping[str, str | Sequence[str]]) -> pd.DataFrame:
         """Run the aggregations (``size``, ``count``, ``sum``, ``mean``, ``var``, ``std``)."""
-        return self._fed.group_by(
-            self._dataset, self._by, agg, self._where, values=self._values, method=self._method
+        return cast(
+            "pd.DataFrame",
+            self._fed.group_by(
+                self._dataset, self._by, agg, self._where, values=self._values, method=self._method
+            ),
         )
 
 

@@ -22,6 +22,8 @@ from typing import Any, Final
 import gmpy2
 import numpy as np
 
+from trustspace.errors import ConfigError
+
 _ONE: Final = gmpy2.mpz(1)
 _MPZ_OVERHEAD_BYTES: Final = 32  # rough size of an mpz object header
 
@@ -37,6 +39,8 @@ class FixedBaseTable:
     __slots__ = ("exponent_bits", "modulus", "nbytes", "rows", "window")
 
     def __init__(self, base: int, modulus: int, exponent_bits: int, window: int) -> None:
+        # Bare ValueErrors here and in pow(): the package builds tables only from a validated
+        # TableConfig and draws exponents below 2**exponent_bits, so these are its own bugs.
         if not 1 <= window <= 16:  # random_digits draws 16-bit words
             raise ValueError(f"window must be in [1, 16] bits, got {window}")
         if exponent_bits < 1:
@@ -147,9 +151,9 @@ class TableConfig:
         for name in ("window", "crt_window"):
             v = getattr(self, name)
             if v is not None and not 1 <= v <= 16:
-                raise ValueError(f"{name} must be in [1, 16] bits or None (auto), got {v}")
+                raise ConfigError(f"{name} must be in [1, 16] bits or None (auto), got {v}")
         if self.max_keys < 1 or self.max_bytes < 0 or self.table_budget < 0:
-            raise ValueError("max_keys must be >= 1, max_bytes and table_budget >= 0")
+            raise ConfigError("max_keys must be >= 1, max_bytes and table_budget >= 0")
 
     def public_window(self, modulus_bits: int, exponent_bits: int) -> int:
         """The window for a public-key table mod a ``modulus_bits``-bit n^2."""

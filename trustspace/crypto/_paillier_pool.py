@@ -18,6 +18,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
 
+from trustspace.errors import ConfigError
+
 PARALLEL_MIN_ITEMS: Final = 1024
 """With ``processes=None``, smaller batches stay in-process (a cold pool costs ~1 s)."""
 
@@ -41,11 +43,11 @@ def choose_processes(n_items: int, processes: int | None) -> int:
     """How many processes a batch of ``n_items`` should use (``processes=None`` means auto).
 
     Raises:
-        ValueError: if ``processes`` is given and < 1.
+        ConfigError: if ``processes`` is given and < 1.
     """
     if processes is not None:
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
-            raise ValueError(f"processes must be a positive int or None, got {processes!r}")
+            raise ConfigError(f"processes must be a positive int or None, got {processes!r}")
         return max(1, min(processes, n_items))
     if n_items < PARALLEL_MIN_ITEMS:
         return 1

@@ -26,7 +26,7 @@ import math
 import numbers
 from typing import Final
 
-from trustspace.errors import EncodingOverflow
+from trustspace.errors import ConfigError, DataError, EncodingOverflow
 
 DEFAULT_FRAC_BITS: Final = 52
 """Fractional bits of the default float context: the absolute precision 2**-52 matches the
@@ -51,13 +51,13 @@ def check_frac_bits(frac_bits: int) -> int:
     """Validate a fixed-point scale and return it as a plain ``int``.
 
     Raises:
-        ValueError: if ``frac_bits`` is not an integer in ``[0, MAX_FRAC_BITS]``.
+        ConfigError: if ``frac_bits`` is not an integer in ``[0, MAX_FRAC_BITS]``.
     """
     if isinstance(frac_bits, bool) or not isinstance(frac_bits, numbers.Integral):
         raise TypeError(f"frac_bits must be an int, got {type(frac_bits).__name__}")
     fb = int(frac_bits)
     if not 0 <= fb <= MAX_FRAC_BITS:
-        raise ValueError(f"frac_bits must be in [0, {MAX_FRAC_BITS}], got {fb}")
+        raise ConfigError(f"frac_bits must be in [0, {MAX_FRAC_BITS}], got {fb}")
     return fb
 
 
@@ -69,7 +69,7 @@ def to_python_number(value: object) -> Number:
 
     Raises:
         TypeError: if ``value`` is not a real number.
-        ValueError: if ``value`` is NaN or infinite.
+        DataError: if ``value`` is NaN or infinite.
     """
     if isinstance(value, bool):
         raise TypeError("cannot encode a bool; convert it to int first if that is intended")
@@ -84,7 +84,7 @@ def to_python_number(value: object) -> Number:
     else:
         raise TypeError(f"can only encode ints and floats, got {type(value).__name__}: {value!r}")
     if not math.isfinite(out):
-        raise ValueError(f"cannot encode a non-finite float: {out!r}")
+        raise DataError(f"cannot encode a non-finite float: {out!r}")
     return out
 
 
@@ -114,7 +114,7 @@ def encode(value: object, frac_bits: int, n: int) -> int:
 
     Raises:
         EncodingOverflow: if the scaled value exceeds ``max_int(n)`` in magnitude.
-        TypeError, ValueError: for non-numbers and non-finite floats.
+        TypeError, DataError: for non-numbers and non-finite floats.
     """
     v = scale_value(to_python_number(value), frac_bits)
     if abs(v) > max_int(n):

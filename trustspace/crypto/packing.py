@@ -24,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from trustspace.errors import EncodingOverflow, InvalidCiphertext
+from trustspace.errors import ConfigError, EncodingOverflow, InvalidCiphertext
 
 MAX_SLOT_BITS: Final = 63
 """Slot sums stay below 2**63 so that they and their decoded values fit an int64."""
@@ -51,24 +51,24 @@ class PackingLayout:
         """Choose the layout for a modulus of ``n_bits`` bits.
 
         Raises:
-            ValueError: if ``value_bits + ceil(log2(headroom)) > 63`` or a parameter is invalid.
+            ConfigError: if ``value_bits + ceil(log2(headroom)) > 63`` or a parameter is invalid.
         """
         if not 1 <= value_bits <= MAX_SLOT_BITS - 1:
-            raise ValueError(f"value_bits must be in [1, {MAX_SLOT_BITS - 1}], got {value_bits}")
+            raise ConfigError(f"value_bits must be in [1, {MAX_SLOT_BITS - 1}], got {value_bits}")
         if headroom < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"headroom (the number of vectors that may be summed) must be >= 1, got {headroom}"
             )
         need = value_bits + (headroom - 1).bit_length()
         if need > MAX_SLOT_BITS:
-            raise ValueError(
+            raise ConfigError(
                 f"value_bits={value_bits} with headroom={headroom} needs {need}-bit slots, more "
                 f"than {MAX_SLOT_BITS}; lower value_bits or headroom"
             )
         slot_bytes = (need + 7) // 8
         slots = (n_bits - 1) // (8 * slot_bytes)  # packed value < 2**(n_bits-1) <= n
         if slots < 1:
-            raise ValueError(f"a {n_bits}-bit key cannot hold one {8 * slot_bytes}-bit slot")
+            raise ConfigError(f"a {n_bits}-bit key cannot hold one {8 * slot_bytes}-bit slot")
         return cls(value_bits=value_bits, headroom=headroom, slot_bytes=slot_bytes, slots=slots)
 
     @property

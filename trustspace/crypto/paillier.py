@@ -56,7 +56,7 @@ from trustspace.crypto.encoding import (
     to_python_number,
 )
 from trustspace.crypto.packing import PackingLayout
-from trustspace.errors import ConfigError, EncodingOverflow, InvalidCiphertext
+from trustspace.errors import ConfigError, DataError, EncodingOverflow, InvalidCiphertext
 
 __all__ = [
     "DEFAULT_HEADROOM",
@@ -291,19 +291,20 @@ class _Encryptor:
             The ciphertext, an int in ``(0, n**2)``.
 
         Raises:
-            TypeError: if ``plaintext`` is not an int. ValueError: if it is out of range.
+            TypeError: if ``plaintext`` is not an int. DataError: if it is out of range.
+            ConfigError: if ``r_value`` is not a unit.
         """
         pk = self.public_key
         if isinstance(plaintext, bool) or not isinstance(plaintext, int | type(_ONE)):
             raise TypeError(f"raw_encrypt expects an int plaintext, got {type(plaintext).__name__}")
         if not 0 <= plaintext < pk.n:
-            raise ValueError("raw_encrypt plaintext must be in [0, n); encode negatives first")
+            raise DataError("raw_encrypt plaintext must be in [0, n); encode negatives first")
         m = _MPZ(plaintext)
         if r_value is None:
             return int(self._raw_encrypt_fresh(m))
         r = _MPZ(r_value)
         if not 0 < r < pk.n or gmpy2.gcd(r, pk.n) != 1:
-            raise ValueError("r_value must be a unit in (0, n)")
+            raise ConfigError("r_value must be a unit in (0, n)")
         return int((1 + m * pk.n) * gmpy2.powmod(r, pk.n, pk.nsq) % pk.nsq)
 
     def encrypt(self, value: object, frac_bits: int | None = None) -> EncryptedNumber:
@@ -321,7 +322,8 @@ class _Encryptor:
 
         Raises:
             EncodingOverflow: if the scaled value does not fit in ``n/3``.
-            TypeError, ValueError: for non-numbers, NaN and infinities.
+            TypeError, DataError: for non-numbers, NaN and infinities.
+            ConfigError: for a ``frac_bits`` outside ``[0, MAX_FRAC_BITS]``.
         """
         pk = self.public_key
         v = to_python_number(value)
@@ -387,12 +389,13 @@ class _Encryptor:
 
         Raises:
             EncodingOverflow: naming the first value that does not fit ``value_bits``.
-            ValueError, TypeError: for impossible layouts, missing ``frac_bits`` or bad arrays.
+            ConfigError: for impossible layouts or a missing or bad ``frac_bits``.
+            DataError, TypeError: for arrays that are not 1-d, not numeric or not finite.
         """
         pk = self.public_key
         arr = np.asarray(values)
         if arr.ndim != 1:
-            raise ValueError(f"encrypt_vector expects a 1-d array, got shape {arr.shape}")
+            raise DataError(f"encrypt_vector expects a 1-d array, got shape {arr.shape}")
         f, ints = _vector_to_ints(arr, frac_bits)
         layout = PackingLayout.for_key(pk.bits, value_bits, headroom)
         plaintexts = layout.pack(ints)
@@ -407,7 +410,7 @@ class PublicKey(_Encryptor):
         n: the modulus: odd, at least 2048 bits (3072 recommended).
 
     Raises:
-        ConfigError: if n is too small. ValueError/TypeError: if n is not an odd positive int.
+        ConfigError: if n is too small or even. TypeError: if n is not an int.
     """
 
     __slots__ = ("_fingerprint", "bits", "max_int", "n", "nsq")
@@ -417,7 +420,7 @@ class PublicKey(_Encryptor):
             raise TypeError(f"PublicKey(n) expects an int, got {type(n).__name__}")
         n_ = _MPZ(n)
         if n_ < 3 or n_ % 2 == 0:
-            raise ValueError("PublicKey(n): n must be an odd integer > 2")
+            raise ConfigError("PublicKey(n): n must be an odd integer > 2")
         bits = int(n_.bit_length())
         _check_key_bits(bits, "PublicKey(n)")
         self.n = n_
@@ -544,12 +547,13 @@ class PublicKey(_Encryptor):
         """Parse :meth:`to_bytes` output.
 
         Raises:
-            ValueError: if the bytes are not a trustspace Paillier public key.
+            DataError: if the bytes are not a trustspace Paillier public key.
+            ConfigError: if the key they hold is invalid (see :class:`PublicKey`).
         """
         body = _take_magic(data, _PK_MAGIC, "public key")
         n, rest = _take_int(body, "public key")
         if rest:
-            raise ValueError("public key bytes have trailing data")
+            raise DataError("public key bytes have trailing data")
         return cls(n)
 
     def write(self, path: str | os.PathLike[str]) -> None:
@@ -570,7 +574,7 @@ class PrivateKey(_Encryptor):
         p, q: distinct primes of equal bit length with ``p * q == n``.
 
     Raises:
-        ValueError: if the primes do not match the key or are not distinct equal-length primes.
+        ConfigError: if the primes do not match the key or are not distinct equal-length primes.
     """
 
     __slots__ = ("_pk", "hp", "hq", "p", "p_inv_q", "psq", "q", "qsq")
@@ -580,13 +584,13 @@ class PrivateKey(_Encryptor):
             raise TypeError("PrivateKey(public_key, p, q): public_key must be a PublicKey")
         p_, q_ = _MPZ(p), _MPZ(q)
         if p_ * q_ != public_key.n:
-            raise ValueError("PrivateKey: p * q does not equal the public key's n")
+            raise ConfigError("PrivateKey: p * q does not equal the public key's n")
         if p_ == q_:
-            raise ValueError("PrivateKey: p and q must be different primes")
+            raise ConfigError("PrivateKey: p and q must be different primes")
         if p_.bit_length() != q_.bit_length():
-            raise ValueError("PrivateKey: p and q must have the same bit length")
+            raise ConfigError("PrivateKey: p and q must have the same bit length")
         if not (gmpy2.is_prime(p_, 25) and gmpy2.is_prime(q_, 25)):
-            raise ValueError("PrivateKey: p and q must be primes")
+            raise ConfigError("PrivateKey: p and q must be primes")
         self._pk = public_key
         self.p, self.q = p_, q_
         self.psq, self.qsq = p_ * p_, q_ * q_
@@ -733,13 +737,14 @@ class PrivateKey(_Encryptor):
         """Parse :meth:`to_bytes` output (re-derives and checks the public key).
 
         Raises:
-            ValueError: if the bytes are not a valid trustspace Paillier private key.
+            DataError: if the bytes are not a trustspace Paillier private key.
+            ConfigError: if the primes they hold are invalid (see :class:`PrivateKey`).
         """
         body = _take_magic(data, _SK_MAGIC, "private key")
         p, body = _take_int(body, "private key")
         q, body = _take_int(body, "private key")
         if body:
-            raise ValueError("private key bytes have trailing data")
+            raise DataError("private key bytes have trailing data")
         return cls(PublicKey(p * q), p, q)
 
     def write(self, path: str | os.PathLike[str]) -> None:
@@ -850,7 +855,7 @@ def _vector_to_ints(arr: npt.NDArray[Any], frac_bits: int | None) -> tuple[int, 
         arr = arr.astype(np.float64)
     elif arr.dtype.kind == "f":
         if frac_bits is None:
-            raise ValueError(
+            raise ConfigError(
                 "encrypt_vector of floats needs an explicit frac_bits (fixed-point scale): the "
                 "scaled values must fit value_bits, so choose e.g. frac_bits=16 for |x| < 2**15 "
                 "with value_bits=32"
@@ -860,7 +865,7 @@ def _vector_to_ints(arr: npt.NDArray[Any], frac_bits: int | None) -> tuple[int, 
         raise TypeError(f"encrypt_vector expects an int or float array, got dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
         i = int(np.flatnonzero(~np.isfinite(arr))[0])
-        raise ValueError(f"cannot encrypt non-finite value {arr[i]} at index {i}")
+        raise DataError(f"cannot encrypt non-finite value {arr[i]} at index {i}")
     scaled = np.rint(np.ldexp(arr, f))
     if arr.size and float(np.max(np.abs(scaled))) >= 2.0**62:
         raise EncodingOverflow(f"float vector scaled by 2**{f} exceeds 2**62; lower frac_bits")
@@ -1110,7 +1115,7 @@ class EncryptedVector:
             self.frac_bits,
             self.length,
         ):
-            raise ValueError(
+            raise DataError(
                 "cannot add encrypted vectors of different shape or encoding: "
                 f"length {self.length} vs {other.length}, value_bits {self.layout.value_bits} vs "
                 f"{other.layout.value_bits}, headroom {self.headroom} vs {other.headroom}, "
@@ -1196,7 +1201,7 @@ class EncryptedVector:
 # --------------------------------------------------------------------------- byte helpers
 
 
-def _take_magic(data: bytes, magic: bytes, what: str, exc: type[Exception] = ValueError) -> bytes:
+def _take_magic(data: bytes, magic: bytes, what: str, exc: type[Exception] = DataError) -> bytes:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"{what} must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -1207,10 +1212,10 @@ def _take_magic(data: bytes, magic: bytes, what: str, exc: type[Exception] = Val
 
 def _take_int(body: bytes, what: str) -> tuple[int, bytes]:
     if len(body) < 2:
-        raise ValueError(f"{what} bytes are truncated")
+        raise DataError(f"{what} bytes are truncated")
     (ln,) = struct.unpack(">H", body[:2])
     if len(body) < 2 + ln or ln == 0:
-        raise ValueError(f"{what} bytes are truncated")
+        raise DataError(f"{what} bytes are truncated")
     return int.from_bytes(body[2 : 2 + ln], "big"), body[2 + ln :]
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from trustspace.errors import ConfigError, DataError
+
 __all__ = [
     "CHUNK_BYTES",
     "GROUP",
@@ -44,16 +46,16 @@ _DTYPES: dict[int, type[np.unsignedinteger[Any]]] = {32: np.uint32, 64: np.uint6
 
 
 def dtype_for(modulus_bits: int) -> type[np.unsignedinteger[Any]]:
-    """Return the numpy dtype of vectors modulo ``2**modulus_bits`` (32 or 64)."""
+    """Return the numpy dtype of vectors modulo ``2**modulus_bits`` (32 or 64, else ConfigError)."""
     try:
         return _DTYPES[modulus_bits]
     except KeyError:
-        raise ValueError(f"modulus_bits must be 32 or 64, got {modulus_bits}") from None
+        raise ConfigError(f"modulus_bits must be 32 or 64, got {modulus_bits}") from None
 
 
 def _encryptor(key: bytes) -> Any:
     if len(key) != KEY_BYTES:
-        raise ValueError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
+        raise ConfigError(f"PRG key must be {KEY_BYTES} bytes, got {len(key)}")
     return Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
 
 
@@ -82,7 +84,7 @@ def apply_masks(
     reused buffer, summed with one numpy reduction and added (or subtracted) once.
     """
     if acc.ndim != 1 or acc.dtype not in (np.uint32, np.uint64) or not acc.flags.c_contiguous:
-        raise ValueError("apply_masks needs a contiguous 1-D uint32 or uint64 array")
+        raise DataError("apply_masks needs a contiguous 1-D uint32 or uint64 array")
     groups: list[tuple[list[Any], Any]] = []
     for keys, op in ((add, np.add), (subtract, np.subtract)):
         encs = [_encryptor(k) for k in keys]

@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import gmpy2
 
-from trustspace.errors import CryptoError
+from trustspace.errors import ConfigError, CryptoError, DataError
 
 __all__ = [
     "MAX_SECRET_BYTES",
@@ -61,10 +61,10 @@ def _random_element(rng: Callable[[int], bytes]) -> int:
 
 def _check_xs(xs: Sequence[int]) -> None:
     if len(set(xs)) != len(xs):
-        raise ValueError(f"Shamir x-coordinates must be distinct, got {list(xs)}")
+        raise ConfigError(f"Shamir x-coordinates must be distinct, got {list(xs)}")
     for x in xs:
         if not 0 < x < PRIME:
-            raise ValueError(f"Shamir x-coordinate {x} is out of range (1 .. 2^521 - 2)")
+            raise ConfigError(f"Shamir x-coordinate {x} is out of range (1 .. 2^521 - 2)")
 
 
 def raw_split(
@@ -82,12 +82,13 @@ def raw_split(
         rng: source of random bytes for the coefficients (``os.urandom`` unless testing).
 
     Raises:
-        ValueError: on an out-of-range secret, a threshold outside ``1 .. len(xs)`` or bad xs.
+        DataError: on an out-of-range secret.
+        ConfigError: on a threshold outside ``1 .. len(xs)`` or bad xs.
     """
     if not 0 <= secret < PRIME:
-        raise ValueError("Shamir secret must be a field element (0 <= secret < 2^521 - 1)")
+        raise DataError("Shamir secret must be a field element (0 <= secret < 2^521 - 1)")
     if not 1 <= threshold <= len(xs):
-        raise ValueError(f"Shamir threshold {threshold} must be between 1 and {len(xs)} shares")
+        raise ConfigError(f"Shamir threshold {threshold} must be between 1 and {len(xs)} shares")
     _check_xs(xs)
     # coefficients from the highest degree down to the constant term, for Horner's rule
     # gmpy2 (GMP) integers: about 1.5x faster than Python's for these 521-bit operands
@@ -165,11 +166,11 @@ def split(
     """Share a byte string of at most 65 bytes; return ``{x: 66-byte share}``.
 
     Raises:
-        ValueError: if the secret is longer than :data:`MAX_SECRET_BYTES` or the parameters
-            are invalid (see :func:`raw_split`).
+        DataError: if the secret is longer than :data:`MAX_SECRET_BYTES`.
+        ConfigError: if the parameters are invalid (see :func:`raw_split`).
     """
     if len(secret) > MAX_SECRET_BYTES:
-        raise ValueError(
+        raise DataError(
             f"Shamir secret is {len(secret)} bytes; at most {MAX_SECRET_BYTES} fit one element"
         )
     ys = raw_split(int.from_bytes(secret, "little"), threshold, xs, rng)
@@ -198,14 +199,15 @@ def combine(
     otherwise shift the secret to another valid-looking value).
 
     Raises:
-        ValueError: if fewer than ``threshold`` shares are given.
+        DataError: if fewer than ``threshold`` shares are given.
+        ConfigError: if ``secret_len`` is not in ``1 .. MAX_SECRET_BYTES``.
         CryptoError: if a share is malformed, the shares are inconsistent or the result is
             not a ``secret_len``-byte value (a wrong or forged share); opaque on purpose.
     """
     if len(shares) < threshold:
-        raise ValueError(f"Shamir needs {threshold} shares to reconstruct, got {len(shares)}")
+        raise DataError(f"Shamir needs {threshold} shares to reconstruct, got {len(shares)}")
     if not 0 < secret_len <= MAX_SECRET_BYTES:
-        raise ValueError(f"secret_len must be 1 .. {MAX_SECRET_BYTES}, got {secret_len}")
+        raise ConfigError(f"secret_len must be 1 .. {MAX_SECRET_BYTES}, got {secret_len}")
     ordered = sorted(shares)
     xs = ordered[:threshold]
     ys = [decode_share(shares[x]) for x in xs]

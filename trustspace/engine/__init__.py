@@ -16,6 +16,8 @@ Map:
   (sql, params)``: the safe ``where=`` language; identifiers only from the schema (quoted),
   values only as ``?`` parameters. Never ``eval``, never SQL built from values.
 - ``ColumnType`` (re-exported from ``trustspace.stats``).
+- ``LocalEngine``: the Protocol of what a node's handlers call (``schema``, ``compute``,
+  ``tuple_histogram``, ``rows``); ``Engine`` implements it.
 
 Example::
 
@@ -33,6 +35,7 @@ Example::
 from __future__ import annotations
 
 from trustspace.engine._engine import Engine
+from trustspace.engine._protocol import LocalEngine
 from trustspace.engine._spec import DUCKDB_TYPES, DatasetSpec
 from trustspace.engine._sql import compile_filter, quote_ident, where_clause
 from trustspace.stats import ColumnType, parse_filter
@@ -42,6 +45,7 @@ __all__ = [
     "ColumnType",
     "DatasetSpec",
     "Engine",
+    "LocalEngine",
     "compile_filter",
     "parse_filter",
     "quote_ident",

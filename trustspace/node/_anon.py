@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from trustspace.errors import ConfigError, DataError, ProtocolError
 from trustspace.node.config import NodeConfig
 from trustspace.node.policy import PolicyRefused
 from trustspace.transport.types import AnonVector
+
+if TYPE_CHECKING:
+    from trustspace.engine import LocalEngine
 
 #: Fewer participants than this reveal too much: with two, each node learns the other's
 #: histogram by subtracting its own from the total the analyst can see.
@@ -53,7 +56,11 @@ class AnonJobs:
     """The node's prepared anonymization jobs (thread-safe)."""
 
     def __init__(
-        self, config: NodeConfig, engine: Any, clock: Callable[[], float], datasets: set[str]
+        self,
+        config: NodeConfig,
+        engine: LocalEngine,
+        clock: Callable[[], float],
+        datasets: set[str],
     ) -> None:
         self.node = config.name
         self.config = config

@@ -24,6 +24,8 @@ import logging
 import os
 import time
 
+from trustspace.errors import ConfigError
+
 ENV = "TRUSTSPACE_TEST_FAULT"
 FAULT_EXIT_CODE = 86  # distinguishable from a crash (1) or a signal (negative)
 MAX_SLEEP_S = 120.0  # a stall is bounded too: every loop and wait in the suite is
@@ -31,12 +33,12 @@ log = logging.getLogger("trustspace.node")
 
 
 def parse(text: str) -> dict[str, str]:
-    """``"POINT:ACTION,..."`` -> ``{POINT: ACTION}``; raises ``ValueError`` on a bad item."""
+    """``"POINT:ACTION,..."`` -> ``{POINT: ACTION}``; raises ``ConfigError`` on a bad item."""
     out: dict[str, str] = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         point, sep, action = item.rpartition(":")
         if not sep or not point or not (action == "exit" or action.startswith("sleep=")):
-            raise ValueError(f"{ENV}: {item!r} is not POINT:exit or POINT:sleep=SECONDS")
+            raise ConfigError(f"{ENV}: {item!r} is not POINT:exit or POINT:sleep=SECONDS")
         out[point] = action
     return out
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from trustspace.transport.ca import (
     sign_blob,
     verify_blob,
 )
+
+if TYPE_CHECKING:
+    from trustspace.engine import LocalEngine
 
 log = logging.getLogger("trustspace.node")
 T = TypeVar("T")
@@ -88,7 +91,7 @@ class NodeService:
     def __init__(
         self,
         config: NodeConfig,
-        engine: Any,
+        engine: LocalEngine,
         *,
         credentials: Credentials,
         audit: AuditLog | None = None,

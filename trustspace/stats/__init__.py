@@ -28,7 +28,7 @@ Map:
   ``term_slice``), ``count_mask`` (entries that are record counts: they govern disclosure),
   ``encode(local) -> uint64`` / ``decode(total) -> float64`` (exact fixed point mod 2^64,
   precision in ``trustspace.stats._round``; our own encoder, since the Paillier path uses its
-  own encoding of the float vector), ``to_dict()/from_dict()`` (strict: ValueError naming the
+  own encoding of the float vector), ``to_dict()/from_dict()`` (strict: ConfigError naming the
   bad key).
 - ``Result``: ``value`` (float for one column, else Series/DataFrame laid out as pandas' own
   method returns it), ``suppressed`` (same shape, True where a figure was withheld as it would

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from trustspace.errors import EncodingOverflow, ProtocolError
+from trustspace.errors import ConfigError, EncodingOverflow, ProtocolError
 from trustspace.stats._query import Query
 from trustspace.stats._round import (
     OCTAVE_HALF,
@@ -339,9 +339,9 @@ class Computation:
 
     def __init__(self, query: Query, schema: TableSchema, min_group_size: int) -> None:
         if isinstance(min_group_size, bool) or not isinstance(min_group_size, int):
-            raise ValueError(f"min_group_size: expected an integer, got {min_group_size!r}")
+            raise ConfigError(f"min_group_size: expected an integer, got {min_group_size!r}")
         if min_group_size < 0:
-            raise ValueError(f"min_group_size: must be >= 0, got {min_group_size}")
+            raise ConfigError(f"min_group_size: must be >= 0, got {min_group_size}")
         query.check(schema)
         self.query, self.schema, self.k = query, schema, min_group_size
         self.rounds = 0
@@ -871,7 +871,7 @@ def start(query: Query, schema: TableSchema, min_group_size: int) -> Computation
             suppressed (0 disables disclosure control, for tests on public data).
 
     Raises:
-        ValueError / ConfigError: the query does not fit the schema (names the column).
+        ConfigError: the query does not fit the schema (names the column).
     """
     return Computation(query, schema, min_group_size)
 

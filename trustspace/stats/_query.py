@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from trustspace.errors import ConfigError
 from trustspace.stats._filter import check_filter, parse_filter
 from trustspace.stats._schema import ColumnType, TableSchema, _check_group_value
 
@@ -58,17 +59,17 @@ _PARAMS: dict[str, set[str]] = {
 
 def _number(x: object, where: str) -> float:
     if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-        raise ValueError(f"{where}: expected a finite number, got {x!r}")
+        raise ConfigError(f"{where}: expected a finite number, got {x!r}")
     return float(x)
 
 
 def _probabilities(x: object, where: str) -> list[float]:
     items = x if isinstance(x, list | tuple) else [x]
     if not items:
-        raise ValueError(f"{where}: expected at least one value")
+        raise ConfigError(f"{where}: expected at least one value")
     out = [_number(v, where) for v in items]
     if any(not 0.0 <= v <= 1.0 for v in out):
-        raise ValueError(f"{where}: values must lie in [0, 1], got {x!r}")
+        raise ConfigError(f"{where}: values must lie in [0, 1], got {x!r}")
     return out
 
 
@@ -77,84 +78,84 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
     extra = set(params) - allowed
     if extra:
         hint = f"allowed: {', '.join(sorted(allowed))}" if allowed else "it takes no parameters"
-        raise ValueError(f"query 'params': unknown key(s) {sorted(extra)} for {op!r}; {hint}")
+        raise ConfigError(f"query 'params': unknown key(s) {sorted(extra)} for {op!r}; {hint}")
     p: dict[str, Any] = json.loads(json.dumps(dict(params)))  # deep copy, JSON-able or fail
     if "ddof" in p and (
         isinstance(p["ddof"], bool) or not isinstance(p["ddof"], int) or p["ddof"] < 0
     ):
-        raise ValueError(f"query 'params.ddof': expected an integer >= 0, got {p['ddof']!r}")
+        raise ConfigError(f"query 'params.ddof': expected an integer >= 0, got {p['ddof']!r}")
     if op == "histogram":
         if len(columns) != 1:
-            raise ValueError("query 'columns': histogram takes exactly one column")
+            raise ConfigError("query 'columns': histogram takes exactly one column")
         bins = p.get("bins")
         if isinstance(bins, int) and not isinstance(bins, bool):
             if not 1 <= bins <= MAX_BINS:
-                raise ValueError(f"query 'params.bins': {bins} not in 1..{MAX_BINS}")
+                raise ConfigError(f"query 'params.bins': {bins} not in 1..{MAX_BINS}")
             rng = p.get("range")
             if not isinstance(rng, list) or len(rng) != 2:
-                raise ValueError(
+                raise ConfigError(
                     "query 'params.range': bins=<int> needs range=[low, high] (a public range; "
                     "the exact data minimum and maximum are never released), or give bins as "
                     "a list of edges"
                 )
             lo, hi = (_number(v, "query 'params.range'") for v in rng)
             if not hi > lo:
-                raise ValueError(f"query 'params.range': high must exceed low, got {rng!r}")
+                raise ConfigError(f"query 'params.range': high must exceed low, got {rng!r}")
         elif isinstance(bins, list):
             if "range" in p:
-                raise ValueError("query 'params.range': not used when bins is a list of edges")
+                raise ConfigError("query 'params.range': not used when bins is a list of edges")
             edges = [_number(v, "query 'params.bins'") for v in bins]
             if len(edges) < 2 or len(edges) > MAX_BINS + 1:
-                raise ValueError(f"query 'params.bins': need 2..{MAX_BINS + 1} edges")
+                raise ConfigError(f"query 'params.bins': need 2..{MAX_BINS + 1} edges")
             if any(b <= a for a, b in itertools.pairwise(edges)):
-                raise ValueError("query 'params.bins': edges must be strictly increasing")
+                raise ConfigError("query 'params.bins': edges must be strictly increasing")
         else:
-            raise ValueError(
+            raise ConfigError(
                 "query 'params.bins': expected a number of bins (with range=[low, high]) or a "
                 f"list of edges, got {bins!r}"
             )
     if op == "quantile":
         if "q" not in p:
-            raise ValueError("query 'params.q': quantile needs q (a probability or a list)")
+            raise ConfigError("query 'params.q': quantile needs q (a probability or a list)")
         _probabilities(p["q"], "query 'params.q'")
     if op == "describe" and "percentiles" in p:
         _probabilities(p["percentiles"], "query 'params.percentiles'")
     if "precision" in p and _number(p["precision"], "query 'params.precision'") <= 0:
-        raise ValueError("query 'params.precision': must be > 0")
+        raise ConfigError("query 'params.precision': must be > 0")
     if "grid_bins" in p:
         gb = p["grid_bins"]
         if isinstance(gb, bool) or not isinstance(gb, int) or gb not in GRID_BIN_CHOICES:
-            raise ValueError(f"query 'params.grid_bins': {gb!r} is not a power of two in 16..4096")
+            raise ConfigError(f"query 'params.grid_bins': {gb!r} is not a power of two in 16..4096")
     if op == "group_by":
         by = p.get("by")
         if not isinstance(by, str) or not by:
-            raise ValueError("query 'params.by': group_by needs the name of the group column")
+            raise ConfigError("query 'params.by': group_by needs the name of the group column")
         agg = p.get("agg")
         if not isinstance(agg, dict) or not agg:
-            raise ValueError("query 'params.agg': expected {column: [aggregations]}")
+            raise ConfigError("query 'params.agg': expected {column: [aggregations]}")
         for col, fns in agg.items():
             fl = [fns] if isinstance(fns, str) else fns
             if not isinstance(fl, list) or not fl:
-                raise ValueError(f"query 'params.agg.{col}': expected a list of aggregations")
+                raise ConfigError(f"query 'params.agg.{col}': expected a list of aggregations")
             for f in fl:
                 if f not in GROUP_AGGS:
-                    raise ValueError(
+                    raise ConfigError(
                         f"query 'params.agg.{col}': unknown aggregation {f!r}; "
                         f"use one of {', '.join(GROUP_AGGS)}"
                     )
             p["agg"][col] = list(dict.fromkeys(fl))
         if tuple(agg) != columns:
-            raise ValueError("query 'columns': for group_by, the columns are the keys of 'agg'")
+            raise ConfigError("query 'columns': for group_by, the columns are the keys of 'agg'")
         if "values" in p:
             vals = p["values"]
             if not isinstance(vals, list) or not vals or len(vals) > MAX_GROUPS:
-                raise ValueError(
+                raise ConfigError(
                     f"query 'params.values': expected a list of 1..{MAX_GROUPS} values"
                 )
             for i, v in enumerate(vals):
                 _check_group_value(v, f"query 'params.values[{i}]'")
             if len(set(vals)) != len(vals):
-                raise ValueError("query 'params.values': values must be distinct")
+                raise ConfigError("query 'params.values': values must be distinct")
     return p
 
 
@@ -182,7 +183,7 @@ class Query:
     >>> Query("median", "adult", "age")
     Traceback (most recent call last):
     ...
-    ValueError: query 'op': unknown statistic 'median'; use one of count, sum, ...
+    trustspace.errors.ConfigError: query 'op': unknown statistic 'median'; use one of ...
     """
 
     op: str
@@ -193,27 +194,27 @@ class Query:
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise ValueError(
+            raise ConfigError(
                 f"query 'op': unknown statistic {self.op!r}; use one of {', '.join(OPS[:3])}, "
                 f"... ({', '.join(OPS)})"
             )
         if not isinstance(self.dataset, str) or not self.dataset:
-            raise ValueError("query 'dataset': expected a non-empty dataset name")
+            raise ConfigError("query 'dataset': expected a non-empty dataset name")
         cols = (self.columns,) if isinstance(self.columns, str) else self.columns
         if not isinstance(cols, Sequence) or not all(isinstance(c, str) and c for c in cols):
-            raise ValueError(f"query 'columns': expected column names, got {self.columns!r}")
+            raise ConfigError(f"query 'columns': expected column names, got {self.columns!r}")
         cols = tuple(cols)
         if len(set(cols)) != len(cols):
-            raise ValueError(f"query 'columns': duplicate column in {list(cols)}")
+            raise ConfigError(f"query 'columns': duplicate column in {list(cols)}")
         if not cols and self.op != "count":
-            raise ValueError(f"query 'columns': {self.op!r} needs at least one column")
+            raise ConfigError(f"query 'columns': {self.op!r} needs at least one column")
         object.__setattr__(self, "columns", cols)
         if self.where is not None:
             if not isinstance(self.where, str):
-                raise ValueError("query 'where': expected a filter string or None")
+                raise ConfigError("query 'where': expected a filter string or None")
             parse_filter(self.where)  # syntax errors name the position now, not on the nodes
         if not isinstance(self.params, Mapping):
-            raise ValueError("query 'params': expected a dict")
+            raise ConfigError("query 'params': expected a dict")
         object.__setattr__(
             self, "params", MappingProxyType(_check_params(self.op, self.params, cols))
         )
@@ -230,7 +231,7 @@ class Query:
         """Check the query against a dataset schema (columns exist, types fit, filter valid).
 
         Raises:
-            ValueError (ConfigError for the filter): naming the column and the known columns.
+            ConfigError: naming the column and the known columns, or the filter's position.
         """
         numeric = self.op not in ("count",)
         for c in self.columns:
@@ -238,7 +239,7 @@ class Query:
             if numeric and not typ.is_numeric:
                 aggs = self.params.get("agg", {}).get(c, []) if self.op == "group_by" else []
                 if not (self.op == "group_by" and set(aggs) <= {"count", "size"}):
-                    raise ValueError(
+                    raise ConfigError(
                         f"query 'columns': {self.op} needs numeric columns; {c!r} is "
                         f"{typ.value} (only int and float columns are numeric)"
                     )
@@ -246,7 +247,7 @@ class Query:
             by = self.params["by"]
             typ = schema.column_type(by, "query 'params.by'")
             if typ in (ColumnType.FLOAT, ColumnType.DATE):
-                raise ValueError(
+                raise ConfigError(
                     f"query 'params.by': cannot group by {by!r} of type {typ.value}; "
                     "group by a str, int or bool column"
                 )
@@ -255,7 +256,7 @@ class Query:
             for i, v in enumerate(values):
                 is_bool_as_int = typ is ColumnType.INT and isinstance(v, bool)
                 if not isinstance(v, kinds[typ]) or is_bool_as_int:
-                    raise ValueError(
+                    raise ConfigError(
                         f"query 'params.values[{i}]': {v!r} cannot be a value of {by!r}, "
                         f"which is {typ.value}"
                     )
@@ -264,7 +265,7 @@ class Query:
                 and by not in schema.domains
                 and typ is not ColumnType.BOOL
             ):
-                raise ValueError(
+                raise ConfigError(
                     f"query 'params.values': group_by({by!r}) needs the public list of group "
                     f"values: pass values=[...] or declare a domain for {by!r} in the dataset "
                     "spec"
@@ -284,19 +285,19 @@ class Query:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Query:
-        """Rebuild a query; ValueError naming an unknown, missing or bad key."""
+        """Rebuild a query; ConfigError naming an unknown, missing or bad key."""
         if not isinstance(data, Mapping):
-            raise ValueError("query: expected a dict")
+            raise ConfigError("query: expected a dict")
         keys = {"op", "dataset", "columns", "where", "params"}
         extra = set(data) - keys
         if extra:
-            raise ValueError(f"query: unknown key(s) {sorted(extra)}; allowed: {sorted(keys)}")
+            raise ConfigError(f"query: unknown key(s) {sorted(extra)}; allowed: {sorted(keys)}")
         for k in ("op", "dataset"):
             if k not in data:
-                raise ValueError(f"query: missing key {k!r}")
+                raise ConfigError(f"query: missing key {k!r}")
         cols = data.get("columns", [])
         if not isinstance(cols, list | tuple):
-            raise ValueError("query 'columns': expected a list")
+            raise ConfigError("query 'columns': expected a list")
         return cls(
             op=data["op"],
             dataset=data["dataset"],

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from trustspace.errors import EncodingOverflow
+from trustspace.errors import ConfigError, DataError, EncodingOverflow
 from trustspace.stats._schema import GroupValue, _check_group_value
 
 __all__ = [
@@ -83,7 +83,7 @@ MAX_ROUND_SIZE = 5_000_000
 
 def _finite(x: object, where: str) -> float:
     if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-        raise ValueError(f"{where}: expected a finite number, got {x!r}")
+        raise ConfigError(f"{where}: expected a finite number, got {x!r}")
     return float(x)
 
 
@@ -118,39 +118,39 @@ class Term:
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            raise ValueError(f"term 'kind': {self.kind!r} is not one of {', '.join(_KINDS)}")
+            raise ConfigError(f"term 'kind': {self.kind!r} is not one of {', '.join(_KINDS)}")
         for c in self.columns:
             if not isinstance(c, str) or not c:
-                raise ValueError(f"term 'columns': {c!r} is not a column name")
+                raise ConfigError(f"term 'columns': {c!r} is not a column name")
         if not isinstance(self.frac_bits, int) or not -1100 <= self.frac_bits <= 1100:
-            raise ValueError(f"term 'frac_bits': {self.frac_bits!r} out of range")
+            raise ConfigError(f"term 'frac_bits': {self.frac_bits!r} out of range")
         if self.kind == "moment":
             n = len(self.columns)
             if len(self.powers) != n or len(self.centers) != n:
-                raise ValueError("term: 'columns', 'powers' and 'centers' must have equal lengths")
+                raise ConfigError("term: 'columns', 'powers' and 'centers' must have equal lengths")
             for p in self.powers:
                 if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 4:
-                    raise ValueError(f"term 'powers': {p!r} is not an integer 0..4")
+                    raise ConfigError(f"term 'powers': {p!r} is not an integer 0..4")
             for center in self.centers:
                 _finite(center, "term 'centers'")
             return
         if len(self.columns) != 1:
-            raise ValueError(f"term: a {self.kind} term reads exactly one column")
+            raise ConfigError(f"term: a {self.kind} term reads exactly one column")
         if self.kind == "grid":
             _finite(self.start, "term 'start'")
             w = _finite(self.width, "term 'width'")
             if w <= 0:
-                raise ValueError("term 'width': must be > 0")
+                raise ConfigError("term 'width': must be > 0")
             if isinstance(self.nbins, bool) or not isinstance(self.nbins, int):
-                raise ValueError("term 'nbins': expected an integer")
+                raise ConfigError("term 'nbins': expected an integer")
             if not 1 <= self.nbins <= MAX_ROUND_SIZE:
-                raise ValueError(f"term 'nbins': {self.nbins} not in 1..{MAX_ROUND_SIZE}")
+                raise ConfigError(f"term 'nbins': {self.nbins} not in 1..{MAX_ROUND_SIZE}")
         elif self.kind == "bins":
             if len(self.edges) < 2:
-                raise ValueError("term 'edges': need at least two edges")
+                raise ConfigError("term 'edges': need at least two edges")
             e = [_finite(x, "term 'edges'") for x in self.edges]
             if any(b <= a for a, b in itertools.pairwise(e)):
-                raise ValueError("term 'edges': must be strictly increasing")
+                raise ConfigError("term 'edges': must be strictly increasing")
 
     # --- constructors -------------------------------------------------------------------
     @classmethod
@@ -225,12 +225,12 @@ class Term:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Term:
-        """Rebuild a term; ValueError naming an unknown, missing or bad key."""
+        """Rebuild a term; ConfigError naming an unknown, missing or bad key."""
         if not isinstance(data, Mapping):
-            raise ValueError("term: expected a dict")
+            raise ConfigError("term: expected a dict")
         kind = data.get("kind")
         if kind not in _KINDS:
-            raise ValueError(f"term 'kind': {kind!r} is not one of {', '.join(_KINDS)}")
+            raise ConfigError(f"term 'kind': {kind!r} is not one of {', '.join(_KINDS)}")
         allowed = {
             "moment": {"kind", "columns", "powers", "centers", "frac_bits"},
             "octaves": {"kind", "columns"},
@@ -239,15 +239,15 @@ class Term:
         }[kind]
         extra = set(data) - allowed
         if extra:
-            raise ValueError(f"term: unknown key(s) {sorted(extra)} for kind {kind!r}")
+            raise ConfigError(f"term: unknown key(s) {sorted(extra)} for kind {kind!r}")
         missing = allowed - set(data)
         if missing:
-            raise ValueError(f"term: missing key(s) {sorted(missing)} for kind {kind!r}")
+            raise ConfigError(f"term: missing key(s) {sorted(missing)} for kind {kind!r}")
         kw: dict[str, Any] = {}
         for key in ("columns", "powers", "centers", "edges"):
             if key in data:
                 if not isinstance(data[key], list | tuple):
-                    raise ValueError(f"term {key!r}: expected a list")
+                    raise ConfigError(f"term {key!r}: expected a list")
                 kw[key] = tuple(data[key])
         for key in ("start", "width"):
             if key in data:
@@ -256,7 +256,7 @@ class Term:
             if key in data:
                 v = data[key]
                 if isinstance(v, bool) or not isinstance(v, int):
-                    raise ValueError(f"term {key!r}: expected an integer, got {v!r}")
+                    raise ConfigError(f"term {key!r}: expected an integer, got {v!r}")
                 kw[key] = v
         return cls(kind, **kw)
 
@@ -295,27 +295,27 @@ class Round:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
-            raise ValueError("round 'dataset': expected a non-empty string")
+            raise ConfigError("round 'dataset': expected a non-empty string")
         if self.where is not None and not isinstance(self.where, str):
-            raise ValueError("round 'where': expected a string or None")
+            raise ConfigError("round 'where': expected a string or None")
         if not self.terms or not all(isinstance(t, Term) for t in self.terms):
-            raise ValueError("round 'terms': expected a non-empty list of terms")
+            raise ConfigError("round 'terms': expected a non-empty list of terms")
         if self.group_column is None and self.group_values:
-            raise ValueError("round 'group_values': given without 'group_column'")
+            raise ConfigError("round 'group_values': given without 'group_column'")
         if self.group_column is not None:
             if any(t.kind != "moment" for t in self.terms):
-                raise ValueError("round 'terms': a grouped round holds moment terms only")
+                raise ConfigError("round 'terms': a grouped round holds moment terms only")
             vals = tuple(
                 _check_group_value(v, f"round 'group_values[{i}]'")
                 for i, v in enumerate(self.group_values)
             )
             if len(set(vals)) != len(vals):
-                raise ValueError("round 'group_values': values must be distinct")
+                raise ConfigError("round 'group_values': values must be distinct")
             object.__setattr__(self, "group_values", vals)
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
-            raise ValueError("round 'index': expected an integer >= 0")
+            raise ConfigError("round 'index': expected an integer >= 0")
         if self.size > MAX_ROUND_SIZE:
-            raise ValueError(f"round: {self.size} entries exceed the limit of {MAX_ROUND_SIZE}")
+            raise ConfigError(f"round: {self.size} entries exceed the limit of {MAX_ROUND_SIZE}")
 
     @property
     def n_groups(self) -> int:
@@ -377,15 +377,15 @@ class Round:
         return np.tile(block, self.n_groups)
 
     def check_vector(self, vec: npt.ArrayLike, what: str = "vector") -> npt.NDArray[np.float64]:
-        """``vec`` as float64 after checking its shape and that it is finite."""
+        """``vec`` as float64 after checking its shape and that it is finite (else DataError)."""
         arr = np.asarray(vec, dtype=np.float64)
         if arr.shape != (self.size,):
-            raise ValueError(
+            raise DataError(
                 f"round {self.index}: {what} has shape {arr.shape}, expected ({self.size},)"
             )
         if not np.all(np.isfinite(arr)):
             bad = int(np.flatnonzero(~np.isfinite(arr))[0])
-            raise ValueError(f"round {self.index}: {what} entry {bad} is not finite")
+            raise DataError(f"round {self.index}: {what} entry {bad} is not finite")
         return arr
 
     def encode(self, local: npt.ArrayLike) -> npt.NDArray[np.uint64]:
@@ -411,12 +411,12 @@ class Round:
         """Decode the modulo-2^64 sum of ``encode`` outputs into the float64 total."""
         arr = np.asarray(total)
         if arr.shape != (self.size,):
-            raise ValueError(
+            raise DataError(
                 f"round {self.index}: total has shape {arr.shape}, expected ({self.size},)"
             )
         if arr.dtype != np.uint64:
             if not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"round {self.index}: total must be an integer array mod 2^64")
+                raise DataError(f"round {self.index}: total must be an integer array mod 2^64")
             arr = arr.astype(np.uint64)
         return np.ldexp(arr.view(np.int64).astype(np.float64), -self.frac_bits)
 
@@ -433,29 +433,29 @@ class Round:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Round:
-        """Rebuild a round; ValueError naming an unknown, missing or bad key."""
+        """Rebuild a round; ConfigError naming an unknown, missing or bad key."""
         if not isinstance(data, Mapping):
-            raise ValueError("round: expected a dict")
+            raise ConfigError("round: expected a dict")
         keys = {"dataset", "where", "terms", "group_column", "group_values", "index"}
         extra = set(data) - keys
         if extra:
-            raise ValueError(f"round: unknown key(s) {sorted(extra)}; allowed: {sorted(keys)}")
+            raise ConfigError(f"round: unknown key(s) {sorted(extra)}; allowed: {sorted(keys)}")
         missing = keys - set(data)
         if missing:
-            raise ValueError(f"round: missing key(s) {sorted(missing)}")
+            raise ConfigError(f"round: missing key(s) {sorted(missing)}")
         if not isinstance(data["terms"], list | tuple):
-            raise ValueError("round 'terms': expected a list")
+            raise ConfigError("round 'terms': expected a list")
         if not isinstance(data["group_values"], list | tuple):
-            raise ValueError("round 'group_values': expected a list")
+            raise ConfigError("round 'group_values': expected a list")
         gc = data["group_column"]
         if gc is not None and not isinstance(gc, str):
-            raise ValueError("round 'group_column': expected a string or null")
+            raise ConfigError("round 'group_column': expected a string or null")
         terms = []
         for i, t in enumerate(data["terms"]):
             try:
                 terms.append(Term.from_dict(t))
             except ValueError as e:
-                raise ValueError(f"round 'terms[{i}]': {e}") from None
+                raise ConfigError(f"round 'terms[{i}]': {e}") from None
         return cls(
             dataset=data["dataset"],
             where=data["where"],

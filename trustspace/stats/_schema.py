@@ -41,7 +41,7 @@ class ColumnType(StrEnum):
             return cls(str(value))
         except ValueError:
             known = ", ".join(t.value for t in cls)
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: unknown column type {value!r}; use one of {known}"
             ) from None
 
@@ -51,7 +51,7 @@ def _check_group_value(value: object, where: str) -> GroupValue:
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
-    raise ValueError(
+    raise ConfigError(
         f"{where}: group value {value!r} must be a string, integer, bool or finite float"
     )
 
@@ -84,27 +84,27 @@ class TableSchema:
 
     def __post_init__(self) -> None:
         if not isinstance(self.columns, Mapping) or not self.columns:
-            raise ValueError("schema 'columns': expected a non-empty mapping of name -> type")
+            raise ConfigError("schema 'columns': expected a non-empty mapping of name -> type")
         cols: dict[str, ColumnType] = {}
         for name, typ in self.columns.items():
             if not isinstance(name, str) or not name:
-                raise ValueError(
+                raise ConfigError(
                     f"schema 'columns': column name {name!r} must be a non-empty string"
                 )
             cols[name] = ColumnType.parse(typ, f"schema 'columns.{name}'")
         doms: dict[str, tuple[GroupValue, ...]] = {}
         for name, values in dict(self.domains).items():
             if name not in cols:
-                raise ValueError(
+                raise ConfigError(
                     f"schema 'domains.{name}': no such column; known columns: {', '.join(cols)}"
                 )
             if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
-                raise ValueError(f"schema 'domains.{name}': expected a list of values")
+                raise ConfigError(f"schema 'domains.{name}': expected a list of values")
             checked = tuple(
                 _check_group_value(v, f"schema 'domains.{name}[{i}]'") for i, v in enumerate(values)
             )
             if len(set(checked)) != len(checked):
-                raise ValueError(f"schema 'domains.{name}': values must be distinct")
+                raise ConfigError(f"schema 'domains.{name}': values must be distinct")
             doms[name] = checked
         object.__setattr__(self, "columns", MappingProxyType(cols))
         object.__setattr__(self, "domains", MappingProxyType(doms))
@@ -112,17 +112,17 @@ class TableSchema:
         for name, pair in dict(self.bounds).items():
             where = f"schema 'bounds.{name}'"
             if name not in cols:
-                raise ValueError(f"{where}: no such column; known columns: {', '.join(cols)}")
+                raise ConfigError(f"{where}: no such column; known columns: {', '.join(cols)}")
             if not cols[name].is_numeric:
-                raise ValueError(f"{where}: bounds apply to int and float columns only")
+                raise ConfigError(f"{where}: bounds apply to int and float columns only")
             if isinstance(pair, str | bytes) or not hasattr(pair, "__len__") or len(pair) != 2:
-                raise ValueError(f"{where}: expected [low, high]")
+                raise ConfigError(f"{where}: expected [low, high]")
             lo, hi = pair
             for v in (lo, hi):
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                    raise ValueError(f"{where}: {v!r} is not a finite number")
+                    raise ConfigError(f"{where}: {v!r} is not a finite number")
             if not lo < hi:
-                raise ValueError(f"{where}: low must be below high, got [{lo}, {hi}]")
+                raise ConfigError(f"{where}: low must be below high, got [{lo}, {hi}]")
             bnds[name] = (float(lo), float(hi))
         object.__setattr__(self, "bounds", MappingProxyType(bnds))
 
@@ -157,16 +157,16 @@ class TableSchema:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TableSchema:
-        """Rebuild a schema from ``to_dict()`` output; ValueError naming a bad or unknown key."""
+        """Rebuild a schema from ``to_dict()`` output; ConfigError naming a bad or unknown key."""
         if not isinstance(data, Mapping):
-            raise ValueError("schema: expected a dict")
+            raise ConfigError("schema: expected a dict")
         extra = set(data) - {"columns", "domains", "bounds"}
         if extra:
-            raise ValueError(
+            raise ConfigError(
                 f"schema: unknown key(s) {sorted(extra)}; allowed: columns, domains, bounds"
             )
         if "columns" not in data:
-            raise ValueError("schema: missing key 'columns'")
+            raise ConfigError("schema: missing key 'columns'")
         return cls(
             columns=data["columns"], domains=data.get("domains", {}), bounds=data.get("bounds", {})
         )

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from trustspace.errors import AuthenticationError, NodeError
+from trustspace.errors import AuthenticationError, ConfigError, NodeError
 from trustspace.transport.ca import (
     Credentials,
     check_issued_by,
@@ -50,10 +50,10 @@ def server_credentials(creds: Credentials) -> grpc.ServerCredentials:
 
 
 def split_target(target: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port); raises ``ValueError`` naming the target."""
+    """``host:port`` -> (host, port); raises ``ConfigError`` naming the target."""
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"address {target!r} is not HOST:PORT")
+        raise ConfigError(f"address {target!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
 
@@ -82,6 +82,7 @@ def preflight(
     """Handshake with ``target`` once and check the server's certificate; returns its name.
 
     Raises:
+        ConfigError: ``target`` is not ``HOST:PORT``.
         NodeError: nothing answers at ``target``.
         AuthenticationError: the handshake failed (with the reason), or the server's
             certificate has the wrong role.
