@@ -22,7 +22,9 @@ from trustspace.stats import (
     octave_key,
     start,
 )
-from trustspace.stats._machine import UNKNOWN_SMALL, _frac_bits, _locate, _octave_range
+from trustspace.stats._machine import _frac_bits, _octave_range
+from trustspace.stats._quantile import UNKNOWN_SMALL
+from trustspace.stats._quantile import locate as _locate  # was _machine._locate
 
 SCHEMA = TableSchema(
     {"age": "int", "x": "float", "sex": "str", "flag": "bool", "day": "date"},

@@ -1,4 +1,5 @@
-"""The exact rounds the statistics state machine asks for, pinned byte for byte.
+"""The exact rounds the statistics state machine asks for, pinned byte for byte; and its
+results, read by term, do not depend on the order of a round's terms.
 
 Nodes will recompute the rounds of a query (``trustspace.stats.replay``) to check what they
 are asked, so a refactoring of the state machine must not change a single term, centre,
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from trustspace.stats import OCTAVE_HALF, Query, Round, TableSchema, Term, octave_key, start
+from trustspace.stats import OCTAVE_HALF, Query, Result, Round, TableSchema, Term, octave_key, start
+from trustspace.stats._machine import Computation
 
 PINNED = Path(__file__).parent / "data" / "stats_rounds.json"
 
@@ -175,9 +178,9 @@ QUERIES: dict[str, tuple[Query, int]] = {
 }
 
 
-def rounds_of(query: Query, k: int) -> list[dict[str, Any]]:
-    """Every round of ``query`` over the fake node, fed as the services would: record counts
-    in (0, k) are reported as suppressed, as the aggregator withholds them."""
+def _drive(query: Query, k: int) -> tuple[list[dict[str, Any]], Result]:
+    """Every round of ``query`` over the fake node, fed as the services would (record counts
+    in (0, k) reported as suppressed, as the aggregator withholds them), and the result."""
     comp = start(query, SCHEMA, k)
     out = []
     while (rnd := comp.next_round()) is not None:
@@ -185,8 +188,11 @@ def rounds_of(query: Query, k: int) -> list[dict[str, Any]]:
         total = local(rnd)
         small = rnd.count_mask & (total > 0) & (total < k)
         comp.feed(np.where(small, 0.0, total), suppressed=np.flatnonzero(small).tolist())
-    comp.result()
-    return out
+    return out, comp.result()
+
+
+def rounds_of(query: Query, k: int) -> list[dict[str, Any]]:
+    return _drive(query, k)[0]
 
 
 def _canonical(d: dict[str, Any]) -> str:
@@ -224,6 +230,85 @@ def test_pins_detect_a_changed_round(pinned):
     swapped = json.loads(json.dumps(want))
     swapped[0]["terms"][1], swapped[0]["terms"][2] = swapped[0]["terms"][2], swapped[0]["terms"][1]
     assert _canonical(swapped[0]) != _canonical(want[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading by term: the machine finds every figure by its Term, wherever the round put it
+
+
+def _reverse_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the state machine list every round's terms in reverse order."""
+    ask = Computation._ask
+
+    def reversed_ask(self: Computation, terms: Sequence[Term], *args: Any) -> Any:
+        return ask(self, list(terms)[::-1], *args)
+
+    monkeypatch.setattr(Computation, "_ask", reversed_ask)
+
+
+def _same(a: Any, b: Any) -> None:
+    if isinstance(a, pd.DataFrame):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    elif isinstance(a, pd.Series):
+        pd.testing.assert_series_equal(a, b, check_exact=True)
+    else:
+        assert type(a) is type(b) and (a == b or (a != a and b != b)), (a, b)
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+def test_results_do_not_depend_on_term_order(pinned, monkeypatch, name):
+    """Reversing every round's terms moves every figure in the vectors; reading by term, the
+    machine still finds each one: the same rounds (up to order) and the same results."""
+    query, k = QUERIES[name]
+    _, plain = _drive(query, k)
+    _reverse_terms(monkeypatch)
+    rounds, got = _drive(query, k)
+    assert [r["terms"] for r in rounds] == [r["terms"][::-1] for r in pinned[name]]
+    _same(got.value, plain.value)
+    _same(got.suppressed, plain.suppressed)
+    assert got.precision == plain.precision and got.rounds == plain.rounds
+
+
+def test_results_read_by_term_equal_pandas(monkeypatch):
+    """With the terms reversed, every statistic still equals pandas on the fake node's rows."""
+    _reverse_terms(monkeypatch)
+    df = pd.DataFrame(ROWS).astype({"x": float, "y": float, "rare": float})
+
+    def run(query: Query) -> Result:
+        return _drive(query, 0)[1]
+
+    def close(got: Any, want: Any, tol: float = 1e-9) -> None:
+        if isinstance(want, pd.DataFrame):
+            pd.testing.assert_frame_equal(got, want, check_dtype=False, rtol=tol, atol=tol)
+        elif isinstance(want, pd.Series):
+            pd.testing.assert_series_equal(
+                got, want, check_dtype=False, check_names=False, rtol=tol, atol=tol
+            )
+        else:
+            assert got == pytest.approx(want, rel=tol, abs=tol)
+
+    assert run(Query("count", "d")).value == len(df)
+    close(run(Query("mean", "d", "x")).value, df["x"].mean())
+    close(run(Query("sum", "d", ["x", "rare"])).value, df[["x", "rare"]].sum())
+    filtered = df[df["age"] > 30]
+    close(run(Query("var", "d", ["x", "y"], where="age > 30")).value, filtered[["x", "y"]].var())
+    close(run(Query("skew", "d", ["x", "y", "age"])).value, df[["x", "y", "age"]].skew())
+    close(run(Query("kurt", "d", ["y", "x"])).value, df[["y", "x"]].kurt())
+    cols = ["x", "y", "big"]
+    # default ddof: pandas ignores DataFrame.cov(ddof=...) when the columns hold NaNs
+    close(run(Query("cov", "d", cols)).value, df[cols].cov())
+    close(run(Query("corr", "d", cols)).value, df[cols].corr())
+    res = run(Query("quantile", "d", ["x", "y"], params={"q": [0.1, 0.5, 0.9]}))
+    close(res.value, df[["x", "y"]].quantile([0.1, 0.5, 0.9]), max(res.precision.values()))
+    res = run(Query("describe", "d", ["x", "y", "age"]))
+    close(res.value, df[["x", "y", "age"]].describe(), max(res.precision.values()))
+    agg = {"x": ["size", "count", "mean", "std"], "y": ["sum", "var"], "age": ["mean"]}
+    res = run(Query("group_by", "d", list(agg), params={"by": "sex", "agg": agg}))
+    want = df[df["sex"].isin(["M", "F"])].groupby("sex").agg(agg)
+    close(res.value, want.astype(float))
+    edges = [0, 20, 40, 60, 100]
+    res = run(Query("histogram", "d", "age", params={"bins": edges}))
+    assert res.value.tolist() == np.histogram(df["age"], edges)[0].tolist()
 
 
 if __name__ == "__main__":  # regenerate the pinned rounds (only for an intended change)

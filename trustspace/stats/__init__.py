@@ -24,8 +24,10 @@ Map:
   withheld upstream because their governing count was in (0, k)), ``result() -> Result``.
 - ``replay(query, schema, min_group_size, totals, suppressed=()) -> Round | None``: the
   round an honest driver asks for next, for a node that wants to check a requested round.
-- ``Round`` / ``Term``: one round's local aggregates and vector layout (``size``,
-  ``term_slice``), ``count_mask`` (entries that are record counts: they govern disclosure),
+- ``Round`` / ``Term``: one round's local aggregates (each term at most once) and vector
+  layout (``size``, ``term_slice(term)``), ``view(total) -> Totals`` to read a vector by term
+  (``view[term]``, ``view.scalar(term)``, ``view.per_group(term)``), ``count_mask`` (entries
+  that are record counts: they govern disclosure),
   ``encode(local) -> uint64`` / ``decode(total) -> float64`` (exact fixed point mod 2^64,
   precision in ``trustspace.stats._round``; our own encoder, since the Paillier path uses its
   own encoding of the float vector), ``to_dict()/from_dict()`` (strict: ValueError naming the
@@ -39,6 +41,10 @@ Map:
   is made from (``Engine.schema(name)`` on a node); ``to_dict()/from_dict()``.
 - ``parse_filter`` / ``check_filter`` / ``filter_columns``: the ``where=`` language (AST
   only; SQL is the engine's).
+
+Modules: ``_query`` (the spec), ``_schema`` (the public schema), ``_filter`` (the filter
+language), ``_round`` (rounds, terms, their encoding and ``Totals``), ``_machine`` (the state
+machine and the finishing formulas), ``_quantile`` (quantiles by bin refinement).
 
 Security notes (what each role learns, how ``min_group_size`` is enforced on totals only, the
 min/max policy and the differencing risk of filters) are in ``docs/security.md`` (federated
@@ -81,7 +87,8 @@ from trustspace.stats._filter import (
     filter_columns,
     parse_filter,
 )
-from trustspace.stats._machine import GRID_BINS, Computation, Result, replay, start
+from trustspace.stats._machine import Computation, Result, replay, start
+from trustspace.stats._quantile import GRID_BINS
 from trustspace.stats._query import GROUP_AGGS, OPS, Query
 from trustspace.stats._round import (
     MAX_NODES,
@@ -91,6 +98,7 @@ from trustspace.stats._round import (
     OCTAVE_OFFSET,
     Round,
     Term,
+    Totals,
     octave_key,
 )
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
@@ -119,6 +127,7 @@ __all__ = [
     "Round",
     "TableSchema",
     "Term",
+    "Totals",
     "check_filter",
     "filter_columns",
     "octave_key",
