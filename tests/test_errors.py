@@ -38,7 +38,8 @@ from trustspace.errors import (
 )
 from trustspace.node import _fault
 from trustspace.node.config import policy_from_dict
-from trustspace.node.service import parse_round
+from trustspace.transport.serde import round_from_dict
+from trustspace.transport.servicers import _parser
 from trustspace.paillier import PrivateKey, PublicKey, configure_tables
 from trustspace.secagg import FixedPointEncoder, SecAggConfig
 from trustspace.stats import (
@@ -326,7 +327,7 @@ CASES: list[Case] = [
     # --- a remote party's malformed message becomes ProtocolError at the node
     (
         "node-malformed-round",
-        lambda: parse_round({"dataset": "adult"}, "n1"),
+        lambda: _parser("node n1")(round_from_dict, {"dataset": "adult"}),
         ProtocolError,
         r"node n1: malformed round: round: missing key\(s\)",
     ),

@@ -22,7 +22,9 @@ from trustspace.stats import (
     octave_key,
     start,
 )
-from trustspace.stats._machine import UNKNOWN_SMALL, _frac_bits, _locate, _octave_range
+from trustspace.stats._machine import _frac_bits, _octave_range
+from trustspace.stats._quantile import UNKNOWN_SMALL
+from trustspace.stats._quantile import locate as _locate  # was _machine._locate
 
 SCHEMA = TableSchema(
     {"age": "int", "x": "float", "sex": "str", "flag": "bool", "day": "date"},
@@ -239,6 +241,54 @@ def test_round_from_dict_is_strict(mutate, message):
 def test_grouped_round_holds_moments_only():
     with pytest.raises(ValueError, match="grouped round holds moment terms only"):
         Round("d", None, (Term.octaves("x"),), "sex", ("M",))
+
+
+def test_round_refuses_a_repeated_term():
+    # the plans never repeat a term (the machine's _ask drops repeats), so a repeated term on
+    # the wire is refused rather than left ambiguous for reading by term
+    with pytest.raises(ValueError, match=r"'terms\[2\]': repeats terms\[0\] \(moment of \['x'\]\)"):
+        Round("d", None, (Term.count("x"), Term.rows(), Term.count("x")))
+    d = _round().to_dict()
+    d["terms"].append(d["terms"][3])
+    with pytest.raises(ValueError, match=r"'terms\[6\]': repeats terms\[3\]"):
+        Round.from_dict(d)
+
+
+def test_totals_are_read_by_term():
+    r = _round()
+    vec = np.arange(r.size, dtype=float)
+    view = r.view(vec)
+    for i, t in enumerate(r.terms):
+        assert r.index_of(t) == i and r.term_slice(t) == r.term_slice(i)
+        assert view[t].tolist() == vec[r.term_slice(i)].tolist()
+    assert view.scalar(Term.count("x", "age")) == 1.0
+    assert view.scalar(Term.moment(["x"], [2], [1.5], 40)) == 2.0
+    # the same terms in another order: every term still reads its own entries
+    shuffled = Round("d", "age > 1", tuple(reversed(r.terms)), index=3)
+    local = np.concatenate([view[t] for t in shuffled.terms])
+    for t in r.terms:
+        assert shuffled.view(local)[t].tolist() == view[t].tolist()
+    with pytest.raises(ValueError, match=r"round 3: it holds no term .*'columns': \['y'\]"):
+        view.scalar(Term.count("y"))
+    with pytest.raises(ValueError, match="frac_bits"):  # frac_bits is part of the term
+        view.scalar(Term.moment(["x"], [2], [1.5], 41))
+    with pytest.raises(
+        ValueError, match=r"octaves of \['x'\] has 515 entries; read it with view\[term\]"
+    ):
+        view.scalar(Term.octaves("x"))
+    with pytest.raises(ValueError, match="not grouped"):
+        view.per_group(Term.rows())
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        r.view(np.zeros(3))
+    s = Term.moment(["x"], [1], [0.0], 9)
+    g = Round("d", None, (Term.rows(), s), "sex", ("M", "F"))
+    gview = g.view([3.0, 1.5, 4.0, 2.5, 1.0, -7.0])
+    assert gview.per_group(Term.rows()).tolist() == [3.0, 4.0, 1.0]
+    assert gview.per_group(s).tolist() == [1.5, 2.5, -7.0]
+    with pytest.raises(
+        ValueError, match="grouped by 'sex'; read moment of \\['x'\\] with per_group"
+    ):
+        gview.scalar(s)
 
 
 @settings(max_examples=100, deadline=None)

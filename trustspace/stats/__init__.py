@@ -24,8 +24,10 @@ Map:
   withheld upstream because their governing count was in (0, k)), ``result() -> Result``.
 - ``replay(query, schema, min_group_size, totals, suppressed=()) -> Round | None``: the
   round an honest driver asks for next, for a node that wants to check a requested round.
-- ``Round`` / ``Term``: one round's local aggregates and vector layout (``size``,
-  ``term_slice``), ``count_mask`` (entries that are record counts: they govern disclosure),
+- ``Round`` / ``Term``: one round's local aggregates (each term at most once) and vector
+  layout (``size``, ``term_slice(term)``), ``view(total) -> Totals`` to read a vector by term
+  (``view[term]``, ``view.scalar(term)``, ``view.per_group(term)``), ``count_mask`` (entries
+  that are record counts: they govern disclosure),
   ``encode(local) -> uint64`` / ``decode(total) -> float64`` (exact fixed point mod 2^64,
   precision in ``trustspace.stats._round``; our own encoder, since the Paillier path uses its
   own encoding of the float vector), ``to_dict()/from_dict()`` (strict: ConfigError naming the
@@ -42,6 +44,10 @@ Map:
 - ``split_words`` / ``join_words`` / ``paillier_round_total`` and the Paillier path's limits
   (``MAX_PAILLIER_KEY_BITS``, ``MAX_PAILLIER_HEADROOM``): a round's entries as the 31-bit words
   the nodes encrypt, and the analyst's total from them (``_paillier``).
+
+Modules: ``_query`` (the spec), ``_schema`` (the public schema), ``_filter`` (the filter
+language), ``_round`` (rounds, terms, their encoding and ``Totals``), ``_machine`` (the state
+machine and the finishing formulas), ``_quantile`` (quantiles by bin refinement).
 
 Security notes (what each role learns, how ``min_group_size`` is enforced on totals only, the
 min/max policy and the differencing risk of filters) are in ``docs/security.md`` (federated
@@ -84,7 +90,7 @@ from trustspace.stats._filter import (
     filter_columns,
     parse_filter,
 )
-from trustspace.stats._machine import GRID_BINS, Computation, Result, replay, start
+from trustspace.stats._machine import Computation, Result, replay, start
 from trustspace.stats._paillier import (
     MAX_PAILLIER_HEADROOM,
     MAX_PAILLIER_KEY_BITS,
@@ -94,6 +100,7 @@ from trustspace.stats._paillier import (
     paillier_round_total,
     split_words,
 )
+from trustspace.stats._quantile import GRID_BINS
 from trustspace.stats._query import GROUP_AGGS, OPS, Query
 from trustspace.stats._round import (
     MAX_NODES,
@@ -103,6 +110,7 @@ from trustspace.stats._round import (
     OCTAVE_OFFSET,
     Round,
     Term,
+    Totals,
     octave_key,
 )
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
@@ -135,6 +143,7 @@ __all__ = [
     "Round",
     "TableSchema",
     "Term",
+    "Totals",
     "check_filter",
     "filter_columns",
     "join_words",

@@ -21,6 +21,11 @@ Plan (each round is one scan of each node's data):
 
 Columns, pairs and groups whose record count is below ``min_group_size`` are suppressed as
 soon as the scan shows it, and no further aggregate is computed for them.
+
+Every figure is read from a round's total by its Term (``Round.view``), never by position, so
+a plan can add or reorder terms without misreading the others. The rounds themselves (terms,
+order, centres, bins, frac_bits) are what nodes recompute to check a request (``replay``);
+``tests/test_stats_rounds.py`` pins them. The quantile search is in ``_quantile``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from trustspace.errors import ConfigError, EncodingOverflow, ProtocolError
+from trustspace.stats._quantile import GRID_BINS, UNKNOWN_SMALL, Quantiles, ValueRange
 from trustspace.stats._query import Query
 from trustspace.stats._round import (
     OCTAVE_HALF,
@@ -44,29 +50,20 @@ from trustspace.stats._round import (
     OCTAVE_OFFSET,
     Round,
     Term,
+    Totals,
 )
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
 
-__all__ = ["GRID_BINS", "Computation", "Result", "replay", "start"]
+__all__ = ["Computation", "Result", "replay", "start"]
 
-#: Bins per quantile grid: each refinement narrows a bin 2^10-fold, so the default precision
-#: (DEFAULT_REFINEMENTS more grids after the first) is 2^-30 of the data's octave range.
-#: Queries may choose another power of two (``params["grid_bins"]``): fewer bins mean shorter
-#: vectors (less secure-aggregation traffic; grids are record counts, which the Paillier path
-#: does not encrypt) but more rounds to reach the same precision.
-GRID_BINS = 1024
-DEFAULT_REFINEMENTS = 2
-#: Default quantile precision, relative to the first grid's span: 2^-30.
-DEFAULT_RELATIVE_PRECISION_BITS = 10 * (1 + DEFAULT_REFINEMENTS)
 #: Finest fixed-point scale (Term accepts |frac_bits| <= 1100; float64 ends near 2^-1074).
 MAX_FRAC_BITS = 1100
-#: Smallest bin width refined further (well above float64's subnormal range).
-_TINY = 2.0**-1000
-#: Marks a record count withheld upstream (in 1..min_group_size-1, value unknown).
-UNKNOWN_SMALL = -1.0
 
 Vec = npt.NDArray[np.float64]
 _Gen = Generator[Round, Vec, Any]
+#: One round: yields it, is sent its total, returns the total to be read by term.
+_Ask = Generator[Round, Vec, Totals]
+Pair = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -111,26 +108,12 @@ def _frac_bits(bound: float, what: str) -> int:
     return min(61 - math.frexp(bound)[1], MAX_FRAC_BITS)
 
 
-@dataclass
-class _Range:
-    """A public range [lo, hi] holding every non-null value, from the octave histogram."""
-
-    lo: float
-    hi: float
-
-    @property
-    def span(self) -> float:
-        return self.hi - self.lo
-
-    @property
-    def maxabs(self) -> float:
-        return max(abs(self.lo), abs(self.hi))
-
-
-def _octave_range(counts: Vec, column: str) -> _Range:
+def _octave_range(counts: Vec, column: str) -> ValueRange:
+    """A public range holding every value counted in an octave histogram (one octave of margin
+    each side), or EncodingOverflow if a value is too large for exact statistics."""
     keys = np.flatnonzero(counts != 0) - OCTAVE_HALF
     if keys.size == 0:
-        return _Range(0.0, 0.0)
+        return ValueRange(0.0, 0.0)
     lo, hi = math.inf, -math.inf
     for key in (int(keys[0]), int(keys[-1])):
         if key == 0:
@@ -147,141 +130,7 @@ def _octave_range(counts: Vec, column: str) -> _Range:
             if key < 0:
                 a, b = -b, -a
         lo, hi = min(lo, a), max(hi, b)
-    return _Range(lo, hi)
-
-
-@dataclass
-class _Target:
-    """One order statistic (0-based rank) being located by bin refinement."""
-
-    rank: int
-    value: float
-    width: float
-    probe: tuple[float, float] | None  # (start, width) of the next grid, or None when done
-
-
-def _locate(counts: Vec, rank: int, n: int, k: int) -> int | None:
-    """The bin (0-based, without the under/overflow entries) certainly holding order
-    statistic ``rank``, if it holds at least ``k`` records; else None.
-
-    ``counts`` is [below, bins..., above]; an UNKNOWN_SMALL entry is a count withheld upstream
-    (1..k-1). The number of records before each bin is bounded from the bottom (prefix sums)
-    and from the top (n minus suffix sums); a bin is chosen only if every consistent
-    assignment puts the rank inside it.
-    """
-    unknown = counts == UNKNOWN_SMALL
-    lo = np.where(unknown, 1.0, counts)
-    hi = np.where(unknown, float(max(k - 1, 1)), counts)
-    before_lo = np.concatenate([[0.0], np.cumsum(lo)])[:-1]
-    before_hi = np.concatenate([[0.0], np.cumsum(hi)])[:-1]
-    after_lo = n - (np.cumsum(hi[::-1])[::-1])  # records before entry j, at least
-    after_hi = n - (np.cumsum(lo[::-1])[::-1])
-    b_lo = np.maximum(before_lo, after_lo)
-    b_hi = np.minimum(before_hi, after_hi)
-    inside = (~unknown) & (b_hi <= rank) & (rank < b_lo + lo) & (lo >= k)
-    inside[0] = inside[-1] = False  # below/above the grid: not a bin
-    hits = np.flatnonzero(inside)
-    return int(hits[0]) - 1 if hits.size else None
-
-
-def _window(counts: Vec, rank: int, k: int) -> tuple[int, int] | None:
-    """The narrowest run of adjacent bins (first, last; 0-based, without the under/overflow
-    entries) around the bin holding order statistic ``rank`` that holds at least ``k`` records,
-    grown one bin at a time towards the fuller neighbour; None if the grid holds fewer than
-    ``k`` records or has withheld (UNKNOWN_SMALL) entries.
-
-    Used where the rank's own bin is too small to release: the run's lower edge is released
-    instead, with the run's width as the precision, so the figure still describes >= k records
-    (e.g. a ``max`` becomes the lower edge of the top bins holding k records).
-    """
-    if bool((counts == UNKNOWN_SMALL).any()):
-        return None
-    c = np.asarray(counts[1:-1], dtype=np.float64)
-    before = float(counts[0]) + np.concatenate([[0.0], np.cumsum(c)])
-    hits = np.flatnonzero((before[:-1] <= rank) & (rank < before[1:]))
-    if hits.size == 0 or c.sum() < k:
-        return None
-    i0 = i1 = int(hits[0])
-    total = c[i0]
-    while total < k:
-        left = c[i0 - 1] if i0 > 0 else -1.0
-        right = c[i1 + 1] if i1 + 1 < c.size else -1.0
-        if right > left:
-            i1 += 1
-            total += c[i1]
-        else:
-            i0 -= 1
-            total += c[i0]
-    return i0, i1
-
-
-class _Quantiles:
-    """Locates order statistics of one column by refining histogram bins.
-
-    Disclosure: a bin is only refined (and its edge only released) while it holds at least
-    ``k`` records; a target whose bin would hold fewer takes the narrowest run of bins around
-    it that holds ``k`` (``_window``) if that is narrower than its last safe bin, and stops;
-    its precision is the width of what it released.
-    """
-
-    def __init__(
-        self,
-        column: str,
-        n: int,
-        qs: Sequence[float],
-        rng: _Range,
-        eps: float | None,
-        k: int,
-        bins: int = GRID_BINS,
-    ) -> None:
-        self.column, self.n, self.qs, self.k, self.bins = column, n, list(qs), max(k, 1), bins
-        span = rng.span if rng.span > 0 else 1.0
-        m = math.frexp(span / bins)[1]
-        while True:
-            w = math.ldexp(1.0, m)
-            a = math.floor(rng.lo / w) * w
-            if a + bins * w > rng.hi:
-                break
-            m += 1
-        default = math.ldexp(bins * w, -DEFAULT_RELATIVE_PRECISION_BITS)
-        self.eps = eps if eps is not None else default
-        self.targets: dict[int, _Target] = {}
-        for q in self.qs:
-            h = (n - 1) * q
-            for r in {math.floor(h), min(math.floor(h) + 1, n - 1)}:
-                self.targets.setdefault(r, _Target(r, a, bins * w, (a, w)))
-
-    def probes(self) -> list[tuple[float, float]]:
-        return list(dict.fromkeys(t.probe for t in self.targets.values() if t.probe is not None))
-
-    def absorb(self, grids: Mapping[tuple[float, float], Vec]) -> None:
-        for t in self.targets.values():
-            if t.probe is None:
-                continue
-            a, w = t.probe
-            t.probe = None
-            i = _locate(grids[(a, w)], t.rank, self.n, self.k)
-            if i is None:
-                # the rank's finer bin would describe fewer than k records: release the
-                # narrowest run of bins around it that holds k, if narrower than what we have
-                run = _window(grids[(a, w)], t.rank, self.k)
-                if run is not None and (run[1] - run[0] + 1) * w < t.width:
-                    t.value, t.width = a + run[0] * w, (run[1] - run[0] + 1) * w
-                continue
-            t.value, t.width = a + i * w, w
-            # Stop at the requested precision, or where float64 cannot split the bin further.
-            finest = self.bins * max(math.ulp(t.value), math.ulp(t.value + w), _TINY)
-            if w > self.eps and w > finest:
-                t.probe = (t.value, w / self.bins)
-
-    def estimate(self, q: float) -> tuple[float, float]:
-        """(value, absolute precision) of quantile q with pandas' linear interpolation."""
-        h = (self.n - 1) * q
-        lo = self.targets[math.floor(h)]
-        hi = self.targets[min(math.floor(h) + 1, self.n - 1)]
-        frac = h - math.floor(h)
-        value = lo.value + frac * (hi.value - lo.value)
-        return value, max(lo.width, hi.width if frac > 0 else 0.0)
+    return ValueRange(lo, hi)
 
 
 def _moments_about(sums: Sequence[float], n: float) -> tuple[float, ...]:
@@ -327,6 +176,30 @@ def _percent_label(p: float) -> str:
 
 _MOMENT_NEED = {"count": 0, "sum": 1, "mean": 1, "var": 2, "std": 2, "skew": 3, "kurt": 4}
 _GROUP_NEED = {"size": 0, "count": 0, "sum": 1, "mean": 1, "var": 2, "std": 2}
+
+
+@dataclass
+class _Figures:
+    """The figures the moment plan has gathered per column and column pair, for ``_finish``.
+
+    A column or pair missing from a mapping had nothing computed for it (it was suppressed by
+    the scan, or the statistic does not need that figure).
+    """
+
+    columns: list[str]
+    #: Rows that pass the filter (``count(*)``).
+    rows: float = 0.0
+    #: Non-null values per column.
+    counts: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)
+    #: Central moment sums (M1 = 0, M2, ... up to the power the statistic needs).
+    central_moments: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #: Rows where both columns are non-null.
+    pair_counts: dict[Pair, float] = field(default_factory=dict)
+    #: (co-moment sum of a and b, M2 of a, M2 of b) over the pair's complete rows.
+    pair_moments: dict[Pair, tuple[float, float, float]] = field(default_factory=dict)
+    quantiles: dict[str, Quantiles] = field(default_factory=dict)
 
 
 class Computation:
@@ -423,17 +296,41 @@ class Computation:
         terms: Sequence[Term],
         group_column: str | None = None,
         group_values: tuple[GroupValue, ...] = (),
-    ) -> _Gen:
+    ) -> _Ask:
+        """Ask every node for ``terms`` (one round); return the total, to be read by term.
+
+        A term asked twice is asked once: the totals are read by term, so every reader of it
+        gets the same entries (``Round`` refuses a repeated term).
+        """
         rnd = Round(
             self.query.dataset,
             self.query.where,
-            tuple(terms),
+            tuple(dict.fromkeys(terms)),
             group_column,
             group_values,
             index=self.rounds,
         )
         total = yield rnd
-        return total
+        return rnd.view(total)
+
+    def _ask_with_grids(self, terms: Sequence[Term], quantiles: Mapping[str, Quantiles]) -> _Ask:
+        """``_ask`` for ``terms`` followed by the grids the quantile searches need next."""
+        grids = [
+            Term.grid(c, start, width, search.bins)
+            for c, search in quantiles.items()
+            for start, width in search.probes()
+        ]
+        return (yield from self._ask([*terms, *grids]))
+
+    @staticmethod
+    def _absorb(quantiles: Mapping[str, Quantiles], totals: Totals) -> None:
+        """Give each quantile search the totals of the grids it asked for."""
+        for c, search in quantiles.items():
+            grids = {
+                (start, width): totals[Term.grid(c, start, width, search.bins)]
+                for start, width in search.probes()
+            }
+            search.absorb(grids)
 
     def _safe(self, count: float) -> bool:
         """True if a figure over ``count`` records may be released."""
@@ -462,21 +359,23 @@ class Computation:
             edges = np.linspace(float(lo), float(hi), bins + 1)
         else:
             edges = np.asarray(bins, dtype=np.float64)
-        total = yield from self._ask([Term.bins(col, edges.tolist())])
-        counts = total[1:-1].copy()
-        sup = counts < self.k
-        counts[sup] = np.nan
+        term = Term.bins(col, edges.tolist())
+        totals = yield from self._ask([term])
+        counts = totals[term][1:-1].copy()  # without the under- and overflow entries
+        suppressed = counts < self.k
+        counts[suppressed] = np.nan
         index = pd.IntervalIndex.from_breaks(edges, closed="left", name=col)
         return self._result_of(
-            pd.Series(counts, index=index, name="count"), pd.Series(sup, index=index, name="count")
+            pd.Series(counts, index=index, name="count"),
+            pd.Series(suppressed, index=index, name="count"),
         )
 
     def _moments(self) -> _Gen:
         q, op, k = self.query, self.query.op, self.k
         cols = list(q.columns)
         need: dict[str, int] = {}
-        pairs: list[tuple[str, str]] = []
-        quant: dict[str, list[float]] = {}
+        pairs: list[Pair] = []
+        probabilities: dict[str, list[float]] = {}  # the quantiles wanted, per column
         if op in _MOMENT_NEED:
             need = dict.fromkeys(cols, _MOMENT_NEED[op])
         elif op in ("cov", "corr"):
@@ -484,215 +383,207 @@ class Computation:
             pairs = [(a, b) for i, a in enumerate(cols) for b in cols[i + 1 :]]
         elif op == "quantile":
             need = dict.fromkeys(cols, 0)
-            qv = q.params["q"]
-            quant = {c: list(qv) if isinstance(qv, list) else [qv] for c in cols}
+            wanted = q.params["q"]
+            probabilities = {
+                c: list(wanted) if isinstance(wanted, list) else [wanted] for c in cols
+            }
         elif op == "describe":
             need = dict.fromkeys(cols, 2)
-            pct = list(q.params.get("percentiles", [0.25, 0.5, 0.75]))
-            if 0.5 not in pct:
-                pct.append(0.5)
-            pct = sorted(set(pct))
-            quant = {c: [0.0, *pct, 1.0] for c in cols}
-        ranged = [c for c in cols if need.get(c, 0) >= 1 or c in quant]
+            percentiles = list(q.params.get("percentiles", [0.25, 0.5, 0.75]))
+            if 0.5 not in percentiles:
+                percentiles.append(0.5)
+            percentiles = sorted(set(percentiles))
+            probabilities = {c: [0.0, *percentiles, 1.0] for c in cols}
+        ranged = [c for c in cols if need.get(c, 0) >= 1 or c in probabilities]
+        fig = _Figures(cols)
 
         # Round 0: record counts and octave ranges.
-        terms = [Term.rows()] + [Term.count(c) for c in cols]
-        octs = [c for c in ranged if c not in self.schema.bounds]  # declared bounds: no octaves
-        terms += [Term.octaves(c) for c in octs]
-        terms += [Term.count(a, b) for a, b in pairs]
-        t0 = yield from self._ask(terms)
-        n_rows = t0[0]
-        n = {c: t0[1 + i] for i, c in enumerate(cols)}
-        rnd0 = Round(q.dataset, q.where, tuple(terms))
-        rng = {
-            c: _octave_range(t0[rnd0.term_slice(1 + len(cols) + i)], c) for i, c in enumerate(octs)
-        }
-        rng.update({c: _Range(*self.schema.bounds[c]) for c in ranged if c not in rng})
-        base = 1 + len(cols) + len(octs)
-        npair = {p: float(t0[rnd0.term_slice(base + i)][0]) for i, p in enumerate(pairs)}
-        live = {c for c in cols if n[c] > 0 and self._safe(n[c])}
+        octave_cols = [c for c in ranged if c not in self.schema.bounds]  # bounds: no octaves
+        scan = yield from self._ask(
+            [
+                Term.rows(),
+                *(Term.count(c) for c in cols),
+                *(Term.octaves(c) for c in octave_cols),
+                *(Term.count(a, b) for a, b in pairs),
+            ]
+        )
+        fig.rows = scan.scalar(Term.rows())
+        fig.counts = {c: scan.scalar(Term.count(c)) for c in cols}
+        ranges = {c: _octave_range(scan[Term.octaves(c)], c) for c in octave_cols}
+        ranges.update({c: ValueRange(*self.schema.bounds[c]) for c in ranged if c not in ranges})
+        fig.pair_counts = {p: scan.scalar(Term.count(*p)) for p in pairs}
+        counts, pair_counts = fig.counts, fig.pair_counts
+        live = {c for c in cols if counts[c] > 0 and self._safe(counts[c])}
         live_pairs = [
             p
             for p in pairs
-            if npair[p] > 0 and self._safe(npair[p]) and p[0] in live and p[1] in live
+            if pair_counts[p] > 0 and self._safe(pair_counts[p]) and p[0] in live and p[1] in live
         ]
 
-        eps = q.params.get("precision")
+        precision = q.params.get("precision")
         bins = int(q.params.get("grid_bins", GRID_BINS))
-        qs = {
-            c: _Quantiles(c, int(n[c]), quant[c], rng[c], eps, k, bins) for c in quant if c in live
+        quantiles = fig.quantiles = {
+            c: Quantiles(c, int(counts[c]), probabilities[c], ranges[c], precision, k, bins)
+            for c in probabilities
+            if c in live
         }
 
         # Round 1: sums -> means (and first quantile grids).
-        mean: dict[str, float] = {}
-        total: dict[str, float] = {}
-        pmean: dict[tuple[str, str], tuple[float, float]] = {}
-        sums = [c for c in cols if c in live and need.get(c, 0) >= 1]
-        if sums or live_pairs or qs:
-            terms = [
-                Term.moment([c], [1], [0.0], _frac_bits(n[c] * rng[c].maxabs, c)) for c in sums
-            ]
-            for a, b in live_pairs:
-                for pw, c in (((1, 0), a), ((0, 1), b)):
-                    fb = _frac_bits(npair[(a, b)] * rng[c].maxabs, c)
-                    terms.append(Term.moment([a, b], pw, [0.0, 0.0], fb))
-            t1, grid_keys = yield from self._with_grids(terms, qs)
-            for i, c in enumerate(sums):
-                total[c] = float(t1[i])
-                mean[c] = total[c] / n[c]
-            for i, pair in enumerate(live_pairs):
-                ia = len(sums) + 2 * i
-                pmean[pair] = (t1[ia] / npair[pair], t1[ia + 1] / npair[pair])
-            self._absorb(qs, t1, grid_keys, len(terms))
+        summed = [c for c in cols if c in live and need.get(c, 0) >= 1]
+        pair_means: dict[Pair, tuple[float, float]] = {}
+        if summed or live_pairs or quantiles:
+            sum_terms = {
+                c: Term.moment([c], [1], [0.0], _frac_bits(counts[c] * ranges[c].maxabs, c))
+                for c in summed
+            }
+            pair_sum_terms = {
+                (a, b): tuple(
+                    Term.moment(
+                        [a, b],
+                        powers,
+                        [0.0, 0.0],
+                        _frac_bits(pair_counts[(a, b)] * ranges[c].maxabs, c),
+                    )
+                    for powers, c in (((1, 0), a), ((0, 1), b))
+                )
+                for a, b in live_pairs
+            }
+            totals = yield from self._ask_with_grids(
+                [*sum_terms.values(), *(t for ts in pair_sum_terms.values() for t in ts)],
+                quantiles,
+            )
+            for c, term in sum_terms.items():
+                fig.sums[c] = totals.scalar(term)
+                fig.means[c] = fig.sums[c] / counts[c]
+            for pair, (sum_a, sum_b) in pair_sum_terms.items():
+                m = pair_counts[pair]
+                pair_means[pair] = (totals.scalar(sum_a) / m, totals.scalar(sum_b) / m)
+            self._absorb(quantiles, totals)
 
         # Round 2: centred moments (and quantile refinement).
-        cm: dict[str, tuple[float, ...]] = {}
-        pm: dict[tuple[str, str], tuple[float, float, float]] = {}
-        centred = [c for c in sums if need[c] >= 2]
+        centred = [c for c in summed if need[c] >= 2]
         if centred or live_pairs:
-            terms = []
-            for c in centred:
-                for power in range(1, need[c] + 1):
-                    fb = _frac_bits(n[c] * rng[c].span ** power, c)
-                    terms.append(Term.moment([c], [power], [mean[c]], fb))
+            centred_terms = {
+                c: [
+                    Term.moment(
+                        [c],
+                        [power],
+                        [fig.means[c]],
+                        _frac_bits(counts[c] * ranges[c].span ** power, c),
+                    )
+                    for power in range(1, need[c] + 1)
+                ]
+                for c in centred
+            }
+            pair_terms: dict[Pair, dict[str, Term]] = {}
             for a, b in live_pairs:
-                ca, cb = pmean[(a, b)]
-                m, sa, sb = npair[(a, b)], rng[a].span, rng[b].span
-                for pw, bound in (
-                    ((1, 0), sa),
-                    ((0, 1), sb),
-                    ((2, 0), sa * sa),
-                    ((0, 2), sb * sb),
-                    ((1, 1), sa * sb),
-                ):
-                    terms.append(Term.moment([a, b], pw, [ca, cb], _frac_bits(m * bound, a)))
-            t2, grid_keys = yield from self._with_grids(terms, qs)
-            pos = 0
-            for c in centred:
-                cm[c] = _moments_about(t2[pos : pos + need[c]], n[c])
-                pos += need[c]
-            for p in live_pairs:
-                s_a, s_b, s_aa, s_bb, s_ab = t2[pos : pos + 5]
-                pos += 5
-                m = npair[p]
-                da, db = s_a / m, s_b / m
-                pm[p] = (
-                    s_ab - m * da * db,
-                    max(s_aa - m * da * da, 0.0),
-                    max(s_bb - m * db * db, 0.0),
+                centres = list(pair_means[(a, b)])
+                m, span_a, span_b = pair_counts[(a, b)], ranges[a].span, ranges[b].span
+                pair_terms[(a, b)] = {
+                    name: Term.moment([a, b], powers, centres, _frac_bits(m * bound, a))
+                    for name, powers, bound in (
+                        ("a", (1, 0), span_a),
+                        ("b", (0, 1), span_b),
+                        ("aa", (2, 0), span_a * span_a),
+                        ("bb", (0, 2), span_b * span_b),
+                        ("ab", (1, 1), span_a * span_b),
+                    )
+                }
+            totals = yield from self._ask_with_grids(
+                [
+                    *(t for ts in centred_terms.values() for t in ts),
+                    *(t for ts in pair_terms.values() for t in ts.values()),
+                ],
+                quantiles,
+            )
+            for c, terms in centred_terms.items():
+                fig.central_moments[c] = _moments_about(
+                    [totals.scalar(t) for t in terms], counts[c]
                 )
-            self._absorb(qs, t2, grid_keys, len(terms))
+            for pair, terms_by_name in pair_terms.items():
+                s = {name: totals.scalar(t) for name, t in terms_by_name.items()}
+                m = pair_counts[pair]
+                da, db = s["a"] / m, s["b"] / m
+                fig.pair_moments[pair] = (
+                    s["ab"] - m * da * db,
+                    max(s["aa"] - m * da * da, 0.0),
+                    max(s["bb"] - m * db * db, 0.0),
+                )
+            self._absorb(quantiles, totals)
 
         # Further rounds: refine quantile bins until the requested precision.
-        while any(qc.probes() for qc in qs.values()):
-            t, grid_keys = yield from self._with_grids([], qs)
-            self._absorb(qs, t, grid_keys, 0)
+        while any(search.probes() for search in quantiles.values()):
+            totals = yield from self._ask_with_grids([], quantiles)
+            self._absorb(quantiles, totals)
 
-        return self._finish(op, cols, n_rows, n, total, mean, cm, pm, npair, qs)
+        return self._finish(fig)
 
-    def _with_grids(self, terms: list[Term], qs: Mapping[str, _Quantiles]) -> _Gen:
-        grid_keys: list[tuple[str, tuple[float, float]]] = []
-        all_terms = list(terms)
-        for c, qc in qs.items():
-            for probe in qc.probes():
-                grid_keys.append((c, probe))
-                all_terms.append(Term.grid(c, probe[0], probe[1], qc.bins))
-        total = yield from self._ask(all_terms)
-        return total, grid_keys
-
-    def _absorb(
-        self,
-        qs: Mapping[str, _Quantiles],
-        total: Vec,
-        grid_keys: list[tuple[str, tuple[float, float]]],
-        start: int,
-    ) -> None:
-        per: dict[str, dict[tuple[float, float], Vec]] = {}
-        pos = start
-        for c, probe in grid_keys:
-            size = qs[c].bins + 2
-            per.setdefault(c, {})[probe] = total[pos : pos + size]
-            pos += size
-        for c, grids in per.items():
-            qs[c].absorb(grids)
-
-    def _finish(
-        self,
-        op: str,
-        cols: list[str],
-        n_rows: float,
-        n: Mapping[str, float],
-        total: Mapping[str, float],
-        mean: Mapping[str, float],
-        cm: Mapping[str, tuple[float, ...]],
-        pm: Mapping[tuple[str, str], tuple[float, float, float]],
-        npair: Mapping[tuple[str, str], float],
-        qs: Mapping[str, _Quantiles],
-    ) -> Result:
-        q, nan = self.query, math.nan
-        ddof = int(q.params.get("ddof", 1))
+    def _finish(self, fig: _Figures) -> Result:
+        op, cols, counts, nan = self.query.op, fig.columns, fig.counts, math.nan
+        ddof = int(self.query.params.get("ddof", 1))
+        moments = fig.central_moments
 
         def scalar_or_series(values: dict[str, float]) -> Result:
-            sup = {c: bool(not self._safe(n[c])) for c in cols}
-            vals = {c: (nan if sup[c] else float(v)) for c, v in values.items()}
+            suppressed = {c: bool(not self._safe(counts[c])) for c in cols}
+            vals = {c: (nan if suppressed[c] else float(v)) for c, v in values.items()}
             if len(cols) == 1:
-                return self._result_of(vals[cols[0]], sup[cols[0]])
-            return self._result_of(pd.Series(vals, dtype="float64"), pd.Series(sup, dtype=bool))
+                return self._result_of(vals[cols[0]], suppressed[cols[0]])
+            return self._result_of(
+                pd.Series(vals, dtype="float64"), pd.Series(suppressed, dtype=bool)
+            )
 
         if op == "count":
             if not cols:
-                sup = bool(not self._safe(n_rows))
-                return self._result_of(nan if sup else float(n_rows), sup)
-            return scalar_or_series({c: float(n[c]) for c in cols})
+                withheld = bool(not self._safe(fig.rows))
+                return self._result_of(nan if withheld else float(fig.rows), withheld)
+            return scalar_or_series({c: float(counts[c]) for c in cols})
         if op == "sum":
-            return scalar_or_series({c: total.get(c, 0.0) for c in cols})
+            return scalar_or_series({c: fig.sums.get(c, 0.0) for c in cols})
         if op == "mean":
-            return scalar_or_series({c: mean.get(c, nan) for c in cols})
+            return scalar_or_series({c: fig.means.get(c, nan) for c in cols})
         if op in ("var", "std"):
-            v = {c: _var(cm[c][1], n[c], ddof) if c in cm else nan for c in cols}
+            v = {c: _var(moments[c][1], counts[c], ddof) if c in moments else nan for c in cols}
             if op == "std":
                 v = {c: math.sqrt(x) if x == x else nan for c, x in v.items()}
             return scalar_or_series(v)
         if op == "skew":
             return scalar_or_series(
-                {c: _skew(cm[c][1], cm[c][2], n[c]) if c in cm else nan for c in cols}
+                {
+                    c: _skew(moments[c][1], moments[c][2], counts[c]) if c in moments else nan
+                    for c in cols
+                }
             )
         if op == "kurt":
             return scalar_or_series(
-                {c: _kurt(cm[c][1], cm[c][3], n[c]) if c in cm else nan for c in cols}
+                {
+                    c: _kurt(moments[c][1], moments[c][3], counts[c]) if c in moments else nan
+                    for c in cols
+                }
             )
         if op in ("cov", "corr"):
-            return self._matrix(op, cols, n, cm, pm, npair, ddof)
+            return self._matrix(op, fig, ddof)
         if op == "quantile":
-            return self._quantile(cols, n, qs)
-        return self._describe(cols, n, mean, cm, qs)
+            return self._quantile(fig)
+        return self._describe(fig)
 
-    def _matrix(
-        self,
-        op: str,
-        cols: list[str],
-        n: Mapping[str, float],
-        cm: Mapping[str, tuple[float, ...]],
-        pm: Mapping[tuple[str, str], tuple[float, float, float]],
-        npair: Mapping[tuple[str, str], float],
-        ddof: int,
-    ) -> Result:
+    def _matrix(self, op: str, fig: _Figures, ddof: int) -> Result:
+        cols = fig.columns
         pos = {c: i for i, c in enumerate(cols)}
         mat = np.full((len(cols), len(cols)), math.nan)
-        sup = np.zeros((len(cols), len(cols)), dtype=bool)
+        suppressed = np.zeros((len(cols), len(cols)), dtype=bool)
         for c, i in pos.items():
-            sup[i, i] = not self._safe(n[c])
-            if c in cm:
-                m2 = cm[c][1]
+            suppressed[i, i] = not self._safe(fig.counts[c])
+            if c in fig.central_moments:
+                m2 = fig.central_moments[c][1]
                 if op == "cov":
-                    mat[i, i] = _var(m2, n[c], ddof)
+                    mat[i, i] = _var(m2, fig.counts[c], ddof)
                 else:
                     mat[i, i] = 1.0 if m2 > 0 else math.nan
-        for (a, b), cnt in npair.items():
+        for (a, b), cnt in fig.pair_counts.items():
             i, j = pos[a], pos[b]
-            sup[i, j] = sup[j, i] = not self._safe(cnt)
-            if (a, b) in pm:
-                sab, saa, sbb = pm[(a, b)]
+            suppressed[i, j] = suppressed[j, i] = not self._safe(cnt)
+            if (a, b) in fig.pair_moments:
+                sab, saa, sbb = fig.pair_moments[(a, b)]
                 if op == "cov":
                     val = sab / (cnt - ddof) if cnt - ddof > 0 else math.nan
                 else:
@@ -701,71 +592,64 @@ class Computation:
                 mat[i, j] = mat[j, i] = val
         return self._result_of(
             pd.DataFrame(mat, index=cols, columns=cols),
-            pd.DataFrame(sup, index=cols, columns=cols),
+            pd.DataFrame(suppressed, index=cols, columns=cols),
         )
 
-    def _quantile(
-        self, cols: list[str], n: Mapping[str, float], qs: Mapping[str, _Quantiles]
-    ) -> Result:
-        qv = self.query.params["q"]
-        qlist = [float(x) for x in qv] if isinstance(qv, list) else [float(qv)]
-        vals = np.full((len(qlist), len(cols)), math.nan)
-        sup = np.zeros((len(qlist), len(cols)), dtype=bool)
+    def _quantile(self, fig: _Figures) -> Result:
+        cols = fig.columns
+        wanted = self.query.params["q"]
+        probabilities = [float(x) for x in wanted] if isinstance(wanted, list) else [float(wanted)]
+        vals = np.full((len(probabilities), len(cols)), math.nan)
+        suppressed = np.zeros((len(probabilities), len(cols)), dtype=bool)
         prec: dict[str, float] = {}
         for j, c in enumerate(cols):
-            sup[:, j] = not self._safe(n[c])
-            if c in qs:
-                for i, qq in enumerate(qlist):
-                    vals[i, j], prec[f"{c}/{qq:g}"] = qs[c].estimate(qq)
-        index = pd.Index(qlist, dtype="float64")
-        if isinstance(qv, list):
+            suppressed[:, j] = not self._safe(fig.counts[c])
+            if c in fig.quantiles:
+                for i, p in enumerate(probabilities):
+                    vals[i, j], prec[f"{c}/{p:g}"] = fig.quantiles[c].estimate(p)
+        index = pd.Index(probabilities, dtype="float64")
+        if isinstance(wanted, list):
             if len(cols) == 1:
                 return self._result_of(
                     pd.Series(vals[:, 0], index=index, name=cols[0]),
-                    pd.Series(sup[:, 0], index=index, name=cols[0]),
+                    pd.Series(suppressed[:, 0], index=index, name=cols[0]),
                     prec,
                 )
             return self._result_of(
                 pd.DataFrame(vals, index=index, columns=cols),
-                pd.DataFrame(sup, index=index, columns=cols),
+                pd.DataFrame(suppressed, index=index, columns=cols),
                 prec,
             )
         if len(cols) == 1:
-            return self._result_of(float(vals[0, 0]), bool(sup[0, 0]), prec)
+            return self._result_of(float(vals[0, 0]), bool(suppressed[0, 0]), prec)
         return self._result_of(
-            pd.Series(vals[0], index=cols, name=qlist[0]),
-            pd.Series(sup[0], index=cols, name=qlist[0]),
+            pd.Series(vals[0], index=cols, name=probabilities[0]),
+            pd.Series(suppressed[0], index=cols, name=probabilities[0]),
             prec,
         )
 
-    def _describe(
-        self,
-        cols: list[str],
-        n: Mapping[str, float],
-        mean: Mapping[str, float],
-        cm: Mapping[str, tuple[float, ...]],
-        qs: Mapping[str, _Quantiles],
-    ) -> Result:
-        pct = sorted({*self.query.params.get("percentiles", [0.25, 0.5, 0.75]), 0.5})
-        labels = ["count", "mean", "std", "min", *[_percent_label(p) for p in pct], "max"]
+    def _describe(self, fig: _Figures) -> Result:
+        cols = fig.columns
+        percentiles = sorted({*self.query.params.get("percentiles", [0.25, 0.5, 0.75]), 0.5})
+        labels = ["count", "mean", "std", "min", *[_percent_label(p) for p in percentiles], "max"]
         vals = np.full((len(labels), len(cols)), math.nan)
-        sup = np.zeros((len(labels), len(cols)), dtype=bool)
+        suppressed = np.zeros((len(labels), len(cols)), dtype=bool)
         prec: dict[str, float] = {}
         for j, c in enumerate(cols):
-            if not self._safe(n[c]):
-                sup[:, j] = True
+            if not self._safe(fig.counts[c]):
+                suppressed[:, j] = True
                 continue
-            vals[0, j] = n[c]
-            vals[1, j] = mean.get(c, math.nan)
-            if c in cm:
-                var = _var(cm[c][1], n[c], 1)
+            vals[0, j] = fig.counts[c]
+            vals[1, j] = fig.means.get(c, math.nan)
+            if c in fig.central_moments:
+                var = _var(fig.central_moments[c][1], fig.counts[c], 1)
                 vals[2, j] = math.sqrt(var) if var == var else math.nan
-            if c in qs:
-                for i, p in enumerate([0.0, *pct, 1.0]):
-                    vals[3 + i, j], prec[f"{c}/{labels[3 + i]}"] = qs[c].estimate(p)
+            if c in fig.quantiles:
+                for i, p in enumerate([0.0, *percentiles, 1.0]):
+                    vals[3 + i, j], prec[f"{c}/{labels[3 + i]}"] = fig.quantiles[c].estimate(p)
         return self._result_of(
             pd.DataFrame(vals, index=labels, columns=cols),
-            pd.DataFrame(sup, index=labels, columns=cols),
+            pd.DataFrame(suppressed, index=labels, columns=cols),
             prec,
         )
 
@@ -786,45 +670,54 @@ class Computation:
         cols = list(agg)
         need = {c: max(_GROUP_NEED[f] for f in fs) for c, fs in agg.items()}
         ranged = [c for c in cols if need[c] >= 1]
-        rng: dict[str, _Range] = {}
-        n_all: dict[str, float] = {}
+        ranges: dict[str, ValueRange] = {}
+        counts_all: dict[str, float] = {}  # non-null values per column over all groups
         if ranged:  # ungrouped scan: public value ranges for the fixed-point bounds
-            octs = [c for c in ranged if c not in self.schema.bounds]
-            terms = [Term.count(c) for c in ranged] + [Term.octaves(c) for c in octs]
-            t0 = yield from self._ask(terms)
-            rnd0 = Round(q.dataset, q.where, tuple(terms))
-            for i, c in enumerate(ranged):
-                n_all[c] = t0[i]
-            for i, c in enumerate(octs):
-                rng[c] = _octave_range(t0[rnd0.term_slice(len(ranged) + i)], c)
-            rng.update({c: _Range(*self.schema.bounds[c]) for c in ranged if c not in rng})
-        terms = [Term.rows()] + [Term.count(c) for c in cols]
-        for c in ranged:
-            terms.append(Term.moment([c], [1], [0.0], _frac_bits(n_all[c] * rng[c].maxabs, c)))
-        t1 = yield from self._ask(terms, by, values)
-        g = len(values) + 1
-        block = t1.reshape(g, len(terms))
-        size = block[:, 0]
-        cnt = {c: block[:, 1 + i] for i, c in enumerate(cols)}
-        s1 = {c: block[:, 1 + len(cols) + i] for i, c in enumerate(ranged)}
-        cm2: dict[str, Vec] = {}
+            octave_cols = [c for c in ranged if c not in self.schema.bounds]
+            scan = yield from self._ask(
+                [*(Term.count(c) for c in ranged), *(Term.octaves(c) for c in octave_cols)]
+            )
+            counts_all = {c: scan.scalar(Term.count(c)) for c in ranged}
+            ranges = {c: _octave_range(scan[Term.octaves(c)], c) for c in octave_cols}
+            ranges.update(
+                {c: ValueRange(*self.schema.bounds[c]) for c in ranged if c not in ranges}
+            )
+        sum_terms = {
+            c: Term.moment([c], [1], [0.0], _frac_bits(counts_all[c] * ranges[c].maxabs, c))
+            for c in ranged
+        }
+        totals = yield from self._ask(
+            [Term.rows(), *(Term.count(c) for c in cols), *sum_terms.values()], by, values
+        )
+        # per group block (the last one: the values not listed)
+        size = totals.per_group(Term.rows())
+        group_counts = {c: totals.per_group(Term.count(c)) for c in cols}
+        group_sums = {c: totals.per_group(t) for c, t in sum_terms.items()}
+        group_m2: dict[str, Vec] = {}
         centred = [c for c in ranged if need[c] >= 2]
         if centred:
-            terms, centre = [], {}
+            centred_terms: dict[str, tuple[Term, Term]] = {}
             for c in centred:
-                known = (cnt[c] > 0) & np.isfinite(s1[c])  # skip groups withheld upstream
-                tot = float(cnt[c][known].sum())
-                centre[c] = float(s1[c][known].sum()) / tot if tot > 0 else 0.0
-                for p in (1, 2):
-                    fb = _frac_bits(n_all[c] * rng[c].span ** p, c)
-                    terms.append(Term.moment([c], [p], [centre[c]], fb))
-            t2 = yield from self._ask(terms, by, values)
-            b2 = t2.reshape(g, len(terms))
-            for i, c in enumerate(centred):
-                sa, saa = b2[:, 2 * i], b2[:, 2 * i + 1]
+                cnt, s1 = group_counts[c], group_sums[c]
+                known = (cnt > 0) & np.isfinite(s1)  # skip groups withheld upstream
+                n_known = float(cnt[known].sum())
+                centre = float(s1[known].sum()) / n_known if n_known > 0 else 0.0
+                first, second = (
+                    Term.moment(
+                        [c], [p], [centre], _frac_bits(counts_all[c] * ranges[c].span ** p, c)
+                    )
+                    for p in (1, 2)
+                )
+                centred_terms[c] = (first, second)
+            totals = yield from self._ask(
+                [t for pair in centred_terms.values() for t in pair], by, values
+            )
+            for c, (first, second) in centred_terms.items():
+                cnt = group_counts[c]
+                sa, saa = totals.per_group(first), totals.per_group(second)
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    d = np.where(cnt[c] > 0, sa / np.where(cnt[c] > 0, cnt[c], 1), 0.0)
-                cm2[c] = np.maximum(saa - cnt[c] * d * d, 0.0)
+                    d = np.where(cnt > 0, sa / np.where(cnt > 0, cnt, 1), 0.0)
+                group_m2[c] = np.maximum(saa - cnt * d * d, 0.0)
         # Assemble like df.groupby(by).agg({...}): sorted group values, MultiIndex columns.
         order = list(range(len(values)))
         with contextlib.suppress(TypeError):  # mixed types: keep the declared order
@@ -834,13 +727,13 @@ class Computation:
         index = pd.Index([values[i] for i in order], name=by)
         pairs = [(c, f) for c in cols for f in agg[c]]
         vals = np.full((len(order), len(pairs)), math.nan)
-        sup = np.zeros((len(order), len(pairs)), dtype=bool)
+        suppressed = np.zeros((len(order), len(pairs)), dtype=bool)
         for row, i in enumerate(order):
             group_ok = self._safe(size[i])
             for col, (c, f) in enumerate(pairs):
-                nc = cnt[c][i]
+                nc = group_counts[c][i]
                 ok = group_ok and (f == "size" or self._safe(nc))
-                sup[row, col] = not ok
+                suppressed[row, col] = not ok
                 if not ok:
                     continue
                 if f == "size":
@@ -848,16 +741,16 @@ class Computation:
                 elif f == "count":
                     val = nc
                 elif f == "sum":
-                    val = s1[c][i]
+                    val = group_sums[c][i]
                 elif f == "mean":
-                    val = s1[c][i] / nc if nc > 0 else math.nan
+                    val = group_sums[c][i] / nc if nc > 0 else math.nan
                 else:
-                    var = _var(cm2[c][i], nc, 1)
+                    var = _var(group_m2[c][i], nc, 1)
                     val = math.sqrt(var) if f == "std" and var == var else var
                 vals[row, col] = val
         columns = pd.MultiIndex.from_tuples(pairs)
         table = pd.DataFrame(vals, index=index, columns=columns)
-        mask = pd.DataFrame(sup, index=index, columns=columns)
+        mask = pd.DataFrame(suppressed, index=index, columns=columns)
         return self._result_of(table, mask)
 
 

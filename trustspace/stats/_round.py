@@ -26,6 +26,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "Round",
     "Term",
     "TermKind",
+    "Totals",
     "octave_key",
 ]
 
@@ -271,6 +273,10 @@ class Round:
     the rows whose non-null value is not in the list. Rows with a null group value are skipped
     (as pandas' groupby does by default).
 
+    A term appears at most once (ValueError otherwise): a repeated term asks the same question
+    twice and would make "the entries of this term" ambiguous. Code reads a vector by term
+    (``view(total)[term]``, see ``Totals``), never by position.
+
     A node computes the float64 vector with ``Engine.compute(round)``; the vectors are summed
     over the nodes (secure aggregation of ``encode`` outputs; Paillier for the entries of
     ``moment_round``, the counts by secure aggregation); the total is fed to
@@ -300,6 +306,14 @@ class Round:
             raise ConfigError("round 'where': expected a string or None")
         if not self.terms or not all(isinstance(t, Term) for t in self.terms):
             raise ConfigError("round 'terms': expected a non-empty list of terms")
+        first: dict[Term, int] = {}
+        for i, t in enumerate(self.terms):
+            j = first.setdefault(t, i)
+            if j != i:
+                raise ConfigError(
+                    f"round 'terms[{i}]': repeats terms[{j}] ({t.kind} of {list(t.columns)}); "
+                    "a round lists each term once"
+                )
         if self.group_column is None and self.group_values:
             raise ConfigError("round 'group_values': given without 'group_column'")
         if self.group_column is not None:
@@ -340,10 +354,27 @@ class Round:
             pos += t.size
         return out
 
-    def term_slice(self, term: int, group: int = 0) -> slice:
-        """The slice of the round vector holding ``terms[term]`` of block ``group``."""
-        start = group * self.term_size + self.offsets()[term]
-        return slice(start, start + self.terms[term].size)
+    @cached_property
+    def _positions(self) -> dict[Term, int]:
+        return {t: i for i, t in enumerate(self.terms)}
+
+    def index_of(self, term: Term) -> int:
+        """The position of ``term`` in ``terms``; ConfigError (a ValueError) naming it if it is not there."""
+        try:
+            return self._positions[term]
+        except KeyError:
+            raise ConfigError(f"round {self.index}: it holds no term {term.to_dict()}") from None
+
+    def term_slice(self, term: int | Term, group: int = 0) -> slice:
+        """The slice of the round vector holding ``term`` (a Term, or its index in ``terms``)
+        of block ``group``."""
+        i = self.index_of(term) if isinstance(term, Term) else term
+        start = group * self.term_size + self.offsets()[i]
+        return slice(start, start + self.terms[i].size)
+
+    def view(self, total: npt.ArrayLike) -> Totals:
+        """``total`` (a vector in this round's layout) to be read by term."""
+        return Totals(self, total)
 
     @property
     def count_mask(self) -> npt.NDArray[np.bool_]:
@@ -464,3 +495,66 @@ class Round:
             group_values=tuple(data["group_values"]),
             index=data["index"],
         )
+
+
+class Totals:
+    """A vector in a round's layout (a node's local vector, or the total over the nodes), read
+    by term rather than by position, so a plan that adds, drops or reorders terms cannot read
+    the wrong entries.
+
+    ``view[term]`` is the entries of ``term`` (ungrouped rounds), ``view.scalar(term)`` the one
+    entry of a moment term, ``view.per_group(term)`` the entry of a moment term in every group
+    block of a grouped round. A term the round does not hold raises ConfigError (a ValueError) naming it.
+
+    >>> age_sum = Term.moment(["age"], [1], [0.0], 40)
+    >>> r = Round("d", None, (Term.rows(), Term.count("age"), age_sum, Term.bins("age", [0, 50])))
+    >>> view = r.view([10.0, 9.0, 391.5, 0.0, 7.0, 2.0])
+    >>> view.scalar(Term.count("age")), view.scalar(age_sum), view[Term.bins("age", [0, 50])]
+    (9.0, 391.5, array([0., 7., 2.]))
+    >>> view.scalar(Term.count("sex"))
+    Traceback (most recent call last):
+    ...
+    trustspace.errors.ConfigError: round 0: it holds no term {'kind': 'moment', 'columns': ['sex'], ...}
+    >>> g = Round("d", None, (Term.rows(), age_sum), "sex", ("M", "F"))
+    >>> g.view([4.0, 150.0, 5.0, 200.5, 1.0, 41.0]).per_group(age_sum).tolist()
+    [150.0, 200.5, 41.0]
+    """
+
+    def __init__(self, rnd: Round, vector: npt.ArrayLike) -> None:
+        arr = np.asarray(vector, dtype=np.float64)
+        if arr.shape != (rnd.size,):
+            raise ConfigError(
+                f"round {rnd.index}: vector has shape {arr.shape}, expected ({rnd.size},)"
+            )
+        self.round, self.vector = rnd, arr
+
+    def __getitem__(self, term: Term) -> npt.NDArray[np.float64]:
+        """The entries of ``term`` (a view into the vector) in an ungrouped round."""
+        self._ungrouped(term)
+        return self.vector[self.round.term_slice(term)]
+
+    def scalar(self, term: Term) -> float:
+        """The single entry of a moment term in an ungrouped round."""
+        self._ungrouped(term)
+        if term.kind != "moment":
+            raise ConfigError(
+                f"round {self.round.index}: {term.kind} of {list(term.columns)} has "
+                f"{term.size} entries; read it with view[term]"
+            )
+        return float(self.vector[self.round.term_slice(term).start])
+
+    def per_group(self, term: Term) -> npt.NDArray[np.float64]:
+        """The entry of a moment term in each group block of a grouped round (the last block
+        holds the rows of the values not listed)."""
+        rnd = self.round
+        if rnd.group_column is None:
+            raise ConfigError(f"round {rnd.index}: not grouped; read it with view[term]")
+        start = rnd.term_slice(term).start  # grouped rounds hold one-entry moment terms only
+        return self.vector[start :: rnd.term_size]
+
+    def _ungrouped(self, term: Term) -> None:
+        if self.round.group_column is not None:
+            raise ConfigError(
+                f"round {self.round.index}: grouped by {self.round.group_column!r}; "
+                f"read {term.kind} of {list(term.columns)} with per_group(term)"
+            )
