@@ -38,8 +38,6 @@ from trustspace.errors import (
 )
 from trustspace.node import _fault
 from trustspace.node.config import policy_from_dict
-from trustspace.transport.serde import round_from_dict
-from trustspace.transport.servicers import _parser
 from trustspace.paillier import PrivateKey, PublicKey, configure_tables
 from trustspace.secagg import FixedPointEncoder, SecAggConfig
 from trustspace.stats import (
@@ -51,6 +49,8 @@ from trustspace.stats import (
     parse_filter,
     start,
 )
+from trustspace.transport.serde import round_from_dict
+from trustspace.transport.servicers import _parser
 from trustspace.transport.tls import split_target
 
 SCHEMA = TableSchema(

@@ -359,7 +359,7 @@ class Round:
         return {t: i for i, t in enumerate(self.terms)}
 
     def index_of(self, term: Term) -> int:
-        """The position of ``term`` in ``terms``; ConfigError (a ValueError) naming it if it is not there."""
+        """The position of ``term`` in ``terms``; ConfigError naming it if it is not there."""
         try:
             return self._positions[term]
         except KeyError:
@@ -504,7 +504,7 @@ class Totals:
 
     ``view[term]`` is the entries of ``term`` (ungrouped rounds), ``view.scalar(term)`` the one
     entry of a moment term, ``view.per_group(term)`` the entry of a moment term in every group
-    block of a grouped round. A term the round does not hold raises ConfigError (a ValueError) naming it.
+    block of a grouped round. A term the round does not hold raises ConfigError naming it.
 
     >>> age_sum = Term.moment(["age"], [1], [0.0], 40)
     >>> r = Round("d", None, (Term.rows(), Term.count("age"), age_sum, Term.bins("age", [0, 50])))
@@ -514,7 +514,7 @@ class Totals:
     >>> view.scalar(Term.count("sex"))
     Traceback (most recent call last):
     ...
-    trustspace.errors.ConfigError: round 0: it holds no term {'kind': 'moment', 'columns': ['sex'], ...}
+    trustspace.errors.ConfigError: round 0: it holds no term {'kind': 'moment', ...}
     >>> g = Round("d", None, (Term.rows(), age_sum), "sex", ("M", "F"))
     >>> g.view([4.0, 150.0, 5.0, 200.5, 1.0, 41.0]).per_group(age_sum).tolist()
     [150.0, 200.5, 41.0]
