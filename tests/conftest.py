@@ -72,7 +72,10 @@ def write_node_config(
     data: Path,
     audit: Path,
     listen: str = "127.0.0.1:0",
-    policy: str = 'min_group_size = 5\n[[policy.rules]]\nanalysts = ["*"]\noperations = ["*"]\n',
+    policy: str = (
+        "min_group_size = 5\nmin_nodes = 2\n"
+        '[[policy.rules]]\nanalysts = ["*"]\noperations = ["*"]\n'
+    ),
 ) -> Path:
     """A node TOML config (the format docs/operations.md documents)."""
     path.write_text(

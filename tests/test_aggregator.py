@@ -10,8 +10,7 @@ import pytest
 
 from trustspace.api import Federation, decrypt_round
 from trustspace.errors import NodeError, ThresholdError
-from trustspace.paillier import EncryptedVector
-from trustspace.stats import Round, Term, join_words
+from trustspace.stats import paillier_round_total
 from trustspace.transport import types
 
 KEY_BITS = 2048
@@ -65,8 +64,8 @@ def test_no_node_reachable(partitions: dict[str, Path], tmp_path: Path) -> None:
 def test_paillier_round_suppresses_small_groups(
     partitions: dict[str, Path], union: Any, tmp_path: Path
 ) -> None:
-    """A dishonest analyst asking for a sum over 4 records gets zeros, flagged."""
-    from trustspace.stats import Query
+    """An analyst asking for a sum over 4 records gets zeros, flagged, for every entry."""
+    from trustspace.stats import Query, start
 
     with _local(partitions, ("n1", "n2", "n3"), tmp_path) as fed:
         pk, sk = fed._keys()
@@ -74,35 +73,25 @@ def test_paillier_round_suppresses_small_groups(
         small = int(((union.age >= 88) & (union.sex == "F")).sum())
         assert 0 < small < 5
         query = Query("sum", "default", "age", where)
-        rnd = Round(
-            "default",
-            where,
-            (Term.rows(), Term.moment(["age"], [1], [0.0], 40), Term.grid("age", 0.0, 50.0, 2)),
-        )
-        rr = fed._client.run_round(types.RoundRequest(query.to_dict(), rnd, int(pk.n), "req-1"))
-        # only the sum is encrypted (two words); the counts come as securely summed totals
-        ev = EncryptedVector.from_bytes(pk, rr.encrypted_vector)
-        assert len(ev) == 2
-        words = np.asarray(sk.decrypt_vector(ev))
-        assert join_words(words.astype(np.int64)).tolist() == [0]
-        total = decrypt_round(rnd, rr, sk)
-        # rows (4 < 5) and the age sum (governed by the non-null count, 4) are suppressed;
-        # the grid: [<0]=0, [0,50)=0, [50,100)=4 -> suppressed, [>=100]=0
-        assert set(rr.suppressed) == {0, 1, 4}
-        assert total.tolist() == [0.0] * rnd.size
+        schema, k = fed._schema("default")
+        comp = start(query, schema, k)
+        signed = fed._sign_query(query, "paillier", pk.fingerprint)
+        first = comp.next_round()
+        assert first is not None
+        rr = fed._client.run_round(types.RoundRequest(signed, int(pk.n), first, k))
+        assert rr.encrypted_vector == b""  # counts only: securely summed, never encrypted
+        total = paillier_round_total(first.count_mask, rr.count_totals, None)
+        comp.feed(first.decode(total), rr.suppressed)
+        # rows (4 < 5) and the non-null count of age (4) are suppressed, and so is the octave
+        # holding the 4 ages
+        assert {0, 1} <= set(rr.suppressed) and len(rr.suppressed) == 3
+        assert decrypt_round(first, rr, sk).tolist() == [0.0] * first.size
+        assert comp.next_round() is None  # the sum is known to be suppressed: no 2nd round
         assert rr.nodes == 3
-        big = Round("default", "age < 88", (Term.rows(), Term.moment(["age"], [1], [0.0], 40)))
-        rr = fed._client.run_round(
-            types.RoundRequest(
-                Query("sum", "default", "age", "age < 88").to_dict(),
-                big,
-                int(pk.n),
-                "req-2",
-            )
-        )
-        assert rr.suppressed == ()
+        with pytest.warns(UserWarning, match="suppressed"):
+            assert np.isnan(fed.sum("default", "age", where, method="paillier"))
         want = union.age[union.age < 88]
-        assert decrypt_round(big, rr, sk).tolist() == [float(len(want)), float(want.sum())]
+        assert fed.sum("default", "age", "age < 88", method="paillier") == float(want.sum())
 
 
 def test_paillier_counts_only_round_encrypts_nothing(
@@ -111,23 +100,16 @@ def test_paillier_counts_only_round_encrypts_nothing(
     """Counts are summed by secure aggregation anyway: no node is asked to encrypt them."""
     import json
 
-    from trustspace.stats import Query
-
     with _local(partitions, ("n1", "n2", "n3"), tmp_path) as fed:
-        pk, sk = fed._keys()
-        rnd = Round("default", "age < 88", (Term.rows(), Term.grid("age", 0.0, 50.0, 2)))
-        query = Query("count", "default", (), "age < 88")
-        rr = fed._client.run_round(types.RoundRequest(query.to_dict(), rnd, int(pk.n), "req-3"))
-        assert rr.encrypted_vector == b""
         ages = union.age[union.age < 88]
-        want = [len(ages), 0, int((ages < 50).sum()), int((ages >= 50).sum()), 0]
-        assert list(rr.count_totals) == want
-        assert decrypt_round(rnd, rr, sk).tolist() == [float(w) for w in want]
         assert fed.count(where="age < 88", method="paillier") == len(ages)
+        assert fed.last_info["rounds"] == 1
         assert fed.workdir is not None
         for name in ("n1", "n2", "n3"):
             log = (fed.workdir / "audit" / f"{name}.jsonl").read_text().splitlines()
-            assert not any(json.loads(line)["params"].get("method") == "paillier" for line in log)
+            recs = [json.loads(line) for line in log]
+            assert not any(r["params"].get("method") == "paillier" for r in recs)
+            assert any(r["params"].get("part") == "paillier.counts" for r in recs)
 
 
 def test_configured_threshold_is_a_floor(partitions: dict[str, Path], tmp_path: Path) -> None:
@@ -141,63 +123,78 @@ def test_configured_threshold_is_a_floor(partitions: dict[str, Path], tmp_path: 
             fed.count()
 
 
-def test_request_id_reuse_is_bounded(
+def test_paillier_round_replayed_is_refused(
     partitions: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reusing one Paillier request id (one rate-limit token) works only for a few rounds."""
+    """A signed Paillier query buys its own rounds once: a round asked for again is refused by
+    the nodes (which derive and count the rounds themselves), and the aggregator caps how many
+    rounds one request id may run before any node is asked."""
     from trustspace.aggregator import _paillier
-    from trustspace.errors import ConfigError
-    from trustspace.stats import Query
+    from trustspace.errors import ConfigError, ProtocolError
+    from trustspace.stats import Query, start
 
-    monkeypatch.setattr(_paillier, "MAX_ROUNDS_PER_REQUEST", 2)
     with _local(partitions, ("n1", "n2"), tmp_path) as fed:
         pk, _ = fed._keys()
-        rnd = Round("default", None, (Term.rows(),))
-        req = types.RoundRequest(Query("count", "default").to_dict(), rnd, int(pk.n), "x")
+        query = Query("count", "default")
+        schema, k = fed._schema("default")
+        rnd = start(query, schema, k).next_round()
+        assert rnd is not None
+        req = types.RoundRequest(
+            fed._sign_query(query, "paillier", pk.fingerprint), int(pk.n), rnd, k
+        )
         fed._client.run_round(req)
+        with pytest.raises(ProtocolError, match=r"round 0 \(paillier.counts\) .* already computed"):
+            fed._client.run_round(req)
+        monkeypatch.setattr(_paillier, "MAX_ROUNDS_PER_REQUEST", 1)
+        req = types.RoundRequest(
+            fed._sign_query(query, "paillier", pk.fingerprint), int(pk.n), rnd, k
+        )
         fed._client.run_round(req)
-        with pytest.raises(ConfigError, match="has run 2 rounds"):
+        with pytest.raises(ConfigError, match="has run 1 rounds"):
             fed._client.run_round(req)
 
 
 def test_paillier_reuses_governing_counts_of_earlier_rounds(
     partitions: dict[str, Path], union: Any, tmp_path: Path
 ) -> None:
-    """A sum whose non-null count an earlier round of the request summed is suppressed from
-    that count, without summing it again (no second secure-aggregation session)."""
+    """A sum whose non-null count an earlier round of the request summed is checked against
+    that count, without summing it again (no second secure-aggregation session); a small one
+    is suppressed without any node encrypting it."""
     import json
-
-    from trustspace.stats import Query
+    import warnings
 
     with _local(partitions, ("n1", "n2", "n3"), tmp_path) as fed:
-        pk, sk = fed._keys()
-        for where, rid in (("age >= 88 and sex = 'F'", "small"), ("age < 88", "large")):
-            query = Query("sum", "default", "age", where)
-            first = Round("default", where, (Term.count("age"),))
-            fed._client.run_round(types.RoundRequest(query.to_dict(), first, int(pk.n), rid))
-            second = Round("default", where, (Term.moment(["age"], [1], [0.0], 40),), index=1)
-            rr = fed._client.run_round(types.RoundRequest(query.to_dict(), second, int(pk.n), rid))
+        rids = {}
+        for where, name in (("age >= 88 and sex = 'F'", "small"), ("age < 88", "large")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = fed.sum("default", "age", where, method="paillier")
+            rids[name] = fed.last_info["request_id"]
             ages = union.age[union.eval(where.replace(" = ", " == "))]
-            if rid == "small":
+            if name == "small":
                 assert 0 < len(ages) < 5
-                assert rr.suppressed == (0,)
-                assert decrypt_round(second, rr, sk).tolist() == [0.0]
+                assert np.isnan(got)
             else:
-                assert rr.suppressed == ()
-                assert decrypt_round(second, rr, sk).tolist() == [float(ages.sum())]
+                assert got == float(ages.sum())
         assert fed.workdir is not None
         lines = [
             json.loads(line)
             for line in (fed.workdir / "audit" / "n1.jsonl").read_text().splitlines()
         ]
-        for rid in ("small", "large"):
+        for rid in rids.values():
             stages = [
                 ln["params"].get("stage") or ln["params"].get("method")
                 for ln in lines
                 if ln.get("request_id") == rid
             ]
             assert stages.count("advertise") == 1  # only the first round was securely summed
-            assert stages.count("paillier") == 1
+        # the small sum is suppressed from its first round's count: nothing is encrypted
+        assert [
+            ln["params"].get("method") for ln in lines if ln.get("request_id") == rids["small"]
+        ].count("paillier") == 0
+        assert [
+            ln["params"].get("method") for ln in lines if ln.get("request_id") == rids["large"]
+        ].count("paillier") == 1
 
 
 def test_failed_query_forgets_its_plan(partitions: dict[str, Path], tmp_path: Path) -> None:

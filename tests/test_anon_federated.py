@@ -313,5 +313,11 @@ def test_policy_operation_family_and_unknown_column() -> None:
             fed.anonymize("default", {"height": _small_qis()["age"]}, k=3)
         # a malformed request reaches the aggregator: a clear error, the server stays up
         with pytest.raises(ConfigError, match="anonymization spec"):
-            fed._client.run_anonymization({"spec": {"dataset": "default", "hierarchies": 3}})
+            fed._client.run_anonymization(
+                fed._sign(
+                    "anonymize",
+                    "default",
+                    params={"spec": {"dataset": "default", "hierarchies": 3}},
+                )
+            )
         assert fed.anonymize("default", _small_qis(), k=3).classes >= 1

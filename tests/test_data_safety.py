@@ -16,10 +16,12 @@ from _reliability import record
 
 from trustspace.api import Federation
 from trustspace.errors import PolicyError, ProtocolError
+from trustspace.secagg import Stage
 from trustspace.stats import Query, start
 from trustspace.transport import types
-from trustspace.transport.ca import Credentials
+from trustspace.transport.ca import Credentials, issue
 from trustspace.transport.clients import NodeClient
+from trustspace.transport.signing import new_query
 
 
 def test_refused_query_leaves_nothing_to_continue(tmp_path: Path) -> None:
@@ -36,16 +38,18 @@ def test_refused_query_leaves_nothing_to_continue(tmp_path: Path) -> None:
         rnd = start(Query("sum", "default", "age"), node.engine.schema("default"), 3).next_round()
         assert rnd is not None
         setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
+        ref = types.RoundRef(0, 3, None, rnd)
         for analyst, op in (("mallory", "count"), ("alice", "sum")):
-            ctx = types.RequestContext(analyst, "rq", op, "default")
+            creds = Credentials.from_dir(issue(tmp_path / "ca", analyst, "analyst"))
+            signed = new_query(creds, op, "default", ("age",) if op == "sum" else ())
             with pytest.raises(PolicyError):
                 client.secagg_step(
-                    types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), timeout=10
+                    types.SecAggStep(signed, setup, Stage.ADVERTISE, (), ref, 1), timeout=10
                 )
-            for stage in ("share_keys", "masked_input", "unmask"):
+            for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK):
                 with pytest.raises(ProtocolError, match="no secure-aggregation session"):
                     client.secagg_step(
-                        types.SecAggStep(ctx, setup, stage, (b"x",), None, 1), timeout=10
+                        types.SecAggStep(signed, setup, stage, (b"x",), None, 1), timeout=10
                     )
         client.close()
     record(

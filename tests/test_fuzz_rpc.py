@@ -29,9 +29,17 @@ from hypothesis import strategies as st
 from trustspace.api import Federation
 from trustspace.node.audit import verify
 from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2
-from trustspace.stats import PAILLIER_WORD_VALUE_BITS, Query, split_words, start
+from trustspace.secagg import Stage
+from trustspace.stats import (
+    PAILLIER_WORD_VALUE_BITS,
+    Query,
+    paillier_round_total,
+    split_words,
+    start,
+)
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials
+from trustspace.transport.signing import SignedQuery, new_query
 from trustspace.transport.tls import secure_channel
 
 FAST_EXAMPLES = 200
@@ -89,6 +97,11 @@ class Space:
 
         self.paillier_n = int(generate_keypair(2048)[0].n)
         self.valid = _valid_requests(self)
+
+    def sign(self, op: str, columns: tuple[str, ...] = (), where: str | None = None,
+             **kw: Any) -> SignedQuery:  # fmt: skip
+        """A fresh query signed by the space's analyst."""
+        return new_query(self.analyst_creds, op, "default", columns, where, **kw)
 
     def raw(self, service: str, method: str) -> Callable[..., Any]:
         chan = self.node_channel if service == "NodeService" else self.agg_channel
@@ -174,8 +187,14 @@ def _field_strategy(field: Any, json_text: st.SearchStrategy[str], depth: int) -
         )
     elif fd.type == fd.TYPE_BOOL:
         base = st.booleans()
-    else:  # integers of any width in the protos: uint32/uint64
-        bits = 64 if fd.type in (fd.TYPE_UINT64, fd.TYPE_INT64) else 32
+    elif fd.type in (fd.TYPE_DOUBLE, fd.TYPE_FLOAT):
+        base = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 1e308]), st.floats())
+    elif fd.type in (fd.TYPE_INT32, fd.TYPE_SINT32, fd.TYPE_SFIXED32):
+        base = st.one_of(st.integers(-4, 4), st.integers(-(2**31), 2**31 - 1))
+    elif fd.type in (fd.TYPE_INT64, fd.TYPE_SINT64, fd.TYPE_SFIXED64):
+        base = st.one_of(st.integers(-4, 4), st.integers(-(2**63), 2**63 - 1))
+    else:  # unsigned integers: uint32/fixed32, uint64/fixed64
+        bits = 64 if fd.type in (fd.TYPE_UINT64, fd.TYPE_FIXED64) else 32
         base = st.one_of(st.integers(0, 4), st.integers(0, 2**bits - 1))
     return st.lists(base, max_size=4) if _repeated(fd) else base
 
@@ -231,51 +250,55 @@ def _mutations(base: Any, json_text: st.SearchStrategy[str]) -> st.SearchStrateg
     return st.one_of(*choices)
 
 
+def _sums_round(space: Space, query: Query) -> tuple[Any, Any, types.RoundTotal]:
+    """The first round of ``query`` with sums (what PaillierStats encrypts), the round before
+    it, and the total fed for that one (every entry 100)."""
+    comp = start(query, space.node.engine.schema("default"), 3)
+    first = comp.next_round()
+    assert first is not None and first.moment_round() is None
+    fed = np.full(first.size, 100.0)
+    comp.feed(fed)
+    sums = comp.next_round()
+    assert sums is not None and sums.moment_round() is not None and sums.index == 1
+    total = types.RoundTotal(0, tuple(int(x) for x in first.encode(fed)))
+    return sums, first, total
+
+
 def _valid_requests(space: Space) -> dict[str, Any]:
     """One valid request per RPC that has a simple one (the base of the mutations)."""
-    ctx = common_pb2.RequestContext(
-        analyst="analyst", request_id="fz", operation="count", dataset="default"
-    )
-    rnd = serde.dumps(space.round.to_dict())
+    count = space.sign("count", where="age > 30")
     sums_query = Query("sum", "default", "age", where="age > 30")
-    comp = start(sums_query, space.node.engine.schema("default"), 3)
-    sums = comp.next_round()
-    for _ in range(5):  # the first round with sums (what PaillierStats encrypts)
-        assert sums is not None
-        if sums.moment_round() is not None:
-            break
-        comp.feed(np.full(sums.size, 100.0))
-        sums = comp.next_round()
-    assert sums is not None
+    sums, _, previous = _sums_round(space, sums_query)
+    from trustspace.paillier import PublicKey
+
+    fp = PublicKey(space.paillier_n).fingerprint
+    paillier = space.sign("sum", ("age",), "age > 30", method="paillier", paillier_key=fp)
     n = serde.int_to_bytes(space.paillier_n)
     return {
-        "DescribeDatasets": node_pb2.DescribeDatasetsRequest(context=ctx),
-        "SecAggStep": node_pb2.SecAggStepRequest(
-            context=ctx,
-            setup=node_pb2.SecAggSetup(
-                session_id=b"s" * 32, client_ids=["1", "2"], vector_length=space.round.size
-            ),
-            stage="advertise",
-            round_json=rnd,
-            client_id="1",
+        "DescribeDatasets": node_pb2.DescribeDatasetsRequest(query=serde.signed_to_proto(count)),
+        "SecAggStep": serde.step_to_proto(
+            types.SecAggStep(
+                count,
+                types.SecAggSetup(b"s" * 32, (1, 2), space.round.size),
+                Stage.ADVERTISE,
+                (),
+                types.RoundRef(0, 3, None, space.round),
+                1,
+            )
         ),
-        "PaillierStats": node_pb2.PaillierStatsRequest(
-            context=common_pb2.RequestContext(
-                analyst="analyst", request_id="fz", operation="sum", dataset="default"
-            ),
-            public_key=common_pb2.PaillierPublicKey(n=n),
-            round_json=serde.dumps(sums.to_dict()),
-            headroom=2,
+        "PaillierStats": serde.paillier_request_to_proto(
+            types.PaillierRequest(
+                paillier, space.paillier_n, types.RoundRef(1, 3, previous, sums), 2
+            )
         ),
-        "RunQuery": aggregator_pb2.RunQueryRequest(
-            query_json=serde.dumps(Query("count", "default", where="age > 30").to_dict()),
-            method="secagg",
-        ),
+        "RunQuery": aggregator_pb2.RunQueryRequest(query=serde.signed_to_proto(count)),
         "RunRound": aggregator_pb2.RunRoundRequest(
-            query_json=serde.dumps(sums_query.to_dict()),
-            round_json=serde.dumps(sums.to_dict()),
+            query=serde.signed_to_proto(paillier),
+            round=serde.round_to_proto(sums),
+            round_index=1,
+            min_group_size=3,
+            previous=serde.total_to_proto(previous),
             public_key=common_pb2.PaillierPublicKey(n=n),
-            request_id="fz",
         ),
     }
 
@@ -291,7 +314,7 @@ def _call(fn: Callable[..., Any], payload: bytes) -> grpc.StatusCode:
 
 def _still_serving(space: Space) -> None:
     desc = space.raw("NodeService", "DescribeDatasets")
-    req = node_pb2.DescribeDatasetsRequest(context=common_pb2.RequestContext(analyst="analyst"))
+    req = node_pb2.DescribeDatasetsRequest()
     assert _call(desc, req.SerializeToString()) == grpc.StatusCode.OK
     status = space.raw("AggregatorService", "Status")
     assert _call(status, aggregator_pb2.StatusRequest().SerializeToString()) == grpc.StatusCode.OK
@@ -368,10 +391,6 @@ def test_long_fuzz(space: Space, service: str, method: str) -> None:
 
 
 # ------------------------------------------------------------------ targeted bad input
-def _ctx(op: str = "count") -> common_pb2.RequestContext:
-    return common_pb2.RequestContext(analyst="analyst", request_id="fz", operation=op)
-
-
 @pytest.mark.parametrize(
     ("label", "n"),
     [
@@ -389,25 +408,22 @@ def test_bad_paillier_public_keys(space: Space, label: str, n: int) -> None:
     """Node and aggregator refuse unusable or oversized keys at once (a 40,000-bit key used
     to cost a node 65 s of CPU)."""
     n_bytes = serde.int_to_bytes(n)
-    rnd = serde.dumps(space.round.to_dict())
-    node_req = node_pb2.PaillierStatsRequest(
-        context=_ctx(),
-        public_key=common_pb2.PaillierPublicKey(n=n_bytes),
-        round_json=rnd,
-        headroom=2,
-    )
+    node_req = type(space.valid["PaillierStats"])()
+    node_req.CopyFrom(space.valid["PaillierStats"])
+    node_req.public_key.n = n_bytes
     t0 = time.monotonic()
     code = _call(space.raw("NodeService", "PaillierStats"), node_req.SerializeToString())
     took = time.monotonic() - t0
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, code
-    agg_req = aggregator_pb2.RunRoundRequest(
-        query_json=serde.dumps(Query("count", "default", where="age > 30").to_dict()),
-        round_json=rnd,
-        public_key=common_pb2.PaillierPublicKey(n=n_bytes),
-        request_id=f"key-{label}",
-    )
+    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED), code
+    agg_req = type(space.valid["RunRound"])()
+    agg_req.CopyFrom(space.valid["RunRound"])
+    agg_req.public_key.n = n_bytes
     code2 = _call(space.raw("AggregatorService", "RunRound"), agg_req.SerializeToString())
-    assert code2 in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), code2
+    assert code2 in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ), code2
     record(
         "bad input",
         f"Paillier public key: {label}",
@@ -416,8 +432,10 @@ def test_bad_paillier_public_keys(space: Space, label: str, n: int) -> None:
 
 
 def test_oversized_messages_are_refused(space: Space) -> None:
-    big_json = "[" + "1," * (5 * 1024 * 1024) + "1]"  # 10 MiB, above the 8 MiB JSON limit
-    req = aggregator_pb2.RunQueryRequest(query_json=big_json, method="secagg")
+    big_body = b"[" + b"1," * (5 * 1024 * 1024) + b"1]"  # 10 MiB, above the 8 MiB body limit
+    req = aggregator_pb2.RunQueryRequest(
+        query=common_pb2.SignedQuery(body=big_body, signature=b"s", certificate=b"c")
+    )
     assert (
         _call(space.raw("AggregatorService", "RunQuery"), req.SerializeToString())
         == grpc.StatusCode.INVALID_ARGUMENT
@@ -426,13 +444,15 @@ def test_oversized_messages_are_refused(space: Space) -> None:
     assert (
         _call(space.raw("NodeService", "SecAggStep"), too_big) == grpc.StatusCode.INVALID_ARGUMENT
     )
-    over = aggregator_pb2.RunQueryRequest(query_json="x" * (65 * 1024 * 1024))
+    over = aggregator_pb2.RunQueryRequest(
+        query=common_pb2.SignedQuery(body=b"x" * (65 * 1024 * 1024), signature=b"s")
+    )
     code = _call(space.raw("AggregatorService", "RunQuery"), over.SerializeToString())
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # the 64 MiB message limit
     _still_serving(space)
     record(
         "bad input",
-        "oversized: 10 MiB JSON, truncated length prefix, 65 MiB message",
+        "oversized: 10 MiB signed query body, truncated length prefix, 65 MiB message",
         "INVALID_ARGUMENT, INVALID_ARGUMENT, RESOURCE_EXHAUSTED; still serving",
         tries=3,
     )
@@ -443,7 +463,7 @@ class _Driver:
     """Drives one secure-aggregation session over n1 and n2 by hand (what the aggregator's
     ``secure_sum`` does), keeping every message so that tests can replay them."""
 
-    def __init__(self, space: Space, request_id: str) -> None:
+    def __init__(self, space: Space, label: str) -> None:
         from trustspace.secagg.config import SecAggConfig
         from trustspace.secagg.server import SecAggServer
         from trustspace.transport.clients import NodeClient
@@ -453,7 +473,7 @@ class _Driver:
             1: NodeClient("n1", space.fed.nodes["n1"].address, space.agg_creds),
             2: NodeClient("n2", space.fed.nodes["n2"].address, space.agg_creds),
         }
-        self.ctx = types.RequestContext("analyst", request_id, "count", "default")
+        self.query = space.sign("count", where="age > 30")
         self.setup = types.SecAggSetup(
             session_id=os.urandom(32), client_ids=(1, 2), vector_length=self.rnd.size
         )
@@ -466,15 +486,10 @@ class _Driver:
 
     def step(self, stage: str, cid: int, payloads: tuple[bytes, ...]) -> list[bytes]:
         self.sent[(stage, cid)] = payloads
+        st = Stage.parse(stage)
+        ref = types.RoundRef(0, 3, None, self.rnd) if st is Stage.ADVERTISE else None
         return self.clients[cid].secagg_step(
-            types.SecAggStep(
-                self.ctx,
-                self.setup,
-                stage,
-                payloads,
-                self.rnd if stage == "advertise" else None,
-                cid,
-            ),
+            types.SecAggStep(self.query, self.setup, st, payloads, ref, cid),
             timeout=CALL_TIMEOUT_S,
         )
 
@@ -585,15 +600,7 @@ def test_bad_ciphertexts_from_a_node_are_refused(space: Space) -> None:
     n1 = NodeClient("n1", space.fed.nodes["n1"].address, space.agg_creds)
     n2 = NodeClient("n2", space.fed.nodes["n2"].address, space.agg_creds)
     query = Query("sum", "default", "age", where="age > 30")
-    comp = start(query, space.node.engine.schema("default"), 3)
-    rnd = comp.next_round()
-    for _ in range(5):  # the first round with sums to encrypt (after the count round)
-        assert rnd is not None
-        if rnd.moment_round() is not None:
-            break
-        comp.feed(np.full(rnd.size, 100.0))
-        rnd = comp.next_round()
-    assert rnd is not None
+    rnd, first, _ = _sums_round(space, query)
     words = split_words(np.arange(rnd.size, dtype=np.int64))  # what a node encrypts
 
     def node_vector(key: Any) -> bytes:
@@ -639,16 +646,20 @@ def test_bad_ciphertexts_from_a_node_are_refused(space: Space) -> None:
             pass
 
     analyst = Identity("analyst", "analyst", dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC))
-    for i, (label, data) in enumerate(crafted.items()):
+    for label, data in crafted.items():
         with pytest.raises(InvalidCiphertext):
             EncryptedVector.from_bytes(pk, data)
         agg = AggregatorService("agg", [Evil(n1, data), Evil(n2, honest)])  # type: ignore[list-item]
+        signed = space.sign(
+            "sum", ("age",), "age > 30", method="paillier", paillier_key=pk.fingerprint
+        )
         try:
+            # the analyst's round 0 (counts only), then round 1, whose sums n1 answers badly
+            r0 = agg.run_round(analyst, types.RoundRequest(signed, int(pk.n), first, 3))
+            total = paillier_round_total(first.count_mask, r0.count_totals, None)
+            prev = types.RoundTotal(0, tuple(int(x) for x in total), r0.suppressed)
             with pytest.raises(ProtocolError, match="n1 sent an invalid encrypted vector"):
-                agg.run_round(
-                    analyst,
-                    types.RoundRequest(query.to_dict(), rnd, int(pk.n), f"ct{i}"),
-                )
+                agg.run_round(analyst, types.RoundRequest(signed, int(pk.n), rnd, 3, prev))
         finally:
             agg._pool.shutdown(wait=True)
         record(

@@ -24,9 +24,10 @@ from trustspace.aggregator.server import Aggregator
 from trustspace.errors import AuthenticationError, ConfigError
 from trustspace.node.config import load_node_config
 from trustspace.node.server import Node
-from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2, node_pb2_grpc
+from trustspace.proto.v1 import aggregator_pb2, node_pb2, node_pb2_grpc
 from trustspace.transport.ca import Credentials, identity_from_pem, issue
 from trustspace.transport.clients import AggregatorClient, NodeClient
+from trustspace.transport.signing import SignedQuery, new_query
 from trustspace.transport.tls import secure_channel
 
 
@@ -112,12 +113,17 @@ def _raw_creds(identity: Path) -> Credentials:
     )
 
 
+def _alice_count(pki: Path) -> SignedQuery:
+    """A count signed by analyst alice (whoever then sends it)."""
+    return new_query(Credentials.from_dir(pki / "ca" / "alice"), "count", "default")
+
+
 def _describe(address: str, identity: Path) -> grpc.StatusCode:
     creds = _raw_creds(identity)
     ch = secure_channel(address, creds, "n1")
     try:
         stub = node_pb2_grpc.NodeServiceStub(ch)
-        req = node_pb2.DescribeDatasetsRequest(context=common_pb2.RequestContext(analyst="alice"))
+        req = node_pb2.DescribeDatasetsRequest()
         stub.DescribeDatasets(req, timeout=10)
         return grpc.StatusCode.OK
     except grpc.RpcError as err:
@@ -207,7 +213,7 @@ def test_aggregator_refuses_bad_identities(
             assert client.status()[1][0].reachable
         else:
             with pytest.raises(AuthenticationError, match=r"revoked|only analyst"):
-                client.run_query({"op": "count", "dataset": "default"})
+                client.run_query(_alice_count(pki))
             ch = secure_channel(servers["agg"].address, Credentials.from_dir(identity))
             raw = ch.unary_unary("/trustspace.proto.v1.AggregatorService/Status")
             with pytest.raises(grpc.RpcError) as info:
@@ -243,7 +249,7 @@ def test_revoked_node_in_a_roster_aborts_secure_aggregation(
     client = AggregatorClient(servers["agg13"].address, Credentials.from_dir(pki / "ca" / "alice"))
     try:
         with pytest.raises(ProtocolError, match=r"roster entry of n3: name 'n3' is on the revoc"):
-            client.run_query({"op": "count", "dataset": "default"})
+            client.run_query(_alice_count(pki))
     finally:
         client.close()
     record(

@@ -19,11 +19,13 @@ from trustspace.errors import ConfigError, DataError, NodeError, ProtocolError
 from trustspace.node.config import load_node_config
 from trustspace.node.server import Node
 from trustspace.proto.v1 import node_pb2, node_pb2_grpc
+from trustspace.secagg import Stage
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials, Identity
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.server import TlsServer
 from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
+from trustspace.transport.signing import SignedQuery, new_query
 from trustspace.transport.tls import secure_channel
 
 
@@ -95,15 +97,20 @@ def test_health_service(node: Node, pki: Path) -> None:
     ch.close()
 
 
+def _count(pki: Path) -> SignedQuery:
+    """A fresh count query signed by analyst alice."""
+    return new_query(Credentials.from_dir(pki / "ca" / "alice"), "count", "default")
+
+
 def test_garbage_requests_are_refused_and_node_keeps_serving(node: Node, pki: Path) -> None:
     client = NodeClient("n1", node.address, _agg(pki))
-    ctx = types.RequestContext("alice", "r1", "count", "default")
     setup = types.SecAggSetup(os.urandom(32), (1, 2), 2)
-    no_session = types.SecAggStep(ctx, setup, "share_keys", (b"junk",), None, 1)
+    no_session = types.SecAggStep(_count(pki), setup, Stage.SHARE_KEYS, (b"junk",), None, 1)
     with pytest.raises(ProtocolError, match="n1"):
         client.secagg_step(no_session, timeout=5)
     bad_round = serde.step_to_proto(no_session)
-    bad_round.stage, bad_round.round_json = "advertise", '{"dataset": "default"}'
+    bad_round.stage = "advertise"
+    bad_round.round.round.dataset = "default"  # a round without terms
     with pytest.raises(ProtocolError, match="n1: malformed round"):
         client._call("SecAggStep", client._stub.SecAggStep, bad_round, 5)
     ch = secure_channel(node.address, _agg(pki), "n1")
@@ -118,7 +125,7 @@ def test_garbage_requests_are_refused_and_node_keeps_serving(node: Node, pki: Pa
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     ch.close()
-    desc = client.describe(ctx, timeout=5)  # still serving
+    desc = client.describe(_count(pki), timeout=5)  # still serving
     assert desc.node == "n1" and desc.min_group_size == 5
     assert [d.name for d in desc.datasets] == ["default"]
     client.close()
@@ -130,7 +137,7 @@ class _SlowHandler:
     def __init__(self) -> None:
         self.entered = threading.Event()
 
-    def describe(self, caller: Identity, ctx: types.RequestContext) -> types.NodeDescription:
+    def describe(self, caller: Identity, query: SignedQuery | None) -> types.NodeDescription:
         self.entered.set()
         time.sleep(1.0)
         return types.NodeDescription("slow", (), 3, False)
@@ -141,7 +148,17 @@ class _SlowHandler:
     def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
         raise NotImplementedError
 
-    def anonymization(self, caller: Identity, ctx: types.RequestContext, step: str) -> None:
+    def anon_histogram(
+        self, caller: Identity, query: SignedQuery, nodes: tuple[str, ...]
+    ) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def anon_apply(
+        self, caller: Identity, query: SignedQuery, result_json: str, digest: str, release: bool
+    ) -> dict[str, object]:
+        raise NotImplementedError
+
+    def anon_release(self, caller: Identity, query: SignedQuery) -> bytes:
         raise NotImplementedError
 
 
@@ -158,9 +175,7 @@ def test_stop_drains_in_flight_calls(pki: Path) -> None:
     server.start()
     client = NodeClient("n2", server.address, _agg(pki))
     out: list[object] = []
-    t = threading.Thread(
-        target=lambda: out.append(client.describe(types.RequestContext("a", "r", "x"), 10))
-    )
+    t = threading.Thread(target=lambda: out.append(client.describe(None, 10)))
     t.start()
     assert handler.entered.wait(5)
     server.stop(grace=10)  # returns after the in-flight call finished
@@ -193,13 +208,12 @@ def test_sigterm_exits_zero(tmp_path: Path, pki: Path, partitions: dict[str, Pat
 
 def test_no_answer_leaves_without_its_audit_line(node: Node, pki: Path) -> None:
     client = NodeClient("n1", node.address, _agg(pki))
-    ctx = types.RequestContext("alice", "r1", "count", "default")
     before = node.service.audit.lines
-    assert client.describe(ctx, timeout=5).node == "n1"
+    assert client.describe(_count(pki), timeout=5).node == "n1"
     assert node.service.audit.lines == before + 1
     node.service.audit.close()  # the disk "fails": the next line cannot be written
     with pytest.raises(NodeError, match="cannot write audit log"):
-        client.describe(ctx, timeout=5)
+        client.describe(_count(pki), timeout=5)
     client.close()
 
 
@@ -213,18 +227,24 @@ def test_roster_entries_must_be_signed_by_distinct_nodes(node: Node, pki: Path) 
 
     agg = _agg(pki)
     client = NodeClient("n1", node.address, agg)
-    ctx = types.RequestContext("alice", "r-sybil", "count", "default")
     rnd = Round("default", None, (Term.rows(),))
+    ref = types.RoundRef(0, 5, None, rnd)
+
+    def advertise(setup: types.SecAggSetup) -> tuple[SignedQuery, list[bytes]]:
+        q = _count(pki)
+        return q, client.secagg_step(types.SecAggStep(q, setup, Stage.ADVERTISE, (), ref, 1), 5)
 
     def attempt(entry: tuple[bytes, bytes, bytes]) -> None:
         setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
-        own = client.secagg_step(types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), timeout=5)
-        assert len(own) == 3  # keys, signature, certificate
+        q, own = advertise(setup)
+        assert len(own) == 4  # keys, signature, certificate, session binding
         fake = SecAggClient(SecAggConfig(setup.session_id, (1, 2), rnd.size), 2)
         adv = fake.advertise().to_bytes()
         keys, sig, cert = entry
-        payloads = (*own, keys or adv, sig or sign_blob(agg, adv), cert)
-        client.secagg_step(types.SecAggStep(ctx, setup, "share_keys", payloads, None, 1), 5)
+        binding = own[3].replace(b'"node":"n1"', b'"node":"n2"')
+        signed = (keys or adv) + b"\x00" + binding
+        payloads = (*own, keys or adv, sig or sign_blob(agg, signed), cert, binding)
+        client.secagg_step(types.SecAggStep(q, setup, Stage.SHARE_KEYS, payloads, None, 1), 5)
 
     with pytest.raises(AuthenticationError, match="is not a node"):
         attempt((b"", b"", agg.cert_pem))  # signed by the aggregator itself
@@ -232,9 +252,9 @@ def test_roster_entries_must_be_signed_by_distinct_nodes(node: Node, pki: Path) 
     with pytest.raises(AuthenticationError, match="does not verify"):
         attempt((b"", b"", n2))  # claims to be n2, signed by someone else
     setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
-    own = client.secagg_step(types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), timeout=5)
+    q, own = advertise(setup)
     with pytest.raises(ProtocolError, match="appears twice"):  # a replayed genuine entry
-        client.secagg_step(types.SecAggStep(ctx, setup, "share_keys", (*own, *own), None, 1), 5)
+        client.secagg_step(types.SecAggStep(q, setup, Stage.SHARE_KEYS, (*own, *own), None, 1), 5)
     client.close()
 
 
@@ -244,13 +264,14 @@ def test_secagg_sessions_expire(node: Node, pki: Path) -> None:
     now = [0.0]
     node.service._clock = lambda: now[0]
     client = NodeClient("n1", node.address, _agg(pki))
-    ctx = types.RequestContext("alice", "r-exp", "count", "default")
+    q = _count(pki)
     rnd = Round("default", None, (Term.rows(),))
     setup = types.SecAggSetup(os.urandom(32), (1, 2), rnd.size)
-    client.secagg_step(types.SecAggStep(ctx, setup, "advertise", (), rnd, 1), 5)
+    ref = types.RoundRef(0, 5, None, rnd)
+    client.secagg_step(types.SecAggStep(q, setup, Stage.ADVERTISE, (), ref, 1), 5)
     now[0] += node.config.session_timeout_s + 1
     with pytest.raises(ProtocolError, match="expired or never started"):
-        client.secagg_step(types.SecAggStep(ctx, setup, "share_keys", (), None, 1), 5)
+        client.secagg_step(types.SecAggStep(q, setup, Stage.SHARE_KEYS, (), None, 1), 5)
     client.close()
 
 

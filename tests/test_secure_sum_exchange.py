@@ -1,9 +1,10 @@
 """The aggregator's gRPC secure sum runs the same driver as ``simulate``: dropout cases agree.
 
 The nodes here are in-process fakes that speak the node's wire format (canonical message
-bytes, the (keys, signature, certificate) triples of the advertise stage); a node "dropped" at
-a stage fails with ``NodeError`` as an unreachable node does over gRPC. Every dropout pattern
-must give exactly what ``secagg.simulate`` gives, or the same ``ThresholdError``.
+bytes, the (keys, signature, certificate, binding) quadruples of the advertise stage); a node
+"dropped" at a stage fails with ``NodeError`` as an unreachable node does over gRPC. Every
+dropout pattern must give exactly what ``secagg.simulate`` gives, or the same
+``ThresholdError``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from trustspace.secagg import (
 )
 from trustspace.stats import Round, Term
 from trustspace.transport import types
+from trustspace.transport.signing import SignedQuery
 
 
 class FakeNode:
@@ -45,15 +47,16 @@ class FakeNode:
         self.seen.append(step.stage)
         s = step.setup
         if step.stage is Stage.ADVERTISE:
-            assert isinstance(step.vector, Round)
+            assert step.round is not None and isinstance(step.round.vector, Round)
             cfg = SecAggConfig(s.session_id, s.client_ids, s.vector_length, s.threshold)
             self.client = SecAggClient(cfg, step.client_id)
-            return [self.client.advertise().to_bytes(), b"signature", b"certificate"]
-        assert self.client is not None and step.vector is None
+            return [self.client.advertise().to_bytes(), b"signature", b"certificate", b"binding"]
+        assert self.client is not None and step.round is None
         p = step.payloads
         if step.stage is Stage.SHARE_KEYS:
-            assert len(p) % 3 == 0 and all(p[i + 1] == b"signature" for i in range(0, len(p), 3))
-            roster = {m.sender: m for m in (AdvertiseKeys.from_bytes(b) for b in p[::3])}
+            assert len(p) % 4 == 0 and all(p[i + 1] == b"signature" for i in range(0, len(p), 4))
+            assert all(p[i + 3] == b"binding" for i in range(0, len(p), 4))
+            roster = {m.sender: m for m in (AdvertiseKeys.from_bytes(b) for b in p[::4])}
             return [m.to_bytes() for _, m in sorted(self.client.share_keys(roster).items())]
         if step.stage is Stage.MASKED_INPUT:
             got = {m.sender: m for m in (EncryptedShares.from_bytes(b) for b in p)}
@@ -109,21 +112,21 @@ def test_grpc_exchange_agrees_with_simulate_under_dropouts(
             dropouts.setdefault(str(stage), []).append(i)
     nodes = [DroppingNode(f"n{i}", inputs[i], when[i]) for i in range(n)]
     rnd = Round("d", None, (Term.rows(),))
-    ctx = types.RequestContext("alice", "r1", "sum", "d")
+    ref = types.RoundRef(0, 1, None, rnd)
+    query = SignedQuery(b"{}", b"sig", b"cert")  # the fakes check no signature
     try:
         expected: np.ndarray | None = secagg.simulate(list(inputs), dropouts=dropouts)
     except ThresholdError:
         expected = None
     if expected is None:
         with pytest.raises(ThresholdError, match="aborted at stage"):
-            secure_sum(fan_out, ctx, rnd, length, 0, nodes, threshold=None, timeout=1.0)  # type: ignore[arg-type]
+            secure_sum(fan_out, query, ref, length, nodes, threshold=None, timeout=1.0)  # type: ignore[arg-type]
         return
     total, contributors = secure_sum(
         fan_out,
-        ctx,
-        rnd,
+        query,
+        ref,
         length,
-        0,
         nodes,
         threshold=None,
         timeout=1.0,  # type: ignore[arg-type]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import warnings
@@ -41,6 +40,7 @@ from trustspace.stats import Query, Result, Round, TableSchema, paillier_round_t
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials, init_ca, issue
 from trustspace.transport.clients import AggregatorClient
+from trustspace.transport.signing import SignedQuery, new_query
 
 __all__ = ["Credentials", "Federation", "GroupBy"]
 
@@ -245,7 +245,10 @@ class Federation:
                 pol_raw = (
                     policy.get(name) if per_node and policy else policy
                 ) or DEFAULT_LOCAL_POLICY
-                pol = policy_from_dict(dict(pol_raw), f"Federation.local policy for {name}")
+                # every node runs here, over this analyst's own partitions: two may be summed
+                # together (a real node's default min_nodes is 3)
+                pol_dict = {"min_nodes": 2, **dict(pol_raw)}
+                pol = policy_from_dict(pol_dict, f"Federation.local policy for {name}")
                 cfg = NodeConfig(
                     name=name,
                     listen="127.0.0.1:0",
@@ -318,8 +321,45 @@ class Federation:
 
     # ------------------------------------------------------------------ status
     def status(self) -> list[types.NodeStatus]:
-        """Every node the aggregator knows: reachable or not (with why), datasets, settings."""
-        return self._client.status()[1]
+        """Every node the aggregator knows: reachable or not (with why), datasets, settings
+        (the datasets this analyst may use: the request is a signed ``status`` query)."""
+        return self._client.status(self._sign("status"))[1]
+
+    def _sign(
+        self,
+        operation: str,
+        dataset: str = "",
+        columns: Sequence[str] = (),
+        where: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        method: str = "secagg",
+        paillier_key: str | None = None,
+    ) -> SignedQuery:
+        """Sign what this analyst asks (every node verifies it; see transport.signing)."""
+        return new_query(
+            self._client.credentials,
+            operation,
+            dataset,
+            columns,
+            where,
+            params,
+            method=method,
+            paillier_key=paillier_key,
+        )
+
+    def _sign_query(
+        self, query: Query, method: str, paillier_key: str | None = None
+    ) -> SignedQuery:
+        return self._sign(
+            query.op,
+            query.dataset,
+            query.columns,
+            query.where,
+            query.params,
+            method=method,
+            paillier_key=paillier_key,
+        )
 
     def _schema(self, dataset: str) -> tuple[TableSchema, int]:
         nodes = self.status()
@@ -337,9 +377,13 @@ class Federation:
     def run(self, query: Query, method: str = "secagg") -> Result:
         """Run any ``stats.Query``; returns the full ``Result`` (value, suppressed, ...)."""
         if method == "secagg":
-            data = self._client.run_query(query.to_dict(), "secagg")
+            signed = self._sign_query(query, "secagg")
+            data = self._client.run_query(signed)
             result: Result = serde.result_from_dict(data)
             self.last_info = {k: data.get(k) for k in ("nodes", "excluded", "min_group_size")}
+            self.last_info.update(
+                request_id=signed.unverified_body().request_id, rounds=result.rounds
+            )
             if self.last_info.get("excluded"):
                 warnings.warn(
                     f"node(s) {', '.join(self.last_info['excluded'])} did not answer and are not "
@@ -370,15 +414,24 @@ class Federation:
         pk, sk = self._keys()
         schema, k = self._schema(query.dataset)
         comp = start(query, schema, k)
-        request_id = secrets.token_hex(8)
+        signed = self._sign_query(query, "paillier", pk.fingerprint)
         nodes = 0
+        previous: types.RoundTotal | None = None
+        fed_rounds: list[int] = []
         while (rnd := comp.next_round()) is not None:
-            rr = self._client.run_round(
-                types.RoundRequest(query.to_dict(), rnd, int(pk.n), request_id)
-            )
-            comp.feed(decrypt_round(rnd, rr, sk), suppressed=rr.suppressed)
+            fed_rounds.append(rnd.index)
+            rr = self._client.run_round(types.RoundRequest(signed, int(pk.n), rnd, k, previous))
+            total = round_total(rnd, rr, sk)
+            comp.feed(rnd.decode(total), suppressed=rr.suppressed)
+            # the nodes replay the state machine with exactly what was fed here
+            previous = types.RoundTotal(rnd.index, tuple(int(x) for x in total), rr.suppressed)
             nodes = rr.nodes
-        self.last_info = {"nodes": nodes, "min_group_size": k}
+        self.last_info = {
+            "nodes": nodes,
+            "min_group_size": k,
+            "request_id": signed.unverified_body().request_id,
+            "rounds": len(fed_rounds),
+        }
         return comp.result()
 
     def _value(self, query: Query, method: str) -> Any:
@@ -670,7 +723,13 @@ class Federation:
         }
         if sensitive is None or sensitive_values is not None:  # check here, before any round
             AnonSpec.from_dict({**raw, "ordered": bool(ordered)})
-        out = self._client.run_anonymization({"spec": raw, "release": release})
+        signed = self._sign(
+            "anonymize",
+            dataset,
+            [h.name for h in hs] + ([sensitive] if sensitive else []),
+            params={"spec": raw, "release": release},
+        )
+        out = self._client.run_anonymization(signed)
         result = AnonResult.from_json(out["result"])
         data = None
         if out.get("rows") is not None:
@@ -718,8 +777,9 @@ class GroupBy:
         )
 
 
-def decrypt_round(rnd: Round, rr: types.RoundResult, sk: PrivateKey) -> np.ndarray[Any, Any]:
-    """The float64 total of a Paillier round: its count totals as sent, its sums decrypted.
+def round_total(rnd: Round, rr: types.RoundResult, sk: PrivateKey) -> np.ndarray[Any, Any]:
+    """The uint64 total of a Paillier round (what ``Round.decode`` takes): its count totals as
+    sent, its sums decrypted.
 
     Raises:
         ProtocolError: the answer does not fit the round's layout.
@@ -731,8 +791,12 @@ def decrypt_round(rnd: Round, rr: types.RoundResult, sk: PrivateKey) -> np.ndarr
     if rr.encrypted_vector:
         ev = EncryptedVector.from_bytes(sk.public_key, rr.encrypted_vector)
         words = np.asarray(sk.decrypt_vector(ev), dtype=np.int64)
-    total = paillier_round_total(rnd.count_mask, rr.count_totals, words)
-    decoded: np.ndarray[Any, Any] = rnd.decode(total)
+    return paillier_round_total(rnd.count_mask, rr.count_totals, words)
+
+
+def decrypt_round(rnd: Round, rr: types.RoundResult, sk: PrivateKey) -> np.ndarray[Any, Any]:
+    """The float64 total of a Paillier round (``round_total`` decoded)."""
+    decoded: np.ndarray[Any, Any] = rnd.decode(round_total(rnd, rr, sk))
     return decoded
 
 

@@ -131,6 +131,8 @@ class LocalSpace:
     def write_node_config(self, spec: NodeSpec) -> Path:
         """Write ``root/NAME.toml`` for ``spec`` (listening on a free port); returns its path."""
         policy: dict[str, Any] = dict(spec.policy)
+        # a test space has few nodes and stops some on purpose; a real node's default is 3
+        policy.setdefault("min_nodes", 2)
         if spec.rules:
             policy["rules"] = list(spec.rules)
         doc = {

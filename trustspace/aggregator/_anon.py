@@ -25,106 +25,45 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trustspace.anon.domain import sorted_values
-from trustspace.anon.federated import AggregatedOracle, AnonSpec, VectorRequest
+from trustspace.anon.federated import AggregatedOracle, VectorRequest, complete_spec
 from trustspace.anon.search import search
 from trustspace.errors import ConfigError, NodeError, ProtocolError
 from trustspace.transport import types
 
 if TYPE_CHECKING:
     from trustspace.aggregator._host import Host
-    from trustspace.transport.ca import Identity
+    from trustspace.transport.signing import QueryBody, SignedQuery
 
 log = logging.getLogger("trustspace.aggregator")
 
 
-def _numeric(values: list[str]) -> bool:
-    try:
-        for v in values:
-            float(v)
-    except ValueError:
-        return False
-    return True
+def run_anonymization(svc: Host, signed: SignedQuery, body: QueryBody) -> dict[str, Any]:
+    """The whole federated anonymization of the signed query ``body`` (see the module
+    docstring).
 
-
-def _complete(raw: Mapping[str, Any], schema_columns: Mapping[str, Any], domains: Mapping[str, Any]
-              ) -> AnonSpec:  # fmt: skip
-    """The spec, with the sensitive domain taken from the schema when the analyst gave none."""
-    data = dict(raw)
-    sensitive = data.get("sensitive")
-    hs = data.get("hierarchies")
-    names = [h.get("name") for h in hs if isinstance(h, Mapping)] if isinstance(hs, list) else []
-    dataset = data.get("dataset")
-    for col in [*names, *([sensitive] if sensitive else [])]:
-        if col not in schema_columns:
-            raise ConfigError(
-                f"column {col!r} is not in dataset {dataset!r} (its columns are "
-                f"{', '.join(schema_columns)})"
-            )
-    if sensitive and not data.get("sensitive_values"):
-        declared = domains.get(sensitive)
-        if not declared:
-            raise ConfigError(
-                f"the sensitive attribute {sensitive!r} needs a public value domain: pass "
-                f"sensitive_values=[...] or declare datasets.{dataset}.domains.{sensitive} in "
-                "every node's config"
-            )
-        data["sensitive_values"] = sorted_values([str(v) for v in declared])
-    if data.get("ordered") is None:
-        sv = data.get("sensitive_values") or []
-        data["ordered"] = bool(sv) and _numeric([str(v) for v in sv])
-    return AnonSpec.from_dict(data)
-
-
-def run_anonymization(svc: Host, caller: Identity, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The whole federated anonymization for analyst ``caller`` (see the module docstring).
-
-    ``data``: ``{"spec": AnonSpec.to_dict() (sensitive_values/ordered may be null),
+    ``body.params``: ``{"spec": AnonSpec.to_dict() (sensitive_values/ordered may be null),
     "release": true | false | null}`` (null: release iff every node allows it).
     """
     t0 = time.perf_counter()
-    raw = data.get("spec")
+    raw = body.params.get("spec")
     if not isinstance(raw, Mapping):
         raise ConfigError("RunAnonymization: 'spec' must be a JSON object")
-    release = data.get("release")
+    release = body.params.get("release")
     if release is not None and not isinstance(release, bool):
         raise ConfigError("RunAnonymization: 'release' must be true, false or null")
     dataset = raw.get("dataset")
-    if not isinstance(dataset, str) or not dataset:
-        raise ConfigError("RunAnonymization: name the dataset")
-    request_id = secrets.token_hex(8)
-    with svc.planned(dataset, caller.name, request_id) as plan:
-        spec = _complete(raw, plan.schema.columns, plan.schema.domains)
+    if not isinstance(dataset, str) or not dataset or dataset != body.dataset:
+        raise ConfigError("RunAnonymization: name the dataset (in the spec and the query)")
+    with svc.planned(signed, body) as plan:
+        spec = complete_spec(raw, plan.schema.columns, plan.schema.domains)
         nodes = plan.nodes
         names = [n.name for n in nodes]
-        params = {
-            "quasi_identifiers": list(spec.quasi_identifiers),
-            "k": spec.k,
-            "l": spec.l,
-            "t": spec.t,
-            "suppression_limit": spec.suppression_limit,
-            "metric": spec.metric,
-            "disclosure": spec.disclosure,
-        }
-
-        def ctx(op: str) -> types.RequestContext:
-            return types.RequestContext(
-                analyst=caller.name,
-                request_id=request_id,
-                operation=op,
-                dataset=spec.dataset,
-                columns=spec.columns,
-                params=params,
-            )
-
         timeout = svc.call_timeout_s
-        prep = ctx("anonymize.histogram")
-        payload = {"spec": spec.to_dict(), "nodes": names}
-        answers, failed = svc.fan_out(nodes, lambda n: n.anon_histogram(prep, payload, timeout))
+        answers, failed = svc.fan_out(nodes, lambda n: n.anon_histogram(signed, names, timeout))
         _all_answered(failed, "prepare")
         digest = spec.digest()
-        for name, summary in answers.items():
-            if summary.get("digest") != digest:
+        for name, (_, node_digest) in answers.items():
+            if node_digest != digest:
                 raise ProtocolError(f"node {name} prepared a different anonymization spec")
 
         seed = secrets.randbits(62)
@@ -132,8 +71,8 @@ def run_anonymization(svc: Host, caller: Identity, data: Mapping[str, Any]) -> d
 
         def fetch(req: VectorRequest) -> np.ndarray[Any, Any]:
             size, index = req.length(spec.domain), len(sizes)
-            vector = types.AnonVector(req, digest)
-            total, contributors = svc.secure_sum(prep, vector, size, index, nodes)
+            ref = types.RoundRef(index, 0, None, types.AnonVector(req, digest), "anon.histogram")
+            total, contributors = svc.secure_sum(signed, ref, size, nodes)
             missing = sorted(set(names) - set(contributors))
             if missing:
                 raise NodeError(
@@ -155,16 +94,14 @@ def run_anonymization(svc: Host, caller: Identity, data: Mapping[str, Any]) -> d
         )
         allowed = all(n in plan.release for n in names)
         will_release = bool(release or (release is None and allowed))
-        apply_ctx = ctx("anonymize.apply")
-        transformation = {"result": result.to_json(), "digest": digest, "release": will_release}
+        text = result.to_json()
         applied, failed = svc.fan_out(
-            nodes, lambda n: n.anon_apply(apply_ctx, transformation, timeout)
+            nodes, lambda n: n.anon_apply(signed, text, digest, will_release, timeout)
         )
         _all_answered(failed, "apply")
         rows: dict[str, str] | None = None
         if will_release:
-            rel_ctx = ctx("anonymize.release")
-            got, failed = svc.fan_out(nodes, lambda n: n.anon_release(rel_ctx, timeout))
+            got, failed = svc.fan_out(nodes, lambda n: n.anon_release(signed, timeout))
             _all_answered(failed, "release")
             rows = {name: got[name].decode("utf-8") for name in names}
     outputs = [
@@ -181,7 +118,7 @@ def run_anonymization(svc: Host, caller: Identity, data: Mapping[str, Any]) -> d
     log.info(
         "%s: %s anonymized %s over %d nodes: %d rounds (%d entries), levels %s, %.2f s",
         svc.name,
-        caller.name,
+        body.analyst,
         spec.dataset,
         len(nodes),
         oracle.rounds,

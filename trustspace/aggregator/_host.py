@@ -10,9 +10,10 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from trustspace.errors import TrustspaceError
-from trustspace.stats import Round, TableSchema
+from trustspace.stats import TableSchema
 from trustspace.transport import types
 from trustspace.transport.clients import NodeClient
+from trustspace.transport.signing import QueryBody, SignedQuery
 
 T = TypeVar("T")
 
@@ -28,6 +29,7 @@ class Plan:
     excluded: tuple[str, ...]
     created: float
     release: frozenset[str] = frozenset()  # nodes whose policy lets anonymized rows leave
+    min_nodes: int = 3  # the strictest node's policy.min_nodes
 
 
 class Host(Protocol):
@@ -42,20 +44,19 @@ class Host(Protocol):
     ) -> tuple[dict[str, T], dict[str, TrustspaceError]]: ...
 
     def planned(
-        self, dataset: str, analyst: str, request_id: str, *, keep: bool = False
+        self, query: SignedQuery, body: QueryBody, *, keep: bool = False
     ) -> AbstractContextManager[Plan]: ...
 
     def update_plan(self, plan: Plan) -> None: ...
 
     def sum_round(
-        self, ctx: types.RequestContext, rnd: Round, plan: Plan, *, first: bool = False
+        self, query: SignedQuery, ref: types.RoundRef, plan: Plan, *, first: bool = False
     ) -> tuple[np.ndarray[Any, Any], Plan]: ...
 
     def secure_sum(
         self,
-        ctx: types.RequestContext,
-        vector: Round | types.AnonVector,
+        query: SignedQuery,
+        ref: types.RoundRef,
         size: int,
-        index: int,
         nodes: Sequence[NodeClient],
     ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]: ...

@@ -22,9 +22,10 @@ import numpy as np
 
 from trustspace.aggregator._host import Host, Plan
 from trustspace.errors import ConfigError, NodeError, ProtocolError, TrustspaceError
-from trustspace.stats import Query, Round, Term
+from trustspace.stats import Round, Term
 from trustspace.transport import types
 from trustspace.transport.clients import NodeClient
+from trustspace.transport.signing import QueryBody, SignedQuery
 
 if TYPE_CHECKING:
     from trustspace.paillier import PublicKey
@@ -55,58 +56,94 @@ class PaillierRounds:
         self._governing: dict[Key, dict[tuple[Any, ...], np.ndarray[Any, Any]]] = {}
         #: runs a round's Paillier fan-out beside its secure sum (each fans out on its own)
         self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{host.name}-side")
+        #: per request: (round index, its count mask, the count totals returned for it)
+        self._shown: dict[Key, tuple[int, np.ndarray[Any, Any], tuple[int, ...]]] = {}
 
     def forget(self, key: Key) -> None:
         """Drop what is kept for a request (its plan expired or failed)."""
         with self._lock:
             self._rounds.pop(key, None)
             self._governing.pop(key, None)
+            self._shown.pop(key, None)
 
     def close(self) -> None:
         self._side.shutdown(wait=False, cancel_futures=True)
 
-    def run(
-        self, ctx: types.RequestContext, query: Query, rnd: Round, pk: PublicKey
-    ) -> types.RoundResult:
-        """One round of ``query`` for ``ctx.analyst`` (see the module docstring)."""
-        key = (ctx.analyst, ctx.request_id)
+    def run(self, req: types.RoundRequest, body: QueryBody, pk: PublicKey) -> types.RoundResult:
+        """One round of the signed query ``body`` (see the module docstring)."""
+        key = (body.analyst, body.request_id)
         with self._lock:
             used = self._rounds.get(key, 0) + 1
             self._rounds[key] = used
         if used > MAX_ROUNDS_PER_REQUEST:
             raise ConfigError(
-                f"request {ctx.request_id!r} has run {MAX_ROUNDS_PER_REQUEST} rounds; start the "
-                "query again with a new request id"
+                f"request {body.request_id!r} has run {MAX_ROUNDS_PER_REQUEST} rounds; start "
+                "the query again with a new request id"
             )
         host = self._host
-        with host.planned(query.dataset, ctx.analyst, ctx.request_id, keep=True) as plan:
-            return self._run(ctx, plan, rnd, pk, first=used == 1)
+        with host.planned(req.query, body, keep=True) as plan:
+            if req.min_group_size != plan.min_group_size:
+                raise ProtocolError(
+                    f"RunRound: the round was planned with min_group_size {req.min_group_size}, "
+                    f"the nodes' strictest is {plan.min_group_size}; start the query again"
+                )
+            self._check_previous(key, req)
+            out = self._run(req, plan, pk, first=req.round.index == 0)
+            with self._lock:
+                self._shown[key] = (req.round.index, req.round.count_mask, out.count_totals)
+            return out
+
+    def _check_previous(self, key: Key, req: types.RoundRequest) -> None:
+        """The analyst's previous total must hold the count totals this aggregator returned
+        (the nodes replay the state machine with it; lying about counts would steer them)."""
+        prev = req.previous
+        with self._lock:
+            shown = self._shown.get(key)
+        if prev is None:
+            if req.round.index != 0:
+                raise ProtocolError(f"RunRound: round {req.round.index} needs the previous total")
+            return
+        if shown is None or shown[0] != prev.index or prev.index != req.round.index - 1:
+            raise ProtocolError("RunRound: the previous total is not of this request's last round")
+        _, mask, counts = shown
+        total = np.asarray(prev.total, dtype=np.uint64)
+        if total.shape != mask.shape or not np.array_equal(
+            total[mask], np.asarray(counts, dtype=np.int64).view(np.uint64)
+        ):
+            raise ProtocolError(
+                "RunRound: the previous total's record counts differ from those this aggregator "
+                "returned; refusing"
+            )
 
     def _run(
-        self, ctx: types.RequestContext, plan: Plan, rnd: Round, pk: PublicKey, *, first: bool
+        self, req: types.RoundRequest, plan: Plan, pk: PublicKey, *, first: bool
     ) -> types.RoundResult:
         host, k = self._host, plan.min_group_size
+        rnd, query, previous = req.round, req.query, req.previous
+
+        def ref(vector: Round, part: str) -> types.RoundRef:
+            return types.RoundRef(rnd.index, k, previous, vector, part)
+
         mask = rnd.count_mask
         sums = rnd.moment_round()
         known = None if first else self._known_governing(plan.key, sums)
         encrypted = b""
         if known is None:
-            counts_round = Round(
-                rnd.dataset,
-                rnd.where,
-                tuple(t if t.is_count else Term.count(*t.columns) for t in rnd.terms),
-                rnd.group_column,
-                rnd.group_values,
-                rnd.index,
+            counts_round = rnd.counts_round()
+            raw, shrunk = host.sum_round(
+                query, ref(counts_round, "paillier.counts"), plan, first=first
             )
-            counts, shrunk = host.sum_round(ctx, counts_round, plan, first=first)
+            governing = counts_round.decode(raw)
+            counts = rnd.governing_counts(counts_round, governing)
             if shrunk is not plan:  # first round: later rounds of this request skip the dropped
                 plan = shrunk
                 host.update_plan(plan)
-            self._remember_governing(plan.key, counts_round, counts)
+            self._remember_governing(plan.key, counts_round, governing)
             suppressed = _suppressed(counts, k)
             if sums is not None:
-                encrypted = self._encrypted_sum(ctx, rnd, sums.size, plan, pk, suppressed)
+                encrypted = self._encrypted_sum(
+                    query, ref(rnd, "all"), sums.size, plan, pk, suppressed
+                )
         else:
             # Every sum's governing count was summed in an earlier round of this request (same
             # dataset, filter, groups, columns): the nodes encrypt the sums while the round's
@@ -115,14 +152,14 @@ class PaillierRounds:
             counts = np.zeros(rnd.size)
             counts[~mask] = known
             early = _suppressed(counts, k)
-            pending = self._side.submit(self._encrypted_sum, ctx, rnd, sums.size, plan, pk, early)
-            only = tuple(t for t in rnd.terms if t.is_count)
-            if only:
-                counts_round = Round(
-                    rnd.dataset, rnd.where, only, rnd.group_column, rnd.group_values, rnd.index
-                )
-                totals, _ = host.sum_round(ctx, counts_round, plan)
-                self._remember_governing(plan.key, counts_round, totals)
+            pending = self._side.submit(
+                self._encrypted_sum, query, ref(rnd, "all"), sums.size, plan, pk, early
+            )
+            only = rnd.count_terms_round()
+            if only is not None:
+                raw, _ = host.sum_round(query, ref(only, "paillier.counts"), plan)
+                totals = only.decode(raw)
+                self._remember_governing(plan.key, only, totals)
                 counts[mask] = totals
             suppressed = _suppressed(counts, k)
             encrypted = pending.result()
@@ -134,7 +171,7 @@ class PaillierRounds:
         log.info(
             "%s: %s Paillier round %d over %d nodes, %d suppressed, %d encrypted entries",
             host.name,
-            ctx.analyst,
+            plan.key[0],
             rnd.index,
             len(plan.nodes),
             len(suppressed),
@@ -170,8 +207,8 @@ class PaillierRounds:
 
     def _encrypted_sum(
         self,
-        ctx: types.RequestContext,
-        rnd: Round,
+        query: SignedQuery,
+        ref: types.RoundRef,
         entries: int,
         plan: Plan,
         pk: PublicKey,
@@ -181,7 +218,9 @@ class PaillierRounds:
         from trustspace.paillier import EncryptedVector
 
         host = self._host
-        preq = types.PaillierRequest(ctx, int(pk.n), rnd, len(plan.nodes), suppressed)
+        rnd = ref.vector
+        assert isinstance(rnd, Round)
+        preq = types.PaillierRequest(query, int(pk.n), ref, len(plan.nodes), suppressed)
 
         def call(n: NodeClient) -> bytes:
             return n.paillier_stats(preq, host.paillier_timeout_s)

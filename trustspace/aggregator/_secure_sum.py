@@ -25,9 +25,9 @@ from trustspace.secagg import (
     UnmaskShares,
     drive,
 )
-from trustspace.stats import Round
 from trustspace.transport import types
 from trustspace.transport.clients import NodeClient
+from trustspace.transport.signing import SignedQuery
 
 T = TypeVar("T")
 
@@ -43,20 +43,21 @@ class _GrpcExchange:
     def __init__(
         self,
         fan_out: FanOut[list[bytes]],
-        ctx: types.RequestContext,
+        query: SignedQuery,
         setup: types.SecAggSetup,
-        vector: Round | types.AnonVector,
+        ref: types.RoundRef,
         nodes: Sequence[NodeClient],
         timeout: float,
     ) -> None:
         self._fan_out = fan_out
-        self._ctx, self._setup, self._vector, self._timeout = ctx, setup, vector, timeout
+        self._query, self._setup, self._ref, self._timeout = query, setup, ref, timeout
         self.ids = {n.name: i for n, i in zip(nodes, setup.client_ids, strict=True)}
         self.by_id = {i: n for n, i in zip(nodes, setup.client_ids, strict=True)}
         self.dropped: dict[str, TrustspaceError] = {}
-        #: each node's (keys, signature, certificate) from the advertise stage: forwarded as
-        #: the roster, so that every node checks every participant is a real, distinct node
-        self._signed: dict[int, tuple[bytes, bytes, bytes]] = {}
+        #: each node's (keys, signature, certificate, binding) from the advertise stage:
+        #: forwarded as the roster, so that every node checks every participant is a real,
+        #: distinct node computing the same round
+        self._signed: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
 
     def __call__(self, stage: Stage, payloads: Mapping[int, Any]) -> dict[int, Any]:
         raw = self._send(stage, {c: self._encode(stage, p) for c, p in payloads.items()})
@@ -73,12 +74,12 @@ class _GrpcExchange:
 
     def _decode(self, stage: Stage, client: int, out: Sequence[bytes]) -> Any:
         if stage is Stage.ADVERTISE:
-            if len(out) != 3:
+            if len(out) != 4:
                 raise ProtocolError(
                     f"client {client} answered stage {stage} with {len(out)} messages, "
-                    "expected keys, signature and certificate"
+                    "expected keys, signature, certificate and session binding"
                 )
-            self._signed[client] = (out[0], out[1], out[2])
+            self._signed[client] = (out[0], out[1], out[2], out[3])
             return AdvertiseKeys.from_bytes(out[0])
         if stage is Stage.SHARE_KEYS:
             msgs = (EncryptedShares.from_bytes(b) for b in out)
@@ -92,11 +93,11 @@ class _GrpcExchange:
     def _send(self, stage: Stage, targets: Mapping[int, Sequence[bytes]]) -> dict[int, list[bytes]]:
         def call(node: NodeClient) -> list[bytes]:
             step = types.SecAggStep(
-                context=self._ctx,
+                query=self._query,
                 setup=self._setup,
                 stage=stage,
                 payloads=tuple(targets[self.ids[node.name]]),
-                vector=self._vector if stage is Stage.ADVERTISE else None,
+                round=self._ref if stage is Stage.ADVERTISE else None,
                 client_id=self.ids[node.name],
             )
             return node.secagg_step(step, self._timeout)
@@ -108,17 +109,15 @@ class _GrpcExchange:
 
 def secure_sum(
     fan_out: FanOut[list[bytes]],
-    ctx: types.RequestContext,
-    vector: Round | types.AnonVector,
+    query: SignedQuery,
+    ref: types.RoundRef,
     size: int,
-    index: int,
     nodes: Sequence[NodeClient],
     *,
     threshold: int | None,
     timeout: float,
 ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
-    """Sum the nodes' local vectors of ``vector`` (``size`` entries; round ``index`` in error
-    messages) by one SecAgg+ session.
+    """Sum the nodes' local vectors of ``ref`` (``size`` entries) by one SecAgg+ session.
 
     Returns (the uint64 total, the names of the nodes whose input is in it).
 
@@ -152,13 +151,13 @@ def secure_sum(
         vector_length=setup.vector_length,
         threshold=setup.threshold,
     )
-    exchange = _GrpcExchange(fan_out, ctx, setup, vector, nodes, timeout)
+    exchange = _GrpcExchange(fan_out, query, setup, ref, nodes, timeout)
     try:
         outcome = drive(config, exchange)
     except ThresholdError as exc:
         detail = "; ".join(f"{n}: {e}" for n, e in exchange.dropped.items())
         raise ThresholdError(f"{exc}" + (f" (dropped: {detail})" if detail else "")) from None
     except ProtocolError as exc:
-        raise ProtocolError(f"secure aggregation of round {index} failed: {exc}") from None
+        raise ProtocolError(f"secure aggregation of round {ref.index} failed: {exc}") from None
     contributors = tuple(exchange.by_id[c].name for c in outcome.survivors)
     return np.asarray(outcome.total, dtype=np.uint64), contributors

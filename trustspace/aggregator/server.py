@@ -26,6 +26,7 @@ class Aggregator(ServerHost):
             threshold=config.threshold,
             call_timeout_s=config.call_timeout_s,
             paillier_timeout_s=config.paillier_timeout_s,
+            ca_pem=creds.ca_pem,
         )
         try:
             self.server = TlsServer(

@@ -21,7 +21,6 @@ Paillier request keeps it between its rounds until it expires (``PLAN_CACHE_S``)
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,26 +52,24 @@ from trustspace.transport.clients import (
     STEP_TIMEOUT_S,
     NodeClient,
 )
+from trustspace.transport.signing import QueryBody, SignedQuery, data_space_name, verify_query
 
 log = logging.getLogger("trustspace.aggregator")
 T = TypeVar("T")
 PLAN_CACHE_S = 600.0  # how long a Paillier query's participants and schema are remembered
 
 
-def _ctx_for(query: Query, analyst: str, request_id: str) -> types.RequestContext:
-    return types.RequestContext(
-        analyst=analyst,
-        request_id=request_id,
-        operation=query.op,
-        dataset=query.dataset,
-        columns=tuple(query.columns),
-        params={"where": query.where, "params": dict(query.params)},
-    )
-
-
-def _parse_query(data: dict[str, Any]) -> Query:
+def _query_of(body: QueryBody) -> Query:
     try:
-        return Query.from_dict(data)
+        return Query.from_dict(
+            {
+                "op": body.operation,
+                "dataset": body.dataset,
+                "columns": list(body.columns),
+                "where": body.where,
+                "params": dict(body.params),
+            }
+        )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid query: {exc}") from None
 
@@ -88,10 +85,14 @@ class AggregatorService:
         threshold: int | None = None,
         call_timeout_s: float = STEP_TIMEOUT_S,
         paillier_timeout_s: float = PAILLIER_TIMEOUT_S,
+        ca_pem: bytes | None = None,
     ) -> None:
         if not nodes:
             raise ConfigError("the aggregator needs at least one node")
         self.name = name
+        #: the data space CA: the aggregator checks every signed query before it plans (the
+        #: nodes check again; this only refuses early). None: checks are left to the nodes.
+        self._ca = ca_pem
         self.nodes = tuple(nodes)
         self.threshold = threshold
         self.call_timeout_s = call_timeout_s
@@ -133,10 +134,27 @@ class AggregatorService:
         return ok, failed
 
     # ------------------------------------------------------------------ planning
+    def verified(self, caller: Identity, query: SignedQuery) -> QueryBody:
+        """The body of ``query`` once checked: signed by the calling analyst (the nodes verify
+        it again, against their own revocation lists)."""
+        if self._ca is not None:
+            body = verify_query(
+                query,
+                ca_pem=self._ca,
+                audience=data_space_name(self._ca),
+                where=f"aggregator {self.name}",
+            ).body
+        else:
+            body = query.unverified_body()
+        if body.analyst != caller.name:
+            raise AuthenticationError(
+                f"aggregator {self.name}: the query is signed by {body.analyst!r} but sent by "
+                f"{caller.name!r}; an analyst sends only its own queries"
+            )
+        return body
+
     @contextmanager
-    def planned(
-        self, dataset: str, analyst: str, request_id: str, *, keep: bool = False
-    ) -> Iterator[Plan]:
+    def planned(self, query: SignedQuery, body: QueryBody, *, keep: bool = False) -> Iterator[Plan]:
         """The plan of one request (nodes, schema, strictest min_group_size) while it runs.
 
         The plan is made by describing every node (or taken from an earlier round of the same
@@ -144,8 +162,8 @@ class AggregatorService:
         arrive one by one) it stays until ``PLAN_CACHE_S`` after its creation, unless the
         round fails.
         """
-        key = (analyst, request_id)
-        plan = self._cached(key) or self._make_plan(dataset, key)
+        key = (body.analyst, body.request_id)
+        plan = self._cached(key) or self._make_plan(query, body, key)
         ok = False
         try:
             yield plan
@@ -174,10 +192,9 @@ class AggregatorService:
             self._plans.pop(key, None)
         self._paillier.forget(key)
 
-    def _make_plan(self, dataset: str, key: tuple[str, str]) -> Plan:
-        analyst, request_id = key
-        ctx = types.RequestContext(analyst, request_id, "describe_datasets", dataset)
-        answers, failed = self.fan_out(self.nodes, lambda n: n.describe(ctx, DESCRIBE_TIMEOUT_S))
+    def _make_plan(self, query: SignedQuery, body: QueryBody, key: tuple[str, str]) -> Plan:
+        dataset = body.dataset
+        answers, failed = self.fan_out(self.nodes, lambda n: n.describe(query, DESCRIBE_TIMEOUT_S))
         if not answers:
             raise NodeError(_no_nodes_message(failed))
         schema: TableSchema | None = None
@@ -206,6 +223,7 @@ class AggregatorService:
             nodes=tuple(n for n in self.nodes if n.name in answers),
             schema=schema,
             min_group_size=max(desc.min_group_size for desc in answers.values()),
+            min_nodes=max(desc.min_nodes for desc in answers.values()),
             excluded=tuple(sorted(failed)),
             created=time.monotonic(),
             release=frozenset(name for name, d in answers.items() if d.release_rows),
@@ -217,14 +235,13 @@ class AggregatorService:
     # ------------------------------------------------------------------ secure aggregation
     def secure_sum(
         self,
-        ctx: types.RequestContext,
-        vector: Round | types.AnonVector,
+        query: SignedQuery,
+        ref: types.RoundRef,
         size: int,
-        index: int,
         nodes: Sequence[NodeClient],
     ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
-        """Sum the nodes' local vectors of ``vector`` (``size`` entries) by one SecAgg+
-        session; returns (the uint64 total, the names of the nodes whose input is in it).
+        """Sum the nodes' local vectors of ``ref`` (``size`` entries) by one SecAgg+ session;
+        returns (the uint64 total, the names of the nodes whose input is in it).
 
         Raises:
             ThresholdError: fewer than the threshold (or 2) nodes remain; names the stage,
@@ -237,19 +254,19 @@ class AggregatorService:
             )
         return secure_sum(
             self.fan_out,
-            ctx,
-            vector,
+            query,
+            ref,
             size,
-            index,
             nodes,
             threshold=self.threshold,
             timeout=self.call_timeout_s,
         )
 
     def sum_round(
-        self, ctx: types.RequestContext, rnd: Round, plan: Plan, *, first: bool = False
+        self, query: SignedQuery, ref: types.RoundRef, plan: Plan, *, first: bool = False
     ) -> tuple[np.ndarray[Any, Any], Plan]:
-        """Securely sum one round over the plan's nodes; returns (decoded total, plan).
+        """Securely sum one round (``ref.vector``) over the plan's nodes; returns (its uint64
+        total, plan).
 
         A node dropping out of the *first* round of a query leaves the query over the
         survivors (nothing of its data has been used; the returned plan lists it as excluded
@@ -258,7 +275,9 @@ class AggregatorService:
         quantile bins sized by the first round's range), so mixing node sets would give a
         wrong answer.
         """
-        total, contributors = self.secure_sum(ctx, rnd, rnd.size, rnd.index, plan.nodes)
+        rnd = ref.vector
+        assert isinstance(rnd, Round)
+        total, contributors = self.secure_sum(query, ref, rnd.size, plan.nodes)
         missing = sorted({n.name for n in plan.nodes} - set(contributors))
         if missing and first:
             log.warning(
@@ -277,29 +296,30 @@ class AggregatorService:
                 "query; its earlier rounds included them, so the result would be wrong. "
                 "Re-run the query (check those nodes' health)"
             )
-        return rnd.decode(total), plan
+        return total, plan
 
     # ------------------------------------------------------------------ handlers
-    def run_query(self, caller: Identity, query_dict: dict[str, Any], method: str) -> Any:
-        """Secure-aggregation path: the whole query, returns ``serde.result_to_dict``."""
-        if method not in ("", "secagg"):
+    def run_query(self, caller: Identity, signed: SignedQuery) -> dict[str, Any]:
+        """Secure-aggregation path: the whole query, returns ``serde.result_to_dict`` with
+        ``nodes``, ``excluded`` and ``min_group_size``."""
+        body = self.verified(caller, signed)
+        if body.method != "secagg":
             raise ConfigError(
-                f"method {method!r}: the aggregator runs only method='secagg' queries whole; "
-                "Paillier queries run round by round from the analyst (RunRound)"
+                f"method {body.method!r}: the aggregator runs only method='secagg' queries "
+                "whole; Paillier queries run round by round from the analyst (RunRound)"
             )
-        query = _parse_query(query_dict)
-        request_id = secrets.token_hex(8)
-        ctx = _ctx_for(query, caller.name, request_id)
-        with self.planned(query.dataset, caller.name, request_id) as plan:
+        query = _query_of(body)
+        with self.planned(signed, body) as plan:
             try:
                 comp = start(query, plan.schema, plan.min_group_size)
             except ValueError as exc:
                 raise ConfigError(f"query does not fit dataset {query.dataset!r}: {exc}") from None
-            first = True
+            previous: types.RoundTotal | None = None
             while (rnd := comp.next_round()) is not None:
-                total, plan = self.sum_round(ctx, rnd, plan, first=first)
-                comp.feed(total)
-                first = False
+                ref = types.RoundRef(rnd.index, plan.min_group_size, previous, rnd, "all")
+                total, plan = self.sum_round(signed, ref, plan, first=rnd.index == 0)
+                comp.feed(rnd.decode(total))
+                previous = types.RoundTotal(rnd.index, tuple(int(x) for x in total))
         out = serde.result_to_dict(comp.result())
         out["nodes"] = [n.name for n in plan.nodes]
         out["excluded"] = list(plan.excluded)
@@ -318,28 +338,36 @@ class AggregatorService:
         """Paillier path: one round, the encrypted total with suppressed entries zeroed."""
         from trustspace.paillier import PublicKey
 
-        query = _parse_query(dict(req.query))
+        body = self.verified(caller, req.query)
+        if body.method != "paillier":
+            raise ConfigError("RunRound: the signed query is not a Paillier query")
+        query = _query_of(body)
         rnd = req.round
         try:
             pk = PublicKey(req.n)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid round request: {exc}") from None
+        if pk.fingerprint != body.paillier_key:
+            raise AuthenticationError(
+                "RunRound: the public key is not the one whose fingerprint the query signs"
+            )
         if rnd.dataset != query.dataset or rnd.where != query.where:
             raise ProtocolError("round request: the round does not belong to the query")
-        if not req.request_id or len(req.request_id) > 64:
-            raise ConfigError("round request: request_id must be 1 to 64 characters")
-        ctx = _ctx_for(query, caller.name, req.request_id)
-        return self._paillier.run(ctx, query, rnd, pk)
+        return self._paillier.run(req, body, pk)
 
-    def run_anonymization(self, caller: Identity, spec: dict[str, Any]) -> Any:
+    def run_anonymization(self, caller: Identity, signed: SignedQuery) -> Any:
         """Federated anonymization (``aggregator._anon``): search on securely aggregated
         histograms, apply at every node, release where policy allows."""
-        return run_anonymization(self, caller, spec)
+        body = self.verified(caller, signed)
+        if body.operation != "anonymize":
+            raise ConfigError("RunAnonymization: the signed query is not an anonymization")
+        return run_anonymization(self, signed, body)
 
-    def status(self, caller: Identity) -> list[types.NodeStatus]:
-        ctx = types.RequestContext(analyst=caller.name, request_id="", operation="status")
+    def status(self, caller: Identity, signed: SignedQuery | None) -> list[types.NodeStatus]:
+        if signed is not None:
+            self.verified(caller, signed)
         futures = {
-            n.name: self._pool.submit(n.describe, ctx, DESCRIBE_TIMEOUT_S) for n in self.nodes
+            n.name: self._pool.submit(n.describe, signed, DESCRIBE_TIMEOUT_S) for n in self.nodes
         }
         out = []
         for n in self.nodes:
@@ -348,7 +376,11 @@ class AggregatorService:
             except TrustspaceError as exc:
                 out.append(types.NodeStatus(n.name, n.address, False, str(exc)))
                 continue
-            out.append(types.NodeStatus(n.name, n.address, True, "", d.datasets, d.min_group_size))
+            out.append(
+                types.NodeStatus(
+                    n.name, n.address, True, "", d.datasets, d.min_group_size, d.min_nodes
+                )
+            )
         return out
 
     def close(self) -> None:

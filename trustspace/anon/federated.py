@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from trustspace.anon.domain import Domain, group_sum
+from trustspace.anon.domain import Domain, group_sum, sorted_values
 from trustspace.anon.hierarchy import Hierarchy
 from trustspace.anon.models import PrivacyModel, make_models
 from trustspace.anon.search import METRICS, Result
@@ -745,3 +745,44 @@ class FederatedRelease:
         else:
             lines.append(f"rows released to the analyst: {len(self.data)}")
         return "\n".join(lines)
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        for v in values:
+            float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def complete_spec(
+    raw: Mapping[str, Any], schema_columns: Mapping[str, Any], domains: Mapping[str, Any]
+) -> AnonSpec:
+    """The spec, with the sensitive domain taken from the public schema when the analyst gave
+    none. Analyst, aggregator and every node complete a signed spec the same way, from the
+    same public schema, so they agree on its digest."""
+    data = dict(raw)
+    sensitive = data.get("sensitive")
+    hs = data.get("hierarchies")
+    names = [h.get("name") for h in hs if isinstance(h, Mapping)] if isinstance(hs, list) else []
+    dataset = data.get("dataset")
+    for col in [*names, *([sensitive] if sensitive else [])]:
+        if col not in schema_columns:
+            raise ConfigError(
+                f"column {col!r} is not in dataset {dataset!r} (its columns are "
+                f"{', '.join(schema_columns)})"
+            )
+    if sensitive and not data.get("sensitive_values"):
+        declared = domains.get(sensitive)
+        if not declared:
+            raise ConfigError(
+                f"the sensitive attribute {sensitive!r} needs a public value domain: pass "
+                f"sensitive_values=[...] or declare datasets.{dataset}.domains.{sensitive} in "
+                "every node's config"
+            )
+        data["sensitive_values"] = sorted_values([str(v) for v in declared])
+    if data.get("ordered") is None:
+        sv = data.get("sensitive_values") or []
+        data["ordered"] = bool(sv) and _numeric([str(v) for v in sv])
+    return AnonSpec.from_dict(data)

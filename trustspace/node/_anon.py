@@ -19,7 +19,7 @@ import numpy as np
 
 from trustspace._files import write_atomic
 from trustspace.anon.api import apply as apply_result
-from trustspace.anon.federated import AnonSpec, LocalCounts
+from trustspace.anon.federated import AnonSpec, LocalCounts, complete_spec
 from trustspace.anon.search import Result
 from trustspace.errors import ConfigError, DataError, ProtocolError
 from trustspace.node.config import NodeConfig
@@ -71,17 +71,23 @@ class AnonJobs:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ parsing and checks
-    def parse_spec(self, payload: Mapping[str, Any]) -> tuple[AnonSpec, tuple[str, ...]]:
-        """The spec and participant names of an ``AnonHistogram`` request."""
-        spec_raw = payload.get("spec")
-        nodes = payload.get("nodes")
-        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
-            raise ProtocolError(f"node {self.node}: AnonHistogram: 'nodes' must list names")
+    def parse_spec(self, params: Mapping[str, Any], engine: LocalEngine) -> AnonSpec:
+        """The spec of a signed ``anonymize`` query (``params["spec"]``), completed from this
+        node's own schema exactly as every other party completes it (``complete_spec``)."""
+        raw = params.get("spec")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"node {self.node}: the signed anonymization names no spec")
+        dataset = raw.get("dataset")
+        if dataset not in self._datasets:
+            raise ConfigError(
+                f"node {self.node} serves no dataset {dataset!r} "
+                f"(it serves {', '.join(sorted(self._datasets))})"
+            )
+        schema = engine.schema(str(dataset))
         try:
-            spec = AnonSpec.from_dict(spec_raw if isinstance(spec_raw, Mapping) else {})
+            return complete_spec(raw, schema.columns, schema.domains)
         except (ConfigError, DataError) as exc:
             raise ConfigError(f"node {self.node}: {exc}") from None
-        return spec, tuple(nodes)
 
     def check_parties(self, parties: int) -> None:
         """Refuse fewer than ``MIN_PARTIES`` participants unless the policy allows it."""

@@ -74,6 +74,9 @@ class PolicyConfig:
     rate_limit: RateLimit | None = None
     allow_two_party_anonymization: bool = False
     allow_base_histogram: bool = False
+    #: the fewest nodes this node computes with: a secure sum over fewer is refused (with two,
+    #: each node learns the other's aggregate by subtracting its own from the total)
+    min_nodes: int = 3
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,12 @@ def parse_policy(t: Table) -> PolicyConfig:
     release = t.get("release_rows", bool, False)
     two_party = t.get("allow_two_party_anonymization", bool, False)
     base_histogram = t.get("allow_base_histogram", bool, False)
+    min_nodes = t.get("min_nodes", int, 3)
+    if min_nodes < 2:
+        raise ConfigError(
+            f"{t.where('min_nodes')} = {min_nodes}: must be at least 2 (a secure sum of one "
+            "node is that node's own aggregate)"
+        )
     rate: RateLimit | None = None
     if "rate_limit" in t.data:
         rt = t.table("rate_limit")
@@ -128,7 +137,7 @@ def parse_policy(t: Table) -> PolicyConfig:
         )
         rt.check_unknown()
     t.check_unknown()
-    return PolicyConfig(tuple(rules), mgs, release, rate, two_party, base_histogram)
+    return PolicyConfig(tuple(rules), mgs, release, rate, two_party, base_histogram, min_nodes)
 
 
 def policy_from_dict(data: dict[str, Any], source: str = "<policy>") -> PolicyConfig:

@@ -4,14 +4,22 @@
 is checked against the policy *before* any computation and written to the audit log (fsync'd)
 *before* the answer leaves; a call whose audit line cannot be written fails.
 
-Trust assumption: only certificates with role ``aggregator`` may call a node (the servicer
-checks it); the analyst identity in a request is the one the aggregator read from the
-analyst's certificate. A node therefore trusts the data space's aggregator to forward it
-faithfully (the audit line records both the analyst and the forwarding aggregator).
+Trust model: only certificates with role ``aggregator`` may call a node (the servicer checks
+it), but a node trusts no other party's description of a computation. Every request that
+computes on data carries the analyst's signed query: the node verifies it (``_runs.Runs``:
+data space CA, role analyst, validity, this node's own ``tls.revoked``, audience, expiry),
+checks its policy against the signed body alone, and derives what it computes itself (the
+query's state machine replayed over the previous rounds' totals, or the signed anonymization
+spec); a round that differs from the derived one is refused. A secure-aggregation session is
+bound to one round: every node's signed key advertisement carries the round's digest and the
+node's ``min_nodes``, and every node checks every roster entry against its own. The audit
+line records the signed query and its signature's digest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -28,9 +36,10 @@ from trustspace.errors import (
     TrustspaceError,
 )
 from trustspace.node import _fault
-from trustspace.node._anon import AnonJob, AnonJobs
+from trustspace.node._anon import AnonJobs
+from trustspace.node._runs import Run, Runs, query_of
 from trustspace.node.audit import AuditLog
-from trustspace.node.config import NodeConfig
+from trustspace.node.config import ALL, NodeConfig
 from trustspace.node.policy import Policy, Request
 from trustspace.secagg.client import SecAggClient
 from trustspace.secagg.config import SecAggConfig
@@ -51,6 +60,12 @@ from trustspace.transport.ca import (
     sign_blob,
     verify_blob,
 )
+from trustspace.transport.signing import (
+    SignedQuery,
+    VerifiedQuery,
+    canonical_json,
+    data_space_name,
+)
 
 if TYPE_CHECKING:
     from trustspace.engine import LocalEngine
@@ -61,6 +76,13 @@ MAX_SESSIONS = 256  # concurrent secure-aggregation sessions kept in memory
 #: Session ids remembered after their session ends, so that a replayed advertise cannot start
 #: a finished session again (32 bytes each: 2 MiB at most; the oldest are forgotten first).
 MAX_USED_SESSION_IDS = 65_536
+#: Paillier modulus sizes a node encrypts under (DESIGN.md: 2048 bits at least; a larger odd
+#: "key" would only cost the nodes work).
+PAILLIER_KEY_BITS = (2048, 3072, 4096)
+#: Most entries one round may have at a node (a histogram of 100k bins is ~100k entries).
+MAX_ROUND_ENTRIES = 200_000
+#: Most encrypted words (two per entry) one Paillier request may ask a node for.
+MAX_PAILLIER_WORDS = 20_000
 
 
 def round_columns(rnd: Round) -> tuple[str, ...]:
@@ -79,10 +101,33 @@ def round_columns(rnd: Round) -> tuple[str, ...]:
 class _Session:
     client: SecAggClient
     vector: np.ndarray[Any, Any]
-    analyst: str
-    request_id: str
+    query_digest: str
+    round_digest: str
     created: float
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_Checked = tuple[str, str, tuple[str, ...]]  # (operation, dataset, columns) a policy checks
+
+
+def round_digest(query_digest: str, part: str, index: int, k: int, vector: Any) -> str:
+    """What a secure-aggregation session sums, as one digest: every participant computes it
+    from its own derivation and signs it in its key advertisement."""
+    return hashlib.sha256(
+        canonical_json({"q": query_digest, "part": part, "i": index, "k": k, "v": vector})
+    ).hexdigest()
+
+
+def _audit_body(vq: VerifiedQuery) -> dict[str, Any]:
+    """The signed body as the audit line records it (an anonymization spec by its digest)."""
+    body = vq.body.to_dict()
+    spec = body["params"].get("spec") if vq.body.operation == "anonymize" else None
+    if spec is not None:
+        body["params"] = {
+            **body["params"],
+            "spec": hashlib.sha256(canonical_json(spec)).hexdigest(),
+        }
+    return body
 
 
 class NodeService:
@@ -96,6 +141,7 @@ class NodeService:
         credentials: Credentials,
         audit: AuditLog | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = config.name
         self._creds = credentials
@@ -109,50 +155,75 @@ class NodeService:
         self._lock = threading.Lock()
         self._datasets = {d.name for d in config.datasets}
         self._anon = AnonJobs(config, engine, clock, self._datasets)
+        self._where = f"node {self.name}"
+        self.runs = Runs(
+            self._where,
+            ca_pem=credentials.ca_pem,
+            audience=data_space_name(credentials.ca_pem),
+            revoked=config.tls.revoked,
+            now=wall_clock,
+        )
 
     # ------------------------------------------------------------------ audit + policy
     def _handle(
         self,
         caller: Identity,
-        ctx: types.RequestContext,
+        signed: SignedQuery | None,
         *,
-        operation: str,
-        dataset: str,
-        columns: tuple[str, ...],
+        step: str,
         params: dict[str, Any],
-        work: Callable[[], T],
-        check: bool = True,
+        work: Callable[[VerifiedQuery | None], T],
+        check: Callable[[VerifiedQuery], tuple[str, str, tuple[str, ...]]] | None = None,
+        extra: Callable[[VerifiedQuery], None] | None = None,
         unchecked_reason: str = "",
-        extra: Callable[[], None] | None = None,
     ) -> T:
-        """Check policy (and ``extra``, a further policy check), run ``work``, write the audit
-        line (fsync), then return."""
+        """Verify the signed query, check policy (``check`` gives (operation, dataset,
+        columns) to check; ``extra`` a further check), run ``work``, write the audit line
+        (fsync), then return. A refusal at any point is one audit line with decision deny."""
         entry: dict[str, Any] = {
-            "requester": ctx.analyst,
+            "node": self.name,
+            "requester": "",
             "via": caller.name,
-            "request_id": ctx.request_id,
-            "operation": operation,
-            "dataset": dataset,
-            "columns": list(columns),
+            "request_id": "",
+            "operation": step,
+            "dataset": "",
+            "columns": [],
             "params": params,
         }
+        vq: VerifiedQuery | None = None
         try:
-            if check:
-                if not ctx.analyst:
-                    raise PolicyError(
-                        f"node {self.name}: request from {caller.name} names no analyst"
-                    )
-                self.policy.check(Request(ctx.analyst, operation, dataset, columns, ctx.request_id))
-            if extra is not None:
-                extra()
-        except PolicyError as exc:
+            if signed is not None:
+                entry["signature"] = signed.signature_digest
+                vq = self.runs.verify(signed)
+                b = vq.body
+                entry.update(
+                    requester=b.analyst,
+                    request_id=b.request_id,
+                    query=_audit_body(vq),
+                    dataset=b.dataset,
+                    columns=list(b.columns),
+                )
+                if step == "secagg":  # a later stage: named by what its session computes
+                    anon = b.operation == "anonymize"
+                    entry["operation"] = "anonymize.histogram" if anon else b.operation
+            if check is not None:
+                if vq is None:
+                    raise PolicyError(f"{self._where}: the request carries no signed query")
+                operation, dataset, columns = check(vq)
+                entry.update(operation=operation, dataset=dataset, columns=list(columns))
+                self.policy.check(
+                    Request(vq.body.analyst, operation, dataset, columns, vq.body.request_id)
+                )
+            if extra is not None and vq is not None:
+                extra(vq)
+        except TrustspaceError as exc:
             entry.update(decision="deny", reason=str(exc), outcome="refused")
             self.audit.append(entry)
-            log.info("%s: refused %s for %s: %s", self.name, operation, ctx.analyst, exc)
+            log.info("%s: refused %s for %s: %s", self.name, step, entry["requester"], exc)
             raise
         entry.update(decision="allow", reason="policy rules matched" if check else unchecked_reason)
         try:
-            result = work()
+            result = work(vq)
         except TrustspaceError as exc:
             entry["outcome"] = f"error: {type(exc).__name__}: {exc}"
             self.audit.append(entry)
@@ -165,56 +236,97 @@ class NodeService:
         self.audit.append(entry)
         return result
 
+    def _stats_check(self, vq: VerifiedQuery) -> tuple[str, str, tuple[str, ...]]:
+        """What the policy checks for a signed statistic: its operation, dataset and every
+        column it reads (its columns, group column and filter columns)."""
+        q = query_of(vq)
+        if q is None:
+            raise ProtocolError(
+                f"{self._where}: the signed operation {vq.body.operation!r} is not a statistic"
+            )
+        if q.dataset not in self._datasets:
+            raise PolicyError(
+                f"{self._where} serves no dataset {q.dataset!r} "
+                f"(it serves {', '.join(sorted(self._datasets))})"
+            )
+        cols = list(q.columns)
+        by = q.params.get("by")
+        if isinstance(by, str):
+            cols.append(by)
+        if q.where:
+            cols.extend(filter_columns(parse_filter(q.where)))
+        return q.op, q.dataset, tuple(dict.fromkeys(cols))
+
+    def _run(self, vq: VerifiedQuery) -> Run:
+        self.runs.expire()
+        return self.runs.run(vq, lambda: query_of(vq))
+
     # ------------------------------------------------------------------ describe
-    def describe(self, caller: Identity, ctx: types.RequestContext) -> types.NodeDescription:
-        def work() -> types.NodeDescription:
+    def describe(self, caller: Identity, signed: SignedQuery | None) -> types.NodeDescription:
+        def work(vq: VerifiedQuery | None) -> types.NodeDescription:
+            analyst = vq.body.analyst if vq is not None else ALL
             return types.NodeDescription(
                 node=self.name,
                 datasets=tuple(
                     types.DatasetDescription(d.name, self.engine.schema(d.name).to_dict())
                     for d in self.config.datasets
-                    if self.policy.may_see(ctx.analyst, d.name)
+                    if self.policy.may_see(analyst, d.name)
                 ),
                 min_group_size=self.policy.min_group_size,
                 release_rows=self.policy.config.release_rows,
+                min_nodes=self.policy.config.min_nodes,
             )
 
         return self._handle(
             caller,
-            ctx,
-            operation="describe_datasets",
-            dataset="",
-            columns=(),
+            signed,
+            step="describe_datasets",
             params={},
             work=work,
-            check=False,
             unchecked_reason="schemas only, filtered by policy",
         )
 
     # ------------------------------------------------------------------ local vectors
-    def _check_round(self, ctx: types.RequestContext, rnd: Round) -> tuple[str, ...]:
-        if rnd.dataset not in self._datasets:
-            raise PolicyError(
-                f"node {self.name} serves no dataset {rnd.dataset!r} "
-                f"(it serves {', '.join(sorted(self._datasets))})"
-            )
-        if ctx.dataset and ctx.dataset != rnd.dataset:
-            raise ProtocolError(
-                f"node {self.name}: request names dataset {ctx.dataset!r} but its round reads "
-                f"{rnd.dataset!r}"
-            )
-        return round_columns(rnd)
-
     def _local(self, rnd: Round) -> np.ndarray[Any, Any]:
         """The round's local vector, fixed-point encoded as int64 (two's complement)."""
+        if rnd.size > MAX_ROUND_ENTRIES:
+            raise ProtocolError(
+                f"{self._where}: round {rnd.index} has {rnd.size} entries, more than the "
+                f"{MAX_ROUND_ENTRIES} a node computes; ask for fewer bins or groups"
+            )
         vec = np.asarray(self.engine.compute(rnd), dtype=np.float64)
         try:
             encoded: np.ndarray[Any, Any] = rnd.encode(vec).view(np.int64)
         except ValueError as exc:
-            raise DataError(
-                f"node {self.name}: local aggregate of round {rnd.index}: {exc}"
-            ) from None
+            raise DataError(f"{self._where}: local aggregate of round {rnd.index}: {exc}") from None
         return encoded
+
+    def _derive(self, vq: VerifiedQuery, ref: types.RoundRef) -> tuple[Run, Round]:
+        """The round ``ref`` names, as this node derives it from the signed query; refuses a
+        driver's ``min_group_size`` below this node's own."""
+        own = self.policy.min_group_size
+        if ref.min_group_size < own:
+            raise PolicyError(
+                f"{self._where}: the round asks for min_group_size {ref.min_group_size}, below "
+                f"this node's {own}; refusing"
+            )
+        run = self._run(vq)
+        q = run.stats
+        if q is None:
+            raise ProtocolError(f"{self._where}: the signed query is not a statistic")
+        where = f"{self._where}: request {vq.body.request_id}"
+        with run.lock:
+            rnd = run.derive(
+                ref.index, ref.min_group_size, ref.previous, self.engine.schema(q.dataset), where
+            )
+        return run, rnd
+
+    def _refuse_mismatch(self, ref: types.RoundRef, what: str) -> NoReturn:
+        raise ProtocolError(
+            f"{self._where}: the {what} asked for in round {ref.index} is not the one this node "
+            "derives from the signed query (terms, columns, filter, bins, centres or encoding "
+            "differ); refusing"
+        )
 
     # ------------------------------------------------------------------ secure aggregation
     def _expire(self) -> None:
@@ -230,59 +342,85 @@ class NodeService:
     def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]:
         _fault.trip(f"secagg:{step.stage}")  # test-only, off unless TRUSTSPACE_TEST_FAULT is set
         self._expire()
-        ctx = step.context
         params: dict[str, Any] = {
             "stage": step.stage,
             "session": step.setup.session_id.hex()[:16],
-            "query": dict(ctx.params),
         }
-        if step.stage is Stage.ADVERTISE and isinstance(step.vector, types.AnonVector):
-            return self._anon_advertise(caller, step, step.vector, params)
         if step.stage is Stage.ADVERTISE:
-            rnd = step.vector
-            if not isinstance(rnd, Round):
-                raise ProtocolError(f"node {self.name}: the advertise stage carries no round")
-            params["round"] = rnd.index
+            ref = step.round
+            assert ref is not None  # serde refuses an advertise without one
+            params.update(round=ref.index, part=ref.part)
+            if ref.part == "anon.histogram":
+                return self._anon_advertise(caller, step, ref, params)
             return self._handle(
                 caller,
-                ctx,
-                operation=ctx.operation,
-                dataset=rnd.dataset,
-                columns=round_columns(rnd),
+                step.query,
+                step="secagg",
                 params=params,
-                work=lambda: self._advertise(step, rnd),
+                check=self._stats_check,
+                work=lambda vq: self._advertise(step, ref, vq),
             )
         with self._lock:
             session = self._sessions.get(step.setup.session_id)
         if session is None:
             raise ProtocolError(
-                f"node {self.name}: no secure-aggregation session {params['session']} (it "
+                f"{self._where}: no secure-aggregation session {params['session']} (it "
                 "expired or never started); re-run the query"
             )
-        if session.analyst != ctx.analyst or session.request_id != ctx.request_id:
+        if session.query_digest != step.query.digest:
             raise ProtocolError(
-                f"node {self.name}: session {params['session']} belongs to another request"
+                f"{self._where}: session {params['session']} belongs to another query"
             )
         return self._handle(
             caller,
-            ctx,
-            operation=ctx.operation,
-            dataset=ctx.dataset,
-            columns=ctx.columns,
+            step.query,
+            step="secagg",
             params=params,
-            work=lambda: self._continue(step, session),
-            check=False,
+            work=lambda vq: self._continue(step, session),
             unchecked_reason="continues a session allowed at its advertise stage",
         )
 
-    def _advertise(self, step: types.SecAggStep, rnd: Round) -> list[bytes]:
-        self._check_round(step.context, rnd)
-        return self._open_session(step, lambda: self._local(rnd).view(np.uint64), rnd.index)
+    def _advertise(
+        self, step: types.SecAggStep, ref: types.RoundRef, vq: VerifiedQuery | None
+    ) -> list[bytes]:
+        assert vq is not None
+        method = vq.body.method
+        run, rnd = self._derive(vq, ref)
+        if ref.part == "all":
+            if method != "secagg":
+                raise ProtocolError(
+                    f"{self._where}: a {method} query's rounds are not summed whole; refusing"
+                )
+            if ref.vector != rnd:
+                self._refuse_mismatch(ref, "round")
+            vector = rnd
+        else:  # "paillier.counts": the record counts governing the round's entries
+            if method != "paillier":
+                raise ProtocolError(
+                    f"{self._where}: part {ref.part!r} belongs to Paillier queries; refusing"
+                )
+            if ref.vector not in (rnd.counts_round(), rnd.count_terms_round()):
+                self._refuse_mismatch(ref, "record-count round")
+            assert isinstance(ref.vector, Round)
+            vector = ref.vector
+        with run.lock:
+            run.claim(ref.index, ref.part, self._where)
+        digest = round_digest(vq.digest, ref.part, ref.index, ref.min_group_size, vector.to_dict())
+        return self._open_session(
+            step, lambda: self._local(vector).view(np.uint64), ref.index, vq, digest
+        )
 
     def _open_session(
-        self, step: types.SecAggStep, local: Callable[[], np.ndarray[Any, Any]], index: int
+        self,
+        step: types.SecAggStep,
+        local: Callable[[], np.ndarray[Any, Any]],
+        index: int,
+        vq: VerifiedQuery,
+        digest: str,
     ) -> list[bytes]:
-        """Start a SecAgg client over the vector ``local()`` and answer the advertise stage."""
+        """Start a SecAgg client over the vector ``local()`` and answer the advertise stage:
+        the key advertisement, signed together with the session binding (round digest and
+        this node's ``min_nodes``), the node's certificate and the binding."""
         s = step.setup
         cfg = SecAggConfig(
             session_id=s.session_id,
@@ -293,29 +431,42 @@ class NodeService:
             modulus_bits=s.modulus_bits,
         )
         if cfg.modulus_bits != 64:
-            raise ProtocolError(f"node {self.name}: statistics need 64-bit secure aggregation")
+            raise ProtocolError(f"{self._where}: statistics need 64-bit secure aggregation")
+        min_nodes = self.policy.config.min_nodes
+        if len(cfg.client_ids) < min_nodes:
+            raise PolicyError(
+                f"{self._where}: a session of {len(cfg.client_ids)} node(s) is below this "
+                f"node's min_nodes = {min_nodes}; refusing"
+            )
         vector = local()
         if vector.shape[0] != cfg.vector_length:
             raise ProtocolError(
-                f"node {self.name}: round {index} has {vector.shape[0]} entries but the session "
+                f"{self._where}: round {index} has {vector.shape[0]} entries but the session "
                 f"declares {cfg.vector_length}"
             )
         client = SecAggClient(cfg, step.client_id)
-        session = _Session(
-            client, vector, step.context.analyst, step.context.request_id, self._clock()
-        )
+        session = _Session(client, vector, vq.digest, digest, self._clock())
         with self._lock:
             if s.session_id in self._sessions or s.session_id in self._used_ids:
-                raise ProtocolError(f"node {self.name}: session id reused; refusing")
+                raise ProtocolError(f"{self._where}: session id reused; refusing")
             if len(self._sessions) >= MAX_SESSIONS:
-                raise ProtocolError(f"node {self.name}: too many concurrent sessions; retry later")
+                raise ProtocolError(f"{self._where}: too many concurrent sessions; retry later")
             self._sessions[s.session_id] = session
             self._used_ids[s.session_id] = None
             if len(self._used_ids) > MAX_USED_SESSION_IDS:
                 del self._used_ids[next(iter(self._used_ids))]
         adv = client.advertise().to_bytes()
+        binding = canonical_json(
+            {
+                "round": digest,
+                "node": self.name,
+                "min_nodes": min_nodes,
+                "session": s.session_id.hex(),
+            }
+        )
         # signed with our certificate so that peers can check every participant is a real node
-        return [adv, sign_blob(self._creds, adv), self._creds.cert_pem]
+        # computing the same round
+        return [adv, sign_blob(self._creds, adv + b"\x00" + binding), self._creds.cert_pem, binding]
 
     def _continue(self, step: types.SecAggStep, session: _Session) -> list[bytes]:
         with session.lock:
@@ -329,7 +480,7 @@ class NodeService:
     def _stage(self, step: types.SecAggStep, session: _Session) -> list[bytes]:
         client = session.client
         if step.stage is Stage.SHARE_KEYS:
-            out = client.share_keys(self._verified_roster(step))
+            out = client.share_keys(self._verified_roster(step, session))
             return [m.to_bytes() for _, m in sorted(out.items())]
         if step.stage is Stage.MASKED_INPUT:
             received = {}
@@ -338,80 +489,134 @@ class NodeService:
                 received[shares.sender] = shares
             return [client.masked_input(session.vector, received).to_bytes()]
         if len(step.payloads) != 1:
-            raise ProtocolError(f"node {self.name}: unmask needs exactly one request")
-        answer = client.unmask(UnmaskRequest.from_bytes(step.payloads[0]))
+            raise ProtocolError(f"{self._where}: unmask needs exactly one request")
+        request = UnmaskRequest.from_bytes(step.payloads[0])
+        min_nodes = self.policy.config.min_nodes
+        if len(request.survivors) < min_nodes:
+            raise PolicyError(
+                f"{self._where}: only {len(request.survivors)} node(s) survived to the unmask "
+                f"stage, below this node's min_nodes = {min_nodes}; refusing to unmask"
+            )
+        answer = client.unmask(request)
         with self._lock:
             self._sessions.pop(step.setup.session_id, None)
         return [answer.to_bytes()]
 
-    def _verified_roster(self, step: types.SecAggStep) -> dict[int, AdvertiseKeys]:
-        """The roster, each entry signed by a distinct, valid node certificate of our CA.
+    def _verified_roster(
+        self, step: types.SecAggStep, session: _Session
+    ) -> dict[int, AdvertiseKeys]:
+        """The roster, each entry signed by a distinct, valid node certificate of our CA, bound
+        to the same round as ours, and at least as large as every member's ``min_nodes``.
 
         Stops a malicious aggregator from inventing participants it plays itself (a session
-        of this node alone plus sybils would reveal this node's vector).
+        of this node alone plus sybils would reveal this node's vector), and from summing this
+        node's vector with other rounds (an empty filter at the others isolates this node).
         """
         p = step.payloads
-        if len(p) % 3:
-            raise ProtocolError(f"node {self.name}: roster must be (keys, signature, cert) triples")
+        if len(p) % 4:
+            raise ProtocolError(
+                f"{self._where}: roster must be (keys, signature, cert, binding) quadruples"
+            )
         roster: dict[int, AdvertiseKeys] = {}
         names: dict[str, int] = {}
-        for i in range(0, len(p), 3):
+        need = self.policy.config.min_nodes
+        for i in range(0, len(p), 4):
             msg = AdvertiseKeys.from_bytes(p[i])
+            where = f"{self._where}: roster entry of client {msg.sender}"
             ident = verify_blob(
                 self._creds.ca_pem,
                 p[i + 2],
-                p[i],
+                p[i] + b"\x00" + p[i + 3],
                 p[i + 1],
                 role="node",
-                where=f"node {self.name}: roster entry of client {msg.sender}",
+                where=where,
             )
             why = revocation_check(self.config.tls.revoked)(p[i + 2])
             if why:
-                raise ProtocolError(f"node {self.name}: roster entry of {ident.name}: {why}")
+                raise ProtocolError(f"{self._where}: roster entry of {ident.name}: {why}")
+            try:
+                binding = json.loads(p[i + 3])
+                peer_round, peer_node = binding["round"], binding["node"]
+                peer_min, peer_session = int(binding["min_nodes"]), binding["session"]
+            except (ValueError, TypeError, KeyError):
+                raise ProtocolError(f"{where}: malformed session binding") from None
+            if peer_node != ident.name or peer_session != step.setup.session_id.hex():
+                raise ProtocolError(f"{where}: its binding names another node or session")
+            if peer_round != session.round_digest:
+                raise ProtocolError(
+                    f"{self._where}: node {ident.name} advertised another round for this "
+                    "session (a different query, round or filter); aborting"
+                )
+            need = max(need, peer_min)
             if ident.name in names or msg.sender in roster:
                 raise ProtocolError(
-                    f"node {self.name}: node {ident.name} appears twice in the roster; aborting"
+                    f"{self._where}: node {ident.name} appears twice in the roster; aborting"
                 )
             if (msg.sender == step.client_id) != (ident.name == self.name):
                 raise ProtocolError(
-                    f"node {self.name}: roster entry {msg.sender} is signed by {ident.name}"
+                    f"{self._where}: roster entry {msg.sender} is signed by {ident.name}"
                 )
             names[ident.name] = msg.sender
             roster[msg.sender] = msg
+        if len(roster) < need:
+            raise PolicyError(
+                f"{self._where}: the roster has {len(roster)} node(s); its members need at "
+                f"least {need} (policy.min_nodes); refusing"
+            )
         return roster
 
     # ------------------------------------------------------------------ Paillier
     def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
         from trustspace.paillier import PublicKey
 
-        ctx = req.context
-        rnd = req.round
+        ref = req.round
         try:
             pk = PublicKey(req.n)
         except (ValueError, TypeError) as exc:
-            raise ProtocolError(f"node {self.name}: invalid Paillier public key: {exc}") from None
+            raise ProtocolError(f"{self._where}: invalid Paillier public key: {exc}") from None
         params: dict[str, Any] = {
             "method": "paillier",
-            "round": rnd.index,
+            "round": ref.index,
             "key": pk.fingerprint,
             "key_bits": pk.bits,
             "suppressed": len(req.suppressed),
-            "query": dict(ctx.params),
         }
 
-        def work() -> bytes:
-            self._check_round(ctx, rnd)
+        def check_key(vq: VerifiedQuery) -> None:
+            if vq.body.method != "paillier" or vq.body.paillier_key != pk.fingerprint:
+                raise PolicyError(
+                    f"{self._where}: the Paillier key {pk.fingerprint[:16]} is not the one the "
+                    "analyst signed; refusing to encrypt under it"
+                )
+            if pk.bits not in PAILLIER_KEY_BITS:
+                raise PolicyError(
+                    f"{self._where}: a {pk.bits}-bit Paillier modulus is not allowed; use "
+                    f"{', '.join(map(str, PAILLIER_KEY_BITS))} bits"
+                )
+
+        def work(vq: VerifiedQuery | None) -> bytes:
+            assert vq is not None
+            run, rnd = self._derive(vq, ref)
+            if ref.vector != rnd:
+                self._refuse_mismatch(ref, "round")
             # Only the non-count entries are encrypted: the aggregator sums the record counts
             # by secure aggregation anyway (min_group_size), so they travel only that way.
             sums = rnd.moment_round()
             if sums is None:
                 raise ProtocolError(
-                    f"node {self.name}: round {rnd.index} holds only record counts, which are "
+                    f"{self._where}: round {rnd.index} holds only record counts, which are "
                     "summed by secure aggregation; there is nothing to encrypt"
+                )
+            if 2 * sums.size > MAX_PAILLIER_WORDS:
+                raise ProtocolError(
+                    f"{self._where}: round {rnd.index} would encrypt {2 * sums.size} words, more "
+                    f"than the {MAX_PAILLIER_WORDS} a node encrypts per request"
                 )
             bad = [i for i in req.suppressed if not 0 <= i < rnd.size]
             if bad:
-                raise ProtocolError(f"node {self.name}: suppressed index {bad[0]} out of range")
+                raise ProtocolError(f"{self._where}: suppressed index {bad[0]} out of range")
+            with run.lock:
+                run.claim(ref.index, "paillier", self._where)
             where = ~rnd.count_mask
             full = np.zeros(rnd.size, dtype=np.int64)
             full[where] = self._local(sums)
@@ -426,125 +631,141 @@ class NodeService:
 
         return self._handle(
             caller,
-            ctx,
-            operation=ctx.operation,
-            dataset=rnd.dataset,
-            columns=round_columns(rnd),
+            req.query,
+            step="paillier",
             params=params,
+            check=self._stats_check,
+            extra=check_key,
             work=work,
         )
 
     # ------------------------------------------------------------------ anonymization
+    def _anon_check(self, vq: VerifiedQuery) -> tuple[str, str, tuple[str, ...]]:
+        if vq.body.operation != "anonymize":
+            raise ProtocolError(
+                f"{self._where}: the signed operation {vq.body.operation!r} is not an anonymization"
+            )
+        job = self._anon.job(vq.body.analyst, vq.body.request_id)
+        return "anonymize.histogram", job.spec.dataset, job.spec.columns
+
     def _anon_advertise(
         self,
         caller: Identity,
         step: types.SecAggStep,
-        vector: types.AnonVector,
+        ref: types.RoundRef,
         params: dict[str, Any],
     ) -> list[bytes]:
         """The advertise stage of one anonymization round: this node's vector of the job."""
-        ctx = step.context
-        job = self._anon.job(ctx.analyst, ctx.request_id)
+        vector = ref.vector
+        if not isinstance(vector, types.AnonVector):
+            raise ProtocolError(f"{self._where}: an anonymization round carries no vector")
         req = vector.request
         params["vector"] = {"kind": req.kind, "levels": list(req.levels), "cells": req.cells}
+
+        def work(vq: VerifiedQuery | None) -> list[bytes]:
+            assert vq is not None
+            job = self._anon.job(vq.body.analyst, vq.body.request_id)
+            run = self._run(vq)
+            with run.lock:
+                run.claim(ref.index, ref.part, self._where)
+            digest = round_digest(
+                vq.digest, ref.part, ref.index, 0, {"digest": vector.digest, **req.to_dict()}
+            )
+            return self._open_session(
+                step, lambda: self._anon.vector(job, vector), ref.index, vq, digest
+            )
+
         return self._handle(
             caller,
-            ctx,
-            operation="anonymize.histogram",
-            dataset=job.spec.dataset,
-            columns=job.spec.columns,
+            step.query,
+            step="secagg",
             params=params,
-            work=lambda: self._open_session(step, lambda: self._anon.vector(job, vector), 0),
-            extra=lambda: self._anon.check_parties(len(step.setup.client_ids)),
+            check=self._anon_check,
+            work=work,
+            extra=lambda vq: self._anon.check_parties(len(step.setup.client_ids)),
         )
 
     def anon_histogram(
-        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Prepare an anonymization job: policy, participants, this node's tuple counts."""
-        try:
-            spec, nodes = self._anon.parse_spec(payload)
-        except TrustspaceError as exc:
-            self._refuse_malformed(caller, ctx, "anonymize.histogram", exc)
-        params = {
-            "step": "prepare",
-            "quasi_identifiers": list(spec.quasi_identifiers),
-            "models": [m.describe() for m in spec.models()],
-            "suppression_limit": spec.suppression_limit,
-            "disclosure": spec.disclosure,
-            "nodes": list(nodes),
-        }
+        self, caller: Identity, signed: SignedQuery, nodes: tuple[str, ...]
+    ) -> tuple[str, str]:
+        """Prepare an anonymization job from the signed spec: policy, participants, this
+        node's tuple counts."""
+        state: dict[str, Any] = {}
+
+        def check(vq: VerifiedQuery) -> tuple[str, str, tuple[str, ...]]:
+            if vq.body.operation != "anonymize":
+                raise ProtocolError(
+                    f"{self._where}: the signed operation {vq.body.operation!r} is not an "
+                    "anonymization"
+                )
+            spec = self._anon.parse_spec(vq.body.params, self.engine)
+            state["spec"] = spec
+            return "anonymize.histogram", spec.dataset, spec.columns
+
+        def work(vq: VerifiedQuery | None) -> tuple[str, str]:
+            assert vq is not None
+            self._run(vq)
+            out = self._anon.prepare(state["spec"], vq.body.analyst, vq.body.request_id)
+            return str(out["node"]), str(out["digest"])
+
         return self._handle(
             caller,
-            ctx,
-            operation="anonymize.histogram",
-            dataset=spec.dataset,
-            columns=spec.columns,
-            params=params,
-            work=lambda: self._anon.prepare(spec, ctx.analyst, ctx.request_id),
-            extra=lambda: self._anon.check_prepare(spec, len(nodes)),
+            signed,
+            step="anonymize.histogram",
+            params={"step": "prepare", "nodes": list(nodes)},
+            check=check,
+            work=work,
+            extra=lambda vq: self._anon.check_prepare(state["spec"], len(nodes)),
         )
 
-    def _anon_job(
-        self, caller: Identity, ctx: types.RequestContext, operation: str
-    ) -> tuple[AnonJob, tuple[str, ...]]:
-        """The prepared job of this request and every column of its dataset (apply and release
-        touch whole rows); an unknown or expired job is refused and audited."""
-        try:
-            job = self._anon.job(ctx.analyst, ctx.request_id)
-        except TrustspaceError as exc:
-            self._refuse_malformed(caller, ctx, operation, exc)
-        return job, tuple(self.engine.schema(job.spec.dataset).columns)
+    def _job_check(
+        self, operation: str
+    ) -> Callable[[VerifiedQuery], tuple[str, str, tuple[str, ...]]]:
+        """Apply and release touch whole rows: the policy checks every column of the dataset."""
+
+        def check(vq: VerifiedQuery) -> tuple[str, str, tuple[str, ...]]:
+            job = self._anon.job(vq.body.analyst, vq.body.request_id)
+            return operation, job.spec.dataset, tuple(self.engine.schema(job.spec.dataset).columns)
+
+        return check
 
     def anon_apply(
-        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
+        self, caller: Identity, signed: SignedQuery, result_json: str, digest: str, release: bool
     ) -> dict[str, Any]:
         """Apply the chosen transformation to this node's rows and write them locally."""
-        job, columns = self._anon_job(caller, ctx, "anonymize.apply")
+
+        def work(vq: VerifiedQuery | None) -> dict[str, Any]:
+            assert vq is not None
+            job = self._anon.job(vq.body.analyst, vq.body.request_id)
+            payload = {"result": result_json, "digest": digest, "release": release}
+            return self._anon.apply(job, payload)
+
         return self._handle(
             caller,
-            ctx,
-            operation="anonymize.apply",
-            dataset=job.spec.dataset,
-            columns=columns,
-            params={"step": "apply", "digest": job.spec.digest()[:16]},
-            work=lambda: self._anon.apply(job, payload),
+            signed,
+            step="anonymize.apply",
+            params={"step": "apply", "digest": digest[:16]},
+            check=self._job_check("anonymize.apply"),
+            work=work,
         )
 
-    def anon_release(self, caller: Identity, ctx: types.RequestContext) -> bytes:
+    def anon_release(self, caller: Identity, signed: SignedQuery) -> bytes:
         """The rows written by ``anon_apply``, if ``policy.release_rows`` allows it."""
-        job, columns = self._anon_job(caller, ctx, "anonymize.release")
+
+        def work(vq: VerifiedQuery | None) -> bytes:
+            assert vq is not None
+            job = self._anon.job(vq.body.analyst, vq.body.request_id)
+            return self._anon.release(job)
+
         return self._handle(
             caller,
-            ctx,
-            operation="anonymize.release",
-            dataset=job.spec.dataset,
-            columns=columns,
-            params={"step": "release", "path": str(job.output) if job.output else ""},
-            work=lambda: self._anon.release(job),
-            extra=lambda: self.policy.check_release(ctx.analyst),
+            signed,
+            step="anonymize.release",
+            params={"step": "release"},
+            check=self._job_check("anonymize.release"),
+            work=work,
+            extra=lambda vq: self.policy.check_release(vq.body.analyst),
         )
-
-    def _refuse_malformed(
-        self, caller: Identity, ctx: types.RequestContext, operation: str, exc: TrustspaceError
-    ) -> NoReturn:
-        """Audit a request that could not even be parsed, then raise its error."""
-
-        def fail() -> None:
-            raise exc
-
-        self._handle(
-            caller,
-            ctx,
-            operation=operation,
-            dataset=ctx.dataset,
-            columns=ctx.columns,
-            params=dict(ctx.params),
-            work=fail,
-            check=False,
-            unchecked_reason="malformed request",
-        )
-        raise exc
 
     def close(self) -> None:
         self.audit.close()

@@ -401,6 +401,46 @@ class Round:
             self.dataset, self.where, terms, self.group_column, self.group_values, self.index
         )
 
+    def counts_round(self) -> Round:
+        """The record counts governing the entries (same filter, groups and index): count
+        terms as they are, every other term replaced by the count of its columns' non-null
+        rows, each once (``governing_counts`` spreads its total back over this round's
+        layout). The Paillier path sums these by secure aggregation before any node encrypts."""
+        return Round(
+            self.dataset,
+            self.where,
+            tuple(dict.fromkeys(_governing(t) for t in self.terms)),
+            self.group_column,
+            self.group_values,
+            self.index,
+        )
+
+    def governing_counts(self, counts: Round, total: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Every entry's governing record count, in this round's layout, from the decoded
+        ``total`` of ``counts`` (``self.counts_round()``).
+
+        >>> x1, x2 = Term.moment(["x"], [1], [0.0], 40), Term.moment(["x"], [2], [0.0], 40)
+        >>> r = Round("d", None, (Term.rows(), x1, x2))
+        >>> c = r.counts_round()
+        >>> len(c.terms), r.governing_counts(c, [10.0, 7.0]).tolist()
+        (2, [10.0, 7.0, 7.0])
+        """
+        tot = np.asarray(total, dtype=np.float64)
+        out = np.zeros(self.size, dtype=np.float64)
+        for g in range(self.n_groups):
+            for t in self.terms:
+                out[self.term_slice(t, g)] = tot[counts.term_slice(_governing(t), g)]
+        return out
+
+    def count_terms_round(self) -> Round | None:
+        """The round of this round's count terms alone (same filter, groups, index), or None."""
+        terms = tuple(t for t in self.terms if t.is_count)
+        if not terms:
+            return None
+        return Round(
+            self.dataset, self.where, terms, self.group_column, self.group_values, self.index
+        )
+
     @property
     def frac_bits(self) -> npt.NDArray[np.int64]:
         """The fixed-point fractional bits of every entry."""
@@ -558,3 +598,8 @@ class Totals:
                 f"round {self.round.index}: grouped by {self.round.group_column!r}; "
                 f"read {term.kind} of {list(term.columns)} with per_group(term)"
             )
+
+
+def _governing(term: Term) -> Term:
+    """The record-count term that governs ``term``'s entries (itself for a count term)."""
+    return term if term.is_count else Term.count(*term.columns)

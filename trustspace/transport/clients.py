@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -11,6 +11,7 @@ from trustspace.errors import AuthenticationError, NodeError
 from trustspace.proto.v1 import aggregator_pb2, aggregator_pb2_grpc, node_pb2, node_pb2_grpc
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials
+from trustspace.transport.signing import SignedQuery
 from trustspace.transport.status import error_info, to_exception
 from trustspace.transport.tls import preflight, secure_channel
 
@@ -36,6 +37,7 @@ class _Client:
         self.peer = peer
         self.address = address
         self._creds = creds
+        self.credentials = creds  # the identity this client calls with (analysts sign with it)
         self._server_name = server_name
         self._role = expected_role
         if check:
@@ -84,9 +86,12 @@ class NodeClient(_Client):
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
 
     def describe(
-        self, ctx: types.RequestContext, timeout: float = DESCRIBE_TIMEOUT_S
+        self, query: SignedQuery | None = None, timeout: float = DESCRIBE_TIMEOUT_S
     ) -> types.NodeDescription:
-        req = node_pb2.DescribeDatasetsRequest(context=serde.context_to_proto(ctx))
+        """The node's datasets and settings; with a signed query, those its analyst may see."""
+        req = node_pb2.DescribeDatasetsRequest()
+        if query is not None:
+            req.query.CopyFrom(serde.signed_to_proto(query))
         resp = self._call("DescribeDatasets", self._stub.DescribeDatasets, req, timeout)
         return serde.description_from_proto(resp)
 
@@ -111,29 +116,35 @@ class NodeClient(_Client):
         return bytes(resp.encrypted_vector)
 
     def anon_histogram(
-        self, ctx: types.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
-    ) -> dict[str, Any]:
-        """Prepare an anonymization job at the node; returns its summary (node, digest)."""
-        req = node_pb2.AnonHistogramRequest(
-            context=serde.context_to_proto(ctx), spec_json=serde.dumps(payload)
-        )
+        self, query: SignedQuery, nodes: Sequence[str], timeout: float = STEP_TIMEOUT_S
+    ) -> tuple[str, str]:
+        """Prepare the anonymization job of ``query`` at the node; returns (node, digest)."""
+        req = node_pb2.AnonHistogramRequest(query=serde.signed_to_proto(query), nodes=list(nodes))
         resp = self._call("AnonHistogram", self._stub.AnonHistogram, req, timeout)
-        return serde.loads_dict(resp.summary_json, "summary_json")
+        return resp.node, resp.digest
 
     def anon_apply(
-        self, ctx: types.RequestContext, payload: dict[str, Any], timeout: float = STEP_TIMEOUT_S
+        self,
+        query: SignedQuery,
+        result_json: str,
+        digest: str,
+        release: bool,
+        timeout: float = STEP_TIMEOUT_S,
     ) -> dict[str, Any]:
         """Have the node apply the transformation to its rows and write them locally."""
         req = node_pb2.AnonApplyRequest(
-            context=serde.context_to_proto(ctx), transformation_json=serde.dumps(payload)
+            query=serde.signed_to_proto(query),
+            result_json=result_json,
+            digest=digest,
+            release=release,
         )
         return serde.anon_applied_from_proto(
             self._call("AnonApply", self._stub.AnonApply, req, timeout)
         )
 
-    def anon_release(self, ctx: types.RequestContext, timeout: float = STEP_TIMEOUT_S) -> bytes:
+    def anon_release(self, query: SignedQuery, timeout: float = STEP_TIMEOUT_S) -> bytes:
         """The node's anonymized rows (CSV), if its policy lets them leave."""
-        req = node_pb2.AnonReleaseRequest(context=serde.context_to_proto(ctx))
+        req = node_pb2.AnonReleaseRequest(query=serde.signed_to_proto(query))
         resp = self._call("AnonRelease", self._stub.AnonRelease, req, timeout)
         return bytes(resp.rows_csv)
 
@@ -159,12 +170,18 @@ class AggregatorClient(_Client):
         )
         self._stub = aggregator_pb2_grpc.AggregatorServiceStub(self._channel)
 
-    def run_query(
-        self, query: dict[str, Any], method: str = "secagg", timeout: float = QUERY_TIMEOUT_S
-    ) -> Any:
-        req = aggregator_pb2.RunQueryRequest(query_json=serde.dumps(query), method=method)
+    def run_query(self, query: SignedQuery, timeout: float = QUERY_TIMEOUT_S) -> dict[str, Any]:
+        """A whole secure-aggregation query: ``serde.result_to_dict`` plus ``nodes``,
+        ``excluded`` and ``min_group_size``."""
+        req = aggregator_pb2.RunQueryRequest(query=serde.signed_to_proto(query))
         resp = self._call("RunQuery", self._stub.RunQuery, req, timeout)
-        return serde.loads(resp.result_json, "result_json")
+        out = serde.loads_dict(resp.result_json, "result_json")
+        out.update(
+            nodes=list(resp.nodes),
+            excluded=list(resp.excluded),
+            min_group_size=int(resp.min_group_size),
+        )
+        return out
 
     def run_round(
         self, req: types.RoundRequest, timeout: float = QUERY_TIMEOUT_S
@@ -174,11 +191,16 @@ class AggregatorClient(_Client):
         )
         return serde.round_result_from_proto(resp)
 
-    def run_anonymization(self, spec: dict[str, Any], timeout: float = QUERY_TIMEOUT_S) -> Any:
-        req = aggregator_pb2.RunAnonymizationRequest(spec_json=serde.dumps(spec))
+    def run_anonymization(self, query: SignedQuery, timeout: float = QUERY_TIMEOUT_S) -> Any:
+        req = aggregator_pb2.RunAnonymizationRequest(query=serde.signed_to_proto(query))
         resp = self._call("RunAnonymization", self._stub.RunAnonymization, req, timeout)
         return serde.loads(resp.result_json, "result_json")
 
-    def status(self, timeout: float = DESCRIBE_TIMEOUT_S) -> tuple[str, list[types.NodeStatus]]:
-        resp = self._call("Status", self._stub.Status, aggregator_pb2.StatusRequest(), timeout)
+    def status(
+        self, query: SignedQuery | None = None, timeout: float = DESCRIBE_TIMEOUT_S
+    ) -> tuple[str, list[types.NodeStatus]]:
+        req = aggregator_pb2.StatusRequest()
+        if query is not None:
+            req.query.CopyFrom(serde.signed_to_proto(query))
+        resp = self._call("Status", self._stub.Status, req, timeout)
         return serde.status_from_proto(resp)

@@ -15,7 +15,8 @@ from trustspace.anon.federated import VectorRequest
 from trustspace.errors import ConfigError, ProtocolError
 from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2
 from trustspace.secagg import Stage
-from trustspace.stats import MAX_PAILLIER_HEADROOM, MAX_PAILLIER_KEY_BITS, Round
+from trustspace.stats import MAX_PAILLIER_HEADROOM, MAX_PAILLIER_KEY_BITS, Round, Term
+from trustspace.transport.signing import MAX_BODY_BYTES, SignedQuery
 from trustspace.transport.types import (
     PARTS,
     AnonVector,
@@ -23,14 +24,18 @@ from trustspace.transport.types import (
     NodeDescription,
     NodeStatus,
     PaillierRequest,
-    RequestContext,
+    RoundRef,
     RoundRequest,
     RoundResult,
+    RoundTotal,
     SecAggSetup,
     SecAggStep,
 )
 
 MAX_JSON_CHARS = 8 * 1024 * 1024
+#: Largest round total a request may carry (the stats rounds are far smaller; see
+#: ``trustspace.node`` for the caps on what a node computes).
+MAX_ROUND_ENTRIES = 1_000_000
 
 
 def dumps(obj: Any) -> str:
@@ -74,42 +79,71 @@ def paillier_modulus(data: bytes, what: str) -> int:
     return n
 
 
-def context_to_proto(ctx: RequestContext) -> common_pb2.RequestContext:
-    return common_pb2.RequestContext(
-        analyst=ctx.analyst,
-        request_id=ctx.request_id,
-        operation=ctx.operation,
-        dataset=ctx.dataset,
-        columns=list(ctx.columns),
-        params_json=dumps(dict(ctx.params)),
+def signed_to_proto(q: SignedQuery) -> common_pb2.SignedQuery:
+    return common_pb2.SignedQuery(body=q.body, signature=q.signature, certificate=q.certificate)
+
+
+def signed_from_proto(msg: common_pb2.SignedQuery, what: str) -> SignedQuery:
+    """The analyst's signed query off the wire (verified by the node, not here)."""
+    if not msg.body or not msg.signature or not msg.certificate:
+        raise ProtocolError(f"{what}: the request carries no signed query")
+    if len(msg.body) > MAX_BODY_BYTES:
+        raise ProtocolError(f"{what}: a {len(msg.body)}-byte signed query exceeds the limit")
+    return SignedQuery(bytes(msg.body), bytes(msg.signature), bytes(msg.certificate))
+
+
+def value_to_proto(v: Any) -> common_pb2.Value:
+    if isinstance(v, bool):
+        return common_pb2.Value(boolean=v)
+    if isinstance(v, int):
+        return common_pb2.Value(integer=v)
+    if isinstance(v, float):
+        return common_pb2.Value(real=v)
+    if isinstance(v, str):
+        return common_pb2.Value(text=v)
+    raise ProtocolError(f"value of type {type(v).__name__} cannot travel (str, int, float, bool)")
+
+
+def value_from_proto(msg: common_pb2.Value, what: str) -> Any:
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise ProtocolError(f"{what}: empty value")
+    return getattr(msg, kind)
+
+
+def schema_to_proto(schema: Mapping[str, Any]) -> common_pb2.TableSchema:
+    """A ``TableSchema.to_dict()`` as its typed message."""
+    return common_pb2.TableSchema(
+        columns=[common_pb2.ColumnInfo(name=k, type=str(v)) for k, v in schema["columns"].items()],
+        domains=[
+            common_pb2.ColumnDomain(column=k, values=[value_to_proto(x) for x in vs])
+            for k, vs in schema.get("domains", {}).items()
+        ],
+        bounds=[
+            common_pb2.ColumnBounds(column=k, low=float(lo), high=float(hi))
+            for k, (lo, hi) in schema.get("bounds", {}).items()
+        ],
     )
 
 
-def context_from_proto(msg: common_pb2.RequestContext) -> RequestContext:
-    return RequestContext(
-        analyst=msg.analyst,
-        request_id=msg.request_id,
-        operation=msg.operation,
-        dataset=msg.dataset,
-        columns=tuple(msg.columns),
-        params=loads_dict(msg.params_json, "context.params_json"),
-    )
+def schema_from_proto(msg: common_pb2.TableSchema, what: str) -> dict[str, Any]:
+    """The ``TableSchema.to_dict()`` form of a typed schema (checked by ``TableSchema``)."""
+    return {
+        "columns": {c.name: c.type for c in msg.columns},
+        "domains": {
+            d.column: [value_from_proto(v, f"{what} domain {d.column!r}") for v in d.values]
+            for d in msg.domains
+        },
+        "bounds": {b.column: [b.low, b.high] for b in msg.bounds},
+    }
 
 
 def dataset_to_proto(d: DatasetDescription) -> common_pb2.DatasetInfo:
-    cols = d.schema.get("columns", {})
-    return common_pb2.DatasetInfo(
-        name=d.name,
-        columns=[common_pb2.ColumnInfo(name=k, type=str(v)) for k, v in cols.items()],
-        schema_json=dumps(dict(d.schema)),
-    )
+    return common_pb2.DatasetInfo(name=d.name, schema=schema_to_proto(d.schema))
 
 
 def dataset_from_proto(msg: common_pb2.DatasetInfo) -> DatasetDescription:
-    schema = loads_dict(msg.schema_json, f"dataset {msg.name!r} schema_json")
-    if not schema:
-        schema = {"columns": {c.name: c.type for c in msg.columns}, "domains": {}}
-    return DatasetDescription(msg.name, schema)
+    return DatasetDescription(msg.name, schema_from_proto(msg.schema, f"dataset {msg.name!r}"))
 
 
 def description_to_proto(d: NodeDescription) -> node_pb2.DescribeDatasetsResponse:
@@ -118,6 +152,7 @@ def description_to_proto(d: NodeDescription) -> node_pb2.DescribeDatasetsRespons
         datasets=[dataset_to_proto(x) for x in d.datasets],
         min_group_size=d.min_group_size,
         release_rows=d.release_rows,
+        min_nodes=d.min_nodes,
     )
 
 
@@ -127,18 +162,122 @@ def description_from_proto(msg: node_pb2.DescribeDatasetsResponse) -> NodeDescri
         datasets=tuple(dataset_from_proto(x) for x in msg.datasets),
         min_group_size=int(msg.min_group_size),
         release_rows=bool(msg.release_rows),
+        min_nodes=int(msg.min_nodes),
     )
 
 
+# ---------------------------------------------------------------------- rounds
+def term_to_proto(t: Term) -> common_pb2.Term:
+    d = t.to_dict()
+    return common_pb2.Term(**d)
+
+
+def term_from_proto(msg: common_pb2.Term) -> Term:
+    d: dict[str, Any] = {"kind": msg.kind, "columns": list(msg.columns)}
+    if msg.kind == "moment":
+        d.update(powers=list(msg.powers), centers=list(msg.centers), frac_bits=msg.frac_bits)
+    elif msg.kind == "grid":
+        d.update(start=msg.start, width=msg.width, nbins=msg.nbins)
+    elif msg.kind == "bins":
+        d.update(edges=list(msg.edges))
+    return Term.from_dict(d)
+
+
+def round_to_proto(r: Round) -> common_pb2.Round:
+    msg = common_pb2.Round(
+        dataset=r.dataset,
+        terms=[term_to_proto(t) for t in r.terms],
+        group_values=[value_to_proto(v) for v in r.group_values],
+        index=r.index,
+    )
+    if r.where is not None:
+        msg.where = r.where
+    if r.group_column is not None:
+        msg.group_column = r.group_column
+    return msg
+
+
+def round_from_proto(msg: common_pb2.Round) -> Round:
+    """A stats ``Round`` off the wire; ``ProtocolError`` naming the bad field."""
+    try:
+        return Round(
+            msg.dataset,
+            msg.where if msg.HasField("where") else None,
+            tuple(term_from_proto(t) for t in msg.terms),
+            msg.group_column if msg.HasField("group_column") else None,
+            tuple(value_from_proto(v, "round group value") for v in msg.group_values),
+            int(msg.index),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed round: {exc}") from None
+
+
+def round_from_dict(data: Any) -> Round:
+    """A stats ``Round`` from its dict form; ``ProtocolError`` naming the bad key."""
+    try:
+        return Round.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed round: {exc}") from None
+
+
+def total_to_proto(t: RoundTotal) -> common_pb2.RoundTotal:
+    return common_pb2.RoundTotal(index=t.index, total=list(t.total), suppressed=list(t.suppressed))
+
+
+def total_from_proto(msg: common_pb2.RoundTotal) -> RoundTotal:
+    if len(msg.total) > MAX_ROUND_ENTRIES:
+        raise ProtocolError(f"round total: {len(msg.total)} entries exceed {MAX_ROUND_ENTRIES}")
+    return RoundTotal(
+        int(msg.index), tuple(int(x) for x in msg.total), tuple(int(i) for i in msg.suppressed)
+    )
+
+
+def ref_to_proto(ref: RoundRef) -> node_pb2.RoundRef:
+    msg = node_pb2.RoundRef(index=ref.index, min_group_size=ref.min_group_size, part=ref.part)
+    if ref.previous is not None:
+        msg.previous.CopyFrom(total_to_proto(ref.previous))
+    if isinstance(ref.vector, AnonVector):
+        r = ref.vector.request
+        msg.anon.CopyFrom(
+            common_pb2.AnonVector(kind=r.kind, levels=list(r.levels), cells=r.cells, seed=r.seed)
+        )
+        msg.anon_digest = ref.vector.digest
+    else:
+        msg.round.CopyFrom(round_to_proto(ref.vector))
+    return msg
+
+
+def ref_from_proto(msg: node_pb2.RoundRef) -> RoundRef:
+    part = msg.part or PARTS[0]
+    if part not in PARTS:
+        raise ProtocolError(f"round: unknown part {part!r}; expected one of {PARTS}")
+    which = msg.WhichOneof("vector")
+    vector: Round | AnonVector
+    if which == "anon" and part == "anon.histogram":
+        a = msg.anon
+        try:
+            req = VectorRequest(a.kind, tuple(int(x) for x in a.levels), int(a.cells), int(a.seed))
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"malformed anonymization vector: {exc}") from None
+        vector = AnonVector(req, msg.anon_digest)
+    elif which == "round" and part != "anon.histogram":
+        vector = round_from_proto(msg.round)
+    else:
+        raise ProtocolError(f"round: part {part!r} does not fit a {which or 'missing'} vector")
+    return RoundRef(
+        index=int(msg.index),
+        min_group_size=int(msg.min_group_size),
+        previous=total_from_proto(msg.previous) if msg.HasField("previous") else None,
+        vector=vector,
+        part=part,
+    )
+
+
+# ---------------------------------------------------------------------- secure aggregation
 def step_to_proto(step: SecAggStep) -> node_pb2.SecAggStepRequest:
     s = step.setup
-    vector: dict[str, Any] = {}
-    if isinstance(step.vector, AnonVector):
-        vector = {"vector": step.vector.request.to_dict(), "digest": step.vector.digest}
-    elif step.vector is not None:
-        vector = step.vector.to_dict()
-    return node_pb2.SecAggStepRequest(
-        context=context_to_proto(step.context),
+    msg = node_pb2.SecAggStepRequest(
+        query=signed_to_proto(step.query),
         setup=node_pb2.SecAggSetup(
             session_id=s.session_id,
             client_ids=[str(c) for c in s.client_ids],
@@ -149,10 +288,11 @@ def step_to_proto(step: SecAggStep) -> node_pb2.SecAggStepRequest:
         ),
         stage=step.stage,
         payloads=list(step.payloads),
-        round_json=dumps(vector) if vector else "",
         client_id=str(step.client_id),
-        part=step.part,
     )
+    if step.round is not None:
+        msg.round.CopyFrom(ref_to_proto(step.round))
+    return msg
 
 
 def _int(text: str, what: str) -> int:
@@ -166,9 +306,6 @@ def step_from_proto(msg: node_pb2.SecAggStepRequest) -> SecAggStep:
         stage = Stage.parse(msg.stage)
     except ConfigError as exc:
         raise ProtocolError(f"SecAggStep: {exc}") from None
-    part = msg.part or PARTS[0]
-    if part not in PARTS:
-        raise ProtocolError(f"SecAggStep: unknown part {part!r}; expected {PARTS}")
     s = msg.setup
     setup = SecAggSetup(
         session_id=bytes(s.session_id),
@@ -178,40 +315,25 @@ def step_from_proto(msg: node_pb2.SecAggStepRequest) -> SecAggStep:
         neighbors=int(s.neighbors) or None,
         modulus_bits=int(s.modulus_bits) or 64,
     )
-    data = loads_dict(msg.round_json, "round_json")
-    vector: Round | AnonVector | None = None
-    if data and part == PARTS[1]:
-        digest = data.get("digest")
-        if not isinstance(digest, str):
-            raise ProtocolError("SecAggStep: the anonymization round names no spec digest")
-        vector = AnonVector(VectorRequest.from_dict(data.get("vector")), digest)
-    elif data:
-        vector = round_from_dict(data)
-    elif stage is Stage.ADVERTISE:
-        raise ProtocolError("SecAggStep: the advertise stage carries no round")
+    ref = ref_from_proto(msg.round) if msg.HasField("round") else None
+    if stage is Stage.ADVERTISE and ref is None:
+        raise ProtocolError("SecAggStep: the advertise stage names no round")
     return SecAggStep(
-        context=context_from_proto(msg.context),
+        query=signed_from_proto(msg.query, "SecAggStep"),
         setup=setup,
         stage=stage,
         payloads=tuple(bytes(p) for p in msg.payloads),
-        vector=vector,
+        round=ref,
         client_id=_int(msg.client_id, "client_id"),
     )
 
 
-def round_from_dict(data: Any) -> Round:
-    """A stats ``Round`` off the wire; ``ProtocolError`` naming the bad key."""
-    try:
-        return Round.from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError(f"malformed round: {exc}") from None
-
-
+# ---------------------------------------------------------------------- Paillier
 def paillier_request_to_proto(req: PaillierRequest) -> node_pb2.PaillierStatsRequest:
     return node_pb2.PaillierStatsRequest(
-        context=context_to_proto(req.context),
+        query=signed_to_proto(req.query),
         public_key=common_pb2.PaillierPublicKey(n=int_to_bytes(req.n)),
-        round_json=dumps(req.round.to_dict()),
+        round=ref_to_proto(req.round),
         headroom=req.headroom,
         suppressed=list(req.suppressed),
     )
@@ -222,10 +344,12 @@ def paillier_request_from_proto(msg: node_pb2.PaillierStatsRequest) -> PaillierR
         raise ProtocolError(
             f"PaillierStats: headroom {msg.headroom} must be 1 to {MAX_PAILLIER_HEADROOM}"
         )
+    if not msg.HasField("round"):
+        raise ProtocolError("PaillierStats: the request names no round")
     return PaillierRequest(
-        context=context_from_proto(msg.context),
+        query=signed_from_proto(msg.query, "PaillierStats"),
         n=paillier_modulus(msg.public_key.n, "PaillierStats"),
-        round=round_from_dict(loads_dict(msg.round_json, "round_json")),
+        round=ref_from_proto(msg.round),
         headroom=int(msg.headroom),
         suppressed=tuple(int(i) for i in msg.suppressed),
     )
@@ -250,20 +374,28 @@ def round_result_from_proto(msg: aggregator_pb2.RunRoundResponse) -> RoundResult
 
 
 def round_request_to_proto(r: RoundRequest) -> aggregator_pb2.RunRoundRequest:
-    return aggregator_pb2.RunRoundRequest(
-        query_json=dumps(dict(r.query)),
-        round_json=dumps(r.round.to_dict()),
+    msg = aggregator_pb2.RunRoundRequest(
+        query=signed_to_proto(r.query),
         public_key=common_pb2.PaillierPublicKey(n=int_to_bytes(r.n)),
-        request_id=r.request_id,
+        round_index=r.round.index,
+        min_group_size=r.min_group_size,
+        round=round_to_proto(r.round),
     )
+    if r.previous is not None:
+        msg.previous.CopyFrom(total_to_proto(r.previous))
+    return msg
 
 
 def round_request_from_proto(msg: aggregator_pb2.RunRoundRequest) -> RoundRequest:
+    rnd = round_from_proto(msg.round)
+    if rnd.index != msg.round_index:
+        raise ProtocolError(f"RunRound: round_index {msg.round_index} but round {rnd.index}")
     return RoundRequest(
-        query=loads_dict(msg.query_json, "query_json"),
-        round=round_from_dict(loads_dict(msg.round_json, "round_json")),
+        query=signed_from_proto(msg.query, "RunRound"),
         n=paillier_modulus(msg.public_key.n, "RunRound"),
-        request_id=msg.request_id,
+        round=rnd,
+        min_group_size=int(msg.min_group_size),
+        previous=total_from_proto(msg.previous) if msg.HasField("previous") else None,
     )
 
 
@@ -278,6 +410,7 @@ def status_to_proto(aggregator: str, nodes: Sequence[NodeStatus]) -> aggregator_
                 detail=n.detail,
                 datasets=[dataset_to_proto(d) for d in n.datasets],
                 min_group_size=n.min_group_size,
+                min_nodes=n.min_nodes,
             )
             for n in nodes
         ],
@@ -293,6 +426,7 @@ def status_from_proto(msg: aggregator_pb2.StatusResponse) -> tuple[str, list[Nod
             detail=n.detail,
             datasets=tuple(dataset_from_proto(d) for d in n.datasets),
             min_group_size=int(n.min_group_size),
+            min_nodes=int(n.min_nodes),
         )
         for n in msg.nodes
     ]

@@ -16,6 +16,7 @@ from trustspace.errors import TrustspaceError
 from trustspace.proto.v1 import aggregator_pb2, aggregator_pb2_grpc, node_pb2, node_pb2_grpc
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Identity
+from trustspace.transport.signing import SignedQuery
 from trustspace.transport.status import guard
 
 NODE_SERVICE = "trustspace.proto.v1.NodeService"
@@ -42,33 +43,37 @@ AGGREGATOR_SERVICE = "trustspace.proto.v1.AggregatorService"
 class NodeHandler(Protocol):
     name: str
 
-    def describe(self, caller: Identity, ctx: types.RequestContext) -> types.NodeDescription: ...
+    def describe(self, caller: Identity, query: SignedQuery | None) -> types.NodeDescription: ...
 
     def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]: ...
 
     def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes: ...
 
     def anon_histogram(
-        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
-    ) -> dict[str, Any]: ...
+        self, caller: Identity, query: SignedQuery, nodes: tuple[str, ...]
+    ) -> tuple[str, str]: ...
 
     def anon_apply(
-        self, caller: Identity, ctx: types.RequestContext, payload: dict[str, Any]
+        self, caller: Identity, query: SignedQuery, result_json: str, digest: str, release: bool
     ) -> dict[str, Any]: ...
 
-    def anon_release(self, caller: Identity, ctx: types.RequestContext) -> bytes: ...
+    def anon_release(self, caller: Identity, query: SignedQuery) -> bytes: ...
 
 
 class AggregatorHandler(Protocol):
     name: str
 
-    def run_query(self, caller: Identity, query: dict[str, Any], method: str) -> Any: ...
+    def run_query(self, caller: Identity, query: SignedQuery) -> Any: ...
 
     def run_round(self, caller: Identity, req: types.RoundRequest) -> types.RoundResult: ...
 
-    def run_anonymization(self, caller: Identity, spec: dict[str, Any]) -> Any: ...
+    def run_anonymization(self, caller: Identity, query: SignedQuery) -> Any: ...
 
-    def status(self, caller: Identity) -> list[types.NodeStatus]: ...
+    def status(self, caller: Identity, query: SignedQuery | None) -> list[types.NodeStatus]: ...
+
+
+def _optional_signed(msg: Any, what: str) -> SignedQuery | None:
+    return serde.signed_from_proto(msg.query, what) if msg.HasField("query") else None
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -82,9 +87,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
         parse = _parser(f"node {h.name}")
 
+        def signed(what: str) -> Callable[[Any], SignedQuery]:
+            return lambda msg: serde.signed_from_proto(msg.query, what)
+
         self._describe = g(
             lambda req, who: serde.description_to_proto(
-                h.describe(who, serde.context_from_proto(req.context))
+                h.describe(who, parse(lambda m: _optional_signed(m, "DescribeDatasets"), req))
             ),
             "DescribeDatasets",
         )
@@ -94,7 +102,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             ),
             "SecAggStep",
         )
-
         self._paillier = g(
             lambda req, who: node_pb2.PaillierStatsResponse(
                 encrypted_vector=h.paillier_stats(
@@ -103,32 +110,30 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             ),
             "PaillierStats",
         )
+
+        def histogram(req: Any, who: Identity) -> Any:
+            node, digest = h.anon_histogram(
+                who, parse(signed("AnonHistogram"), req), tuple(req.nodes)
+            )
+            return node_pb2.AnonHistogramResponse(node=node, digest=digest)
+
         self._anon = {
-            "histogram": g(
-                lambda req, who: node_pb2.AnonHistogramResponse(
-                    summary_json=serde.dumps(
-                        h.anon_histogram(
-                            who,
-                            serde.context_from_proto(req.context),
-                            serde.loads_dict(req.spec_json, "spec_json"),
-                        )
-                    )
-                ),
-                "AnonHistogram",
-            ),
+            "histogram": g(histogram, "AnonHistogram"),
             "apply": g(
                 lambda req, who: serde.anon_applied_to_proto(
                     h.anon_apply(
                         who,
-                        serde.context_from_proto(req.context),
-                        serde.loads_dict(req.transformation_json, "transformation_json"),
+                        parse(signed("AnonApply"), req),
+                        req.result_json,
+                        req.digest,
+                        bool(req.release),
                     )
                 ),
                 "AnonApply",
             ),
             "release": g(
                 lambda req, who: node_pb2.AnonReleaseResponse(
-                    rows_csv=h.anon_release(who, serde.context_from_proto(req.context))
+                    rows_csv=h.anon_release(who, parse(signed("AnonRelease"), req))
                 ),
                 "AnonRelease",
             ),
@@ -166,14 +171,15 @@ class AggregatorServicer(aggregator_pb2_grpc.AggregatorServiceServicer):
         def g(fn: Any, method: str) -> Any:
             return guard(fn, server_name=h.name, method=method, allowed_roles=("analyst",))
 
-        self._query = g(
-            lambda req, who: aggregator_pb2.RunQueryResponse(
-                result_json=serde.dumps(
-                    h.run_query(who, serde.loads_dict(req.query_json, "query_json"), req.method)
-                )
-            ),
-            "RunQuery",
-        )
+        def query(req: Any, who: Identity) -> Any:
+            out = dict(h.run_query(who, serde.signed_from_proto(req.query, "RunQuery")))
+            nodes, excluded = out.pop("nodes"), out.pop("excluded")
+            k = out.pop("min_group_size")
+            return aggregator_pb2.RunQueryResponse(
+                result_json=serde.dumps(out), nodes=nodes, excluded=excluded, min_group_size=k
+            )
+
+        self._query = g(query, "RunQuery")
         self._round = g(
             lambda req, who: serde.round_result_to_proto(
                 h.run_round(who, serde.round_request_from_proto(req))
@@ -183,12 +189,17 @@ class AggregatorServicer(aggregator_pb2_grpc.AggregatorServiceServicer):
         self._anon = g(
             lambda req, who: aggregator_pb2.RunAnonymizationResponse(
                 result_json=serde.dumps(
-                    h.run_anonymization(who, serde.loads_dict(req.spec_json, "spec_json"))
+                    h.run_anonymization(who, serde.signed_from_proto(req.query, "RunAnonymization"))
                 )
             ),
             "RunAnonymization",
         )
-        self._status = g(lambda req, who: serde.status_to_proto(h.name, h.status(who)), "Status")
+        self._status = g(
+            lambda req, who: serde.status_to_proto(
+                h.name, h.status(who, _optional_signed(req, "Status"))
+            ),
+            "Status",
+        )
 
     def RunQuery(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._query(request, context)

@@ -7,12 +7,13 @@ converts them to and from the protobuf messages of ``trustspace.proto.v1``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from trustspace.anon.federated import VectorRequest
 from trustspace.secagg import Stage
 from trustspace.stats import Round
+from trustspace.transport.signing import SignedQuery
 
 __all__ = [
     "PARTS",
@@ -21,28 +22,18 @@ __all__ = [
     "NodeDescription",
     "NodeStatus",
     "PaillierRequest",
-    "RequestContext",
+    "RoundRef",
     "RoundRequest",
     "RoundResult",
+    "RoundTotal",
     "SecAggSetup",
     "SecAggStep",
 ]
 
-#: What a secure-aggregation session sums at a node: a statistics round's vector ("all"), or
+#: What a secure-aggregation session sums at a node: a statistics round's vector ("all"), the
+#: record counts that govern a Paillier round's entries ("paillier.counts"), or
 #: ("anon.histogram") an anonymization vector request of the job prepared by AnonHistogram.
-PARTS = ("all", "anon.histogram")
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """Who asks for what (forwarded by the aggregator to every node)."""
-
-    analyst: str
-    request_id: str
-    operation: str
-    dataset: str = ""
-    columns: tuple[str, ...] = ()
-    params: Mapping[str, Any] = field(default_factory=dict)
+PARTS = ("all", "paillier.counts", "anon.histogram")
 
 
 @dataclass(frozen=True)
@@ -61,6 +52,7 @@ class NodeDescription:
     datasets: tuple[DatasetDescription, ...]
     min_group_size: int
     release_rows: bool
+    min_nodes: int = 3
 
 
 @dataclass(frozen=True)
@@ -84,30 +76,51 @@ class AnonVector:
 
 
 @dataclass(frozen=True)
-class SecAggStep:
-    """One stage of one session at one node."""
+class RoundTotal:
+    """The total of one earlier round as its driver fed it to the stats state machine: the
+    encoded uint64 entries (the sum mod 2^64 of the nodes' vectors) and the suppressed ones."""
 
-    context: RequestContext
+    index: int
+    total: tuple[int, ...]
+    suppressed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoundRef:
+    """What a driver expects one node computation to be; the node derives it and compares.
+
+    ``index`` is the round of the query's computation, ``min_group_size`` the strictest
+    participant's (the state machine's ``k``), ``previous`` the total of round ``index - 1``,
+    ``vector`` the round (or anonymization vector) the driver expects, ``part`` one of PARTS.
+    """
+
+    index: int
+    min_group_size: int
+    previous: RoundTotal | None
+    vector: Round | AnonVector
+    part: str = PARTS[0]
+
+
+@dataclass(frozen=True)
+class SecAggStep:
+    """One stage of one session at one node, for the analyst's signed ``query``."""
+
+    query: SignedQuery
     setup: SecAggSetup
     stage: Stage
     payloads: tuple[bytes, ...]
     #: what the session sums (advertise stage only; None at the later stages)
-    vector: Round | AnonVector | None
+    round: RoundRef | None
     client_id: int
-
-    @property
-    def part(self) -> str:
-        """``"anon.histogram"`` for an anonymization vector, else ``"all"``."""
-        return PARTS[1] if isinstance(self.vector, AnonVector) else PARTS[0]
 
 
 @dataclass(frozen=True)
 class PaillierRequest:
     """Encrypt the local vector of ``round`` under the public key with modulus ``n``."""
 
-    context: RequestContext
+    query: SignedQuery
     n: int
-    round: Round
+    round: RoundRef
     headroom: int
     suppressed: tuple[int, ...] = ()
 
@@ -126,12 +139,14 @@ class RoundResult:
 
 @dataclass(frozen=True)
 class RoundRequest:
-    """An analyst's request for one Paillier round (``RunRound``)."""
+    """An analyst's request for one Paillier round (``RunRound``): round ``round.index`` of
+    its signed ``query``, under the key with modulus ``n`` whose fingerprint the query signs."""
 
-    query: Mapping[str, Any]
-    round: Round
+    query: SignedQuery
     n: int
-    request_id: str
+    round: Round
+    min_group_size: int
+    previous: RoundTotal | None = None
 
 
 @dataclass(frozen=True)
@@ -144,3 +159,4 @@ class NodeStatus:
     detail: str = ""
     datasets: tuple[DatasetDescription, ...] = ()
     min_group_size: int = 0
+    min_nodes: int = 0

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from trustspace.proto.v1 import common_pb2 as trustspace_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$trustspace/proto/v1/aggregator.proto\x12\x13trustspace.proto.v1\x1a trustspace/proto/v1/common.proto\"5\n\x0fRunQueryRequest\x12\x12\n\nquery_json\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\"\'\n\x10RunQueryResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"\x89\x01\n\x0fRunRoundRequest\x12\x12\n\nquery_json\x18\x01 \x01(\t\x12\x12\n\nround_json\x18\x02 \x01(\t\x12:\n\npublic_key\x18\x03 \x01(\x0b\x32&.trustspace.proto.v1.PaillierPublicKey\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"e\n\x10RunRoundResponse\x12\x18\n\x10\x65ncrypted_vector\x18\x01 \x01(\x0c\x12\x12\n\nsuppressed\x18\x02 \x03(\r\x12\r\n\x05nodes\x18\x03 \x01(\r\x12\x14\n\x0c\x63ount_totals\x18\x04 \x03(\x03\",\n\x17RunAnonymizationRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"/\n\x18RunAnonymizationResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\x9a\x01\n\nNodeStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x32\n\x08\x64\x61tasets\x18\x05 \x03(\x0b\x32 .trustspace.proto.v1.DatasetInfo\x12\x16\n\x0emin_group_size\x18\x06 \x01(\x04\"T\n\x0eStatusResponse\x12\x12\n\naggregator\x18\x01 \x01(\t\x12.\n\x05nodes\x18\x02 \x03(\x0b\x32\x1f.trustspace.proto.v1.NodeStatus2\x89\x03\n\x11\x41ggregatorService\x12W\n\x08RunQuery\x12$.trustspace.proto.v1.RunQueryRequest\x1a%.trustspace.proto.v1.RunQueryResponse\x12W\n\x08RunRound\x12$.trustspace.proto.v1.RunRoundRequest\x1a%.trustspace.proto.v1.RunRoundResponse\x12o\n\x10RunAnonymization\x12,.trustspace.proto.v1.RunAnonymizationRequest\x1a-.trustspace.proto.v1.RunAnonymizationResponse\x12Q\n\x06Status\x12\".trustspace.proto.v1.StatusRequest\x1a#.trustspace.proto.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$trustspace/proto/v1/aggregator.proto\x12\x13trustspace.proto.v1\x1a trustspace/proto/v1/common.proto\"N\n\x0fRunQueryRequest\x12/\n\x05query\x18\x03 \x01(\x0b\x32 .trustspace.proto.v1.SignedQueryJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"`\n\x10RunQueryResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x10\n\x08\x65xcluded\x18\x03 \x03(\t\x12\x16\n\x0emin_group_size\x18\x04 \x01(\x04\"\x9b\x02\n\x0fRunRoundRequest\x12:\n\npublic_key\x18\x03 \x01(\x0b\x32&.trustspace.proto.v1.PaillierPublicKey\x12/\n\x05query\x18\x05 \x01(\x0b\x32 .trustspace.proto.v1.SignedQuery\x12\x13\n\x0bround_index\x18\x06 \x01(\r\x12\x16\n\x0emin_group_size\x18\x07 \x01(\x04\x12\x31\n\x08previous\x18\x08 \x01(\x0b\x32\x1f.trustspace.proto.v1.RoundTotal\x12)\n\x05round\x18\t \x01(\x0b\x32\x1a.trustspace.proto.v1.RoundJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x05\"e\n\x10RunRoundResponse\x12\x18\n\x10\x65ncrypted_vector\x18\x01 \x01(\x0c\x12\x12\n\nsuppressed\x18\x02 \x03(\r\x12\r\n\x05nodes\x18\x03 \x01(\r\x12\x14\n\x0c\x63ount_totals\x18\x04 \x03(\x03\"P\n\x17RunAnonymizationRequest\x12/\n\x05query\x18\x02 \x01(\x0b\x32 .trustspace.proto.v1.SignedQueryJ\x04\x08\x01\x10\x02\"/\n\x18RunAnonymizationResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"@\n\rStatusRequest\x12/\n\x05query\x18\x01 \x01(\x0b\x32 .trustspace.proto.v1.SignedQuery\"\xad\x01\n\nNodeStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x32\n\x08\x64\x61tasets\x18\x05 \x03(\x0b\x32 .trustspace.proto.v1.DatasetInfo\x12\x16\n\x0emin_group_size\x18\x06 \x01(\x04\x12\x11\n\tmin_nodes\x18\x07 \x01(\r\"T\n\x0eStatusResponse\x12\x12\n\naggregator\x18\x01 \x01(\t\x12.\n\x05nodes\x18\x02 \x03(\x0b\x32\x1f.trustspace.proto.v1.NodeStatus2\x89\x03\n\x11\x41ggregatorService\x12W\n\x08RunQuery\x12$.trustspace.proto.v1.RunQueryRequest\x1a%.trustspace.proto.v1.RunQueryResponse\x12W\n\x08RunRound\x12$.trustspace.proto.v1.RunRoundRequest\x1a%.trustspace.proto.v1.RunRoundResponse\x12o\n\x10RunAnonymization\x12,.trustspace.proto.v1.RunAnonymizationRequest\x1a-.trustspace.proto.v1.RunAnonymizationResponse\x12Q\n\x06Status\x12\".trustspace.proto.v1.StatusRequest\x1a#.trustspace.proto.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trustspace.proto.v1.aggrega
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNQUERYREQUEST']._serialized_start=95
-  _globals['_RUNQUERYREQUEST']._serialized_end=148
-  _globals['_RUNQUERYRESPONSE']._serialized_start=150
-  _globals['_RUNQUERYRESPONSE']._serialized_end=189
-  _globals['_RUNROUNDREQUEST']._serialized_start=192
-  _globals['_RUNROUNDREQUEST']._serialized_end=329
-  _globals['_RUNROUNDRESPONSE']._serialized_start=331
-  _globals['_RUNROUNDRESPONSE']._serialized_end=432
-  _globals['_RUNANONYMIZATIONREQUEST']._serialized_start=434
-  _globals['_RUNANONYMIZATIONREQUEST']._serialized_end=478
-  _globals['_RUNANONYMIZATIONRESPONSE']._serialized_start=480
-  _globals['_RUNANONYMIZATIONRESPONSE']._serialized_end=527
-  _globals['_STATUSREQUEST']._serialized_start=529
-  _globals['_STATUSREQUEST']._serialized_end=544
-  _globals['_NODESTATUS']._serialized_start=547
-  _globals['_NODESTATUS']._serialized_end=701
-  _globals['_STATUSRESPONSE']._serialized_start=703
-  _globals['_STATUSRESPONSE']._serialized_end=787
-  _globals['_AGGREGATORSERVICE']._serialized_start=790
-  _globals['_AGGREGATORSERVICE']._serialized_end=1183
+  _globals['_RUNQUERYREQUEST']._serialized_end=173
+  _globals['_RUNQUERYRESPONSE']._serialized_start=175
+  _globals['_RUNQUERYRESPONSE']._serialized_end=271
+  _globals['_RUNROUNDREQUEST']._serialized_start=274
+  _globals['_RUNROUNDREQUEST']._serialized_end=557
+  _globals['_RUNROUNDRESPONSE']._serialized_start=559
+  _globals['_RUNROUNDRESPONSE']._serialized_end=660
+  _globals['_RUNANONYMIZATIONREQUEST']._serialized_start=662
+  _globals['_RUNANONYMIZATIONREQUEST']._serialized_end=742
+  _globals['_RUNANONYMIZATIONRESPONSE']._serialized_start=744
+  _globals['_RUNANONYMIZATIONRESPONSE']._serialized_end=791
+  _globals['_STATUSREQUEST']._serialized_start=793
+  _globals['_STATUSREQUEST']._serialized_end=857
+  _globals['_NODESTATUS']._serialized_start=860
+  _globals['_NODESTATUS']._serialized_end=1033
+  _globals['_STATUSRESPONSE']._serialized_start=1035
+  _globals['_STATUSRESPONSE']._serialized_end=1119
+  _globals['_AGGREGATORSERVICE']._serialized_start=1122
+  _globals['_AGGREGATORSERVICE']._serialized_end=1515
 # @@protoc_insertion_point(module_scope)

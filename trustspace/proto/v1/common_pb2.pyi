@@ -35,7 +35,7 @@ class ErrorInfo(_message.Message):
     rule: _builtins.str
     """the policy rule or check that fired, e.g. "operations", "min_group_size" """
     message: _builtins.str
-    """what was wrong and what to do"""
+    """what was wrong and what to do (never a value from the data)"""
     kind: _builtins.str
     """the trustspace exception class, e.g. "PolicyError" """
     def __init__(
@@ -53,6 +53,78 @@ class ErrorInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ErrorInfo: _TypeAlias = ErrorInfo  # noqa: Y015
+
+@_typing.final
+class AuditCheckpoint(_message.Message):
+    """A node's signed audit-chain head (trustspace.node.audit.Checkpoint), carried in the trailing
+    metadata "trustspace-checkpoint-bin" of every answer a node gives, refusals included.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    lines: _builtins.int
+    """how many lines the log has"""
+    head: _builtins.str
+    """the hash of its last line (hex)"""
+    time: _builtins.str
+    """when it was signed (UTC, ISO 8601)"""
+    signature: _builtins.bytes
+    """ECDSA P-256 over the canonical checkpoint, by the node's certificate key"""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        lines: _builtins.int = ...,
+        head: _builtins.str = ...,
+        time: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "lines", b"lines", "node", b"node", "signature", b"signature", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpoint: _TypeAlias = AuditCheckpoint  # noqa: Y015
+
+@_typing.final
+class SignedQuery(_message.Message):
+    """An analyst's query, signed with the key of its analyst certificate (trustspace.transport.
+    signing). The aggregator forwards it unchanged; every node verifies it and checks its policy
+    against the body alone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """canonical JSON (sorted keys, compact, UTF-8) of the query"""
+    signature: _builtins.bytes
+    """ECDSA P-256 SHA-256 over a domain tag and the body"""
+    certificate: _builtins.bytes
+    """the analyst's certificate (PEM)"""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "certificate", b"certificate", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedQuery: _TypeAlias = SignedQuery  # noqa: Y015
 
 @_typing.final
 class PaillierPublicKey(_message.Message):
@@ -100,15 +172,46 @@ class PaillierCiphertext(_message.Message):
 Global___PaillierCiphertext: _TypeAlias = PaillierCiphertext  # noqa: Y015
 
 @_typing.final
-class ColumnInfo(_message.Message):
-    """The schema of one dataset as a node publishes it (no row counts, no values)."""
+class Value(_message.Message):
+    """A public value (a group value, a domain entry)."""
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    INTEGER_FIELD_NUMBER: _builtins.int
+    REAL_FIELD_NUMBER: _builtins.int
+    BOOLEAN_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    integer: _builtins.int
+    real: _builtins.float
+    boolean: _builtins.bool
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        integer: _builtins.int = ...,
+        real: _builtins.float = ...,
+        boolean: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["boolean", b"boolean", "integer", b"integer", "kind", b"kind", "real", b"real", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boolean", b"boolean", "integer", b"integer", "kind", b"kind", "real", b"real", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "integer", "real", "boolean"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Value: _TypeAlias = Value  # noqa: Y015
+
+@_typing.final
+class ColumnInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: _builtins.str
+    """"int", "float", "str", "bool", "date" """
     def __init__(
         self,
         *,
@@ -124,71 +227,263 @@ class ColumnInfo(_message.Message):
 Global___ColumnInfo: _TypeAlias = ColumnInfo  # noqa: Y015
 
 @_typing.final
+class ColumnDomain(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]: ...
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        values: _abc.Iterable[Global___Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnDomain: _TypeAlias = ColumnDomain  # noqa: Y015
+
+@_typing.final
+class ColumnBounds(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    low: _builtins.float
+    high: _builtins.float
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "high", b"high", "low", b"low"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnBounds: _TypeAlias = ColumnBounds  # noqa: Y015
+
+@_typing.final
+class TableSchema(_message.Message):
+    """The public schema of one dataset (trustspace.stats.TableSchema): no row counts, no values."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    DOMAINS_FIELD_NUMBER: _builtins.int
+    BOUNDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnInfo]: ...
+    @_builtins.property
+    def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnDomain]: ...
+    @_builtins.property
+    def bounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnBounds]: ...
+    def __init__(
+        self,
+        *,
+        columns: _abc.Iterable[Global___ColumnInfo] | None = ...,
+        domains: _abc.Iterable[Global___ColumnDomain] | None = ...,
+        bounds: _abc.Iterable[Global___ColumnBounds] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "columns", b"columns", "domains", b"domains"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableSchema: _TypeAlias = TableSchema  # noqa: Y015
+
+@_typing.final
 class DatasetInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
-    COLUMNS_FIELD_NUMBER: _builtins.int
-    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    schema_json: _builtins.str
-    """trustspace.stats.TableSchema.to_dict(): types and public domains"""
     @_builtins.property
-    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnInfo]: ...
+    def schema(self) -> Global___TableSchema: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        columns: _abc.Iterable[Global___ColumnInfo] | None = ...,
-        schema_json: _builtins.str = ...,
+        schema: Global___TableSchema | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "name", b"name", "schema_json", b"schema_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema", b"schema"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetInfo: _TypeAlias = DatasetInfo  # noqa: Y015
 
 @_typing.final
-class RequestContext(_message.Message):
-    """Who asks for what: set by the aggregator from the analyst's certificate and the query, and
-    checked by every node's policy and written to its audit log.
+class Term(_message.Message):
+    """One term of a statistics round (trustspace.stats.Term); which fields are used depends on
+    the kind: "moment" (powers, centers, frac_bits), "octaves", "grid" (start, width, nbins),
+    "bins" (edges).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ANALYST_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    OPERATION_FIELD_NUMBER: _builtins.int
-    DATASET_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
-    PARAMS_JSON_FIELD_NUMBER: _builtins.int
-    analyst: _builtins.str
-    """the analyst's certificate common name"""
-    request_id: _builtins.str
-    """one id per analyst request, the same at every node"""
-    operation: _builtins.str
-    """e.g. "mean", "histogram", "anon.histogram" """
-    dataset: _builtins.str
-    params_json: _builtins.str
-    """the query's parameters and filter, canonical JSON"""
+    POWERS_FIELD_NUMBER: _builtins.int
+    CENTERS_FIELD_NUMBER: _builtins.int
+    FRAC_BITS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    NBINS_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    frac_bits: _builtins.int
+    start: _builtins.float
+    width: _builtins.float
+    nbins: _builtins.int
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def powers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def centers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
-        analyst: _builtins.str = ...,
-        request_id: _builtins.str = ...,
-        operation: _builtins.str = ...,
-        dataset: _builtins.str = ...,
+        kind: _builtins.str = ...,
         columns: _abc.Iterable[_builtins.str] | None = ...,
-        params_json: _builtins.str = ...,
+        powers: _abc.Iterable[_builtins.int] | None = ...,
+        centers: _abc.Iterable[_builtins.float] | None = ...,
+        frac_bits: _builtins.int = ...,
+        start: _builtins.float = ...,
+        width: _builtins.float = ...,
+        nbins: _builtins.int = ...,
+        edges: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "columns", b"columns", "dataset", b"dataset", "operation", b"operation", "params_json", b"params_json", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "start", b"start", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RequestContext: _TypeAlias = RequestContext  # noqa: Y015
+Global___Term: _TypeAlias = Term  # noqa: Y015
+
+@_typing.final
+class Round(_message.Message):
+    """The local aggregates every node computes in one round (trustspace.stats.Round)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    WHERE_FIELD_NUMBER: _builtins.int
+    TERMS_FIELD_NUMBER: _builtins.int
+    GROUP_COLUMN_FIELD_NUMBER: _builtins.int
+    GROUP_VALUES_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    where: _builtins.str
+    group_column: _builtins.str
+    index: _builtins.int
+    @_builtins.property
+    def terms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Term]: ...
+    @_builtins.property
+    def group_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]: ...
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        where: _builtins.str | None = ...,
+        terms: _abc.Iterable[Global___Term] | None = ...,
+        group_column: _builtins.str | None = ...,
+        group_values: _abc.Iterable[Global___Value] | None = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_group_column", b"_group_column", "_where", b"_where", "group_column", b"group_column", "where", b"where"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_group_column", b"_group_column", "_where", b"_where", "dataset", b"dataset", "group_column", b"group_column", "group_values", b"group_values", "index", b"index", "terms", b"terms", "where", b"where"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__group_column: _TypeAlias = _typing.Literal["group_column"]  # noqa: Y015
+    _WhichOneofArgType__group_column: _TypeAlias = _typing.Literal["_group_column", b"_group_column"]  # noqa: Y015
+    _WhichOneofReturnType__where: _TypeAlias = _typing.Literal["where"]  # noqa: Y015
+    _WhichOneofArgType__where: _TypeAlias = _typing.Literal["_where", b"_where"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__group_column) -> _WhichOneofReturnType__group_column | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__where) -> _WhichOneofReturnType__where | None: ...
+
+Global___Round: _TypeAlias = Round  # noqa: Y015
+
+@_typing.final
+class RoundTotal(_message.Message):
+    """The total of an earlier round of a query, as its driver fed it to the stats state machine:
+    the element-wise sum modulo 2^64 of the encoded vectors, and the entries withheld as too
+    small (the Paillier path). A node replays the state machine with it to derive the next round.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    @_builtins.property
+    def total(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def suppressed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        total: _abc.Iterable[_builtins.int] | None = ...,
+        suppressed: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "suppressed", b"suppressed", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundTotal: _TypeAlias = RoundTotal  # noqa: Y015
+
+@_typing.final
+class AnonVector(_message.Message):
+    """One federated-anonymization vector request (trustspace.anon.federated.VectorRequest)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    CELLS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"marginals" or "histogram" """
+    cells: _builtins.int
+    seed: _builtins.int
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        levels: _abc.Iterable[_builtins.int] | None = ...,
+        cells: _builtins.int = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "kind", b"kind", "levels", b"levels", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnonVector: _TypeAlias = AnonVector  # noqa: Y015

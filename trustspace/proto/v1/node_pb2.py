@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from trustspace.proto.v1 import common_pb2 as trustspace_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrustspace/proto/v1/node.proto\x12\x13trustspace.proto.v1\x1a trustspace/proto/v1/common.proto\"O\n\x17\x44\x65scribeDatasetsRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\"\x8a\x01\n\x18\x44\x65scribeDatasetsResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x32\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32 .trustspace.proto.v1.DatasetInfo\x12\x16\n\x0emin_group_size\x18\x03 \x01(\x04\x12\x14\n\x0crelease_rows\x18\x04 \x01(\x08\"\x88\x01\n\x0bSecAggSetup\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x12\n\nclient_ids\x18\x02 \x03(\t\x12\x15\n\rvector_length\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x11\n\tneighbors\x18\x05 \x01(\r\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\r\"\xd0\x01\n\x11SecAggStepRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12/\n\x05setup\x18\x02 \x01(\x0b\x32 .trustspace.proto.v1.SecAggSetup\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\x12\x12\n\nround_json\x18\x05 \x01(\t\x12\x11\n\tclient_id\x18\x06 \x01(\t\x12\x0c\n\x04part\x18\x07 \x01(\t\"&\n\x12SecAggStepResponse\x12\x10\n\x08payloads\x18\x01 \x03(\x0c\"\xc2\x01\n\x14PaillierStatsRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12:\n\npublic_key\x18\x02 \x01(\x0b\x32&.trustspace.proto.v1.PaillierPublicKey\x12\x12\n\nround_json\x18\x03 \x01(\t\x12\x10\n\x08headroom\x18\x04 \x01(\r\x12\x12\n\nsuppressed\x18\x05 \x03(\r\"1\n\x15PaillierStatsResponse\x12\x18\n\x10\x65ncrypted_vector\x18\x01 \x01(\x0c\"_\n\x14\x41nonHistogramRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12\x11\n\tspec_json\x18\x02 \x01(\t\"-\n\x15\x41nonHistogramResponse\x12\x14\n\x0csummary_json\x18\x01 \x01(\t\"k\n\x10\x41nonApplyRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContext\x12\x1b\n\x13transformation_json\x18\x02 \x01(\tJ\x04\x08\x03\x10\x04\"W\n\x11\x41nonApplyResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x04\x12\x17\n\x0frows_suppressed\x18\x02 \x01(\x04\x12\x13\n\x0boutput_path\x18\x03 \x01(\t\"P\n\x12\x41nonReleaseRequest\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.trustspace.proto.v1.RequestContextJ\x04\x08\x02\x10\x03\"\'\n\x13\x41nonReleaseResponse\x12\x10\n\x08rows_csv\x18\x01 \x01(\x0c\x32\xeb\x04\n\x0bNodeService\x12o\n\x10\x44\x65scribeDatasets\x12,.trustspace.proto.v1.DescribeDatasetsRequest\x1a-.trustspace.proto.v1.DescribeDatasetsResponse\x12]\n\nSecAggStep\x12&.trustspace.proto.v1.SecAggStepRequest\x1a\'.trustspace.proto.v1.SecAggStepResponse\x12\x66\n\rPaillierStats\x12).trustspace.proto.v1.PaillierStatsRequest\x1a*.trustspace.proto.v1.PaillierStatsResponse\x12\x66\n\rAnonHistogram\x12).trustspace.proto.v1.AnonHistogramRequest\x1a*.trustspace.proto.v1.AnonHistogramResponse\x12Z\n\tAnonApply\x12%.trustspace.proto.v1.AnonApplyRequest\x1a&.trustspace.proto.v1.AnonApplyResponse\x12`\n\x0b\x41nonRelease\x12\'.trustspace.proto.v1.AnonReleaseRequest\x1a(.trustspace.proto.v1.AnonReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrustspace/proto/v1/node.proto\x12\x13trustspace.proto.v1\x1a trustspace/proto/v1/common.proto\"P\n\x17\x44\x65scribeDatasetsRequest\x12/\n\x05query\x18\x02 \x01(\x0b\x32 .trustspace.proto.v1.SignedQueryJ\x04\x08\x01\x10\x02\"\x9d\x01\n\x18\x44\x65scribeDatasetsResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x32\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32 .trustspace.proto.v1.DatasetInfo\x12\x16\n\x0emin_group_size\x18\x03 \x01(\x04\x12\x14\n\x0crelease_rows\x18\x04 \x01(\x08\x12\x11\n\tmin_nodes\x18\x05 \x01(\r\"\x88\x01\n\x0bSecAggSetup\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x12\n\nclient_ids\x18\x02 \x03(\t\x12\x15\n\rvector_length\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x11\n\tneighbors\x18\x05 \x01(\r\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\r\"\xef\x01\n\x08RoundRef\x12\r\n\x05index\x18\x01 \x01(\r\x12\x16\n\x0emin_group_size\x18\x02 \x01(\x04\x12\x31\n\x08previous\x18\x03 \x01(\x0b\x32\x1f.trustspace.proto.v1.RoundTotal\x12+\n\x05round\x18\x04 \x01(\x0b\x32\x1a.trustspace.proto.v1.RoundH\x00\x12/\n\x04\x61non\x18\x05 \x01(\x0b\x32\x1f.trustspace.proto.v1.AnonVectorH\x00\x12\x0c\n\x04part\x18\x06 \x01(\t\x12\x13\n\x0b\x61non_digest\x18\x07 \x01(\tB\x08\n\x06vector\"\xe9\x01\n\x11SecAggStepRequest\x12/\n\x05setup\x18\x02 \x01(\x0b\x32 .trustspace.proto.v1.SecAggSetup\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\x12\x11\n\tclient_id\x18\x06 \x01(\t\x12/\n\x05query\x18\x08 \x01(\x0b\x32 .trustspace.proto.v1.SignedQuery\x12,\n\x05round\x18\t \x01(\x0b\x32\x1d.trustspace.proto.v1.RoundRefJ\x04\x08\x01\x10\x02J\x04\x08\x05\x10\x06J\x04\x08\x07\x10\x08\"&\n\x12SecAggStepResponse\x12\x10\n\x08payloads\x18\x01 \x03(\x0c\"\xe3\x01\n\x14PaillierStatsRequest\x12:\n\npublic_key\x18\x02 \x01(\x0b\x32&.trustspace.proto.v1.PaillierPublicKey\x12\x10\n\x08headroom\x18\x04 \x01(\r\x12\x12\n\nsuppressed\x18\x05 \x03(\r\x12/\n\x05query\x18\x06 \x01(\x0b\x32 .trustspace.proto.v1.SignedQuery\x12,\n\x05round\x18\x07 \x01(\x0b\x32\x1d.trustspace.proto.v1.RoundRefJ\x04\x08\x01\x10\x02J\x04\x08\x03\x10\x04\"1\n\x15PaillierStatsResponse\x12\x18\n\x10\x65ncrypted_vector\x18\x01 \x01(\x0c\"b\n\x14\x41nonHistogramRequest\x12/\n\x05query\x18\x03 \x01(\x0b\x32 .trustspace.proto.v1.SignedQuery\x12\r\n\x05nodes\x18\x04 \x03(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\";\n\x15\x41nonHistogramResponse\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\tJ\x04\x08\x01\x10\x02\"\x8b\x01\n\x10\x41nonApplyRequest\x12/\n\x05query\x18\x04 \x01(\x0b\x32 .trustspace.proto.v1.SignedQuery\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x0f\n\x07release\x18\x07 \x01(\x08J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"W\n\x11\x41nonApplyResponse\x12\x14\n\x0crows_written\x18\x01 \x01(\x04\x12\x17\n\x0frows_suppressed\x18\x02 \x01(\x04\x12\x13\n\x0boutput_path\x18\x03 \x01(\t\"Q\n\x12\x41nonReleaseRequest\x12/\n\x05query\x18\x03 \x01(\x0b\x32 .trustspace.proto.v1.SignedQueryJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"\'\n\x13\x41nonReleaseResponse\x12\x10\n\x08rows_csv\x18\x01 \x01(\x0c\x32\xeb\x04\n\x0bNodeService\x12o\n\x10\x44\x65scribeDatasets\x12,.trustspace.proto.v1.DescribeDatasetsRequest\x1a-.trustspace.proto.v1.DescribeDatasetsResponse\x12]\n\nSecAggStep\x12&.trustspace.proto.v1.SecAggStepRequest\x1a\'.trustspace.proto.v1.SecAggStepResponse\x12\x66\n\rPaillierStats\x12).trustspace.proto.v1.PaillierStatsRequest\x1a*.trustspace.proto.v1.PaillierStatsResponse\x12\x66\n\rAnonHistogram\x12).trustspace.proto.v1.AnonHistogramRequest\x1a*.trustspace.proto.v1.AnonHistogramResponse\x12Z\n\tAnonApply\x12%.trustspace.proto.v1.AnonApplyRequest\x1a&.trustspace.proto.v1.AnonApplyResponse\x12`\n\x0b\x41nonRelease\x12\'.trustspace.proto.v1.AnonReleaseRequest\x1a(.trustspace.proto.v1.AnonReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,31 +33,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trustspace.proto.v1.node_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DESCRIBEDATASETSREQUEST']._serialized_start=89
-  _globals['_DESCRIBEDATASETSREQUEST']._serialized_end=168
-  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_start=171
-  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_end=309
-  _globals['_SECAGGSETUP']._serialized_start=312
-  _globals['_SECAGGSETUP']._serialized_end=448
-  _globals['_SECAGGSTEPREQUEST']._serialized_start=451
-  _globals['_SECAGGSTEPREQUEST']._serialized_end=659
-  _globals['_SECAGGSTEPRESPONSE']._serialized_start=661
-  _globals['_SECAGGSTEPRESPONSE']._serialized_end=699
-  _globals['_PAILLIERSTATSREQUEST']._serialized_start=702
-  _globals['_PAILLIERSTATSREQUEST']._serialized_end=896
-  _globals['_PAILLIERSTATSRESPONSE']._serialized_start=898
-  _globals['_PAILLIERSTATSRESPONSE']._serialized_end=947
-  _globals['_ANONHISTOGRAMREQUEST']._serialized_start=949
-  _globals['_ANONHISTOGRAMREQUEST']._serialized_end=1044
-  _globals['_ANONHISTOGRAMRESPONSE']._serialized_start=1046
-  _globals['_ANONHISTOGRAMRESPONSE']._serialized_end=1091
-  _globals['_ANONAPPLYREQUEST']._serialized_start=1093
-  _globals['_ANONAPPLYREQUEST']._serialized_end=1200
-  _globals['_ANONAPPLYRESPONSE']._serialized_start=1202
-  _globals['_ANONAPPLYRESPONSE']._serialized_end=1289
-  _globals['_ANONRELEASEREQUEST']._serialized_start=1291
-  _globals['_ANONRELEASEREQUEST']._serialized_end=1371
-  _globals['_ANONRELEASERESPONSE']._serialized_start=1373
-  _globals['_ANONRELEASERESPONSE']._serialized_end=1412
-  _globals['_NODESERVICE']._serialized_start=1415
-  _globals['_NODESERVICE']._serialized_end=2034
+  _globals['_DESCRIBEDATASETSREQUEST']._serialized_end=169
+  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_start=172
+  _globals['_DESCRIBEDATASETSRESPONSE']._serialized_end=329
+  _globals['_SECAGGSETUP']._serialized_start=332
+  _globals['_SECAGGSETUP']._serialized_end=468
+  _globals['_ROUNDREF']._serialized_start=471
+  _globals['_ROUNDREF']._serialized_end=710
+  _globals['_SECAGGSTEPREQUEST']._serialized_start=713
+  _globals['_SECAGGSTEPREQUEST']._serialized_end=946
+  _globals['_SECAGGSTEPRESPONSE']._serialized_start=948
+  _globals['_SECAGGSTEPRESPONSE']._serialized_end=986
+  _globals['_PAILLIERSTATSREQUEST']._serialized_start=989
+  _globals['_PAILLIERSTATSREQUEST']._serialized_end=1216
+  _globals['_PAILLIERSTATSRESPONSE']._serialized_start=1218
+  _globals['_PAILLIERSTATSRESPONSE']._serialized_end=1267
+  _globals['_ANONHISTOGRAMREQUEST']._serialized_start=1269
+  _globals['_ANONHISTOGRAMREQUEST']._serialized_end=1367
+  _globals['_ANONHISTOGRAMRESPONSE']._serialized_start=1369
+  _globals['_ANONHISTOGRAMRESPONSE']._serialized_end=1428
+  _globals['_ANONAPPLYREQUEST']._serialized_start=1431
+  _globals['_ANONAPPLYREQUEST']._serialized_end=1570
+  _globals['_ANONAPPLYRESPONSE']._serialized_start=1572
+  _globals['_ANONAPPLYRESPONSE']._serialized_end=1659
+  _globals['_ANONRELEASEREQUEST']._serialized_start=1661
+  _globals['_ANONRELEASEREQUEST']._serialized_end=1742
+  _globals['_ANONRELEASERESPONSE']._serialized_start=1744
+  _globals['_ANONRELEASERESPONSE']._serialized_end=1783
+  _globals['_NODESERVICE']._serialized_start=1786
+  _globals['_NODESERVICE']._serialized_end=2405
 # @@protoc_insertion_point(module_scope)

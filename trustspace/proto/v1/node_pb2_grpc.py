@@ -84,15 +84,15 @@ class NodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PaillierStats(self, request, context):
-        """The local statistics of one round, encrypted under the analyst's Paillier key.
+        """The local statistics of one round, encrypted under the analyst's (signed) Paillier key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AnonHistogram(self, request, context):
-        """Anonymization: the local histogram of generalized quasi-identifier tuples (its vector is
-        then summed by SecAggStep with purpose "anon.histogram").
+        """Anonymization: check the signed spec and read the local histogram of generalized
+        quasi-identifier tuples (its vectors are then summed by SecAggStep, part "anon.histogram").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
