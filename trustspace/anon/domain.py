@@ -173,14 +173,18 @@ class Domain:
         names = [h.level_values(lv) for h, lv in zip(self.hierarchies, levels, strict=True)]
         return [tuple(names[j][c] for j, c in enumerate(row)) for row in codes.tolist()]
 
-    def encode_sensitive(self, column: Sequence[object], *, where: str = "") -> IntArray:
-        """Codes of a sensitive column's values in ``sensitive_values``."""
+    def encode_sensitive(
+        self, column: Sequence[object], *, where: str = "", reveal: bool = True
+    ) -> IntArray:
+        """Codes of a sensitive column's values in ``sensitive_values`` (``reveal=False``: an
+        error names how many values are outside the domain, not which)."""
         idx = self._sens_index
         bad = {str(v) for v in column if str(v) not in idx}
         if bad:
+            which = f": {sorted(bad)[:8]}" if reveal else " (not shown: they are local data)"
             raise ConfigError(
-                f"sensitive column {self.sensitive!r}{where}: values not in its declared "
-                f"domain: {sorted(bad)[:8]}; add them to the sensitive values"
+                f"sensitive column {self.sensitive!r}{where}: {len(bad)} value(s) not in its "
+                f"declared domain{which}; add them to the sensitive values"
             )
         return np.fromiter((idx[str(v)] for v in column), dtype=np.int64, count=len(column))
 

@@ -454,6 +454,7 @@ class LocalCounts:
         tuples: distinct value tuples in ``spec.columns`` order (as the engine returns them).
         counts: their counts.
         where: appended to coverage errors (e.g. ``" at node org-a"``).
+        reveal: name the uncovered values in errors (a node passes False: its errors leave it).
 
     Raises:
         DataError: a value is not covered by its hierarchy, or a sensitive value is outside
@@ -467,6 +468,7 @@ class LocalCounts:
         counts: Sequence[int] | IntArray,
         *,
         where: str = "",
+        reveal: bool = True,
     ) -> None:
         self.spec = spec
         self.domain = domain = spec.domain
@@ -477,11 +479,13 @@ class LocalCounts:
             raise DataError(f"expected {len(spec.columns)} columns per tuple, got {len(cols)}")
         codes = np.empty((cnt.size, q), dtype=np.int64)
         for j, h in enumerate(domain.hierarchies):
-            codes[:, j] = h.encode([_cell_values(v) for v in cols[j]], where=where)
+            codes[:, j] = h.encode([_cell_values(v) for v in cols[j]], where=where, reveal=reveal)
         sens = None
         if domain.sensitive is not None:
             try:
-                sens = domain.encode_sensitive([_cell_values(v) for v in cols[q]], where=where)
+                sens = domain.encode_sensitive(
+                    [_cell_values(v) for v in cols[q]], where=where, reveal=reveal
+                )
             except ConfigError as exc:
                 raise DataError(str(exc)) from None
         self.n = int(cnt.sum())

@@ -274,12 +274,15 @@ class Hierarchy:
         """For each original value (row), the code of its generalization at ``level``."""
         return self._codes[level]
 
-    def encode(self, column: Sequence[object], *, where: str = "") -> npt.NDArray[np.int64]:
+    def encode(
+        self, column: Sequence[object], *, where: str = "", reveal: bool = True
+    ) -> npt.NDArray[np.int64]:
         """Codes (row indices) of a data column's values; validates coverage.
 
         Raises:
             DataError: a value of the column is not in the hierarchy (the message names the
-                column and the missing values).
+                column, how many values are missing and, with ``reveal``, which: a node
+                passes ``reveal=False``, since its errors leave it and must carry no data).
         """
         uniq = list(dict.fromkeys(column))  # C loops only: this runs on every row
         local = {v: i for i, v in enumerate(uniq)}
@@ -288,9 +291,10 @@ class Hierarchy:
         missing = [str(v) for v in uniq if str(v) not in idx]
         if missing:
             src = f" ({self.source})" if self.source else ""
+            which = f": {_show(missing)}" if reveal else " (not shown: they are local data)"
             raise DataError(
                 f"column {self.name!r}{where}: {len(missing)} value(s) in the data are not in "
-                f"its hierarchy{src}: {_show(missing)}; add a row for each of them"
+                f"its hierarchy{src}{which}; add a row for each of them"
             )
         table = np.fromiter((idx[str(v)] for v in uniq), dtype=np.int64, count=len(uniq))
         return table[inv] if len(inv) else inv

@@ -148,7 +148,7 @@ class AnonJobs:
                     "missing value(s); quasi-identifiers and the sensitive attribute must not "
                     "be missing (fill them, e.g. with '?', and cover that value in the hierarchy)"
                 )
-        local = LocalCounts(spec, tuples, counts, where=f" at node {self.node}")
+        local = LocalCounts(spec, tuples, counts, where=f" at node {self.node}", reveal=False)
         self._expire()
         with self._lock:
             if len(self._jobs) >= MAX_JOBS:

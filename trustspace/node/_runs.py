@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from trustspace.errors import PolicyError, ProtocolError
+from trustspace.errors import AuthenticationError, PolicyError, ProtocolError
+from trustspace.node.policy import PolicyRefused
 from trustspace.stats import Computation, Query, Round, TableSchema, start
 from trustspace.transport.signing import SignedQuery, VerifiedQuery, verify_query
 from trustspace.transport.types import RoundTotal
@@ -139,6 +140,7 @@ class Runs:
 
     def __init__(
         self,
+        node: str,
         where: str,
         *,
         ca_pem: bytes,
@@ -147,6 +149,7 @@ class Runs:
         now: Callable[[], float] = time.time,
     ) -> None:
         self._where = where
+        self._node = node
         self._ca = ca_pem
         self._audience = audience
         self._revoked = tuple(revoked)
@@ -169,10 +172,16 @@ class Runs:
                     "UTC; run it again"
                 )
             return vq
-        vq = verify_query(
-            signed, ca_pem=self._ca, audience=self._audience, revoked=self._revoked,
-            now=now, where=self._where,
-        )  # fmt: skip
+        try:
+            vq = verify_query(
+                signed, ca_pem=self._ca, audience=self._audience, revoked=self._revoked,
+                now=now, where=self._where,
+            )  # fmt: skip
+        except AuthenticationError as exc:
+            # a refusal of this query (not of the aggregator's connection): the aggregator
+            # must report it, not treat this node as unreachable
+            why = str(exc).removeprefix(f"{self._where}: ")
+            raise PolicyRefused(self._node, "signed_query", why) from None
         with self._lock:
             self._verified[key] = vq
             while len(self._verified) > MAX_VERIFIED:

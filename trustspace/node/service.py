@@ -157,6 +157,7 @@ class NodeService:
         self._anon = AnonJobs(config, engine, clock, self._datasets)
         self._where = f"node {self.name}"
         self.runs = Runs(
+            self.name,
             self._where,
             ca_pem=credentials.ca_pem,
             audience=data_space_name(credentials.ca_pem),
@@ -224,6 +225,11 @@ class NodeService:
         entry.update(decision="allow", reason="policy rules matched" if check else unchecked_reason)
         try:
             result = work(vq)
+        except (PolicyError, ProtocolError) as exc:  # the computation asked for is refused
+            entry.update(decision="deny", reason=str(exc), outcome="refused")
+            self.audit.append(entry)
+            log.info("%s: refused %s for %s: %s", self.name, step, entry["requester"], exc)
+            raise
         except TrustspaceError as exc:
             entry["outcome"] = f"error: {type(exc).__name__}: {exc}"
             self.audit.append(entry)

@@ -472,8 +472,8 @@ class Round:
         over = np.abs(scaled) > limit
         if np.any(over):
             i = int(np.flatnonzero(over)[0])
-            raise EncodingOverflow(
-                f"round {self.index}: entry {i} = {arr[i]!r} exceeds the declared fixed-point "
+            raise EncodingOverflow(  # never the value: a node's error leaves the node
+                f"round {self.index}: entry {i} of {self.size} exceeds the declared fixed-point "
                 f"range (2^{61 - int(self.frac_bits[i])}); re-run the query from the start"
             )
         return scaled.astype(np.int64).view(np.uint64)
