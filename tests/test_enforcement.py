@@ -375,6 +375,16 @@ def test_analyst_cannot_craft_paillier_rounds(space: dict[str, Any]) -> None:
         extra = Round("default", None, (Term.rows(),), index=1)
         with pytest.raises(ProtocolError, match="round 1 does not exist"):
             client.run_round(types.RoundRequest(q2, int(pk.n), extra, K, prev))
+    # the aggregator asks for "the record counts" of a Paillier count with a crafted count
+    # round (a fine histogram of income): refused before any vector is computed
+    q3 = new_query(bob, "count", "default", method="paillier", paillier_key=pk.fingerprint)
+    grid = Round("default", None, (Term.rows(), Term.grid("income", 0.0, 100.0, 1000)))
+    ref = types.RoundRef(0, K, None, grid, "paillier.counts")
+    step = types.SecAggStep(
+        q3, types.SecAggSetup(os.urandom(32), (1, 2, 3), grid.size), Stage.ADVERTISE, (), ref, 1
+    )
+    with pytest.raises(ProtocolError, match="record-count round asked for in round 0 is not"):
+        space["clients"]["n1"].secagg_step(step, 10)
     record(
         "data safety",
         "analyst allowed only count: a 'count' round of moment terms; a mean; an extra round",
