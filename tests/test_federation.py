@@ -165,12 +165,12 @@ def test_rate_limit_over_the_network(partitions: dict[str, Path], tmp_path: Path
     }
     parts = {k: str(v) for k, v in list(partitions.items())[:2]}
     with Federation.local(parts, policy, key_bits=KEY_BITS, workdir=tmp_path) as f:
-        f.mean("default", "age")  # several rounds, one token
+        f.count()  # one round: one work unit
         f.count()
         with pytest.raises(PolicyError) as info:
             f.count()
         assert getattr(info.value, "rule", "") == "rate_limit"
-        assert "requests per minute" in str(info.value)
+        assert "work units per minute" in str(info.value)
 
 
 def test_cli_query_against_local_federation(

@@ -6,7 +6,7 @@ import pytest
 
 from trustspace.errors import ConfigError, PolicyError
 from trustspace.node.config import policy_from_dict
-from trustspace.node.policy import Policy, PolicyRefused, Request
+from trustspace.node.policy import Policy, PolicyRefused, Request, work_units
 
 POLICY = {
     "min_group_size": 5,
@@ -63,18 +63,24 @@ def test_columns_refusal_names_the_column() -> None:
         _policy().check(Request("bob", "mean", "default", ("age", "income")))
 
 
-def test_rate_limit_token_bucket_per_analyst_and_request() -> None:
+def test_rate_limit_charges_work_per_analyst() -> None:
     clock = FakeClock()
-    p = _policy(clock)
-    p.check(Request("alice", "count", "default", (), "q1"))
-    p.check(Request("alice", "count", "default", (), "q1"))  # same request: no new token
-    p.check(Request("alice", "count", "default", (), "q2"))
-    with pytest.raises(PolicyRefused) as info:
-        p.check(Request("alice", "count", "default", (), "q3"))
+    p = _policy(clock)  # 60 units per minute, burst 2
+    p.check(Request("alice", "count", "default", ()))  # the rules cost nothing
+    p.charge("alice", work_units(1))  # one small round: one unit
+    p.charge("alice")
+    with pytest.raises(PolicyRefused, match="work units per minute") as info:
+        p.charge("alice")
     assert info.value.rule == "rate_limit"
-    p.check(Request("bob", "count", "default", (), "q4"))  # buckets are per analyst
-    clock.now += 1.0  # 60/min -> one token per second
-    p.check(Request("alice", "count", "default", (), "q5"))
+    p.charge("bob")  # buckets are per analyst
+    clock.now += 1.0  # 60/min -> one unit per second
+    p.charge("alice")
+    # a large round costs more: a 20,000-entry histogram is 5 units, 256 encrypted words 1 more
+    assert work_units(20_000) == 5 and work_units(10, 256) == 2
+    clock.now += 2.0
+    p.charge("alice", work_units(20_000))  # dearer than the burst: runs only from a full bucket
+    with pytest.raises(PolicyRefused):
+        p.charge("alice", 1)
 
 
 def test_release_rows_default_refused() -> None:

@@ -3,7 +3,8 @@
 A request is allowed when one rule lists the analyst, the operation, the dataset and every
 column the request reads (its columns and the columns its filter mentions). A refusal is a
 ``PolicyRefused`` naming the node and the rule that failed (``analysts``, ``datasets``,
-``operations``, ``columns``, ``rate_limit``, ``release_rows``). ``min_group_size`` is not
+``operations``, ``columns``, ``rate_limit``, ``release_rows``). The rate limit charges by
+work (``work_units``: rounds, entries, encrypted words), not by request. ``min_group_size`` is not
 checked here: it is a property of *global* counts, reported to the aggregator and enforced there.
 """
 
@@ -11,14 +12,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from trustspace.errors import PolicyError
 from trustspace.node.config import ALL, PolicyConfig, Rule
 
-RECENT_REQUESTS = 4096  # request ids remembered so that one query's RPCs cost one token
+#: Work units of one computation: every round a node computes costs one unit, plus one per
+#: ``ENTRIES_PER_UNIT`` entries of its vector (a 20,000-bin histogram costs 5) and, on the
+#: Paillier path, one per ``WORDS_PER_UNIT`` words it encrypts (homomorphic work is ~1,000
+#: times dearer per entry than a secure sum). The rate limit's tokens are these units.
+ENTRIES_PER_UNIT = 4096
+WORDS_PER_UNIT = 256
+
+
+def work_units(entries: int, encrypted_words: int = 0) -> int:
+    """The rate-limit cost of computing one round of ``entries`` entries (see above)."""
+    return 1 + entries // ENTRIES_PER_UNIT + encrypted_words // WORDS_PER_UNIT
 
 
 class PolicyRefused(PolicyError):
@@ -57,11 +67,13 @@ class _Bucket:
         self.rate = per_second
         self.stamp = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, units: int = 1) -> bool:
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        # a step dearer than the whole burst can still run once the bucket is full
+        need = min(float(units), float(self.capacity))
+        if self.tokens >= need:
+            self.tokens -= need
             return True
         return False
 
@@ -91,16 +103,34 @@ no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
         self._clock = clock
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     @property
     def min_group_size(self) -> int:
         return self.config.min_group_size
 
     def check(self, req: Request) -> None:
-        """Raise ``PolicyRefused`` unless ``req`` is allowed; charges the rate limit."""
+        """Raise ``PolicyRefused`` unless the rules allow ``req`` (no charge: see ``charge``)."""
         self._check_rules(req)
-        self._charge(req)
+
+    def charge(self, analyst: str, units: int = 1) -> None:
+        """Take ``units`` work units (``work_units``) from ``analyst``'s rate limit, or raise
+        ``PolicyRefused`` (rule ``rate_limit``) and take nothing."""
+        limit = self.config.rate_limit
+        if limit is None:
+            return
+        with self._lock:
+            now = self._clock()
+            bucket = self._buckets.get(analyst)
+            if bucket is None:
+                bucket = self._buckets[analyst] = _Bucket(limit.burst, limit.per_minute / 60.0, now)
+            if not bucket.take(now, units):
+                raise PolicyRefused(
+                    self.node,
+                    "rate_limit",
+                    f"analyst {analyst!r} exceeded {limit.per_minute:g} work units per minute "
+                    f"(burst {limit.burst}; this step costs {units}: one per round, more for "
+                    "large rounds and for encryption); wait and retry",
+                )
 
     def may_see(self, analyst: str, dataset: str) -> bool:
         """Whether some rule lets ``analyst`` use ``dataset`` (else its schema is not shown)."""
@@ -156,29 +186,3 @@ no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
             f"analyst {req.analyst!r} may not read column(s) {', '.join(best)} of dataset "
             f"{req.dataset!r} for {req.operation!r}",
         )
-
-    def _charge(self, req: Request) -> None:
-        limit = self.config.rate_limit
-        if limit is None:
-            return
-        with self._lock:
-            key = (req.analyst, req.request_id)
-            if req.request_id and key in self._seen:
-                return
-            now = self._clock()
-            bucket = self._buckets.get(req.analyst)
-            if bucket is None:
-                bucket = self._buckets[req.analyst] = _Bucket(
-                    limit.burst, limit.per_minute / 60.0, now
-                )
-            if not bucket.take(now):
-                raise PolicyRefused(
-                    self.node,
-                    "rate_limit",
-                    f"analyst {req.analyst!r} exceeded {limit.per_minute:g} requests per "
-                    f"minute (burst {limit.burst}); wait and retry",
-                )
-            if req.request_id:
-                self._seen[key] = None
-                while len(self._seen) > RECENT_REQUESTS:
-                    self._seen.popitem(last=False)

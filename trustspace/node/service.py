@@ -40,7 +40,7 @@ from trustspace.node._anon import AnonJobs
 from trustspace.node._runs import Run, Runs, query_of
 from trustspace.node.audit import AuditLog
 from trustspace.node.config import ALL, NodeConfig
-from trustspace.node.policy import Policy, Request
+from trustspace.node.policy import Policy, Request, work_units
 from trustspace.secagg.client import SecAggClient
 from trustspace.secagg.config import SecAggConfig
 from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
@@ -409,6 +409,7 @@ class NodeService:
                 self._refuse_mismatch(ref, "record-count round")
             assert isinstance(ref.vector, Round)
             vector = ref.vector
+        self.policy.charge(vq.body.analyst, work_units(vector.size))
         with run.lock:
             run.claim(ref.index, ref.part, self._where)
         digest = round_digest(vq.digest, ref.part, ref.index, ref.min_group_size, vector.to_dict())
@@ -621,6 +622,7 @@ class NodeService:
             bad = [i for i in req.suppressed if not 0 <= i < rnd.size]
             if bad:
                 raise ProtocolError(f"{self._where}: suppressed index {bad[0]} out of range")
+            self.policy.charge(vq.body.analyst, work_units(rnd.size, 2 * sums.size))
             with run.lock:
                 run.claim(ref.index, "paillier", self._where)
             where = ~rnd.count_mask
@@ -672,6 +674,7 @@ class NodeService:
             assert vq is not None
             job = self._anon.job(vq.body.analyst, vq.body.request_id)
             run = self._run(vq)
+            self.policy.charge(vq.body.analyst, work_units(step.setup.vector_length))
             with run.lock:
                 run.claim(ref.index, ref.part, self._where)
             digest = round_digest(
@@ -711,6 +714,7 @@ class NodeService:
         def work(vq: VerifiedQuery | None) -> tuple[str, str]:
             assert vq is not None
             self._run(vq)
+            self.policy.charge(vq.body.analyst)
             out = self._anon.prepare(state["spec"], vq.body.analyst, vq.body.request_id)
             return str(out["node"]), str(out["digest"])
 
@@ -743,6 +747,7 @@ class NodeService:
         def work(vq: VerifiedQuery | None) -> dict[str, Any]:
             assert vq is not None
             job = self._anon.job(vq.body.analyst, vq.body.request_id)
+            self.policy.charge(vq.body.analyst)
             payload = {"result": result_json, "digest": digest, "release": release}
             return self._anon.apply(job, payload)
 
