@@ -17,8 +17,8 @@ from trustspace.stats import (
     TableSchema,
     check_filter,
     parse_filter,
+    python_value_for,
 )
-from trustspace.stats._schema import python_value_for
 
 __all__ = ["compile_filter", "quote_ident", "where_clause"]
 

@@ -113,7 +113,7 @@ from trustspace.stats._round import (
     Totals,
     octave_key,
 )
-from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
+from trustspace.stats._schema import ColumnType, GroupValue, TableSchema, python_value_for
 
 __all__ = [
     "GRID_BINS",
@@ -150,6 +150,7 @@ __all__ = [
     "octave_key",
     "paillier_round_total",
     "parse_filter",
+    "python_value_for",
     "replay",
     "split_words",
     "start",
