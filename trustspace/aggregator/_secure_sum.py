@@ -20,7 +20,6 @@ from trustspace.secagg import (
     AdvertiseKeys,
     EncryptedShares,
     MaskedInput,
-    SecAggConfig,
     Stage,
     UnmaskShares,
     drive,
@@ -145,12 +144,7 @@ def secure_sum(
         vector_length=size,
         threshold=threshold,
     )
-    config = SecAggConfig(
-        session_id=setup.session_id,
-        client_ids=setup.client_ids,
-        vector_length=setup.vector_length,
-        threshold=setup.threshold,
-    )
+    config = setup.config()
     exchange = _GrpcExchange(fan_out, query, setup, ref, nodes, timeout)
     try:
         outcome = drive(config, exchange)

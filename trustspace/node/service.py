@@ -42,7 +42,6 @@ from trustspace.node.audit import AuditLog
 from trustspace.node.config import ALL, NodeConfig
 from trustspace.node.policy import Policy, Request, work_units
 from trustspace.secagg.client import SecAggClient
-from trustspace.secagg.config import SecAggConfig
 from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
 from trustspace.secagg.stage import Stage
 from trustspace.stats import (
@@ -429,14 +428,7 @@ class NodeService:
         the key advertisement, signed together with the session binding (round digest and
         this node's ``min_nodes``), the node's certificate and the binding."""
         s = step.setup
-        cfg = SecAggConfig(
-            session_id=s.session_id,
-            client_ids=s.client_ids,
-            vector_length=s.vector_length,
-            threshold=s.threshold,
-            neighbors=s.neighbors,
-            modulus_bits=s.modulus_bits,
-        )
+        cfg = s.config()
         if cfg.modulus_bits != 64:
             raise ProtocolError(f"{self._where}: statistics need 64-bit secure aggregation")
         min_nodes = self.policy.config.min_nodes

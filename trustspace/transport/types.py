@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trustspace.anon.federated import VectorRequest
-from trustspace.secagg import Stage
+from trustspace.secagg import SecAggConfig, Stage
 from trustspace.stats import Round
 from trustspace.transport.signing import SignedQuery
 
@@ -65,6 +65,17 @@ class SecAggSetup:
     threshold: int | None = None
     neighbors: int | None = None
     modulus_bits: int = 64
+
+    def config(self) -> SecAggConfig:
+        """The session's ``SecAggConfig`` (validated there: ``ConfigError`` naming the field)."""
+        return SecAggConfig(
+            session_id=self.session_id,
+            client_ids=self.client_ids,
+            vector_length=self.vector_length,
+            threshold=self.threshold,
+            neighbors=self.neighbors,
+            modulus_bits=self.modulus_bits,
+        )
 
 
 @dataclass(frozen=True)
