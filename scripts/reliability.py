@@ -28,6 +28,7 @@ SUITE = [
     "tests/test_fuzz_rpc.py",
     "tests/test_identity.py",
     "tests/test_data_safety.py",
+    "tests/test_enforcement.py",
     "tests/test_load.py",
     "tests/soak",
 ]
