@@ -325,28 +325,10 @@ class Federation:
         (the datasets this analyst may use: the request is a signed ``status`` query)."""
         return self._client.status(self._sign("status"))[1]
 
-    def _sign(
-        self,
-        operation: str,
-        dataset: str = "",
-        columns: Sequence[str] = (),
-        where: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        *,
-        method: str = "secagg",
-        paillier_key: str | None = None,
-    ) -> SignedQuery:
-        """Sign what this analyst asks (every node verifies it; see transport.signing)."""
-        return new_query(
-            self._client.credentials,
-            operation,
-            dataset,
-            columns,
-            where,
-            params,
-            method=method,
-            paillier_key=paillier_key,
-        )
+    def _sign(self, operation: str, *args: Any, **kwargs: Any) -> SignedQuery:
+        """Sign what this analyst asks: ``transport.signing.new_query`` with this session's
+        credentials (every node verifies the signature; docs/security.md)."""
+        return new_query(self._client.credentials, operation, *args, **kwargs)
 
     def _sign_query(
         self, query: Query, method: str, paillier_key: str | None = None
