@@ -118,10 +118,13 @@ class Federation:
         client: AggregatorClient,
         *,
         key_bits: int | None = None,
+        purpose: str | None = None,
         _owned: Sequence[Any] = (),
         _tmpdir: str | None = None,
     ) -> None:
         self._client = client
+        #: the declared purpose, signed with every query and recorded in every node's audit log
+        self.purpose = purpose
         self._owned = list(_owned)
         self._tmpdir = _tmpdir
         self._key_bits = key_bits
@@ -141,6 +144,7 @@ class Federation:
         *,
         server_name: str | None = None,
         key_bits: int | None = None,
+        purpose: str | None = None,
     ) -> Federation:
         """Connect to the aggregator at ``target`` (``host:port``) with an analyst identity.
 
@@ -149,6 +153,9 @@ class Federation:
             credentials: ``Credentials`` or an identity directory (``trustspace ca issue``).
             server_name: the name the aggregator's certificate must carry (default: the host).
             key_bits: Paillier key size for ``method="paillier"`` (default 3072).
+            purpose: what the queries are for (e.g. ``"fraud-study-2026"``): signed with every
+                query, recorded in every node's audit log, and checked against the purposes a
+                node's policy rules allow (``trustspace usage --by purpose`` meters it).
 
         Raises:
             AuthenticationError: a certificate was refused (says which and why).
@@ -165,7 +172,7 @@ class Federation:
                 "is needed (`trustspace ca issue DIR NAME --role analyst`)"
             )
         client = AggregatorClient(target, creds, server_name=server_name)
-        return cls(client, key_bits=key_bits)
+        return cls(client, key_bits=key_bits, purpose=purpose)
 
     @classmethod
     def local(
@@ -182,6 +189,7 @@ class Federation:
         threshold: int | None = None,
         workdir: str | os.PathLike[str] | None = None,
         analyst: str = LOCAL_ANALYST,
+        purpose: str | None = None,
     ) -> Federation:
         """Start an aggregator and one node per partition here, over mutual TLS on 127.0.0.1.
 
@@ -199,6 +207,7 @@ class Federation:
             workdir: where the CA, certificates and audit logs go (default: a temporary
                 directory removed on ``close()``); audit logs are ``audit/<node>.jsonl``.
             analyst: the analyst identity (certificate name) this session uses.
+            purpose: the declared purpose signed with every query (see ``connect``).
 
         Raises:
             ConfigError, DataError: a bad partition, policy or data file (names it).
@@ -297,7 +306,7 @@ class Federation:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fed = cls(client, key_bits=key_bits, _owned=started, _tmpdir=tmp)
+        fed = cls(client, key_bits=key_bits, purpose=purpose, _owned=started, _tmpdir=tmp)
         fed.nodes = {n.config.name: n for n in nodes}
         fed.aggregator = agg
         fed.workdir = root
@@ -328,6 +337,7 @@ class Federation:
     def _sign(self, operation: str, *args: Any, **kwargs: Any) -> SignedQuery:
         """Sign what this analyst asks: ``transport.signing.new_query`` with this session's
         credentials (every node verifies the signature; docs/security.md)."""
+        kwargs.setdefault("purpose", self.purpose)
         return new_query(self._client.credentials, operation, *args, **kwargs)
 
     def _sign_query(

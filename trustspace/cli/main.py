@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from trustspace import __version__
-from trustspace.cli import aggregator, anonymize, audit, ca, demo, node, query
+from trustspace.cli import aggregator, anonymize, audit, ca, demo, node, query, usage
 from trustspace.errors import TrustspaceError
 
-COMMANDS = (demo, node, aggregator, ca, query, anonymize, audit)
+COMMANDS = (demo, node, aggregator, ca, query, anonymize, audit, usage)
 
 EXIT_USAGE = 2  # argparse's own code for bad usage; also a bad config or parameter
 

@@ -45,6 +45,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--values", nargs="+", default=None, help="group_by: the public group values")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--purpose",
+        default=None,
+        help="what the query is for; signed with it and recorded in every node's audit log",
+    )
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from trustspace.transport import serde
 
     fed = Federation.connect(
-        args.aggregator, args.credentials, server_name=args.server_name, key_bits=args.key_bits
+        args.aggregator,
+        args.credentials,
+        server_name=args.server_name,
+        key_bits=args.key_bits,
+        purpose=args.purpose,
     )
     with fed:
         if args.op == "status":

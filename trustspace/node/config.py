@@ -50,6 +50,8 @@ class Rule:
     operations: tuple[str, ...]
     datasets: tuple[str, ...]
     columns: tuple[str, ...] = (ALL,)
+    #: the purposes the analyst must declare (signed with the query); ``"*"``: any, or none
+    purposes: tuple[str, ...] = (ALL,)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def parse_policy(t: Table) -> PolicyConfig:
                 operations=rt.str_list("operations"),
                 datasets=rt.str_list("datasets", [ALL]),
                 columns=rt.str_list("columns", [ALL]),
+                purposes=rt.str_list("purposes", [ALL]),
             )
         )
         rt.check_unknown()

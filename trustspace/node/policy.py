@@ -3,8 +3,9 @@
 A request is allowed when one rule lists the analyst, the operation, the dataset and every
 column the request reads (its columns and the columns its filter mentions). A refusal is a
 ``PolicyRefused`` naming the node and the rule that failed (``analysts``, ``datasets``,
-``operations``, ``columns``, ``rate_limit``, ``release_rows``). The rate limit charges by
-work (``work_units``: rounds, entries, encrypted words), not by request. ``min_group_size`` is not
+``operations``, ``purposes``, ``columns``, ``rate_limit``, ``release_rows``). The rate limit
+charges by work (``work_units``: rounds, entries, encrypted words), not by request.
+``min_group_size`` is not
 checked here: it is a property of *global* counts, reported to the aggregator and enforced there.
 """
 
@@ -49,6 +50,7 @@ class Request:
     dataset: str
     columns: tuple[str, ...]
     request_id: str = ""
+    purpose: str | None = None  # the purpose the analyst declared (signed with the query)
 
 
 def _matches(allowed: tuple[str, ...], value: str) -> bool:
@@ -173,6 +175,20 @@ no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
                 "operations",
                 f"analyst {req.analyst!r} may not run {req.operation!r} on dataset {req.dataset!r}",
             )
+        with_purpose = [
+            r for r in cand if ALL in r.purposes or (req.purpose and req.purpose in r.purposes)
+        ]
+        if not with_purpose:
+            allowed = sorted({p for r in cand for p in r.purposes})
+            raise PolicyRefused(
+                self.node,
+                "purposes",
+                f"analyst {req.analyst!r} may run {req.operation!r} on dataset {req.dataset!r} "
+                f"only for the purpose(s) {', '.join(map(repr, allowed))}; declared: "
+                f"{req.purpose!r} (Federation.connect(..., purpose=...), or "
+                "`trustspace query --purpose`)",
+            )
+        cand = with_purpose
         best: tuple[str, ...] = ()
         for r in cand:
             denied = tuple(c for c in req.columns if not _matches(r.columns, c))

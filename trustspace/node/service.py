@@ -199,6 +199,7 @@ class NodeService:
                 entry.update(
                     requester=b.analyst,
                     request_id=b.request_id,
+                    purpose=b.purpose,
                     query=_audit_body(vq),
                     dataset=b.dataset,
                     columns=list(b.columns),
@@ -211,8 +212,9 @@ class NodeService:
                     raise PolicyError(f"{self._where}: the request carries no signed query")
                 operation, dataset, columns = check(vq)
                 entry.update(operation=operation, dataset=dataset, columns=list(columns))
+                b = vq.body
                 self.policy.check(
-                    Request(vq.body.analyst, operation, dataset, columns, vq.body.request_id)
+                    Request(b.analyst, operation, dataset, columns, b.request_id, b.purpose)
                 )
             if extra is not None and vq is not None:
                 extra(vq)
@@ -222,6 +224,9 @@ class NodeService:
             log.info("%s: refused %s for %s: %s", self.name, step, entry["requester"], exc)
             raise
         entry.update(decision="allow", reason="policy rules matched" if check else unchecked_reason)
+        # metering: wall time, and CPU time of this thread (DuckDB's and the Paillier pool's
+        # workers are not in it)
+        wall, cpu = time.monotonic(), time.thread_time()
         try:
             result = work(vq)
         except (PolicyError, ProtocolError) as exc:  # the computation asked for is refused
@@ -238,6 +243,8 @@ class NodeService:
             self.audit.append(entry)
             raise
         entry["outcome"] = "ok"
+        entry["ms"] = round(1000.0 * (time.monotonic() - wall), 3)
+        entry["cpu_ms"] = round(1000.0 * (time.thread_time() - cpu), 3)
         self.audit.append(entry)
         return result
 
