@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trustspace.anon.domain import sorted_values
-from trustspace.anon.federated import AggregatedOracle, AnonSpec, VectorRequest
+from trustspace.anon.federated import AggregatedOracle, VectorRequest
 from trustspace.anon.search import search
+from trustspace.anon.spec import AnonSpec
 from trustspace.errors import ConfigError, NodeError, ProtocolError
 from trustspace.transport import types
 
@@ -38,42 +38,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("trustspace.aggregator")
 
 
-def _numeric(values: list[str]) -> bool:
-    try:
-        for v in values:
-            float(v)
-    except ValueError:
-        return False
-    return True
-
-
-def _complete(raw: Mapping[str, Any], schema_columns: Mapping[str, Any], domains: Mapping[str, Any]
-              ) -> AnonSpec:  # fmt: skip
+def _complete(
+    spec: AnonSpec, schema_columns: Mapping[str, Any], domains: Mapping[str, Any]
+) -> AnonSpec:
     """The spec, with the sensitive domain taken from the schema when the analyst gave none."""
-    data = dict(raw)
-    sensitive = data.get("sensitive")
-    hs = data.get("hierarchies")
-    names = [h.get("name") for h in hs if isinstance(h, Mapping)] if isinstance(hs, list) else []
-    dataset = data.get("dataset")
-    for col in [*names, *([sensitive] if sensitive else [])]:
+    for col in spec.columns:
         if col not in schema_columns:
             raise ConfigError(
-                f"column {col!r} is not in dataset {dataset!r} (its columns are "
+                f"column {col!r} is not in dataset {spec.dataset!r} (its columns are "
                 f"{', '.join(schema_columns)})"
             )
-    if sensitive and not data.get("sensitive_values"):
-        declared = domains.get(sensitive)
+    declared: list[Any] = []
+    if spec.sensitive and spec.sensitive_values is None:
+        declared = list(domains.get(spec.sensitive) or [])
         if not declared:
             raise ConfigError(
-                f"the sensitive attribute {sensitive!r} needs a public value domain: pass "
-                f"sensitive_values=[...] or declare datasets.{dataset}.domains.{sensitive} in "
-                "every node's config"
+                f"the sensitive attribute {spec.sensitive!r} needs a public value domain: pass "
+                f"sensitive_values=[...] or declare datasets.{spec.dataset}.domains."
+                f"{spec.sensitive} in every node's config"
             )
-        data["sensitive_values"] = sorted_values([str(v) for v in declared])
-    if data.get("ordered") is None:
-        sv = data.get("sensitive_values") or []
-        data["ordered"] = bool(sv) and _numeric([str(v) for v in sv])
-    return AnonSpec.from_dict(data)
+    return spec.complete(declared)
 
 
 def run_anonymization(svc: Host, caller: Identity, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,12 +73,14 @@ def run_anonymization(svc: Host, caller: Identity, data: Mapping[str, Any]) -> d
     release = data.get("release")
     if release is not None and not isinstance(release, bool):
         raise ConfigError("RunAnonymization: 'release' must be true, false or null")
-    dataset = raw.get("dataset")
-    if not isinstance(dataset, str) or not dataset:
-        raise ConfigError("RunAnonymization: name the dataset")
+    asked = AnonSpec.from_dict(raw)
+    try:
+        asked.check_federated()
+    except ConfigError as exc:
+        raise ConfigError(f"RunAnonymization: {exc}") from None
     request_id = secrets.token_hex(8)
-    with svc.planned(dataset, caller.name, request_id) as plan:
-        spec = _complete(raw, plan.schema.columns, plan.schema.domains)
+    with svc.planned(asked.dataset, caller.name, request_id) as plan:
+        spec = _complete(asked, plan.schema.columns, plan.schema.domains)
         nodes = plan.nodes
         names = [n.name for n in nodes]
         params = {

@@ -19,8 +19,9 @@ import numpy as np
 
 from trustspace._files import write_atomic
 from trustspace.anon.api import apply as apply_result
-from trustspace.anon.federated import AnonSpec, LocalCounts
+from trustspace.anon.federated import LocalCounts
 from trustspace.anon.search import Result
+from trustspace.anon.spec import AnonSpec
 from trustspace.errors import ConfigError, DataError, ProtocolError
 from trustspace.node.config import NodeConfig
 from trustspace.node.policy import PolicyRefused
@@ -79,6 +80,7 @@ class AnonJobs:
             raise ProtocolError(f"node {self.node}: AnonHistogram: 'nodes' must list names")
         try:
             spec = AnonSpec.from_dict(spec_raw if isinstance(spec_raw, Mapping) else {})
+            spec.check_federated()
         except (ConfigError, DataError) as exc:
             raise ConfigError(f"node {self.node}: {exc}") from None
         return spec, tuple(nodes)
