@@ -19,17 +19,9 @@ from hypothesis import strategies as st
 from pycanon import anonymity as pc
 
 from trustspace import _adult
-from trustspace.anon import Domain, Hierarchy, LocalOracle, anonymize, search
-from trustspace.anon.federated import (
-    SKETCH_ATTEMPTS,
-    AggregatedOracle,
-    AnonSpec,
-    LocalCounts,
-    VectorRequest,
-    sketch_cells,
-    sketch_decode,
-    sketch_encode,
-)
+from trustspace.anon import AnonSpec, Domain, Hierarchy, LocalOracle, anonymize, search
+from trustspace.anon._sketch import SKETCH_ATTEMPTS, sketch_cells, sketch_decode, sketch_encode
+from trustspace.anon.federated import AggregatedOracle, LocalCounts, VectorRequest
 from trustspace.api import Federation
 from trustspace.errors import ConfigError, DataError, PolicyError, ProtocolError
 from trustspace.node.audit import verify
@@ -116,7 +108,7 @@ def _random_partitions(seed: int) -> tuple[list[list[tuple[str, ...]]], list[Hie
 @pytest.mark.parametrize("seed", range(4))
 def test_aggregated_oracle_search_equals_local_search(disclosure: str, seed: int) -> None:
     parts, hs = _random_partitions(seed)
-    spec = AnonSpec("d", tuple(hs), k=3, suppression_limit=0.05, disclosure=disclosure)
+    spec = AnonSpec(tuple(hs), dataset="d", k=3, suppression_limit=0.05, disclosure=disclosure)
     nodes = []
     for rows in parts:
         c = Counter(rows)
@@ -142,15 +134,15 @@ def test_aggregated_oracle_search_equals_local_search(disclosure: str, seed: int
 
 
 def test_spec_round_trip_and_errors(hier: dict[str, Hierarchy]) -> None:
-    spec = AnonSpec("adult", (hier["age"], hier["sex"]), k=5, suppression_limit=0.05)
+    spec = AnonSpec((hier["age"], hier["sex"]), dataset="adult", k=5, suppression_limit=0.05)
     again = AnonSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again.digest() == spec.digest()
     with pytest.raises(ConfigError, match="disclosure"):
-        AnonSpec("adult", (hier["age"],), disclosure="everything")
+        AnonSpec((hier["age"],), dataset="adult", disclosure="everything")
     with pytest.raises(ConfigError, match="unknown field"):
         AnonSpec.from_dict({**spec.to_dict(), "kk": 3})
     with pytest.raises(ConfigError, match="sensitive"):
-        AnonSpec("adult", (hier["age"],), l=2)
+        AnonSpec((hier["age"],), dataset="adult", l=2)
     with pytest.raises(ConfigError, match="anonymization spec"):
         AnonSpec.from_dict({**spec.to_dict(), "l": "two", "sensitive": "x"})
     with pytest.raises(ProtocolError, match="do not fit"):

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from trustspace.anon.federated import FederatedRelease
+    from trustspace.anon.spec import AnonSpec
     from trustspace.paillier import PrivateKey
 
 log = logging.getLogger("trustspace.api")
@@ -629,21 +630,11 @@ class Federation:
     def anonymize(
         self,
         dataset: str,
-        quasi_identifiers: Mapping[str, Any],
-        k: int = 5,
-        l: float | None = None,  # noqa: E741 - ℓ is the literature's name
-        t: float | None = None,
-        sensitive: str | None = None,
-        suppression_limit: float = 0.05,
-        metric: str = "loss",
+        quasi_identifiers: AnonSpec | Mapping[str, Any] | None = None,
         *,
-        sensitive_values: Sequence[Any] | None = None,
-        diversity: str = "distinct",
-        c: float | None = None,
-        ordered: bool | None = None,
-        suppressed: str = "drop",
-        disclosure: str = "visited",
+        spec: AnonSpec | None = None,
         release: bool | None = None,
+        **options: Any,
     ) -> FederatedRelease:
         """Federated k-anonymization (optimal full-domain generalization) over every node.
 
@@ -655,15 +646,18 @@ class Federation:
         Args:
             dataset: the dataset every node serves.
             quasi_identifiers: ``{column: hierarchy}``, a ``Hierarchy`` or the path of an ARX
-                hierarchy CSV (read here; the hierarchies travel with the request).
-            k, l, t, sensitive, diversity, c, ordered: privacy models, as ``anon.anonymize``.
-            sensitive_values: the sensitive attribute's public domain (default: the domain
-                declared for the column in the node configs).
-            suppression_limit, metric, suppressed: as ``anon.anonymize``.
-            disclosure: ``"visited"`` (default: the aggregator learns only the histograms of
-                the lattice nodes the search visits, one round each) or ``"base"`` (it learns
-                the global histogram of the original quasi-identifier tuples once, two rounds
-                in all, several times faster; every node must set
+                hierarchy CSV (read here; the hierarchies travel with the request); or a
+                whole ``trustspace.anon.AnonSpec`` (then no options).
+            spec: the ``AnonSpec`` (instead of ``quasi_identifiers`` and the options); its
+                ``dataset`` is set to ``dataset``.
+            options: any ``AnonSpec`` field, as ``anon.anonymize`` (same defaults: k=5,
+                ``suppression_limit`` 0.05), and:
+                ``sensitive_values``: the sensitive attribute's public domain (default: the
+                domain declared for the column in the node configs);
+                ``disclosure``: ``"visited"`` (default: the aggregator learns only the
+                histograms of the lattice nodes the search visits, one round each) or
+                ``"base"`` (it learns the global histogram of the original quasi-identifier
+                tuples once, two rounds in all, several times faster; every node must set
                 ``policy.allow_base_histogram = true``). See docs/security.md.
             release: ask for the rows (``True``: a node whose policy keeps them raises
                 ``PolicyError``), never (``False``), or when every node allows it (``None``).
@@ -674,52 +668,31 @@ class Federation:
             wrote its rows) and ``data`` (a DataFrame of the released rows, or ``None``).
 
         Raises:
+            ConfigError: a bad option (named; checked here, before any round).
             PolicyError: a node's policy refused a step (names node and rule), e.g. fewer
                 than 3 nodes without ``allow_two_party_anonymization``.
             DataError: a node holds values its hierarchy does not cover (names node, column
                 and values), or no transformation satisfies the models.
         """
         import io
+        from dataclasses import replace
 
         import pandas as pd
 
-        from trustspace.anon.federated import AnonSpec, FederatedRelease, NodeOutput
-        from trustspace.anon.hierarchy import Hierarchy
+        from trustspace.anon.federated import FederatedRelease, NodeOutput
         from trustspace.anon.search import Result as AnonResult
+        from trustspace.anon.spec import AnonSpec
 
-        if not quasi_identifiers:
-            raise ConfigError("name at least one quasi-identifier: {column: hierarchy}")
-        hs = []
-        for name, h in quasi_identifiers.items():
-            if isinstance(h, Hierarchy):
-                hs.append(h if h.name == name else Hierarchy(name, h.rows, source=h.source))
-            else:
-                hs.append(Hierarchy.from_csv(h, name))
-        raw: dict[str, Any] = {
-            "dataset": dataset,
-            "hierarchies": [{"name": h.name, "rows": [list(r) for r in h.rows]} for h in hs],
-            "sensitive": sensitive,
-            "sensitive_values": (
-                None if sensitive_values is None else [str(v) for v in sensitive_values]
-            ),
-            "k": k,
-            "l": l,
-            "t": t,
-            "diversity": diversity,
-            "c": c,
-            "ordered": ordered,
-            "suppression_limit": suppression_limit,
-            "metric": metric,
-            "suppressed": suppressed,
-            "disclosure": disclosure,
-        }
-        if sensitive is None or sensitive_values is not None:  # check here, before any round
-            AnonSpec.from_dict({**raw, "ordered": bool(ordered)})
+        spec = AnonSpec.of(quasi_identifiers, spec=spec, **options)
+        if spec.dataset != dataset:
+            if spec.dataset:
+                raise ConfigError(
+                    f"the spec names dataset {spec.dataset!r} but the call {dataset!r}"
+                )
+            spec = replace(spec, dataset=dataset)
+        spec.check_federated()
         signed = self._sign(
-            "anonymize",
-            dataset,
-            [h.name for h in hs] + ([sensitive] if sensitive else []),
-            params={"spec": raw, "release": release},
+            "anonymize", dataset, spec.columns, params={"spec": spec.to_dict(), "release": release}
         )
         out = self._client.run_anonymization(signed)
         result = AnonResult.from_json(out["result"])

@@ -55,7 +55,10 @@ def run_anonymization(svc: Host, signed: SignedQuery, body: QueryBody) -> dict[s
     if not isinstance(dataset, str) or not dataset or dataset != body.dataset:
         raise ConfigError("RunAnonymization: name the dataset (in the spec and the query)")
     with svc.planned(signed, body) as plan:
-        spec = complete_spec(raw, plan.schema.columns, plan.schema.domains)
+        try:
+            spec = complete_spec(raw, plan.schema.columns, plan.schema.domains)
+        except ConfigError as exc:
+            raise ConfigError(f"RunAnonymization: {exc}") from None
         nodes = plan.nodes
         names = [n.name for n in nodes]
         timeout = svc.call_timeout_s

@@ -4,13 +4,18 @@ Map of the package (pure logic, no I/O beyond reading hierarchy files):
 
 - ``hierarchy``: ``Hierarchy`` (ARX CSV loader; builders for intervals, masking, dates,
   groupings; coverage validation).
-- ``domain``: ``Domain``, the public mixed-radix layout of generalized tuples;
-  ``HistogramOracle`` (what the search asks) and ``LocalOracle`` (one table's rows).
+- ``domain``: ``Domain``, the public mixed-radix layout of generalized tuples and its roll-up
+  (``Domain.rollup``, ``Domain.undersized``); ``HistogramOracle`` (what the search asks) and
+  ``LocalOracle`` (one table's rows).
 - ``models``: k-anonymity, ℓ-diversity (distinct, entropy, recursive), t-closeness.
+- ``spec``: ``AnonSpec``, every option of one anonymization (local, CLI or federated) with
+  the one set of defaults (k=5, 5 % suppression), validated at construction; its JSON form.
 - ``search``: ``search(oracle, domain, models, ...) -> Result``, the exact lattice search.
 - ``mondrian``: local recoding within the hierarchies.
 - ``api``: ``anonymize(df, ...)``, ``apply(df, result, hierarchies)`` and their plain-column
   versions used by the CLI.
+- ``federated``: the nodes' vectors and the aggregator's oracle; ``_sketch``: the invertible
+  histogram sketch (IBLT) and the hashing the oracles share.
 
 >>> from trustspace.anon import Hierarchy, Domain, LocalOracle, KAnonymity, search
 >>> age = Hierarchy.intervals("age", range(20, 40), widths=(10,))
@@ -35,9 +40,13 @@ from trustspace.anon.models import (
     make_models,
 )
 from trustspace.anon.search import METRICS, Result, search
+from trustspace.anon.spec import DEFAULT_K, DEFAULT_SUPPRESSION, AnonSpec, named_hierarchies
 
 __all__ = [
+    "DEFAULT_K",
+    "DEFAULT_SUPPRESSION",
     "METRICS",
+    "AnonSpec",
     "DistinctLDiversity",
     "Domain",
     "EntropyLDiversity",
@@ -55,5 +64,6 @@ __all__ = [
     "apply",
     "apply_columns",
     "make_models",
+    "named_hierarchies",
     "search",
 ]

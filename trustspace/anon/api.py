@@ -8,22 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trustspace.anon.domain import Domain, LocalOracle, sorted_values
+from trustspace.anon.domain import Domain, LocalOracle
 from trustspace.anon.hierarchy import TOP, Hierarchy
-from trustspace.anon.models import PrivacyModel, make_models
+from trustspace.anon.models import PrivacyModel
 from trustspace.anon.search import Result, search
+from trustspace.anon.spec import SUPPRESSED_MODES, AnonSpec, HierarchySource
 from trustspace.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 Columns = Mapping[str, Sequence[Any]]
-SUPPRESSED_MODES = ("drop", "mask")
 
 
 @dataclass(frozen=True)
@@ -37,43 +36,6 @@ class Release:
         return self.result.report()
 
 
-def _hierarchies(
-    quasi_identifiers: Sequence[str] | Mapping[str, Hierarchy | str | Path],
-    hierarchies: Mapping[str, Hierarchy | str | Path] | None,
-) -> list[Hierarchy]:
-    if isinstance(quasi_identifiers, Mapping):
-        spec: Mapping[str, Hierarchy | str | Path] = quasi_identifiers
-        names = list(quasi_identifiers)
-    else:
-        names = list(quasi_identifiers)
-        spec = hierarchies or {}
-    if not names:
-        raise ConfigError("name at least one quasi-identifier")
-    out = []
-    for name in names:
-        h = spec.get(name)
-        if h is None:
-            raise ConfigError(
-                f"quasi-identifier {name!r} has no hierarchy; pass hierarchies={{{name!r}: ...}} "
-                "(a Hierarchy or the path of an ARX hierarchy CSV)"
-            )
-        if not isinstance(h, Hierarchy):
-            h = Hierarchy.from_csv(h, name)
-        elif h.name != name:
-            h = Hierarchy(name, h.rows, source=h.source)
-        out.append(h)
-    return out
-
-
-def _numeric(values: Sequence[str]) -> bool:
-    try:
-        for v in values:
-            float(v)
-    except ValueError:
-        return False
-    return True
-
-
 def _column(columns: Columns, name: str, what: str) -> Sequence[Any]:
     if name not in columns:
         raise DataError(
@@ -84,84 +46,42 @@ def _column(columns: Columns, name: str, what: str) -> Sequence[Any]:
 
 def anonymize_columns(
     columns: Columns,
-    quasi_identifiers: Sequence[str] | Mapping[str, Hierarchy | str | Path],
-    hierarchies: Mapping[str, Hierarchy | str | Path] | None = None,
+    quasi_identifiers: AnonSpec | Sequence[str] | Mapping[str, HierarchySource] | None = None,
+    hierarchies: Mapping[str, HierarchySource] | None = None,
     *,
-    k: int = 2,
-    l: float | None = None,  # noqa: E741
-    t: float | None = None,
-    sensitive: str | None = None,
-    diversity: str = "distinct",
-    c: float | None = None,
-    ordered: bool | None = None,
-    suppression_limit: float = 0.0,
-    metric: str = "loss",
-    method: str = "optimal",
-    suppressed: str = "drop",
+    spec: AnonSpec | None = None,
     models: Sequence[PrivacyModel] | None = None,
+    **options: Any,
 ) -> tuple[dict[str, list[Any]], Result]:
     """``anonymize`` on plain columns (``name -> values``): the released columns and the
     ``Result``. ``models`` (a list of ``PrivacyModel``) replaces k/l/t when given."""
     out, result, _ = _anonymize(
-        columns,
-        quasi_identifiers,
-        hierarchies,
-        k=k,
-        l=l,
-        t=t,
-        sensitive=sensitive,
-        diversity=diversity,
-        c=c,
-        ordered=ordered,
-        suppression_limit=suppression_limit,
-        metric=metric,
-        method=method,
-        suppressed=suppressed,
-        models=models,
+        columns, AnonSpec.of(quasi_identifiers, hierarchies, spec=spec, **options), models
     )
     return out, result
 
 
 def _anonymize(
-    columns: Columns,
-    quasi_identifiers: Sequence[str] | Mapping[str, Hierarchy | str | Path],
-    hierarchies: Mapping[str, Hierarchy | str | Path] | None = None,
-    *,
-    k: int = 2,
-    l: float | None = None,  # noqa: E741
-    t: float | None = None,
-    sensitive: str | None = None,
-    diversity: str = "distinct",
-    c: float | None = None,
-    ordered: bool | None = None,
-    suppression_limit: float = 0.0,
-    metric: str = "loss",
-    method: str = "optimal",
-    suppressed: str = "drop",
-    models: Sequence[PrivacyModel] | None = None,
+    columns: Columns, spec: AnonSpec, models: Sequence[PrivacyModel] | None = None
 ) -> tuple[dict[str, list[Any]], Result, np.ndarray[Any, Any]]:
-    if method not in ("optimal", "mondrian"):
-        raise ConfigError(f"unknown method {method!r}; use 'optimal' or 'mondrian'")
-    if suppressed not in SUPPRESSED_MODES:
-        raise ConfigError(f"suppressed must be one of {SUPPRESSED_MODES}, got {suppressed!r}")
-    hs = _hierarchies(quasi_identifiers, hierarchies)
+    hs = spec.hierarchies
     cols = [_column(columns, h.name, "quasi-identifier") for h in hs]
-    sens_values = None
-    if sensitive is not None:
-        scol = _column(columns, sensitive, "sensitive attribute")
-        sens_values = sorted_values(scol)
+    if spec.sensitive is not None:
+        scol = _column(columns, spec.sensitive, "sensitive attribute")
         cols.append(scol)
-        if ordered is None:  # numeric sensitive values: ordered distance (as pycanon, ARX)
-            ordered = _numeric(sens_values)
-    if models is None:
-        models = make_models(k, l, diversity=diversity, c=c, t=t, ordered=bool(ordered))
-    if any(m.needs_sensitive for m in models) and sensitive is None:
+        spec = spec.complete(scol)  # the data's values, unless the spec declares a domain
+    else:
+        spec = spec.complete()
+    models = spec.models() if models is None else list(models)
+    if any(m.needs_sensitive for m in models) and spec.sensitive is None:
         raise ConfigError("l-diversity and t-closeness need sensitive=<column name>")
-    domain = Domain(hs, sensitive, sens_values)
+    domain = spec.domain
     oracle = LocalOracle(domain, cols)
-    if method == "optimal":
-        result = search(oracle, domain, models, suppression_limit=suppression_limit, metric=metric)
-        out, keep = _apply(columns, result, hs, suppressed)
+    if spec.method == "optimal":
+        result = search(
+            oracle, domain, models, suppression_limit=spec.suppression_limit, metric=spec.metric
+        )
+        out, keep = _apply(columns, result, hs, spec.suppressed)
         return out, result, keep
     from trustspace.anon.mondrian import mondrian
 
@@ -265,39 +185,27 @@ def _apply(
 
 def anonymize(
     df: pd.DataFrame,
-    quasi_identifiers: Sequence[str] | Mapping[str, Hierarchy | str | Path],
-    hierarchies: Mapping[str, Hierarchy | str | Path] | None = None,
+    quasi_identifiers: AnonSpec | Sequence[str] | Mapping[str, HierarchySource] | None = None,
+    hierarchies: Mapping[str, HierarchySource] | None = None,
     *,
-    k: int = 2,
-    l: float | None = None,  # noqa: E741
-    t: float | None = None,
-    sensitive: str | None = None,
-    diversity: str = "distinct",
-    c: float | None = None,
-    ordered: bool | None = None,
-    suppression_limit: float = 0.0,
-    metric: str = "loss",
-    method: str = "optimal",
-    suppressed: str = "drop",
+    spec: AnonSpec | None = None,
+    **options: Any,
 ) -> Release:
     """Anonymize one table: k-anonymity, optionally ℓ-diversity and t-closeness.
 
     Args:
         df: the table (values are matched to hierarchies as strings: ``str(value)``).
         quasi_identifiers: column names (with ``hierarchies``) or ``{column: hierarchy}``
-            where a hierarchy is a ``Hierarchy`` or the path of an ARX hierarchy CSV.
-        k: every released class has at least ``k`` records.
-        l, diversity, c: ℓ-diversity of ``sensitive``: ``"distinct"``, ``"entropy"`` or
-            ``"recursive"`` (with ``c``).
-        t, ordered: t-closeness of ``sensitive`` (ordered distance for numeric values; by
-            default chosen from the values).
-        suppression_limit: fraction of records that may be suppressed (optimal method;
-            Mondrian suppresses nothing).
-        metric: ``loss`` (default), ``entropy``, ``discernibility`` or ``aecs``: the objective
-            of the optimal search (Mondrian's splits follow Loss; all four are reported).
-        method: ``"optimal"`` (full-domain, globally optimal) or ``"mondrian"`` (local
-            recoding: lower loss, classes generalized to different levels).
-        suppressed: ``"drop"`` suppressed rows (default) or ``"mask"`` their quasi-identifiers.
+            where a hierarchy is a ``Hierarchy`` or the path of an ARX hierarchy CSV; or a
+            whole ``AnonSpec`` (then no options).
+        spec: the ``AnonSpec`` (instead of ``quasi_identifiers`` and the options).
+        options: any ``AnonSpec`` field, e.g. ``k`` (default 5), ``l``, ``t``, ``sensitive``,
+            ``diversity``, ``c``, ``ordered``, ``suppression_limit`` (default 0.05),
+            ``metric`` (``loss``; Mondrian's splits follow Loss, all four are reported),
+            ``method`` (``"optimal"`` or ``"mondrian"``: local recoding, lower loss, classes
+            generalized to different levels), ``suppressed`` (``"drop"`` or ``"mask"``).
+            The defaults are the federated ones (k=5, 5 % suppression; before 12.2 this
+            function defaulted to k=2 without suppression).
 
     Returns:
         A ``Release`` with the released DataFrame (string quasi-identifiers; rows keep their
@@ -319,23 +227,9 @@ def anonymize(
     """
     import pandas as pd
 
+    spec = AnonSpec.of(quasi_identifiers, hierarchies, spec=spec, **options)
     columns = {str(c): df[c].tolist() for c in df.columns}
-    out, result, keep = _anonymize(
-        columns,
-        quasi_identifiers,
-        hierarchies,
-        k=k,
-        l=l,
-        t=t,
-        sensitive=sensitive,
-        diversity=diversity,
-        c=c,
-        ordered=ordered,
-        suppression_limit=suppression_limit,
-        metric=metric,
-        method=method,
-        suppressed=suppressed,
-    )
+    out, result, keep = _anonymize(columns, spec)
     data = pd.DataFrame(out, columns=list(columns), index=df.index[keep])
     for name in data.columns:
         if name not in result.quasi_identifiers:

@@ -22,18 +22,19 @@ non-zeros.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from trustspace.anon._sketch import bucket
 from trustspace.anon.hierarchy import Hierarchy
 from trustspace.errors import ConfigError
 
 IntArray = npt.NDArray[np.int64]
 _KEY_LIMIT = 2**62  # mixed-radix keys must fit int64 with headroom
 _HASH_BITS = 16  # buckets of the quick rejection test (few collisions for ~10^4 classes)
-_HASH_MUL = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2^64 / golden ratio
 _CACHE_NODES = 512  # histograms kept for roll-up (ARX also rolls up from cached nodes)
 
 
@@ -150,13 +151,64 @@ class Domain:
         self, base_codes: IntArray, levels: Sequence[int], sensitive: IntArray | None = None
     ) -> IntArray:
         """Keys at ``levels`` of tuples given as original-value codes (``m x q`` matrix)."""
+        return self.rollup(tuple(0 for _ in self.hierarchies), base_codes, levels, sensitive)
+
+    @cached_property
+    def rollup_tables(self) -> list[list[list[IntArray]]]:
+        """``up[j][a][b][code at level a] = code at level b`` of quasi-identifier ``j``.
+
+        Each level-``a`` code is mapped through one representative original value: the first
+        one with that code. Levels nest (``Hierarchy`` refuses any that do not), so for
+        ``b >= a`` every representative gives the same code and the table is the exact
+        roll-up; the entries with ``b < a`` are that representative's finer codes, which no
+        roll-up reads (a histogram is only ever rolled up from levels at or below).
+        """
+        out = []
+        for h in self.hierarchies:
+            per_a = []
+            for a in range(h.height):
+                # codes are numbered in first-appearance order, so this lists every code
+                _, rep = np.unique(h.codes(a), return_index=True)
+                per_a.append([h.codes(b)[rep] for b in range(h.height)])
+            out.append(per_a)
+        return out
+
+    def rollup(
+        self,
+        src_levels: Sequence[int],
+        codes: IntArray,
+        levels: Sequence[int],
+        sensitive: IntArray | None = None,
+    ) -> IntArray:
+        """Keys at ``levels`` of tuples given as level codes at ``src_levels`` (``m x q``
+        matrix; every source level at or below its target), plus their sensitive codes.
+
+        >>> d = Domain([Hierarchy.intervals("a", range(20), widths=(5, 10))])
+        >>> d.rollup((1,), np.array([[0], [1], [3]]), (2,)).tolist()
+        [0, 0, 1]
+        """
+        up = self.rollup_tables
         strides = self.strides(levels)
-        key = np.zeros(base_codes.shape[0], dtype=np.int64)
-        for j, (h, lv) in enumerate(zip(self.hierarchies, levels, strict=True)):
-            key += h.codes(lv)[base_codes[:, j]] * strides[j]
+        key = np.zeros(codes.shape[0], dtype=np.int64)
+        for j, lv in enumerate(levels):
+            key += up[j][src_levels[j]][lv][codes[:, j]] * strides[j]
         if sensitive is not None and self.sensitive is not None:
             key += sensitive
         return key
+
+    def undersized(self, keys: IntArray, counts: IntArray, k: int) -> int:
+        """A lower bound of the records in classes smaller than ``k``, in O(m), from the keys
+        of a histogram at some levels (repeated keys allowed) and their counts.
+
+        The sensitive digit is dropped, and the keys hashed into ``2^16`` buckets: hashing
+        only merges classes, so a bucket with fewer than ``k`` records holds classes that are
+        all smaller than ``k``. Lets the search reject most non-anonymous lattice nodes
+        without sorting (the oracles' optional ``undersized`` method).
+        """
+        if self.sensitive is not None:
+            keys = keys // self.n_sensitive
+        b = np.bincount(bucket(keys, _HASH_BITS), weights=counts, minlength=1 << _HASH_BITS)
+        return int(b[(b > 0) & (b < k)].sum())
 
     def decode(self, keys: IntArray, levels: Sequence[int]) -> tuple[IntArray, IntArray]:
         """Split keys into the ``m x q`` matrix of level codes and the sensitive codes."""
@@ -248,15 +300,6 @@ class LocalOracle:
         self.tuples = tup[:, :q]
         self.sensitive = tup[:, q] if sens is not None else None
         self.counts = cnt.astype(np.int64)
-        # roll-up tables: _up[j][a][b][code at level a] = code at level b (levels nest)
-        self._up: list[list[list[IntArray]]] = []
-        for h in domain.hierarchies:
-            per_a = []
-            for a in range(h.height):
-                rep = np.zeros(len(h.level_values(a)), dtype=np.int64)
-                rep[h.codes(a)[::-1]] = np.arange(len(h.values) - 1, -1, -1)
-                per_a.append([h.codes(b)[rep] for b in range(h.height)])
-            self._up.append(per_a)
         bottom_levels = tuple(0 for _ in domain.hierarchies)
         self._bottom = (bottom_levels, tup, self.counts)
         # cache of rolled-up histograms: fixed slots, least recently used replaced first
@@ -303,28 +346,15 @@ class LocalOracle:
     def _rollup(self, lv: tuple[int, ...]) -> tuple[IntArray, IntArray]:
         """Keys at ``lv`` of the entries of the best source histogram, and their counts."""
         src_levels, src_codes, src_counts = self._source(lv)
-        strides = self.domain.strides(lv)
-        key = np.zeros(src_counts.size, dtype=np.int64)
-        for j in range(len(lv)):
-            key += self._up[j][src_levels[j]][lv[j]][src_codes[:, j]] * strides[j]
-        if self.domain.sensitive is not None:
-            key += src_codes[:, -1]
-        return key, src_counts
+        q = len(lv)
+        sens = src_codes[:, q] if self.domain.sensitive is not None else None
+        return self.domain.rollup(src_levels, src_codes, lv, sens), src_counts
 
     def undersized(self, levels: Sequence[int], k: int) -> int:
-        """A lower bound of the records in classes smaller than ``k`` at ``levels``, in O(m).
-
-        Hashing the keys into buckets only merges classes, so a bucket with fewer than ``k``
-        records holds classes that are all smaller than ``k``. Lets the search reject most
-        non-anonymous nodes without sorting (an optional oracle method).
-        """
-        lv = tuple(int(x) for x in levels)
-        key, counts = self._rollup(lv)
-        if self.domain.sensitive is not None:
-            key = key // self.domain.n_sensitive
-        h = (key.astype(np.uint64) * np.uint64(_HASH_MUL)) >> np.uint64(64 - _HASH_BITS)
-        b = np.bincount(h.astype(np.int64), weights=counts, minlength=1 << _HASH_BITS)
-        return int(b[(b > 0) & (b < k)].sum())
+        """A lower bound of the records in classes smaller than ``k`` at ``levels``
+        (``Domain.undersized`` of the roll-up)."""
+        key, counts = self._rollup(tuple(int(x) for x in levels))
+        return self.domain.undersized(key, counts, k)
 
     def histogram(self, levels: Sequence[int]) -> tuple[IntArray, IntArray]:
         lv = tuple(int(x) for x in levels)

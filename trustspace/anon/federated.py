@@ -1,31 +1,22 @@
-"""Federated full-domain anonymization: the spec, the nodes' vectors, the aggregator's oracle.
+"""Federated full-domain anonymization: the nodes' vectors and the aggregator's oracle.
 
 Pure logic shared by the node (which turns its local rows into vectors) and the aggregator
 (which sums them by secure aggregation and runs ``search`` on the totals); no I/O, no grpc.
+The request is a ``trustspace.anon.spec.AnonSpec`` (hierarchies travel with it; its
+``digest`` is checked by every node so that all of them answer the same question).
 
-- ``AnonSpec``: what the analyst asks (hierarchies travel with it; its ``digest`` is checked
-  by every node so that all of them answer the same question).
 - ``VectorRequest``: one secure-aggregation round's vector: the per-column ``marginals`` or the
   ``histogram`` of generalized tuples at ``levels``, either in the public dense layout of
-  ``trustspace.anon.domain`` or as an invertible sketch of it (below).
+  ``trustspace.anon.domain`` or as an invertible sketch of it (``trustspace.anon._sketch``,
+  for histograms whose dense layout is longer than the data can fill).
 - ``LocalCounts``: a node's distinct quasi-identifier tuples and their counts; ``vector``.
 - ``AggregatedOracle``: the ``HistogramOracle`` the aggregator hands to ``search``; every miss
-  is one secure-aggregation round (a callback), everything derivable is rolled up.
-
-**Sketch layout** (for histograms whose dense layout is longer than the data can fill): an
-invertible Bloom lookup table (Goodrich & Mitzenmacher 2011) with ``SKETCH_TABLES`` tables of
-``cells`` cells; every non-zero key ``x`` with count ``c`` adds ``c``, ``c*x`` and
-``c*H(x) mod 2^64`` to one cell of each table (``H``: splitmix64 under the public seed). The
-three fields are laid out one after the other: ``[count(3c) | key*count(3c) | hash*count(3c)]``.
-A sketch is *linear*: the sum of the nodes' sketches is the sketch of the global histogram, so
-secure aggregation of sketches reveals exactly what secure aggregation of the dense vectors
-would (a function of the global histogram and public parameters only), at a length
-proportional to the number of records instead of the domain size. The aggregator peels it:
-a cell holding one key has ``key = keysum / count`` and a matching hash field.
+  is one secure-aggregation round (a callback), everything derivable is rolled up
+  (``Domain.rollup``, as ``LocalOracle`` does).
 
 >>> from trustspace.anon.hierarchy import Hierarchy
 >>> h = Hierarchy("a", [("x", "*"), ("y", "*"), ("z", "*")])
->>> spec = AnonSpec("d", (h,), k=2)
+>>> spec = AnonSpec((h,), dataset="d", k=2)
 >>> nodes = [LocalCounts(spec, [("x",), ("y",)], [3, 1]), LocalCounts(spec, [("y",)], [2])]
 >>> total = lambda req: sum(n.vector(req) for n in nodes)
 >>> oracle = AggregatedOracle(spec, total)
@@ -36,21 +27,25 @@ a cell holding one key has ``key = keysum / count`` and a matching hash field.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from trustspace.anon.domain import Domain, group_sum, sorted_values
-from trustspace.anon.hierarchy import Hierarchy
-from trustspace.anon.models import PrivacyModel, make_models
-from trustspace.anon.search import METRICS, Result
+from trustspace.anon._sketch import (
+    KEY_BOUND,
+    SKETCH_ATTEMPTS,
+    SKETCH_FIELDS,
+    SKETCH_TABLES,
+    sketch_cells,
+    sketch_decode,
+    sketch_encode,
+)
+from trustspace.anon.domain import Domain, group_sum
+from trustspace.anon.search import Result
+from trustspace.anon.spec import AnonSpec
 from trustspace.errors import ConfigError, DataError, ProtocolError
 
 if TYPE_CHECKING:
@@ -59,194 +54,10 @@ if TYPE_CHECKING:
 IntArray = npt.NDArray[np.int64]
 U64Array = npt.NDArray[np.uint64]
 
-#: ``"base"``: one round learns the global histogram of the original (level-0) tuples and every
-#: lattice node is rolled up from it; ``"visited"``: one round per visited lattice node that no
-#: histogram already learned is finer than (less disclosed, many more rounds).
-DISCLOSURES = ("base", "visited")
-SUPPRESSED_MODES = ("drop", "mask")
-SKETCH_TABLES = 3  # 3 hash functions peel up to ~0.81 keys per cell (threshold 1/1.222)
-SKETCH_CELLS_PER_KEY = 0.5  # per table: 1.5 cells per key in all, well below the threshold
-# Two keys that share their cell in all three tables never peel: with c cells per table a pair
-# does so with probability 1/c^3, so small sketches get enough spare cells to make that rare
-# (k=20 keys in 64 cells: 190/64^3 = 0.07%), and a sketch that still fails is retried under
-# another public seed (SKETCH_ATTEMPTS), which reveals nothing beyond the same histogram.
-SKETCH_MIN_CELLS = 64
-SKETCH_ATTEMPTS = 3
-_SKETCH_FIELDS = 3
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 increment (2^64 / golden ratio)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_KEY_BOUND = 2**63  # sum of count*key over the histogram must not wrap modulo 2^64
 _CACHE = 512  # rolled-up histograms kept as roll-up sources (fetched ones are always kept)
-_HASH_BITS = 16  # buckets of the quick rejection test (as LocalOracle.undersized)
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 #: Longest vector a node computes for one round (2^25 uint64 = 256 MiB): the aggregator never
 #: asks for a dense vector longer than the sketch, which is ~4.5 entries per record.
 MAX_VECTOR_ENTRIES = 2**25
-
-
-def _mix(x: U64Array, seed: int) -> U64Array:
-    """splitmix64's finalizer of ``x + seed * golden`` (wrapping uint64 arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(seed % 2**64) * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-    out: U64Array = z ^ (z >> np.uint64(31))
-    return out
-
-
-@dataclass(frozen=True)
-class AnonSpec:
-    """A federated anonymization request (validated at construction).
-
-    Args:
-        dataset: the dataset every node anonymizes.
-        hierarchies: one per quasi-identifier, in lattice order.
-        sensitive, sensitive_values: the sensitive attribute and its public value domain (for
-            ℓ-diversity / t-closeness; the domain orders the ordered distance).
-        k, l, t, diversity, c, ordered: the privacy models (as ``anon.anonymize``).
-        suppression_limit, metric: as ``anon.search``.
-        suppressed: ``"drop"`` suppressed rows or ``"mask"`` their quasi-identifiers.
-        disclosure: ``"base"`` or ``"visited"`` (see ``DISCLOSURES``).
-    """
-
-    dataset: str
-    hierarchies: tuple[Hierarchy, ...]
-    sensitive: str | None = None
-    sensitive_values: tuple[str, ...] | None = None
-    k: int = 2
-    l: float | None = None  # noqa: E741 - ℓ is the literature's name
-    t: float | None = None
-    diversity: str = "distinct"
-    c: float | None = None
-    ordered: bool = False
-    suppression_limit: float = 0.0
-    metric: str = "loss"
-    suppressed: str = "drop"
-    disclosure: str = "visited"
-
-    def __post_init__(self) -> None:
-        if not self.dataset:
-            raise ConfigError("name the dataset to anonymize")
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
-            raise ConfigError(f"k must be a positive integer, got {self.k!r}")
-        if not 0.0 <= self.suppression_limit <= 1.0:
-            raise ConfigError(
-                f"suppression_limit must be in [0, 1], got {self.suppression_limit!r}"
-            )
-        if self.metric not in METRICS:
-            raise ConfigError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
-        if self.suppressed not in SUPPRESSED_MODES:
-            raise ConfigError(
-                f"suppressed must be one of {SUPPRESSED_MODES}, got {self.suppressed!r}"
-            )
-        if self.disclosure not in DISCLOSURES:
-            raise ConfigError(
-                f"disclosure must be one of {DISCLOSURES}, got {self.disclosure!r} (see "
-                "docs/security.md (k-anonymization), 'Federated anonymization')"
-            )
-        models = self.models()  # validates l, t, c, diversity
-        if any(m.needs_sensitive for m in models) and self.sensitive is None:
-            raise ConfigError("l-diversity and t-closeness need sensitive=<column name>")
-        if self.sensitive is not None and not self.sensitive_values:
-            raise ConfigError(
-                f"the sensitive attribute {self.sensitive!r} needs its public value domain: pass "
-                "sensitive_values=[...] or declare a domain for the column in the node configs"
-            )
-        self.domain  # noqa: B018 - validates the hierarchies together (names, sizes)
-
-    @cached_property
-    def domain(self) -> Domain:
-        """The public layout of generalized tuples."""
-        return Domain(list(self.hierarchies), self.sensitive, self.sensitive_values)
-
-    @property
-    def quasi_identifiers(self) -> tuple[str, ...]:
-        return tuple(h.name for h in self.hierarchies)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """Every column the histograms read: the quasi-identifiers and the sensitive one."""
-        return self.quasi_identifiers + ((self.sensitive,) if self.sensitive else ())
-
-    def models(self) -> list[PrivacyModel]:
-        return make_models(
-            self.k, self.l, diversity=self.diversity, c=self.c, t=self.t, ordered=self.ordered
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "hierarchies": [
-                {"name": h.name, "rows": [list(r) for r in h.rows]} for h in self.hierarchies
-            ],
-            "sensitive": self.sensitive,
-            "sensitive_values": list(self.sensitive_values) if self.sensitive_values else None,
-            "k": self.k,
-            "l": self.l,
-            "t": self.t,
-            "diversity": self.diversity,
-            "c": self.c,
-            "ordered": self.ordered,
-            "suppression_limit": self.suppression_limit,
-            "metric": self.metric,
-            "suppressed": self.suppressed,
-            "disclosure": self.disclosure,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AnonSpec:
-        """Inverse of ``to_dict``.
-
-        Raises:
-            ConfigError: a missing or malformed field (named).
-        """
-        if not isinstance(data, Mapping):
-            raise ConfigError("anonymization spec: expected a JSON object")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"anonymization spec: unknown field(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(known))}"
-            )
-        raw = data.get("hierarchies")
-        if not isinstance(raw, list) or not raw:
-            raise ConfigError("anonymization spec: 'hierarchies' must be a non-empty list")
-        hs = []
-        for i, h in enumerate(raw):
-            if (
-                not isinstance(h, Mapping)
-                or not isinstance(h.get("name"), str)
-                or not isinstance(h.get("rows"), list)
-                or not all(
-                    isinstance(r, list) and all(isinstance(v, str) for v in r) for r in h["rows"]
-                )
-            ):
-                raise ConfigError(
-                    f"anonymization spec: hierarchies[{i}] must be {{name: str, rows: "
-                    "[[str, ...], ...]}"
-                )
-            hs.append(Hierarchy(h["name"], h["rows"], source="request"))
-        kw = {k: v for k, v in data.items() if k != "hierarchies"}
-        sv = kw.get("sensitive_values")
-        if sv is not None:
-            if not isinstance(sv, list) or not all(isinstance(v, str) for v in sv):
-                raise ConfigError(
-                    "anonymization spec: 'sensitive_values' must be a list of strings"
-                )
-            kw["sensitive_values"] = tuple(sv)
-        try:
-            return cls(hierarchies=tuple(hs), **kw)
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"anonymization spec: {exc}") from None
-
-    def digest(self) -> str:
-        """SHA-256 of the canonical JSON: nodes check they all answer the same spec."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -267,7 +78,7 @@ class VectorRequest:
             out = sum(len(h.values) for h in domain.hierarchies)
             return out + (domain.n_sensitive if domain.sensitive is not None else 0)
         if self.cells:
-            return _SKETCH_FIELDS * SKETCH_TABLES * self.cells
+            return SKETCH_FIELDS * SKETCH_TABLES * self.cells
         return domain.size(self.levels)
 
     def check(self, domain: Domain) -> None:
@@ -311,96 +122,6 @@ class VectorRequest:
             raise ProtocolError(f"malformed anonymization vector request: {exc!r}") from None
 
 
-# ---------------------------------------------------------------------------- sketches
-def sketch_cells(capacity: int) -> int:
-    """Cells per table for a sketch that peels ``capacity`` distinct keys."""
-    return max(SKETCH_MIN_CELLS, math.ceil(SKETCH_CELLS_PER_KEY * capacity) + SKETCH_MIN_CELLS)
-
-
-def _cells_of(keys: U64Array, cells: int, seed: int) -> list[IntArray]:
-    return [
-        i * cells + (_mix(keys, 4 * seed + i) % np.uint64(cells)).astype(np.int64)
-        for i in range(SKETCH_TABLES)
-    ]
-
-
-def sketch_encode(keys: IntArray, counts: IntArray, cells: int, seed: int) -> U64Array:
-    """The sketch of the histogram ``keys -> counts`` (see the module docstring).
-
-    >>> v = sketch_encode(np.array([3, 90]), np.array([2, 5]), 8, 7)
-    >>> k, c = sketch_decode(v, 8, 7, 100)
-    >>> k.tolist(), c.tolist()
-    ([3, 90], [2, 5])
-    """
-    width = SKETCH_TABLES * cells
-    out = np.zeros(_SKETCH_FIELDS * width, dtype=np.uint64)
-    k = keys.astype(np.uint64)
-    c = counts.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        kc = k * c
-        hc = _mix(k, 4 * seed + 3) * c
-    for idx in _cells_of(k, cells, seed):
-        np.add.at(out, idx, c)
-        np.add.at(out, width + idx, kc)
-        np.add.at(out, 2 * width + idx, hc)
-    return out
-
-
-def sketch_decode(vector: U64Array, cells: int, seed: int, size: int) -> tuple[IntArray, IntArray]:
-    """Peel a (summed) sketch back into its sorted keys and counts.
-
-    Raises:
-        ProtocolError: the sketch does not peel completely (more distinct keys than it was
-            sized for, or inconsistent inputs).
-    """
-    width = SKETCH_TABLES * cells
-    if vector.shape != (_SKETCH_FIELDS * width,):
-        raise ProtocolError(f"sketch has {vector.shape[0]} entries, expected {3 * width}")
-    cnt = vector[:width].copy()
-    ksum = vector[width : 2 * width].copy()
-    hsum = vector[2 * width :].copy()
-    found_k: list[U64Array] = []
-    found_c: list[U64Array] = []
-    for _ in range(width + 1):  # each pass removes at least one key
-        nz = np.flatnonzero((cnt != 0) & (cnt < np.uint64(_KEY_BOUND)))
-        if nz.size == 0:
-            break
-        c = cnt[nz]
-        ks = ksum[nz]
-        whole = ks % c == 0
-        nz, c, ks = nz[whole], c[whole], ks[whole]
-        key = ks // c
-        inside = key < np.uint64(size)
-        nz, c, key = nz[inside], c[inside], key[inside]
-        with np.errstate(over="ignore"):
-            pure = _mix(key, 4 * seed + 3) * c == hsum[nz]
-        key, c = key[pure], c[pure]
-        if key.size == 0:
-            break
-        key, first = np.unique(key, return_index=True)
-        c = c[first]
-        found_k.append(key)
-        found_c.append(c)
-        with np.errstate(over="ignore"):
-            kc = key * c
-            hc = _mix(key, 4 * seed + 3) * c
-        for idx in _cells_of(key, cells, seed):
-            np.subtract.at(cnt, idx, c)
-            np.subtract.at(ksum, idx, kc)
-            np.subtract.at(hsum, idx, hc)
-    if cnt.any() or ksum.any() or hsum.any():
-        raise ProtocolError(
-            "the aggregated histogram sketch did not decode (more distinct tuples than records, "
-            "or a node sent an inconsistent vector); re-run the anonymization"
-        )
-    if not found_k:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    keys = np.concatenate(found_k).astype(np.int64)
-    counts = np.concatenate(found_c).astype(np.int64)
-    order = np.argsort(keys)
-    return keys[order], counts[order]
-
-
 # ---------------------------------------------------------------------------- roll-up
 @dataclass
 class _Hist:
@@ -411,30 +132,9 @@ class _Hist:
     sens: IntArray | None
     counts: IntArray
 
-
-def _up_tables(domain: Domain) -> list[list[list[IntArray]]]:
-    """``up[j][a][b][code at level a] = code at level b`` (levels nest, so this is defined)."""
-    out = []
-    for h in domain.hierarchies:
-        per_a = []
-        for a in range(h.height):
-            rep = np.zeros(len(h.level_values(a)), dtype=np.int64)
-            rep[h.codes(a)] = np.arange(len(h.values))
-            per_a.append([h.codes(b)[rep] for b in range(h.height)])
-        out.append(per_a)
-    return out
-
-
-def _keys_at(
-    domain: Domain, up: list[list[list[IntArray]]], src: _Hist, levels: tuple[int, ...]
-) -> IntArray:
-    strides = domain.strides(levels)
-    key = np.zeros(src.counts.size, dtype=np.int64)
-    for j, lv in enumerate(levels):
-        key += up[j][src.levels[j]][lv][src.codes[:, j]] * strides[j]
-    if src.sens is not None:
-        key += src.sens
-    return key
+    def keys_at(self, domain: Domain, levels: Sequence[int]) -> IntArray:
+        """The entries' keys at ``levels`` (at or above ``self.levels``)."""
+        return domain.rollup(self.levels, self.codes, levels, self.sens)
 
 
 def _from_keys(domain: Domain, levels: tuple[int, ...], keys: IntArray, counts: IntArray) -> _Hist:
@@ -490,12 +190,11 @@ class LocalCounts:
                 raise DataError(str(exc)) from None
         self.n = int(cnt.sum())
         self._base = _Hist(tuple(0 for _ in range(q)), codes, sens, cnt)
-        self._up = _up_tables(domain)
 
     def histogram(self, levels: Sequence[int]) -> tuple[IntArray, IntArray]:
         """Sorted non-zero keys at ``levels`` and their counts (this node's rows only)."""
         lv = tuple(int(x) for x in levels)
-        return group_sum(_keys_at(self.domain, self._up, self._base, lv), self._base.counts)
+        return group_sum(self._base.keys_at(self.domain, lv), self._base.counts)
 
     def vector(self, req: VectorRequest) -> U64Array:
         """This node's input to the round ``req`` (uint64, summed modulo 2^64)."""
@@ -514,7 +213,7 @@ class LocalCounts:
         if req.cells:
             keys, counts = self.histogram(req.levels)
             return sketch_encode(keys, counts, req.cells, req.seed)
-        key = _keys_at(self.domain, self._up, base, req.levels)
+        key = base.keys_at(self.domain, req.levels)
         size = self.domain.size(req.levels)
         return np.bincount(key, weights=base.counts, minlength=size).astype(np.uint64)
 
@@ -541,7 +240,6 @@ class AggregatedOracle:
         self.domain = spec.domain
         self._fetch = fetch
         self._seed = seed
-        self._up = _up_tables(self.domain)
         self._marginals: list[IntArray] | None = None
         self._sensitive: IntArray | None = None
         self.n = 0
@@ -587,7 +285,7 @@ class AggregatedOracle:
         src = self._source(lv)
         if src is None:
             src = self._learn(lv)
-        keys, counts = group_sum(_keys_at(self.domain, self._up, src, lv), src.counts)
+        keys, counts = group_sum(src.keys_at(self.domain, lv), src.counts)
         self._remember(lv, keys, counts)
         return keys, counts
 
@@ -600,12 +298,7 @@ class AggregatedOracle:
             if self.spec.disclosure != "base":
                 return 0
             src = self._learn(lv)
-        key = _keys_at(self.domain, self._up, src, lv)
-        if self.domain.sensitive is not None:
-            key = key // self.domain.n_sensitive
-        h = (key.astype(np.uint64) * _HASH_MUL) >> np.uint64(64 - _HASH_BITS)
-        b = np.bincount(h.astype(np.int64), weights=src.counts, minlength=1 << _HASH_BITS)
-        return int(b[(b > 0) & (b < k)].sum())
+        return self.domain.undersized(src.keys_at(self.domain, lv), src.counts, k)
 
     # ---------------------------------------------------------------- internals
     def _source(self, lv: tuple[int, ...]) -> _Hist | None:
@@ -622,13 +315,13 @@ class AggregatedOracle:
         self.marginals()
         target = lv if self.spec.disclosure == "visited" else tuple(0 for _ in lv)
         size = self.domain.size(target)
-        if size * max(self.n, 1) >= _KEY_BOUND:
+        if size * max(self.n, 1) >= KEY_BOUND:
             raise ConfigError(
                 f"the generalized domain at levels {target} has {size} tuples: too many to "
                 "aggregate; use coarser hierarchies or fewer quasi-identifiers"
             )
         cells = sketch_cells(min(self.n, size))
-        if size <= _SKETCH_FIELDS * SKETCH_TABLES * cells:  # the dense layout is shorter
+        if size <= SKETCH_FIELDS * SKETCH_TABLES * cells:  # the dense layout is shorter
             total = self._round(VectorRequest("histogram", target))
             keys = np.flatnonzero(total).astype(np.int64)
             counts = total[keys].astype(np.int64)
@@ -751,42 +444,33 @@ class FederatedRelease:
         return "\n".join(lines)
 
 
-def _numeric(values: list[str]) -> bool:
-    try:
-        for v in values:
-            float(v)
-    except ValueError:
-        return False
-    return True
-
-
 def complete_spec(
     raw: Mapping[str, Any], schema_columns: Mapping[str, Any], domains: Mapping[str, Any]
 ) -> AnonSpec:
-    """The spec, with the sensitive domain taken from the public schema when the analyst gave
-    none. Analyst, aggregator and every node complete a signed spec the same way, from the
-    same public schema, so they agree on its digest."""
-    data = dict(raw)
-    sensitive = data.get("sensitive")
-    hs = data.get("hierarchies")
-    names = [h.get("name") for h in hs if isinstance(h, Mapping)] if isinstance(hs, list) else []
-    dataset = data.get("dataset")
-    for col in [*names, *([sensitive] if sensitive else [])]:
+    """The signed spec ``raw`` (``AnonSpec.to_dict()``; ``sensitive_values``/``ordered`` may be
+    null) parsed strictly, checked for federated use and completed from the public schema:
+    the sensitive domain from the dataset's declared domains when the analyst gave none.
+    Aggregator and every node complete a signed spec the same way, from the same public
+    schema, so they agree on its digest.
+
+    Raises:
+        ConfigError: a bad key or value, a column the dataset lacks, no sensitive domain.
+    """
+    spec = AnonSpec.from_dict(raw)
+    spec.check_federated()
+    for col in spec.columns:
         if col not in schema_columns:
             raise ConfigError(
-                f"column {col!r} is not in dataset {dataset!r} (its columns are "
+                f"column {col!r} is not in dataset {spec.dataset!r} (its columns are "
                 f"{', '.join(schema_columns)})"
             )
-    if sensitive and not data.get("sensitive_values"):
-        declared = domains.get(sensitive)
+    declared: list[Any] = []
+    if spec.sensitive and spec.sensitive_values is None:
+        declared = list(domains.get(spec.sensitive) or [])
         if not declared:
             raise ConfigError(
-                f"the sensitive attribute {sensitive!r} needs a public value domain: pass "
-                f"sensitive_values=[...] or declare datasets.{dataset}.domains.{sensitive} in "
-                "every node's config"
+                f"the sensitive attribute {spec.sensitive!r} needs a public value domain: pass "
+                f"sensitive_values=[...] or declare datasets.{spec.dataset}.domains."
+                f"{spec.sensitive} in every node's config"
             )
-        data["sensitive_values"] = sorted_values([str(v) for v in declared])
-    if data.get("ordered") is None:
-        sv = data.get("sensitive_values") or []
-        data["ordered"] = bool(sv) and _numeric([str(v) for v in sv])
-    return AnonSpec.from_dict(data)
+    return spec.complete(declared)

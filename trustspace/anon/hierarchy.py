@@ -317,3 +317,13 @@ class Hierarchy:
 
     def __repr__(self) -> str:
         return f"Hierarchy({self.name!r}, values={len(self.values)}, height={self.height})"
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the column name and the rows are (where they were read from is not
+        compared), so that a spec read back from its JSON equals the one sent."""
+        if not isinstance(other, Hierarchy):
+            return NotImplemented
+        return self.name == other.name and self._rows == other._rows
+
+    def __hash__(self) -> int:
+        return hash((self.name, self._rows))

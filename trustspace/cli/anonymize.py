@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustspace._files import write_atomic
+from trustspace.anon.search import METRICS
+from trustspace.anon.spec import (
+    DEFAULT_K,
+    DEFAULT_SUPPRESSION,
+    DIVERSITIES,
+    METHODS,
+    default_of,
+)
 from trustspace.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -48,12 +56,12 @@ def add_parser(subparsers: Any) -> None:
             "'interval:5,10,20', 'mask', 'dates' (repeat for each quasi-identifier)"
         ),
     )
-    p.add_argument("--k", type=int, default=2, help="minimum class size (default 2)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"minimum class size ({DEFAULT_K})")
     p.add_argument(
         "--suppression",
         type=float,
-        default=0.0,
-        help="fraction of records that may be suppressed, 0..1 (default 0)",
+        default=DEFAULT_SUPPRESSION,
+        help=f"fraction of records that may be suppressed, 0..1 ({DEFAULT_SUPPRESSION})",
     )
     p.add_argument("-o", "--output", required=True, help="where to write the anonymized CSV")
     p.add_argument("--report", help="write a JSON report here")
@@ -61,21 +69,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--hierarchy-sep", default=";", help="hierarchy files' separator (';')")
     p.add_argument("--sensitive", help="the sensitive attribute (for --l and --t)")
     p.add_argument("--l", type=float, default=None, help="l-diversity of --sensitive")
-    p.add_argument(
-        "--diversity",
-        choices=("distinct", "entropy", "recursive"),
-        default="distinct",
-        help="l-diversity variant (default distinct)",
-    )
     p.add_argument("--c", type=float, default=None, help="c of recursive (c,l)-diversity")
     p.add_argument("--t", type=float, default=None, help="t-closeness of --sensitive")
-    p.add_argument(
-        "--metric",
-        choices=("loss", "entropy", "discernibility", "aecs"),
-        default="loss",
-        help="information loss to minimize (default loss)",
-    )
-    p.add_argument("--method", choices=("optimal", "mondrian"), default="optimal")
+    for name, choices, what in (
+        ("diversity", DIVERSITIES, "l-diversity variant"),
+        ("metric", METRICS, "information loss to minimize"),
+        ("method", METHODS, "globally optimal generalization or Mondrian local recoding"),
+    ):
+        default = default_of(name)
+        p.add_argument(f"--{name}", choices=choices, default=default, help=f"{what} ({default})")
     p.add_argument(
         "--keep-suppressed",
         action="store_true",
@@ -137,38 +139,30 @@ def _hierarchy(spec: str, column: list[str], sep: str) -> Hierarchy:
 
 def run(args: argparse.Namespace) -> int:
     from trustspace.anon.api import anonymize_columns
+    from trustspace.anon.spec import AnonSpec
 
-    if not 0.0 <= args.suppression <= 1.0:
-        raise ConfigError(f"--suppression must be in [0, 1], got {args.suppression}")
     out_dir = Path(args.output).parent
     if not out_dir.is_dir():
         raise ConfigError(f"-o {args.output!r}: directory {str(out_dir)!r} does not exist")
     sep, cols = _read_csv(args.input, args.sep)
     hs: dict[str, Hierarchy] = {}
-    for spec in args.qi:
-        name = spec.partition("=")[0]
+    for qi in args.qi:
+        name = qi.partition("=")[0]
         if name in hs:
             raise ConfigError(f"--qi {name!r} is given twice")
         if name not in cols:
             raise DataError(
                 f"--qi {name!r}: no such column in {args.input!r}; columns are: {', '.join(cols)}"
             )
-        hs[name] = _hierarchy(spec, cols[name], args.hierarchy_sep)
-    out, result = anonymize_columns(
-        cols,
-        list(hs),
-        hs,
-        k=args.k,
-        l=args.l,
-        t=args.t,
-        sensitive=args.sensitive,
-        diversity=args.diversity,
-        c=args.c,
+        hs[name] = _hierarchy(qi, cols[name], args.hierarchy_sep)
+    same_names = ("k", "l", "t", "sensitive", "diversity", "c", "metric", "method")
+    spec = AnonSpec(
+        tuple(hs.values()),
         suppression_limit=args.suppression,
-        metric=args.metric,
-        method=args.method,
         suppressed="mask" if args.keep_suppressed else "drop",
+        **{name: getattr(args, name) for name in same_names},
     )
+    out, result = anonymize_columns(cols, spec)
     header = list(cols)
 
     def write_csv(fh: Any) -> None:

@@ -19,8 +19,9 @@ import numpy as np
 
 from trustspace._files import write_atomic
 from trustspace.anon.api import apply as apply_result
-from trustspace.anon.federated import AnonSpec, LocalCounts, complete_spec
+from trustspace.anon.federated import LocalCounts, complete_spec
 from trustspace.anon.search import Result
+from trustspace.anon.spec import AnonSpec
 from trustspace.errors import ConfigError, DataError, ProtocolError
 from trustspace.node.config import NodeConfig
 from trustspace.node.policy import PolicyRefused
