@@ -102,8 +102,16 @@ class AnonJobs:
             )
 
     def check_prepare(self, spec: AnonSpec, parties: int) -> None:
-        """The policy checks of ``AnonHistogram``: participants and disclosure mode."""
+        """The policy checks of ``AnonHistogram``: participants, k floor, disclosure mode."""
         self.check_parties(parties)
+        floor = self.config.policy.min_k
+        if spec.k < floor:
+            raise PolicyRefused(
+                self.node,
+                "min_k",
+                f"this node takes part only in releases with k >= {floor}; the request asks "
+                f"for k = {spec.k}",
+            )
         if spec.disclosure == "base" and not self.config.policy.allow_base_histogram:
             raise PolicyRefused(
                 self.node,

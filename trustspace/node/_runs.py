@@ -62,6 +62,8 @@ class Run:
     rounds: list[Round] = field(default_factory=list)
     fed: list[str] = field(default_factory=list)  # digest of the total fed for round i
     used: set[tuple[int, str]] = field(default_factory=set)
+    #: the node names of every verified secure-aggregation roster of this request, in order
+    rosters: list[frozenset[str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def claim(self, index: int, part: str, where: str) -> None:

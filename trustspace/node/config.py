@@ -79,6 +79,13 @@ class PolicyConfig:
     #: the fewest nodes this node computes with: a secure sum over fewer is refused (with two,
     #: each node learns the other's aggregate by subtracting its own from the total)
     min_nodes: int = 3
+    #: the smallest k of a k-anonymous release this node takes part in (0: no floor)
+    min_k: int = 0
+    #: the data space's members (node names) and whether an exact (non-DP) answer needs every
+    #: one of them in the session: an answer over fewer, subtracted from an earlier answer
+    #: over all, would give the missing member's aggregate (differencing by dropouts)
+    members: tuple[str, ...] = ()
+    exact_requires_all: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,16 @@ def parse_policy(t: Table) -> PolicyConfig:
             f"{t.where('min_nodes')} = {min_nodes}: must be at least 2 (a secure sum of one "
             "node is that node's own aggregate)"
         )
+    min_k = t.get("min_k", int, 0)
+    if min_k < 0:
+        raise ConfigError(f"{t.where('min_k')} = {min_k}: must be 0 (no floor) or more")
+    members = t.str_list("members", [])
+    exact_all = t.get("exact_requires_all", bool, False)
+    if exact_all and not members:
+        raise ConfigError(
+            f"{t.where('exact_requires_all')} = true needs {t.where('members')}: list the data "
+            "space's node names"
+        )
     rate: RateLimit | None = None
     if "rate_limit" in t.data:
         rt = t.table("rate_limit")
@@ -140,7 +157,18 @@ def parse_policy(t: Table) -> PolicyConfig:
         )
         rt.check_unknown()
     t.check_unknown()
-    return PolicyConfig(tuple(rules), mgs, release, rate, two_party, base_histogram, min_nodes)
+    return PolicyConfig(
+        tuple(rules),
+        mgs,
+        release,
+        rate,
+        two_party,
+        base_histogram,
+        min_nodes,
+        min_k,
+        tuple(members),
+        exact_all,
+    )
 
 
 def policy_from_dict(data: dict[str, Any], source: str = "<policy>") -> PolicyConfig:

@@ -40,7 +40,7 @@ from trustspace.node._anon import AnonJobs
 from trustspace.node._runs import Run, Runs, query_of
 from trustspace.node.audit import AuditLog
 from trustspace.node.config import ALL, NodeConfig
-from trustspace.node.policy import Policy, Request, work_units
+from trustspace.node.policy import Policy, PolicyRefused, Request, work_units
 from trustspace.secagg.client import SecAggClient
 from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
 from trustspace.secagg.stage import Stage
@@ -103,6 +103,9 @@ class _Session:
     query_digest: str
     round_digest: str
     created: float
+    exact: bool = True  # not a differentially private query: exact_requires_all applies
+    run: Run | None = None
+    names: dict[int, str] = field(default_factory=dict)  # client id -> node, from the roster
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -420,7 +423,7 @@ class NodeService:
             run.claim(ref.index, ref.part, self._where)
         digest = round_digest(vq.digest, ref.part, ref.index, ref.min_group_size, vector.to_dict())
         return self._open_session(
-            step, lambda: self._local(vector).view(np.uint64), ref.index, vq, digest
+            step, lambda: self._local(vector).view(np.uint64), ref.index, vq, digest, run
         )
 
     def _open_session(
@@ -430,6 +433,7 @@ class NodeService:
         index: int,
         vq: VerifiedQuery,
         digest: str,
+        run: Run | None = None,
     ) -> list[bytes]:
         """Start a SecAgg client over the vector ``local()`` and answer the advertise stage:
         the key advertisement, signed together with the session binding (round digest and
@@ -451,7 +455,9 @@ class NodeService:
                 f"declares {cfg.vector_length}"
             )
         client = SecAggClient(cfg, step.client_id)
-        session = _Session(client, vector, vq.digest, digest, self._clock())
+        session = _Session(
+            client, vector, vq.digest, digest, self._clock(), vq.body.dp is None, run
+        )
         with self._lock:
             if s.session_id in self._sessions or s.session_id in self._used_ids:
                 raise ProtocolError(f"{self._where}: session id reused; refusing")
@@ -503,6 +509,8 @@ class NodeService:
                 f"{self._where}: only {len(request.survivors)} node(s) survived to the unmask "
                 f"stage, below this node's min_nodes = {min_nodes}; refusing to unmask"
             )
+        if session.exact:
+            self._check_members({session.names.get(c, "") for c in request.survivors})
         answer = client.unmask(request)
         with self._lock:
             self._sessions.pop(step.setup.session_id, None)
@@ -569,7 +577,28 @@ class NodeService:
                 f"{self._where}: the roster has {len(roster)} node(s); its members need at "
                 f"least {need} (policy.min_nodes); refusing"
             )
+        if session.exact:
+            self._check_members(set(names))
+        session.names = {c: n for n, c in names.items()}
+        if session.run is not None:
+            with session.run.lock:
+                session.run.rosters.append(frozenset(names))
         return roster
+
+    def _check_members(self, present: set[str]) -> None:
+        """``policy.exact_requires_all``: an exact answer only with every listed member."""
+        cfg = self.policy.config
+        if not cfg.exact_requires_all:
+            return
+        missing = sorted(set(cfg.members) - present)
+        if missing:
+            raise PolicyRefused(
+                self.name,
+                "exact_requires_all",
+                f"an exact answer needs every member of the data space; missing: "
+                f"{', '.join(missing)}. Re-run when they are up, or ask for a differentially "
+                "private answer",
+            )
 
     # ------------------------------------------------------------------ Paillier
     def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
@@ -622,6 +651,10 @@ class NodeService:
             if bad:
                 raise ProtocolError(f"{self._where}: suppressed index {bad[0]} out of range")
             self.policy.charge(vq.body.analyst, work_units(rnd.size, 2 * sums.size))
+            with run.lock:
+                seen = run.rosters[-1] if run.rosters else frozenset()
+            if vq.body.dp is None:
+                self._check_members(set(seen))  # the round's counts session named them
             with run.lock:
                 run.claim(ref.index, "paillier", self._where)
             where = ~rnd.count_mask
@@ -680,7 +713,7 @@ class NodeService:
                 vq.digest, ref.part, ref.index, 0, {"digest": vector.digest, **req.to_dict()}
             )
             return self._open_session(
-                step, lambda: self._anon.vector(job, vector), ref.index, vq, digest
+                step, lambda: self._anon.vector(job, vector), ref.index, vq, digest, run
             )
 
         return self._handle(
