@@ -16,7 +16,7 @@ import numpy as np
 from trustspace.anon.domain import Domain, LocalOracle, sorted_values
 from trustspace.anon.hierarchy import TOP, Hierarchy
 from trustspace.anon.models import PrivacyModel, make_models
-from trustspace.anon.search import Result, search
+from trustspace.anon.search import Result, check_lattice, search
 from trustspace.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ def _anonymize(
     if any(m.needs_sensitive for m in models) and sensitive is None:
         raise ConfigError("l-diversity and t-closeness need sensitive=<column name>")
     domain = Domain(hs, sensitive, sens_values)
+    if method == "optimal":
+        check_lattice(domain)  # before the rows are encoded: the caps cost nothing to check
     oracle = LocalOracle(domain, cols)
     if method == "optimal":
         result = search(oracle, domain, models, suppression_limit=suppression_limit, metric=metric)

@@ -50,7 +50,7 @@ import numpy.typing as npt
 from trustspace.anon.domain import Domain, group_sum, sorted_values
 from trustspace.anon.hierarchy import Hierarchy
 from trustspace.anon.models import PrivacyModel, make_models
-from trustspace.anon.search import METRICS, Result
+from trustspace.anon.search import METRICS, Result, check_lattice, check_shape
 from trustspace.errors import ConfigError, DataError, ProtocolError
 
 if TYPE_CHECKING:
@@ -93,6 +93,20 @@ def _mix(x: U64Array, seed: int) -> U64Array:
         z = (z ^ (z >> np.uint64(27))) * _MIX2
     out: U64Array = z ^ (z >> np.uint64(31))
     return out
+
+
+def _shape(i: int, h: Any) -> tuple[str, int, int]:
+    """``(column, rows, height)`` of a hierarchy as it arrives in a spec (before validation)."""
+    if not isinstance(h, Mapping):
+        return f"hierarchies[{i}]", 0, 0
+    rows = h.get("rows")
+    first = rows[0] if isinstance(rows, list) and rows else None
+    name = h.get("name")
+    return (
+        name if isinstance(name, str) else f"hierarchies[{i}]",
+        len(rows) if isinstance(rows, list) else 0,
+        len(first) if isinstance(first, list) else 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -153,7 +167,7 @@ class AnonSpec:
                 f"the sensitive attribute {self.sensitive!r} needs its public value domain: pass "
                 "sensitive_values=[...] or declare a domain for the column in the node configs"
             )
-        self.domain  # noqa: B018 - validates the hierarchies together (names, sizes)
+        check_lattice(self.domain)  # validates the hierarchies together (names, sizes, caps)
 
     @cached_property
     def domain(self) -> Domain:
@@ -213,6 +227,7 @@ class AnonSpec:
         raw = data.get("hierarchies")
         if not isinstance(raw, list) or not raw:
             raise ConfigError("anonymization spec: 'hierarchies' must be a non-empty list")
+        check_shape([_shape(i, h) for i, h in enumerate(raw)])  # the caps, before building any
         hs = []
         for i, h in enumerate(raw):
             if (
