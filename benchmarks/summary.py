@@ -2,8 +2,9 @@
 
     python benchmarks/summary.py
 
-Reads whatever results exist (paillier, secagg, stats, anon); each row states our figure, the
-anchor's, the ratio and the target, with the machine and versions the figures came from.
+Reads whatever results exist (paillier, secagg, stats, anon, load, contention); each row states
+our figure, the anchor's, the ratio and the target, with the machine and versions the figures
+came from.
 """
 
 from __future__ import annotations
@@ -269,6 +270,34 @@ def load_rows(d: dict[str, Any]) -> list[Row]:
     ]
 
 
+def contention_rows(d: dict[str, Any]) -> list[Row]:
+    idle, loaded, c = d["count_idle"]["secagg"], d["count_loaded"], d["comparison"]
+    rows: list[Row] = [
+        (
+            "another analyst's count during a max Paillier request (3072-bit, 20,000 words per "
+            "node), p50 / p95 ms",
+            f"{_fmt(loaded['p50_ms'], 1)} / {_fmt(loaded['p95_ms'], 1)}",
+            f"idle {_fmt(idle['p50_ms'], 1)} / {_fmt(idle['p95_ms'], 1)}",
+            f"{_fmt(c['p50_ratio_loaded_to_idle'])}x / {_fmt(c['p95_ratio_loaded_to_idle'])}x; "
+            f"delay p95 {_fmt(c['delay_p95_ms'], 0)} ms",
+            f"delay <= {c['target_delay_p95_ms']:g} ms at p95",
+            _verdict(c["delay_target_met"]),
+        )
+    ]
+    for m, lat in d["count_idle"].items():
+        rows.append(
+            (
+                f"count over 3 small nodes, idle ({m}; contention run), p50 / p95 ms",
+                f"{_fmt(lat['p50_ms'], 1)} / {_fmt(lat['p95_ms'], 1)}",
+                "",
+                "",
+                f"p50 <= {lat['target_p50_ms']:g} ms",
+                _verdict(lat["p50_ms"] <= lat["target_p50_ms"]),
+            )
+        )
+    return rows
+
+
 def charts(data: dict[str, dict[str, Any]]) -> list[str]:
     try:
         import matplotlib
@@ -369,6 +398,7 @@ def main() -> int:
         "stats": stats_rows,
         "anon": anon_rows,
         "load": load_rows,
+        "contention": contention_rows,
     }
     data = {name: d for name in builders if (d := _load(name)) is not None}
     if not data:
@@ -383,6 +413,10 @@ def main() -> int:
     )
     for name, d in data.items():
         v = ", ".join(f"{k} {val}" for k, val in d.get("versions", {}).items())
+        dm = d.get("machine", {})
+        other = dm.get("cpu") or dm.get("cpu_model")
+        if other and other != (m.get("cpu") or m.get("cpu_model")):  # measured elsewhere
+            v += f"; on {other}, {dm.get('cores')} cores, {dm.get('platform')}"
         lines.append(
             f"- `{name}` ({d.get('mode') or d.get('parameters', {}).get('mode', '')}): {v}"
         )

@@ -507,5 +507,14 @@ def test_encrypt_many_and_decrypt_many_on_two_processes() -> None:
         fresh = SK.encrypt_many(vals, processes=2)  # private-key workers (CRT noise)
         assert SK.decrypt_many(fresh, processes=2) == vals
         assert len({c.ciphertext() for c in cts}) == len(vals)
+        # the workers run below this process's priority (batch work must not starve serving)
+        from trustspace.crypto import _paillier_pool as pool
+
+        ident, executor = pool._acquire(PK, 2)
+        try:
+            want = min(os.nice(0) + pool.WORKER_NICE, 19)
+            assert {executor.submit(os.nice, 0).result() for _ in range(4)} == {want}
+        finally:
+            pool._release(ident)
     finally:
         hz.shutdown_pools()

@@ -15,7 +15,7 @@ import numpy as np
 from trustspace.anon.domain import Domain, LocalOracle
 from trustspace.anon.hierarchy import TOP, Hierarchy
 from trustspace.anon.models import PrivacyModel
-from trustspace.anon.search import Result, search
+from trustspace.anon.search import Result, check_lattice, search
 from trustspace.anon.spec import SUPPRESSED_MODES, AnonSpec, HierarchySource
 from trustspace.errors import ConfigError, DataError
 
@@ -76,6 +76,8 @@ def _anonymize(
     if any(m.needs_sensitive for m in models) and spec.sensitive is None:
         raise ConfigError("l-diversity and t-closeness need sensitive=<column name>")
     domain = spec.domain
+    if spec.method == "optimal":
+        check_lattice(domain)  # before the rows are encoded: the caps cost nothing to check
     oracle = LocalOracle(domain, cols)
     if spec.method == "optimal":
         result = search(

@@ -23,6 +23,45 @@ from trustspace.errors import ConfigError, DataError
 TOP = "*"  # ARX's value for "fully generalized"
 _MAX_SHOWN = 8  # how many offending values an error message lists
 
+# Caps on what one request may ask for (issue 13, class 6: a request must not exhaust a server).
+# A hierarchy arrives inside an analyst's signed request and every node and the aggregator build
+# it, so its size is checked before any of it is copied, encoded or nested.
+#: Most rows (original values) of one hierarchy. The ~42,000 US ZIP codes and ICD-10-CM's ~74,000
+#: diagnosis codes fit; the largest Adult hierarchy (age) has 100. A federated request's
+#: marginals round is one entry per row.
+MAX_HIERARCHY_ROWS = 100_000
+#: Most levels of one hierarchy, the original values (level 0) included: masking a 31-character
+#: id one character per level fits; ARX's Adult hierarchies have 2 to 5 levels.
+MAX_HIERARCHY_HEIGHT = 32
+#: Most cells (rows x levels) of one hierarchy: every cell is a string held by the aggregator and
+#: every node (~60 bytes each, so ~60 MB at the cap); a ZIP or ICD-10 hierarchy of 6 levels has
+#: under 500,000.
+MAX_HIERARCHY_CELLS = 1_000_000
+
+
+def check_hierarchy_size(name: str, rows: int, height: int, *, source: str = "") -> None:
+    """Refuse a hierarchy over the caps, from its row count and height alone (no other work).
+
+    Raises:
+        ConfigError: naming the column and the cap exceeded.
+    """
+    where = f"hierarchy of column {name!r}" + (f" ({source})" if source else "")
+    if rows > MAX_HIERARCHY_ROWS:
+        raise ConfigError(
+            f"{where} has {rows} rows, more than the {MAX_HIERARCHY_ROWS} allowed "
+            "(MAX_HIERARCHY_ROWS); group values (e.g. intervals or masking) before anonymizing"
+        )
+    if height > MAX_HIERARCHY_HEIGHT:
+        raise ConfigError(
+            f"{where} has {height} levels, more than the {MAX_HIERARCHY_HEIGHT} allowed "
+            "(MAX_HIERARCHY_HEIGHT); use fewer, coarser levels"
+        )
+    if rows * height > MAX_HIERARCHY_CELLS:
+        raise ConfigError(
+            f"{where} has {rows} rows x {height} levels = {rows * height} cells, more than the "
+            f"{MAX_HIERARCHY_CELLS} allowed (MAX_HIERARCHY_CELLS); use fewer rows or levels"
+        )
+
 
 def _show(values: Iterable[str]) -> str:
     vals = sorted(set(values))
@@ -41,8 +80,10 @@ class Hierarchy:
         source: where the rows came from (a file name), for error messages.
 
     Raises:
-        ConfigError: rows of different lengths, an empty hierarchy, a value listed twice, or
-            levels that do not nest (a value of level ``i`` with two parents at level ``i+1``).
+        ConfigError: rows of different lengths, an empty hierarchy, a value listed twice,
+            levels that do not nest (a value of level ``i`` with two parents at level ``i+1``),
+            or more rows, levels or cells than ``MAX_HIERARCHY_ROWS``, ``MAX_HIERARCHY_HEIGHT``
+            or ``MAX_HIERARCHY_CELLS`` (checked first, before any other work).
 
     >>> h = Hierarchy("sex", [("Male", "*"), ("Female", "*")])
     >>> h.height, h.level_values(1)
@@ -58,6 +99,7 @@ class Hierarchy:
         if not rows:
             raise ConfigError(f"{where} is empty; give at least one row 'value;...;*'")
         width = len(rows[0])
+        check_hierarchy_size(name, len(rows), width, source=source)
         if width < 1:
             raise ConfigError(f"{where}: row 1 is empty")
         for i, row in enumerate(rows):

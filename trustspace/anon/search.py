@@ -25,15 +25,22 @@ size have no cheap bound: every candidate is evaluated.
 - An oracle may offer ``undersized(levels, k)``, a cheap lower bound of the records in classes
   smaller than ``k`` (``LocalOracle`` hashes classes into buckets); nodes it rejects need no
   exact histogram.
+
+**Bounded work.** A request names its hierarchies, so the lattice is the analyst's choice: it is
+refused over ``MAX_QUASI_IDENTIFIERS`` columns or ``MAX_LATTICE_NODES`` nodes (``check_lattice``,
+arithmetic on the heights, before any other work). The search never builds the list of level
+vectors: a node is its mixed-radix index, its levels and bound are computed when it is visited,
+nodes are enumerated in bound order from a heap seeded with the bottom node, and the tags are one
+byte per node whose up- and down-sets are boxes of that array.
 """
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trustspace.anon.domain import Domain, HistogramOracle
+from trustspace.anon.hierarchy import check_hierarchy_size
 from trustspace.anon.models import KAnonymity, PrivacyModel
 from trustspace.errors import ConfigError, DataError
 
@@ -50,6 +58,70 @@ IntArray = npt.NDArray[np.int64]
 METRICS = ("loss", "discernibility", "entropy", "aecs")
 _SEPARABLE = ("loss", "entropy")
 _TIE = 1e-12  # relative slack when comparing a bound with the best objective
+
+#: Most quasi-identifiers of one request: ARX's Adult configuration has 9 and a lattice needs
+#: at least 2^q nodes, so more than 16 could not stay under MAX_LATTICE_NODES anyway.
+MAX_QUASI_IDENTIFIERS = 16
+#: Most lattice nodes (the product of the hierarchy heights) one search may range over: 80x
+#: Adult's 12,960 (all 9 quasi-identifiers). The search keeps one byte of tags per node (1 MiB at
+#: the cap) and, at worst, visits every node in pure Python (seconds, not minutes).
+MAX_LATTICE_NODES = 2**20
+#: Most hierarchy cells (rows x levels, all quasi-identifiers together) of one request: twice
+#: MAX_HIERARCHY_CELLS, so one request holds at most ~120 MB of hierarchy strings.
+MAX_REQUEST_CELLS = 2_000_000
+# tag bits, one byte per lattice node (see ``search``)
+_FAIL = np.uint8(1)  # the monotone models fail here and below
+_PASS = np.uint8(2)  # the monotone models hold here and above
+_REJECTED = np.uint8(4)  # evaluated and not anonymous
+_NO_SUPPRESSION = np.uint8(8)  # nothing is suppressed here and above (monotone mode)
+
+
+def check_shape(shapes: Sequence[tuple[str, int, int]]) -> int:
+    """Refuse a request over the caps from ``(column, rows, height)`` per quasi-identifier.
+
+    Runs on the sizes alone (no hierarchy need be built), so an oversized request costs nothing
+    but this check. Returns the number of lattice nodes.
+
+    Raises:
+        ConfigError: naming the column (or the count) and the cap exceeded.
+
+    >>> check_shape([("age", 100, 5), ("sex", 2, 2)])
+    10
+    """
+    if len(shapes) > MAX_QUASI_IDENTIFIERS:
+        raise ConfigError(
+            f"{len(shapes)} quasi-identifiers, more than the {MAX_QUASI_IDENTIFIERS} allowed "
+            "(MAX_QUASI_IDENTIFIERS); anonymize over fewer columns"
+        )
+    cells = 0
+    for name, rows, height in shapes:
+        check_hierarchy_size(name, rows, height)
+        cells += rows * height
+    if cells > MAX_REQUEST_CELLS:
+        raise ConfigError(
+            f"the hierarchies have {cells} cells (rows x levels) in all, more than the "
+            f"{MAX_REQUEST_CELLS} allowed (MAX_REQUEST_CELLS); use smaller hierarchies"
+        )
+    size = 1
+    for name, _, height in shapes:
+        size *= max(height, 1)
+        if size > MAX_LATTICE_NODES:
+            heights = ", ".join(f"{n}: {h}" for n, _, h in shapes)
+            raise ConfigError(
+                f"the lattice of generalization levels has more than {MAX_LATTICE_NODES} nodes "
+                f"(MAX_LATTICE_NODES) once column {name!r} is added (heights {heights}); use "
+                "hierarchies with fewer levels or fewer quasi-identifiers"
+            )
+    return size
+
+
+def check_lattice(domain: Domain) -> int:
+    """``check_shape`` of a domain's hierarchies; returns the number of lattice nodes.
+
+    Raises:
+        ConfigError: over ``MAX_QUASI_IDENTIFIERS``, ``MAX_LATTICE_NODES`` or a hierarchy cap.
+    """
+    return check_shape([(h.name, len(h.rows), h.height) for h in domain.hierarchies])
 
 
 @dataclass(frozen=True)
@@ -232,26 +304,29 @@ class _Evaluator:
                 raise ConfigError("the oracle gives no sensitive-value counts")
             self.overall = sc / max(int(sc.sum()), 1)
 
-    def marginal_fails(self, nodes: IntArray) -> npt.NDArray[np.bool_]:
-        """Nodes that fail k-anonymity on the marginals alone, without any histogram.
+    def tag_marginal_fails(self, tags: npt.NDArray[np.uint8]) -> None:
+        """Tag the nodes that fail k-anonymity on the marginals alone, without any histogram.
 
         A record whose generalized value of one column is shared by fewer than ``k`` records
         lies in a class smaller than ``k``: it must be suppressed. So the records in such
-        values, for the worst column, bound the suppression from below.
+        values, for the worst column, bound the suppression from below; a node fails when that
+        bound exceeds the limit for any column, i.e. ``tags`` (shaped as the lattice) gets
+        ``_FAIL`` on every slab of a failing level.
         """
         ks = [m.k for m in self.models if isinstance(m, KAnonymity)]
-        out = np.zeros(nodes.shape[0], dtype=bool)
         if not ks:
-            return out
+            return
         k = max(ks)
-        lower = np.zeros(nodes.shape[0], dtype=np.int64)
+        q = len(self.domain.hierarchies)
         for j, (h, m) in enumerate(zip(self.domain.hierarchies, self.marginals, strict=True)):
             small = np.zeros(h.height, dtype=np.int64)
             for lv in range(h.height):
                 cnt = np.bincount(h.codes(lv), weights=m, minlength=len(h.level_values(lv)))
                 small[lv] = int(cnt[(cnt > 0) & (cnt < k)].sum())
-            lower = np.maximum(lower, small[nodes[:, j]])
-        return np.asarray(lower > self.max_suppressed)
+            bad = np.where(small > self.max_suppressed, _FAIL, np.uint8(0)).astype(np.uint8)
+            shape = [1] * q
+            shape[j] = h.height
+            tags |= bad.reshape(shape)
 
     def evaluate(self, levels: Sequence[int]) -> _Eval:
         if self._quick is not None:
@@ -321,9 +396,61 @@ class _Evaluator:
         return out
 
 
-def lattice(domain: Domain) -> IntArray:
-    """All level vectors, one per row, in lexicographic order."""
-    return np.array(list(itertools.product(*(range(h) for h in domain.heights))), dtype=np.int64)
+def lattice(domain: Domain) -> Iterator[tuple[int, ...]]:
+    """All level vectors in lexicographic order, one at a time (never as a list).
+
+    >>> from trustspace.anon.hierarchy import Hierarchy
+    >>> d = Domain([Hierarchy("a", [("x", "*")]), Hierarchy("b", [("1", "1", "*")])])
+    >>> list(lattice(d))
+    [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    """
+    heights = domain.heights
+    levels = [0] * len(heights)
+    if any(h < 1 for h in heights):
+        return
+    while True:
+        yield tuple(levels)
+        j = len(heights) - 1
+        while j >= 0 and levels[j] + 1 == heights[j]:
+            levels[j] = 0
+            j -= 1
+        if j < 0:
+            return
+        levels[j] += 1
+
+
+def _by_bound(tables: Sequence[FloatArray], mult: Sequence[int]) -> Iterator[tuple[float, int]]:
+    """Every node as ``(bound, index)`` in increasing ``(bound, index)`` order, lazily.
+
+    ``bound = sum_j tables[j][l_j]``. Per column the levels are ranked by their table value
+    (stable: equal values by level); a node's rank vector has one parent (its last non-zero
+    rank lowered by one) whose bound and index are no larger, so a heap seeded with the all-zero
+    ranks and growing each popped node by its children yields the order of a stable sort of all
+    bounds while holding only the frontier. (Floating-point addition is monotone, so a child's
+    bound is never below its parent's; the one way the orders could differ is a strictly larger
+    term absorbed by rounding into an equal sum at a lower level, which reorders equal bounds.)
+    """
+    q = len(tables)
+    perm = [np.argsort(t, kind="stable").tolist() for t in tables]
+    vals = [t.tolist() for t in tables]
+
+    def key(ranks: tuple[int, ...]) -> tuple[float, int]:
+        b, i = 0.0, 0
+        for j in range(q):  # the same additions, in the same order, as _Tables.lower_bounds
+            lv = perm[j][ranks[j]]
+            b += vals[j][lv]
+            i += lv * mult[j]
+        return b, i
+
+    root = (0,) * q
+    heap: list[tuple[float, int, tuple[int, ...], int]] = [(*key(root), root, 0)]
+    while heap:
+        b, i, ranks, last = heapq.heappop(heap)
+        yield b, i
+        for j in range(last, q):
+            if ranks[j] + 1 < len(perm[j]):
+                child = (*ranks[:j], ranks[j] + 1, *ranks[j + 1 :])
+                heapq.heappush(heap, (*key(child), child, j))
 
 
 def search(
@@ -353,8 +480,12 @@ def search(
         then lexicographically smaller levels).
 
     Raises:
-        ConfigError: a bad metric or suppression limit.
+        ConfigError: a bad metric or suppression limit, or a lattice over the caps
+            (``check_lattice``: refused before the oracle is asked anything).
         DataError: no node of the lattice satisfies the models within the limit.
+
+    Memory: one byte per lattice node (at most ``MAX_LATTICE_NODES``) plus what the visited
+    nodes need; the level vectors are never materialised.
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -362,25 +493,37 @@ def search(
         raise ConfigError(f"suppression limit must be in [0, 1], got {suppression_limit!r}")
     if not models:
         raise ConfigError("give at least one privacy model (e.g. KAnonymity(5))")
+    total = check_lattice(domain)
     t0 = time.perf_counter()
     ev_ = _Evaluator(oracle, domain, models, suppression_limit)
-    nodes = lattice(domain)
-    total = nodes.shape[0]
     separable = metric in _SEPARABLE
-    bounds = ev_.tables.lower_bounds(metric, nodes) if separable else np.zeros(total)
-    order = np.argsort(bounds, kind="stable")
     monotone = ev_.max_suppressed == 0 or all(m.monotone_with_suppression for m in models)
-    heights = np.array(domain.heights, dtype=np.int64)
-    mult = np.ones(len(heights), dtype=np.int64)  # index of a node = levels . mult
-    for j in range(len(heights) - 2, -1, -1):
+    heights = [int(h) for h in domain.heights]
+    q = len(heights)
+    mult = [1] * q  # index of a node = levels . mult (lexicographic, last column fastest)
+    for j in range(q - 2, -1, -1):
         mult[j] = mult[j + 1] * heights[j + 1]
-    # tags: the monotone models fail here (and below) / hold here (and above); evaluated and
-    # not anonymous; nothing to suppress here (and above). In monotone mode "the monotone
-    # models" are all of them, so passes/fails mean anonymous/not anonymous.
-    fails = ev_.marginal_fails(nodes)
-    passes = np.zeros(total, dtype=bool)
-    rejected = np.zeros(total, dtype=bool)
-    no_suppression = np.zeros(total, dtype=bool)
+    tables = [t.astype(np.float64) for t in ev_.tables.base[metric]] if separable else []
+    tvals = [t.tolist() for t in tables]
+
+    def levels_of(i: int) -> tuple[int, ...]:
+        return tuple((i // mult[j]) % heights[j] for j in range(q))
+
+    def bound_of(i: int) -> float:
+        if not separable:
+            return 0.0
+        b = 0.0
+        for j in range(q):  # as _Tables.lower_bounds: same additions, same order
+            b += tvals[j][(i // mult[j]) % heights[j]]
+        return b
+
+    # tags, one byte per node: the monotone models fail here (and below) / hold here (and
+    # above); evaluated and not anonymous; nothing to suppress here (and above). In monotone
+    # mode "the monotone models" are all of them, so passes/fails mean anonymous/not anonymous.
+    # Up- and down-sets are boxes of the array shaped as the lattice.
+    tags = np.zeros(total, dtype=np.uint8)
+    box = tags.reshape(heights)
+    ev_.tag_marginal_fails(box)
     values: dict[int, float] = {}
     skipped: set[int] = set()
     best = math.inf
@@ -390,7 +533,7 @@ def search(
     def better(i: int, value: float) -> None:
         nonlocal best, best_idx
         values[i] = value
-        if value < best or (value == best and bounds[i] < bounds[best_idx]):
+        if value < best or (value == best and bound_of(i) < bound_of(best_idx)):
             best, best_idx = value, i
 
     def check(i: int) -> bool | None:
@@ -399,7 +542,7 @@ def search(
         nonlocal evaluated
         if i in skipped:
             return None
-        levels = tuple(int(x) for x in nodes[i])
+        levels = levels_of(i)
         if max_domain is not None and domain.size(levels) > max_domain:
             skipped.add(i)
             return None
@@ -407,58 +550,62 @@ def search(
         evaluated += 1
         fails_down = not ev.anonymous if monotone else ev.monotone_fail
         if fails_down:
-            fails[(nodes <= nodes[i]).all(axis=1)] = True
+            box[tuple(slice(0, lv + 1) for lv in levels)] |= _FAIL
         else:
-            up = (nodes >= nodes[i]).all(axis=1)
-            passes[up] = True
+            up = box[tuple(slice(lv, None) for lv in levels)]
+            up |= _PASS
             if monotone and ev.suppressed == 0:
-                no_suppression[up] = True
+                up |= _NO_SUPPRESSION
         if ev.anonymous:
-            better(i, ev_.objective(metric, levels, ev, float(bounds[i])))
+            better(i, ev_.objective(metric, levels, ev, bound_of(i)))
         else:
-            rejected[i] = True
+            tags[i] |= _REJECTED
         return not fails_down
 
     def cut(i: int) -> bool:
-        return separable and bounds[i] >= best - _TIE * max(1.0, abs(best))
+        return separable and bound_of(i) >= best - _TIE * max(1.0, abs(best))
 
-    for idx in order.tolist():
+    order: Iterator[int] = (
+        (i for _, i in _by_bound(tables, mult)) if separable else iter(range(total))
+    )
+    for idx in order:
         if cut(idx):
             break
-        if fails[idx] or rejected[idx] or idx in values or idx in skipped:
+        if tags[idx] & (_FAIL | _REJECTED) or idx in values or idx in skipped:
             continue
-        if separable and monotone and no_suppression[idx]:
-            better(idx, float(bounds[idx]))  # nothing suppressed: objective = bound
+        if separable and monotone and tags[idx] & _NO_SUPPRESSION:
+            better(idx, bound_of(idx))  # nothing suppressed: objective = bound
             continue
-        if not passes[idx]:
+        if not tags[idx] & _PASS:
             # Flash-style: climb a chain of untagged candidates and binary-search it for the
             # boundary of the (monotone) models; a failing node high on the chain prunes
             # everything below it.
             chain = [idx]
             cur = idx
-            while not passes[cur]:
-                lv = nodes[cur]
-                nxt = [cur + int(mult[j]) for j in range(len(lv)) if lv[j] + 1 < heights[j]]
-                nxt = [i for i in nxt if not fails[i] and not cut(i)]
+            while not tags[cur] & _PASS:
+                lv = levels_of(cur)
+                nxt = [cur + mult[j] for j in range(q) if lv[j] + 1 < heights[j]]
+                nxt = [i for i in nxt if not tags[i] & _FAIL and not cut(i)]
                 if not nxt:
                     break
-                cur = min(nxt, key=lambda i: (bounds[i], i))
+                cur = min(nxt, key=lambda i: (bound_of(i), i))
                 chain.append(cur)
             lo, hi = 0, len(chain) - 1
             while lo <= hi:
                 mid = (lo + hi) // 2
                 c = chain[mid]
-                ok = True if passes[c] else False if fails[c] else check(c)
+                t = tags[c]
+                ok = True if t & _PASS else False if t & _FAIL else check(c)
                 if ok is None:
                     break
                 if ok:
                     hi = mid - 1
                 else:
                     lo = mid + 1
-            if fails[idx] or rejected[idx] or idx in values:
+            if tags[idx] & (_FAIL | _REJECTED) or idx in values:
                 continue
-        if separable and monotone and no_suppression[idx]:
-            better(idx, float(bounds[idx]))
+        if separable and monotone and tags[idx] & _NO_SUPPRESSION:
+            better(idx, bound_of(idx))
         else:
             check(idx)
     if best_idx < 0:
@@ -467,7 +614,7 @@ def search(
             f"{ev_.max_suppressed} suppressed records (of {ev_.n}); lower k/l, raise t or the "
             "suppression limit, or use hierarchies with a fully generalized top level"
         )
-    levels = tuple(int(x) for x in nodes[best_idx])
+    levels = levels_of(best_idx)
     final = ev_.evaluate(levels)
     suppressed_keys = final.class_keys[final.violating] * domain.n_sensitive
     return Result(

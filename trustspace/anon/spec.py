@@ -28,7 +28,7 @@ from typing import Any
 from trustspace.anon.domain import Domain, sorted_values
 from trustspace.anon.hierarchy import Hierarchy
 from trustspace.anon.models import PrivacyModel, make_models
-from trustspace.anon.search import METRICS
+from trustspace.anon.search import METRICS, check_lattice, check_shape
 from trustspace.errors import ConfigError
 
 #: The defaults of every entry point (local, CLI and federated). They are the federated ones:
@@ -123,6 +123,20 @@ def _check_choice(name: str, value: object, choices: Sequence[str], hint: str = 
         raise ConfigError(
             f"unknown {name} {value!r}: {name} must be one of {', '.join(choices)}{hint}"
         )
+
+
+def _shape(i: int, h: Any) -> tuple[str, int, int]:
+    """``(column, rows, height)`` of a hierarchy as it arrives in a spec (before validation)."""
+    if not isinstance(h, Mapping):
+        return f"hierarchies[{i}]", 0, 0
+    rows = h.get("rows")
+    first = rows[0] if isinstance(rows, list) and rows else None
+    name = h.get("name")
+    return (
+        name if isinstance(name, str) else f"hierarchies[{i}]",
+        len(rows) if isinstance(rows, list) else 0,
+        len(first) if isinstance(first, list) else 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -224,7 +238,8 @@ class AnonSpec:
         models = self.models()  # validates l, t and c together with diversity
         if any(m.needs_sensitive for m in models) and self.sensitive is None:
             raise ConfigError("l-diversity and t-closeness need sensitive=<column name>")
-        Domain(self.hierarchies)  # validates the quasi-identifiers together (names)
+        # validates the quasi-identifiers together (names) and the caps on the lattice
+        check_lattice(Domain(self.hierarchies))
         if self.sensitive in self.quasi_identifiers:
             raise ConfigError(
                 f"column {self.sensitive!r} is both a quasi-identifier and the sensitive attribute"
@@ -323,6 +338,7 @@ class AnonSpec:
         raw = data.get("hierarchies")
         if not isinstance(raw, list) or not raw:
             raise ConfigError(f"{where}: 'hierarchies' must be a non-empty list")
+        check_shape([_shape(i, h) for i, h in enumerate(raw)])  # the caps, before building any
         hs = []
         for i, h in enumerate(raw):
             if (

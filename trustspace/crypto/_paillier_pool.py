@@ -5,17 +5,27 @@ once, in its initializer, and builds its fixed-base table once, so tasks carry o
 or ciphertexts. Workers are started with ``forkserver`` (``spawn`` where unavailable) so that a
 parent holding gRPC threads is never forked. Private-key material reaches workers through the
 pool's pipe to its own child processes only.
+
+**Priority and bounds** (issue 13, class 6: one request must not starve the others). Workers
+lower their own scheduling priority (``WORKER_NICE``) in their initializer, so the serving
+processes (gRPC handlers, secure aggregation, other analysts' small queries) get the cores
+first and batch Paillier work takes what is left. One ``run`` splits its items into chunks of
+at most ``MAX_CHUNK_ITEMS`` and keeps at most ``processes`` chunks submitted at a time (the
+next is submitted as one finishes), so a request that arrives while others use the same pool
+waits for at most one chunk per running request before its own first chunk starts, instead of
+for every chunk already queued.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Final
 
 from trustspace.errors import ConfigError
@@ -24,10 +34,22 @@ PARALLEL_MIN_ITEMS: Final = 1024
 """With ``processes=None``, smaller batches stay in-process (a cold pool costs ~1 s)."""
 
 MAX_POOLS: Final = 2
-"""Pools kept alive at once; the least recently used one is shut down."""
+"""Idle pools kept alive at once; the least recently used idle one is shut down (a pool that a
+``run`` is using is never shut down under it)."""
+
+WORKER_NICE: Final = 10
+"""Added to the workers' nice value (``os.nice``, Unix): at nice 10 a busy worker gets about a
+tenth of a core's share against a nice-0 process (Linux CFS weights 110 vs 1024), so it only
+soaks up otherwise idle CPU. Niceness can be raised without privilege but never lowered back."""
+
+MAX_CHUNK_ITEMS: Final = 64
+"""Most items one task carries: 64 encryptions under a 4096-bit key take ~0.3 s on one core of
+a 2020s server, which bounds how long one request can hold a worker before another request's
+chunk gets it."""
 
 _lock = threading.Lock()
 _pools: dict[tuple[Any, ...], ProcessPoolExecutor] = {}
+_in_use: dict[tuple[Any, ...], int] = {}  # runs currently using each pool
 _worker_key: Any = None
 
 
@@ -61,6 +83,8 @@ def _context() -> Any:
 
 def _init_worker(n: int, pq: tuple[int, int] | None, insecure: bool, config: Any) -> None:
     global _worker_key
+    if hasattr(os, "nice"):  # batch work: below the serving processes (see WORKER_NICE)
+        os.nice(WORKER_NICE)
     from trustspace.crypto import paillier as P
     from trustspace.crypto._paillier_fixedbase import TABLES
 
@@ -109,7 +133,8 @@ def _start_all(pool: ProcessPoolExecutor, processes: int) -> None:
 _TASKS: Final = {"encrypt": _encrypt_chunk, "decrypt": _decrypt_chunk}
 
 
-def _get_pool(key: Any, processes: int) -> ProcessPoolExecutor:
+def _acquire(key: Any, processes: int) -> tuple[tuple[Any, ...], ProcessPoolExecutor]:
+    """The kept pool for ``key`` (started if need be), marked in use until ``_release``."""
     from trustspace.crypto import paillier as P
     from trustspace.crypto._paillier_fixedbase import TABLES
 
@@ -128,24 +153,60 @@ def _get_pool(key: Any, processes: int) -> ProcessPoolExecutor:
             )
             _start_all(pool, processes)
         _pools[ident] = pool  # most recently used last
-        while len(_pools) > MAX_POOLS:
-            old = next(iter(_pools))
-            _pools.pop(old).shutdown(wait=False, cancel_futures=True)
-        return pool
+        _in_use[ident] = _in_use.get(ident, 0) + 1
+        _evict()
+        return ident, pool
+
+
+def _release(ident: tuple[Any, ...]) -> None:
+    with _lock:
+        left = _in_use.pop(ident, 1) - 1
+        if left > 0:
+            _in_use[ident] = left
+        _evict()
+
+
+def _evict() -> None:
+    """Shut down the least recently used idle pools beyond ``MAX_POOLS`` (under ``_lock``)."""
+    idle = [i for i in _pools if i not in _in_use]
+    while len(_pools) > MAX_POOLS and idle:
+        _pools.pop(idle.pop(0)).shutdown(wait=False, cancel_futures=True)
+
+
+def chunk_size(n_items: int, processes: int) -> int:
+    """Items per task: ~16 tasks per process (a slow worker delays a batch by one task at most),
+    at least 8 (per-task overhead), at most ``MAX_CHUNK_ITEMS`` (the bound on how long one
+    request holds a worker).
+
+    >>> chunk_size(100_000, 2), chunk_size(100, 2), chunk_size(1000, 4)
+    (64, 8, 16)
+    """
+    return max(1, min(MAX_CHUNK_ITEMS, max(8, -(-n_items // (processes * 16)))))
 
 
 def run(key: Any, task: str, items: list[int], processes: int) -> list[Any]:
-    """Run ``task`` ("encrypt" or "decrypt") over ``items`` on ``processes`` workers, in order."""
+    """Run ``task`` ("encrypt" or "decrypt") over ``items`` on ``processes`` workers, in order.
+
+    At most ``processes`` chunks of this call are submitted at a time (module docstring).
+    """
     from gmpy2 import mpz
 
-    pool = _get_pool(key, processes)
-    # many small chunks: a slow or busy worker delays the batch by one chunk at most
-    size = max(8, -(-len(items) // (processes * 16)))
-    parts = [items[i : i + size] for i in range(0, len(items), size)]
-    out: list[Any] = []
-    for res in pool.map(_TASKS[task], parts):
-        out.extend(mpz(x) for x in res)
-    return out
+    ident, pool = _acquire(key, processes)
+    try:
+        size = chunk_size(len(items), processes)
+        parts = [items[i : i + size] for i in range(0, len(items), size)]
+        fn = _TASKS[task]
+        window: collections.deque[Future[list[int]]] = collections.deque()
+        out: list[Any] = []
+        nxt = 0
+        while nxt < len(parts) or window:
+            while nxt < len(parts) and len(window) < processes:
+                window.append(pool.submit(fn, parts[nxt]))
+                nxt += 1
+            out.extend(mpz(x) for x in window.popleft().result())
+        return out
+    finally:
+        _release(ident)
 
 
 def shutdown_pools() -> None:
@@ -153,6 +214,7 @@ def shutdown_pools() -> None:
     with _lock:
         pools = list(_pools.values())
         _pools.clear()
+        _in_use.clear()
     for p in pools:
         p.shutdown(wait=True, cancel_futures=True)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -82,6 +83,11 @@ PAILLIER_KEY_BITS = (2048, 3072, 4096)
 MAX_ROUND_ENTRIES = 200_000
 #: Most encrypted words (two per entry) one Paillier request may ask a node for.
 MAX_PAILLIER_WORDS = 20_000
+#: Rounds of at least this many words (~54 ciphertexts, ~0.2 s of work at 3072 bits) are
+#: encrypted by the Paillier worker pool, whose workers run niced and take bounded chunks
+#: (trustspace.crypto._paillier_pool), not on this process's serving threads, where they would
+#: hold the GIL against every other request; smaller rounds are not worth a worker start.
+PAILLIER_POOL_MIN_WORDS = 4096
 
 
 def round_columns(rnd: Round) -> tuple[str, ...]:
@@ -662,10 +668,13 @@ class NodeService:
             full[where] = self._local(sums)
             full[list(req.suppressed)] = 0
             encoded = full[where]
+            words = split_words(encoded)
+            pooled = words.size >= PAILLIER_POOL_MIN_WORDS
             ev = pk.encrypt_vector(
-                split_words(encoded),
+                words,
                 value_bits=PAILLIER_WORD_VALUE_BITS,
                 headroom=req.headroom,
+                processes=max(2, os.cpu_count() or 1) if pooled else 1,
             )
             return ev.to_bytes()
 
