@@ -294,6 +294,7 @@ class Federation:
                 threshold=threshold,
                 source=Path("<Federation.local aggregator>"),
                 drain_grace_s=5.0,
+                witness_log=root / f"{LOCAL_AGGREGATOR}-witness.jsonl",
             )
             agg = Aggregator(agg_cfg).start()
             started.append(agg)

@@ -45,6 +45,9 @@ class AggregatorConfig:
     paillier_timeout_s: float = 600.0
     source: Path = field(default=Path("<memory>"))
     drain_grace_s: float = 30.0
+    #: the witness log of the nodes' audit checkpoints (``[aggregator] witness_log``; default
+    #: ``NAME-witness.jsonl`` beside the config file); None: kept in memory only
+    witness_log: Path | None = None
 
 
 def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
@@ -64,6 +67,11 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
     call_timeout = agg.get("call_timeout_s", (int, float), 60.0)
     paillier_timeout = agg.get("paillier_timeout_s", (int, float), 600.0)
     grace = agg.get("drain_grace_s", (int, float), 30.0)
+    witness_log = (
+        agg.path_value("witness_log", p.parent)
+        if "witness_log" in agg.data
+        else p.parent / f"{name}-witness.jsonl"
+    )
     for key, val in (("call_timeout_s", call_timeout), ("paillier_timeout_s", paillier_timeout)):
         if val <= 0:
             raise ConfigError(f"{agg.where(key)} = {val}: must be positive")
@@ -97,4 +105,5 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
         paillier_timeout_s=float(paillier_timeout),
         source=p,
         drain_grace_s=float(grace),
+        witness_log=witness_log,
     )

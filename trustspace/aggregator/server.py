@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
+from trustspace.aggregator.witness import Witness
 from trustspace.transport.ca import Credentials, revocation_check
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
@@ -19,7 +20,11 @@ class Aggregator(ServerHost):
         )
         self.config = config
         self.drain_grace_s = config.drain_grace_s
-        clients = [NodeClient(n.name, n.address, creds) for n in config.nodes]
+        # every node answer carries a signed checkpoint of the node's audit log: witness it
+        self.witness = Witness(creds.ca_pem, config.witness_log)
+        clients = [
+            NodeClient(n.name, n.address, creds, witness=self.witness.observe) for n in config.nodes
+        ]
         self.service = AggregatorService(
             creds.name,
             clients,
@@ -40,7 +45,9 @@ class Aggregator(ServerHost):
             )
         except BaseException:
             self.service.close()
+            self.witness.close()
             raise
 
     def close(self) -> None:
         self.service.close()
+        self.witness.close()

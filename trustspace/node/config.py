@@ -18,6 +18,7 @@ from typing import Any
 from trustspace._config import Table, TlsConfig, check_address, read_toml
 from trustspace.engine import ColumnType, DatasetSpec
 from trustspace.errors import ConfigError
+from trustspace.node.audit import CHECKPOINT_EVERY
 
 __all__ = [
     "ALL",
@@ -105,6 +106,14 @@ class NodeConfig:
     session_timeout_s: float = 300.0
     drain_grace_s: float = 30.0
     output_dir: Path | None = None  # anonymized rows; None: audit folder/anonymized/<name>
+    checkpoint_every: int = CHECKPOINT_EVERY  # [audit] checkpoint_every: sign at least this often
+
+    def __post_init__(self) -> None:
+        if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 1:
+            raise ConfigError(
+                f"{self.source}: key audit.checkpoint_every = {self.checkpoint_every!r}: must "
+                "be at least 1 (lines between two signed audit checkpoints)"
+            )
 
 
 def parse_policy(t: Table) -> PolicyConfig:
@@ -266,6 +275,9 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     tls = TlsConfig.parse(root.table("tls", required=True), base)
     audit = root.table("audit", required=True)
     audit_path = audit.path_value("path", base)
+    every = audit.get("checkpoint_every", int, CHECKPOINT_EVERY)
+    if every < 1:
+        raise ConfigError(f"{audit.where('checkpoint_every')} = {every}: must be at least 1")
     audit.check_unknown()
     ds_table = root.table("datasets", required=True)
     datasets = [_parse_dataset(ds_table, ds_name, base) for ds_name in ds_table.data]
@@ -284,4 +296,5 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         session_timeout_s=float(timeout),
         drain_grace_s=float(grace),
         output_dir=out_dir,
+        checkpoint_every=every,
     )

@@ -9,6 +9,7 @@ from trustspace.errors import ConfigError
 from trustspace.node.config import NodeConfig
 from trustspace.node.service import NodeService
 from trustspace.transport.ca import Credentials, revocation_check
+from trustspace.transport.checkpoint import CHECKPOINT_KEY
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
 
@@ -66,7 +67,8 @@ class Node(ServerHost):
         )
 
     def _hooks(self) -> CallHooks:
-        """Revoked callers are refused before any work; every refused call is audited."""
+        """Revoked callers are refused before any work; every refused call is audited; every
+        answer carries the audit log's signed checkpoint (made after the call's line)."""
         audit = self.service.audit
         name = self.config.name
 
@@ -86,11 +88,18 @@ class Node(ServerHost):
             )
             log.info("node %s: refused %s from %s: %s", name, method, caller, code)
 
+        def trailing() -> tuple[tuple[str, bytes], ...]:
+            signed = audit.checkpoint()  # one signature per answer, not per line
+            if signed is None:
+                return ()
+            return ((CHECKPOINT_KEY, signed.to_proto().SerializeToString()),)
+
         return CallHooks(
             revoked=revocation_check(self.config.tls.revoked),
             before=audit.mark,
             refused=refused,
             handled=audit.written_since_mark,
+            trailing=trailing,
         )
 
     def close(self) -> None:

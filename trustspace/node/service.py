@@ -156,7 +156,13 @@ class NodeService:
         self.config = config
         self.engine = engine
         self.policy = Policy(config.name, config.policy)
-        self.audit = audit if audit is not None else AuditLog(config.audit_path)
+        self.audit = (
+            audit
+            if audit is not None
+            else AuditLog(
+                config.audit_path, credentials=credentials, checkpoint_every=config.checkpoint_every
+            )
+        )
         self._clock = clock
         self._sessions: dict[bytes, _Session] = {}
         self._used_ids: dict[bytes, None] = {}  # insertion-ordered: oldest first

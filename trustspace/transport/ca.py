@@ -18,6 +18,7 @@ set at creation, so they are never readable by others, not even for a moment.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import os
 import re
@@ -25,6 +26,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -378,21 +380,40 @@ class Credentials:
         return cls.from_files(d / CA_CERT, d / CERT, d / KEY, expected_role=expected_role)
 
 
-_SIGN_DOMAIN = b"trustspace/secagg/advertise/v1\x00"
+_SIGN_DOMAIN = b"trustspace/secagg/advertise/v1\x00"  # the default: secagg key adverts
 
 
-def sign_blob(creds: Credentials, blob: bytes) -> bytes:
-    """Sign ``blob`` (domain-separated) with our certificate's private key (ECDSA SHA-256)."""
-    key = serialization.load_pem_private_key(creds.key_pem, password=None)
+def sign_blob(creds: Credentials, blob: bytes, *, domain: bytes = _SIGN_DOMAIN) -> bytes:
+    """Sign ``domain + blob`` with our certificate's private key (ECDSA P-256, SHA-256).
+
+    ``domain`` separates kinds of signature (key adverts, audit checkpoints): a signature made
+    for one can never be passed off as the other.
+    """
+    key = _signing_key(creds.key_pem)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise AuthenticationError(f"{creds.identity}: only EC keys can sign")
-    return key.sign(_SIGN_DOMAIN + blob, ec.ECDSA(hashes.SHA256()))
+    return key.sign(domain + blob, ec.ECDSA(hashes.SHA256()))
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(key_pem: bytes) -> Any:
+    """The parsed key (parsing costs several times the signature; a node signs every answer).
+    The PEM bytes are in its ``Credentials`` for the life of the process anyway."""
+    return serialization.load_pem_private_key(key_pem, password=None)
 
 
 def verify_blob(
-    ca_pem: bytes, cert_pem: bytes, blob: bytes, signature: bytes, *, role: str, where: str
+    ca_pem: bytes,
+    cert_pem: bytes,
+    blob: bytes,
+    signature: bytes,
+    *,
+    role: str,
+    where: str,
+    domain: bytes = _SIGN_DOMAIN,
 ) -> Identity:
-    """Check that ``cert_pem`` is a valid ``role`` certificate of our CA and signed ``blob``.
+    """Check that ``cert_pem`` is a valid ``role`` certificate of our CA and signed
+    ``domain + blob``.
 
     Returns the signer's identity. Raises ``AuthenticationError`` (naming ``where``) otherwise.
     """
@@ -410,7 +431,7 @@ def verify_blob(
     if not isinstance(pub, ec.EllipticCurvePublicKey):
         raise AuthenticationError(f"{where}: {ident} has no EC key")
     try:
-        pub.verify(signature, _SIGN_DOMAIN + blob, ec.ECDSA(hashes.SHA256()))
+        pub.verify(signature, domain + blob, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise AuthenticationError(f"{where}: signature of {ident} does not verify") from None
     return ident

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from trustspace.errors import AuthenticationError, NodeError
+from trustspace.errors import AuthenticationError, NodeError, TrustspaceError
 from trustspace.proto.v1 import aggregator_pb2, aggregator_pb2_grpc, node_pb2, node_pb2_grpc
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials
+from trustspace.transport.checkpoint import CHECKPOINT_KEY
 from trustspace.transport.signing import SignedQuery
 from trustspace.transport.status import error_info, to_exception
 from trustspace.transport.tls import preflight, secure_channel
 
+log = logging.getLogger("trustspace.transport")
 T = TypeVar("T")
+#: ``witness(node, raw_checkpoint)``: verifies and records a node's signed audit checkpoint,
+#: raising ``AuthenticationError`` when it does not verify (``trustspace.aggregator.witness``).
+Witness = Callable[[str, bytes], object]
 DESCRIBE_TIMEOUT_S = 10.0  # schema lookups are instant; a slow answer means a sick node
 STEP_TIMEOUT_S = 60.0  # one secure-aggregation stage, including the node's local query
 PAILLIER_TIMEOUT_S = 600.0  # encrypting a large vector under a 3072-bit key takes minutes
@@ -33,6 +39,7 @@ class _Client:
         server_name: str | None,
         expected_role: str,
         check: bool,
+        witness: Witness | None = None,
     ) -> None:
         self.peer = peer
         self.address = address
@@ -40,18 +47,48 @@ class _Client:
         self.credentials = creds  # the identity this client calls with (analysts sign with it)
         self._server_name = server_name
         self._role = expected_role
+        self._witness = witness
+        self._warned_no_checkpoint = False
         if check:
             preflight(address, creds, expected_role=expected_role, server_name=server_name)
         self._channel = secure_channel(address, creds, server_name)
 
     def _call(self, what: str, fn: Callable[..., T], request: Any, timeout: float) -> T:
+        """Call ``fn``; with a witness, hand it the checkpoint in the trailing metadata of the
+        answer (a refusal's too). A checkpoint that does not verify fails a good answer."""
+        with_call = getattr(fn, "with_call", None) if self._witness is not None else None
         try:
-            return fn(request, timeout=timeout)
+            if with_call is None:
+                return fn(request, timeout=timeout)
+            resp, call = with_call(request, timeout=timeout)
         except grpc.RpcError as err:
             exc = to_exception(err, peer=self.peer, what=what)
+            if self._witness is not None:
+                try:
+                    self._witnessed(err, refused=True)
+                except TrustspaceError as bad:  # keep the refusal; the warning says the rest
+                    log.warning("%s: %s", self.peer, bad)
             if err.code() == grpc.StatusCode.UNAVAILABLE and error_info(err) is None:
                 self._diagnose(what)
             raise exc from None
+        self._witnessed(call, refused=False)
+        return resp  # type: ignore[no-any-return]
+
+    def _witnessed(self, call: Any, *, refused: bool) -> None:
+        """Pass the call's checkpoint (trailing metadata) to the witness."""
+        assert self._witness is not None
+        trailing: Any = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
+        for key, value in trailing or ():
+            if key == CHECKPOINT_KEY and isinstance(value, bytes):
+                self._witness(self._server_name or self.peer, value)
+                return
+        if not refused and not self._warned_no_checkpoint:
+            self._warned_no_checkpoint = True
+            log.warning(
+                "%s answered without an audit checkpoint; it probably runs an older trustspace "
+                "(upgrade it so the aggregator can witness its audit log)",
+                self.peer,
+            )
 
     def _diagnose(self, what: str) -> None:
         """gRPC says only "unavailable": find out whether TLS refused, or nothing listens."""
@@ -73,7 +110,15 @@ class _Client:
 class NodeClient(_Client):
     """The aggregator's connection to one node (identified by its certificate name)."""
 
-    def __init__(self, name: str, address: str, creds: Credentials, *, check: bool = False):
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        creds: Credentials,
+        *,
+        check: bool = False,
+        witness: Witness | None = None,
+    ):
         super().__init__(
             f"node {name}",
             address,
@@ -81,6 +126,7 @@ class NodeClient(_Client):
             server_name=name,
             expected_role="node",
             check=check,
+            witness=witness,
         )
         self.name = name
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)

@@ -3,8 +3,10 @@
 Every call of our services passes a gate (``_Gate``, a server interceptor) before any work:
 the caller's certificate is checked against the revocation list (``CallHooks.revoked``), the
 request bytes are parsed here so that an undecodable message is a clean ``INVALID_ARGUMENT``
-(gRPC itself would answer ``INTERNAL``), and every refused or failed call that the handler did
-not record itself is reported to ``CallHooks.refused`` (a node writes it to its audit log).
+(gRPC itself would answer ``INTERNAL``), every refused or failed call that the handler did
+not record itself is reported to ``CallHooks.refused`` (a node writes it to its audit log),
+and every answer, refusals included, ends with ``CallHooks.trailing`` metadata (a node's
+signed audit checkpoint, made after the call's audit line).
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ class CallHooks:
     ``revoked(cert_pem)`` returns why the caller's certificate is revoked ("" if it is not);
     ``before()`` runs just before the servicer; ``refused(method, caller, code_name, details)``
     reports a call that ended with an error status (``handled()`` says whether the handler
-    already recorded it, e.g. wrote its own audit line).
+    already recorded it, e.g. wrote its own audit line); ``trailing()`` returns metadata
+    added to the trailing metadata of every answer, after ``refused`` ran.
     """
 
     revoked: Callable[[bytes], str] = _no_revocation
     before: Callable[[], None] | None = None
     refused: Callable[[str, str, str, str], None] | None = None
     handled: Callable[[], bool] | None = None
+    trailing: Callable[[], tuple[tuple[str, bytes], ...]] | None = None
 
 
 def _peer_pem(context: grpc.ServicerContext) -> bytes:
@@ -90,6 +94,7 @@ class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
             kind = "ProtocolError" if bad_input else "AuthenticationError"
             info = common_pb2.ErrorInfo(node=self._name, message=msg, kind=kind)
             context.set_trailing_metadata(((ERROR_KEY, info.SerializeToString()),))
+            self._add_trailing(method, context)
             context.abort(code, msg)
 
         def behavior(raw: bytes, context: grpc.ServicerContext) -> Any:
@@ -118,16 +123,33 @@ class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
             if hooks.before is not None:
                 hooks.before()
             try:
-                return inner(request, context)
+                result = inner(request, context)
             except BaseException:
                 code = context.code()
                 if code not in (None, grpc.StatusCode.OK) and not (
                     hooks.handled is not None and hooks.handled()
                 ):
                     self._report(method, caller, code, str(context.details() or ""))
+                # gRPC sends the trailing metadata with the status, after this returns
+                self._add_trailing(method, context)
                 raise
+            self._add_trailing(method, context)
+            return result
 
         return behavior
+
+    def _add_trailing(self, method: str, context: grpc.ServicerContext) -> None:
+        """Append ``hooks.trailing()`` to what the handler set (e.g. an ``ErrorInfo``)."""
+        if self._hooks.trailing is None:
+            return
+        try:
+            extra = self._hooks.trailing()
+        except Exception:  # an answer without a checkpoint beats a crashed answer
+            log.exception("%s: no trailing metadata for %s", self._name, method)
+            return
+        if extra:
+            current = tuple(context.trailing_metadata() or ())
+            context.set_trailing_metadata(current + tuple(extra))
 
     def _report(self, method: str, caller: str, code: Any, details: str) -> None:
         if self._hooks.refused is None:

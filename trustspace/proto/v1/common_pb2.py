@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trustspace/proto/v1/common.proto\x12\x13trustspace.proto.v1\"F\n\tErrorInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"]\n\x0f\x41uditCheckpoint\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x01(\x04\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"C\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"\x1e\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\"A\n\x12PaillierCiphertext\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"U\n\x05Value\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x0e\n\x04real\x18\x03 \x01(\x01H\x00\x12\x11\n\x07\x62oolean\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"(\n\nColumnInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"J\n\x0c\x43olumnDomain\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12*\n\x06values\x18\x02 \x03(\x0b\x32\x1a.trustspace.proto.v1.Value\"9\n\x0c\x43olumnBounds\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\"\xa6\x01\n\x0bTableSchema\x12\x30\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x1f.trustspace.proto.v1.ColumnInfo\x12\x32\n\x07\x64omains\x18\x02 \x03(\x0b\x32!.trustspace.proto.v1.ColumnDomain\x12\x31\n\x06\x62ounds\x18\x03 \x03(\x0b\x32!.trustspace.proto.v1.ColumnBounds\"Y\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06schema\x18\x04 \x01(\x0b\x32 .trustspace.proto.v1.TableSchemaJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"\x95\x01\n\x04Term\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12\x0e\n\x06powers\x18\x03 \x03(\r\x12\x0f\n\x07\x63\x65nters\x18\x04 \x03(\x01\x12\x11\n\tfrac_bits\x18\x05 \x01(\x11\x12\r\n\x05start\x18\x06 \x01(\x01\x12\r\n\x05width\x18\x07 \x01(\x01\x12\r\n\x05nbins\x18\x08 \x01(\r\x12\r\n\x05\x65\x64ges\x18\t \x03(\x01\"\xcd\x01\n\x05Round\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\x05where\x18\x02 \x01(\tH\x00\x88\x01\x01\x12(\n\x05terms\x18\x03 \x03(\x0b\x32\x19.trustspace.proto.v1.Term\x12\x19\n\x0cgroup_column\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x30\n\x0cgroup_values\x18\x05 \x03(\x0b\x32\x1a.trustspace.proto.v1.Value\x12\r\n\x05index\x18\x06 \x01(\rB\x08\n\x06_whereB\x0f\n\r_group_column\">\n\nRoundTotal\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x03(\x06\x12\x12\n\nsuppressed\x18\x03 \x03(\r\"G\n\nAnonVector\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06levels\x18\x02 \x03(\r\x12\r\n\x05\x63\x65lls\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trustspace/proto/v1/common.proto\x12\x13trustspace.proto.v1\"F\n\tErrorInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"k\n\x0f\x41uditCheckpoint\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x01(\x04\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x0c\n\x04\x63\x65rt\x18\x06 \x01(\x0c\"C\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"\x1e\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\"A\n\x12PaillierCiphertext\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"U\n\x05Value\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x0e\n\x04real\x18\x03 \x01(\x01H\x00\x12\x11\n\x07\x62oolean\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"(\n\nColumnInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"J\n\x0c\x43olumnDomain\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12*\n\x06values\x18\x02 \x03(\x0b\x32\x1a.trustspace.proto.v1.Value\"9\n\x0c\x43olumnBounds\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\"\xa6\x01\n\x0bTableSchema\x12\x30\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x1f.trustspace.proto.v1.ColumnInfo\x12\x32\n\x07\x64omains\x18\x02 \x03(\x0b\x32!.trustspace.proto.v1.ColumnDomain\x12\x31\n\x06\x62ounds\x18\x03 \x03(\x0b\x32!.trustspace.proto.v1.ColumnBounds\"Y\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06schema\x18\x04 \x01(\x0b\x32 .trustspace.proto.v1.TableSchemaJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"\x95\x01\n\x04Term\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12\x0e\n\x06powers\x18\x03 \x03(\r\x12\x0f\n\x07\x63\x65nters\x18\x04 \x03(\x01\x12\x11\n\tfrac_bits\x18\x05 \x01(\x11\x12\r\n\x05start\x18\x06 \x01(\x01\x12\r\n\x05width\x18\x07 \x01(\x01\x12\r\n\x05nbins\x18\x08 \x01(\r\x12\r\n\x05\x65\x64ges\x18\t \x03(\x01\"\xcd\x01\n\x05Round\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\x05where\x18\x02 \x01(\tH\x00\x88\x01\x01\x12(\n\x05terms\x18\x03 \x03(\x0b\x32\x19.trustspace.proto.v1.Term\x12\x19\n\x0cgroup_column\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x30\n\x0cgroup_values\x18\x05 \x03(\x0b\x32\x1a.trustspace.proto.v1.Value\x12\r\n\x05index\x18\x06 \x01(\rB\x08\n\x06_whereB\x0f\n\r_group_column\">\n\nRoundTotal\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x03(\x06\x12\x12\n\nsuppressed\x18\x03 \x03(\r\"G\n\nAnonVector\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06levels\x18\x02 \x03(\r\x12\r\n\x05\x63\x65lls\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERRORINFO']._serialized_start=57
   _globals['_ERRORINFO']._serialized_end=127
   _globals['_AUDITCHECKPOINT']._serialized_start=129
-  _globals['_AUDITCHECKPOINT']._serialized_end=222
-  _globals['_SIGNEDQUERY']._serialized_start=224
-  _globals['_SIGNEDQUERY']._serialized_end=291
-  _globals['_PAILLIERPUBLICKEY']._serialized_start=293
-  _globals['_PAILLIERPUBLICKEY']._serialized_end=323
-  _globals['_PAILLIERCIPHERTEXT']._serialized_start=325
-  _globals['_PAILLIERCIPHERTEXT']._serialized_end=390
-  _globals['_VALUE']._serialized_start=392
-  _globals['_VALUE']._serialized_end=477
-  _globals['_COLUMNINFO']._serialized_start=479
-  _globals['_COLUMNINFO']._serialized_end=519
-  _globals['_COLUMNDOMAIN']._serialized_start=521
-  _globals['_COLUMNDOMAIN']._serialized_end=595
-  _globals['_COLUMNBOUNDS']._serialized_start=597
-  _globals['_COLUMNBOUNDS']._serialized_end=654
-  _globals['_TABLESCHEMA']._serialized_start=657
-  _globals['_TABLESCHEMA']._serialized_end=823
-  _globals['_DATASETINFO']._serialized_start=825
-  _globals['_DATASETINFO']._serialized_end=914
-  _globals['_TERM']._serialized_start=917
-  _globals['_TERM']._serialized_end=1066
-  _globals['_ROUND']._serialized_start=1069
-  _globals['_ROUND']._serialized_end=1274
-  _globals['_ROUNDTOTAL']._serialized_start=1276
-  _globals['_ROUNDTOTAL']._serialized_end=1338
-  _globals['_ANONVECTOR']._serialized_start=1340
-  _globals['_ANONVECTOR']._serialized_end=1411
+  _globals['_AUDITCHECKPOINT']._serialized_end=236
+  _globals['_SIGNEDQUERY']._serialized_start=238
+  _globals['_SIGNEDQUERY']._serialized_end=305
+  _globals['_PAILLIERPUBLICKEY']._serialized_start=307
+  _globals['_PAILLIERPUBLICKEY']._serialized_end=337
+  _globals['_PAILLIERCIPHERTEXT']._serialized_start=339
+  _globals['_PAILLIERCIPHERTEXT']._serialized_end=404
+  _globals['_VALUE']._serialized_start=406
+  _globals['_VALUE']._serialized_end=491
+  _globals['_COLUMNINFO']._serialized_start=493
+  _globals['_COLUMNINFO']._serialized_end=533
+  _globals['_COLUMNDOMAIN']._serialized_start=535
+  _globals['_COLUMNDOMAIN']._serialized_end=609
+  _globals['_COLUMNBOUNDS']._serialized_start=611
+  _globals['_COLUMNBOUNDS']._serialized_end=668
+  _globals['_TABLESCHEMA']._serialized_start=671
+  _globals['_TABLESCHEMA']._serialized_end=837
+  _globals['_DATASETINFO']._serialized_start=839
+  _globals['_DATASETINFO']._serialized_end=928
+  _globals['_TERM']._serialized_start=931
+  _globals['_TERM']._serialized_end=1080
+  _globals['_ROUND']._serialized_start=1083
+  _globals['_ROUND']._serialized_end=1288
+  _globals['_ROUNDTOTAL']._serialized_start=1290
+  _globals['_ROUNDTOTAL']._serialized_end=1352
+  _globals['_ANONVECTOR']._serialized_start=1354
+  _globals['_ANONVECTOR']._serialized_end=1425
 # @@protoc_insertion_point(module_scope)

@@ -67,6 +67,7 @@ class AuditCheckpoint(_message.Message):
     HEAD_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERT_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     lines: _builtins.int
     """how many lines the log has"""
@@ -76,6 +77,8 @@ class AuditCheckpoint(_message.Message):
     """when it was signed (UTC, ISO 8601)"""
     signature: _builtins.bytes
     """ECDSA P-256 over the canonical checkpoint, by the node's certificate key"""
+    cert: _builtins.bytes
+    """the signer's certificate (PEM): a witness checks it against the CA"""
     def __init__(
         self,
         *,
@@ -84,10 +87,11 @@ class AuditCheckpoint(_message.Message):
         head: _builtins.str = ...,
         time: _builtins.str = ...,
         signature: _builtins.bytes = ...,
+        cert: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "lines", b"lines", "node", b"node", "signature", b"signature", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert", b"cert", "head", b"head", "lines", b"lines", "node", b"node", "signature", b"signature", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
