@@ -1,4 +1,4 @@
-"""Differential privacy added by the nodes: exact integer noise and its accounting.
+"""Differential privacy added by the nodes: exact integer noise, its accounting, budget ledgers.
 
 Map of the package:
 
@@ -6,6 +6,9 @@ Map of the package:
   and Steinke, NeurIPS 2020), scalar and vectorised, from the OS CSPRNG only.
 - ``_accounting``: zCDP of the (distributed) discrete Gaussian, composition, conversion to
   ``(epsilon, delta)`` and back, each node's share (Kairouz, Liu and Steinke, ICML 2021).
+- ``_ledger``: a node's durable budget ledger per (analyst, dataset), in SQLite (WAL, fsync).
+
+``docs/dp.md`` states the mechanism, the formulas and their sources.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from trustspace.dp._accounting import (
     sigma_for,
     tau,
 )
+from trustspace.dp._ledger import Budget, Entry, Ledger, Reservation
 from trustspace.dp._sample import (
     MAX_SIGMA2,
     RandomSource,
@@ -42,8 +46,12 @@ from trustspace.dp._sample import (
 __all__ = [
     "MAX_SIGMA2",
     "MIN_NODE_SIGMA2",
+    "Budget",
+    "Entry",
+    "Ledger",
     "NoisePlan",
     "RandomSource",
+    "Reservation",
     "SystemRandomSource",
     "bernoulli_exp",
     "compose",
