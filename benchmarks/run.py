@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["paillier.py", "secagg.py", "stats.py", "anon.py", "contention.py"]
+SCRIPTS = ["paillier.py", "secagg.py", "stats.py", "anon.py", "contention.py", "dp_sampler.py"]
 
 
 def main() -> int:

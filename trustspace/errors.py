@@ -54,3 +54,7 @@ class AuthenticationError(TrustspaceError):
 
 class NodeError(TrustspaceError):
     """A remote node failed or could not be reached (the message names the node)."""
+
+
+class LedgerError(TrustspaceError):
+    """A privacy-budget ledger file is corrupt, locked or unusable (the message names the file)."""
