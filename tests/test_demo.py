@@ -31,6 +31,8 @@ def test_demo_runs_to_the_end_and_agrees_with_pandas(tmp_path: Path) -> None:
     assert "agree with pandas to 1e-6: yes" in out
     assert "refused: node org-a refused the request (policy rule 'operations')" in out
     assert '"decision": "deny"' in out
+    # the aggregator's certificate cannot make a node compute a round nobody signed
+    assert "refused: node org-a: the round asked for in round 0 is not the one" in out
     # every child process was stopped: their logs end with the drain message
     for log in ("org-a.log", "org-b.log", "org-c.log", "aggregator.log"):
         assert "stopped" in (tmp_path / log).read_text(), log

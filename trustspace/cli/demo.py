@@ -7,7 +7,9 @@ process (real mutual TLS on 127.0.0.1), then, as the analyst ``alice``:
 1. ``describe`` of age by secure aggregation and by Paillier, beside plaintext pandas on the union;
 2. a histogram and a group-by mean;
 3. a query by ``bob`` that a node's policy refuses, and the audit line it left;
-4. a federated 5-anonymization with its metrics.
+4. the aggregator's own certificate asking a node for a round nobody signed (one age group's
+   sum of ages under alice's genuine signed count): the node refuses it;
+5. a federated 5-anonymization with its metrics.
 
 Everything runs through the same code as production (``trustspace node``, ``aggregator``,
 ``Federation.connect``). Processes are stopped on exit and on Ctrl-C.
@@ -131,6 +133,38 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _crafted_round(space: LocalSpace, node: str, alice: Any) -> str:
+    """What a malicious aggregator gets for a round nobody asked for: the node's refusal."""
+    import os
+
+    from trustspace.errors import TrustspaceError
+    from trustspace.secagg import Stage
+    from trustspace.stats import Round, Term
+    from trustspace.transport import types
+    from trustspace.transport.ca import Credentials
+    from trustspace.transport.clients import NodeClient
+    from trustspace.transport.signing import new_query
+
+    signed = new_query(alice, "count", "adult")  # a genuine query of alice's
+    spy = Round("adult", "age = 33", (Term.rows(), Term.moment(["age"], [1], [0.0], 40)))
+    client = NodeClient(node, space.addresses[node], Credentials.from_dir(space.ca / "operator"))
+    step = types.SecAggStep(
+        signed,
+        types.SecAggSetup(os.urandom(32), (1, 2, 3), spy.size),
+        Stage.ADVERTISE,
+        (),
+        types.RoundRef(0, MIN_GROUP_SIZE, None, spy),
+        1,
+    )
+    try:
+        client.secagg_step(step, 30)
+    except TrustspaceError as exc:
+        return f"refused: {exc}"
+    finally:
+        client.close()
+    return "NOT REFUSED (this is a bug)"
+
+
 def _node_spec(name: str, data: Path) -> NodeSpec:
     return NodeSpec(
         name=name,
@@ -142,7 +176,8 @@ def _node_spec(name: str, data: Path) -> NodeSpec:
                 "domains": {"sex": ["Female", "Male"], "salary-class": ["<=50K", ">50K"]},
             }
         },
-        policy={"min_group_size": MIN_GROUP_SIZE, "release_rows": True},
+        # min_nodes = 3 is a real node's default; written out so the config shows it
+        policy={"min_group_size": MIN_GROUP_SIZE, "release_rows": True, "min_nodes": 3},
         rules=[
             {"analysts": ["alice"], "operations": ["*"]},
             {"analysts": ["bob"], "operations": ["count"], "columns": ["sex", "age"]},
@@ -240,7 +275,10 @@ def _run(args: argparse.Namespace, data: Path, space: LocalSpace, started: float
     line = _last_deny(root / "audit" / f"{names[0]}.jsonl")
     _say(f"    {names[0]}'s audit log: {line}")
 
-    _step(7, "a federated 5-anonymization (5% suppression) over all organisations")
+    _step(7, "the aggregator asks a node for a round nobody signed (it holds alice's count)")
+    _say("    " + _crafted_round(space, names[0], alice))
+
+    _step(8, "a federated 5-anonymization (5% suppression) over all organisations")
     with Federation.connect(target, credentials=alice, key_bits=args.key_bits) as fed:
         try:
             t0 = time.perf_counter()
