@@ -23,6 +23,7 @@ import ipaddress
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,6 +403,38 @@ def _signing_key(key_pem: bytes) -> Any:
     return serialization.load_pem_private_key(key_pem, password=None)
 
 
+#: certificates already checked against a CA: (ca, cert) -> (cert, identity, public key)
+_ISSUED: dict[tuple[bytes, bytes], tuple[x509.Certificate, Identity, Any]] = {}
+_ISSUED_MAX = 256
+_ISSUED_LOCK = threading.Lock()
+
+
+def _issued_by(
+    ca_pem: bytes, cert_pem: bytes, where: str
+) -> tuple[x509.Certificate, Identity, Any]:
+    """``cert_pem`` parsed and checked to be issued by ``ca_pem``. Successes are cached (the
+    same few node certificates are checked in every roster and every answer's checkpoint, and
+    parsing plus the chain signature cost several times the blob's own signature); failures
+    are not, and validity is re-checked by the caller every time."""
+    key = (ca_pem, cert_pem)
+    with _ISSUED_LOCK:
+        hit = _ISSUED.get(key)
+    if hit is not None:
+        return hit
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise AuthenticationError(f"{where}: not a PEM certificate") from None
+    check_issued_by(cert, ca, where)
+    out = (cert, identity_of(cert), cert.public_key())
+    with _ISSUED_LOCK:
+        if len(_ISSUED) >= _ISSUED_MAX:
+            _ISSUED.clear()
+        _ISSUED[key] = out
+    return out
+
+
 def verify_blob(
     ca_pem: bytes,
     cert_pem: bytes,
@@ -417,17 +450,10 @@ def verify_blob(
 
     Returns the signer's identity. Raises ``AuthenticationError`` (naming ``where``) otherwise.
     """
-    try:
-        ca = x509.load_pem_x509_certificate(ca_pem)
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise AuthenticationError(f"{where}: not a PEM certificate") from None
-    check_issued_by(cert, ca, where)
-    check_validity(cert, where)
-    ident = identity_of(cert)
+    cert, ident, pub = _issued_by(ca_pem, cert_pem, where)
+    check_validity(cert, where)  # every time: a cached certificate may have expired since
     if ident.role != role:
         raise AuthenticationError(f"{where}: {ident} is not a {role}")
-    pub = cert.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey):
         raise AuthenticationError(f"{where}: {ident} has no EC key")
     try:
