@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from trustspace.errors import ConfigError, DataError, TrustspaceError
-from trustspace.stats import Query, Result, Round, TableSchema, paillier_round_total, start
+from trustspace.stats import DPSpec, Query, Result, Round, TableSchema, paillier_round_total, start
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials, init_ca, issue
 from trustspace.transport.clients import AggregatorClient
@@ -58,7 +58,10 @@ LOCAL_AGGREGATOR = "aggregator"
 DEFAULT_LOCAL_POLICY: dict[str, Any] = {
     "min_group_size": 10,
     "rules": [{"analysts": ["*"], "operations": ["*"], "datasets": ["*"], "columns": ["*"]}],
+    "dp": {"epsilon": 10.0, "delta": 1e-5},
 }
+#: delta of a differentially private query when only epsilon is given
+DEFAULT_DELTA = 1e-6
 _DUCKDB_TYPES = {
     "BIGINT": "int",
     "INTEGER": "int",
@@ -106,6 +109,15 @@ def infer_columns(path: str | os.PathLike[str], delimiter: str = ",") -> dict[st
         base = str(typ).split("(")[0]
         out[str(name)] = "float" if base == "DECIMAL" else _DUCKDB_TYPES.get(base, "str")
     return out
+
+
+def _dp_spec(epsilon: float | None, delta: float | None) -> dict[str, float] | None:
+    """The signed ``dp`` of a query (None: exact), checked here before anything is sent."""
+    if epsilon is None:
+        if delta is not None:
+            raise ConfigError("delta= without epsilon=: give epsilon for a DP answer")
+        return None
+    return DPSpec(epsilon, DEFAULT_DELTA if delta is None else delta).to_dict()
 
 
 class Federation:
@@ -343,7 +355,12 @@ class Federation:
         return new_query(self._client.credentials, operation, *args, **kwargs)
 
     def _sign_query(
-        self, query: Query, method: str, paillier_key: str | None = None
+        self,
+        query: Query,
+        method: str,
+        paillier_key: str | None = None,
+        *,
+        dp: Mapping[str, float] | None = None,
     ) -> SignedQuery:
         return self._sign(
             query.op,
@@ -353,7 +370,42 @@ class Federation:
             query.params,
             method=method,
             paillier_key=paillier_key,
+            dp=dp,
         )
+
+    def budget(self, dataset: str = DEFAULT_DATASET) -> pd.DataFrame:
+        """This analyst's differential-privacy budget on ``dataset`` at every reachable node.
+
+        One row per node: ``epsilon`` and ``delta`` (the limit), ``epsilon_spent``,
+        ``epsilon_remaining`` (what one more query may still have, at that delta),
+        ``rho_spent``, ``rho_remaining`` (zCDP, which adds up exactly) and ``required`` (the node
+        answers only DP queries). A node without ``[policy.dp]`` has NaN figures.
+        """
+        import pandas as pd
+
+        rows: dict[str, dict[str, Any]] = {}
+        for n in self.status():
+            for d in n.datasets:
+                if d.name == dataset:
+                    nan = float("nan")
+                    b = d.dp_budget or {}
+                    rows[n.name] = {
+                        k: b.get(k, nan)
+                        for k in (
+                            "epsilon",
+                            "delta",
+                            "epsilon_spent",
+                            "epsilon_remaining",
+                            "rho_spent",
+                            "rho_remaining",
+                        )
+                    }
+                    rows[n.name]["required"] = bool(b.get("required", False))
+        if not rows:
+            raise ConfigError(f"no reachable node serves dataset {dataset!r} to this analyst")
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "node"
+        return frame
 
     def _schema(self, dataset: str) -> tuple[TableSchema, int]:
         nodes = self.status()
@@ -368,10 +420,29 @@ class Federation:
         raise ConfigError(f"no node serves dataset {dataset!r}")
 
     # ------------------------------------------------------------------ the generic driver
-    def run(self, query: Query, method: str = "secagg") -> Result:
-        """Run any ``stats.Query``; returns the full ``Result`` (value, suppressed, ...)."""
+    def run(
+        self,
+        query: Query,
+        method: str = "secagg",
+        *,
+        epsilon: float | None = None,
+        delta: float | None = None,
+    ) -> Result:
+        """Run any ``stats.Query``; returns the full ``Result`` (value, suppressed, ...).
+
+        With ``epsilon`` (and optionally ``delta``, default ``DEFAULT_DELTA``), the answer is
+        differentially private: every node adds its share of the noise inside secure
+        aggregation and charges the query to this analyst's budget (``budget()``);
+        ``Result.dp`` reports the privacy, the noise and each figure's 95% interval.
+        """
+        dp = _dp_spec(epsilon, delta)
+        if dp is not None and method != "secagg":
+            raise ConfigError(
+                f"method {method!r}: differentially private queries run with method='secagg' "
+                "(the nodes add the noise inside secure aggregation)"
+            )
         if method == "secagg":
-            signed = self._sign_query(query, "secagg")
+            signed = self._sign_query(query, "secagg", dp=dp)
             data = self._client.run_query(signed)
             result: Result = serde.result_from_dict(data)
             self.last_info = {k: data.get(k) for k in ("nodes", "excluded", "min_group_size")}
@@ -428,8 +499,10 @@ class Federation:
         }
         return comp.result()
 
-    def _value(self, query: Query, method: str) -> Any:
-        return self.run(query, method).value
+    def _value(
+        self, query: Query, method: str, epsilon: float | None = None, delta: float | None = None
+    ) -> Any:
+        return self.run(query, method, epsilon=epsilon, delta=delta).value
 
     # ------------------------------------------------------------------ statistics
     def count(
@@ -439,11 +512,13 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float]:
         """Rows passing ``where`` (no columns) or non-null counts of ``columns``."""
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("count", dataset, _cols(columns), where), method),
+            self._value(Query("count", dataset, _cols(columns), where), method, epsilon, delta),
         )
 
     def sum(
@@ -453,10 +528,12 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("sum", dataset, _cols(columns), where), method),
+            self._value(Query("sum", dataset, _cols(columns), where), method, epsilon, delta),
         )
 
     def mean(
@@ -466,10 +543,12 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("mean", dataset, _cols(columns), where), method),
+            self._value(Query("mean", dataset, _cols(columns), where), method, epsilon, delta),
         )
 
     def var(
@@ -480,10 +559,14 @@ class Federation:
         *,
         ddof: int = 1,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("var", dataset, _cols(columns), where, {"ddof": ddof}), method),
+            self._value(
+                Query("var", dataset, _cols(columns), where, {"ddof": ddof}), method, epsilon, delta
+            ),
         )
 
     def std(
@@ -494,10 +577,14 @@ class Federation:
         *,
         ddof: int = 1,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("std", dataset, _cols(columns), where, {"ddof": ddof}), method),
+            self._value(
+                Query("std", dataset, _cols(columns), where, {"ddof": ddof}), method, epsilon, delta
+            ),
         )
 
     def skew(
@@ -507,10 +594,12 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("skew", dataset, _cols(columns), where), method),
+            self._value(Query("skew", dataset, _cols(columns), where), method, epsilon, delta),
         )
 
     def kurt(
@@ -520,10 +609,12 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("kurt", dataset, _cols(columns), where), method),
+            self._value(Query("kurt", dataset, _cols(columns), where), method, epsilon, delta),
         )
 
     def histogram(
@@ -535,13 +626,15 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> pd.Series[float]:
         params: dict[str, Any] = {"bins": bins if isinstance(bins, int) else list(bins)}
         if range is not None:
             params["range"] = list(range)
         return cast(
             "pd.Series[float]",
-            self._value(Query("histogram", dataset, column, where, params), method),
+            self._value(Query("histogram", dataset, column, where, params), method, epsilon, delta),
         )
 
     def quantile(
@@ -552,11 +645,15 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> float | pd.Series[float] | pd.DataFrame:
         qv: Any = q if isinstance(q, int | float) else list(q)
         return cast(
             "float | pd.Series[float] | pd.DataFrame",
-            self._value(Query("quantile", dataset, column, where, {"q": qv}), method),
+            self._value(
+                Query("quantile", dataset, column, where, {"q": qv}), method, epsilon, delta
+            ),
         )
 
     def cov(
@@ -567,10 +664,14 @@ class Federation:
         *,
         ddof: int = 1,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> pd.DataFrame:
         return cast(
             "pd.DataFrame",
-            self._value(Query("cov", dataset, tuple(columns), where, {"ddof": ddof}), method),
+            self._value(
+                Query("cov", dataset, tuple(columns), where, {"ddof": ddof}), method, epsilon, delta
+            ),
         )
 
     def corr(
@@ -580,9 +681,12 @@ class Federation:
         where: str | None = None,
         *,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> pd.DataFrame:
         return cast(
-            "pd.DataFrame", self._value(Query("corr", dataset, tuple(columns), where), method)
+            "pd.DataFrame",
+            self._value(Query("corr", dataset, tuple(columns), where), method, epsilon, delta),
         )
 
     def describe(
@@ -593,13 +697,17 @@ class Federation:
         *,
         percentiles: Sequence[float] | None = None,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> pd.DataFrame:
         params: dict[str, Any] = {}
         if percentiles is not None:
             params["percentiles"] = list(percentiles)
         return cast(
             "pd.DataFrame",
-            self._value(Query("describe", dataset, _cols(columns), where, params), method),
+            self._value(
+                Query("describe", dataset, _cols(columns), where, params), method, epsilon, delta
+            ),
         )
 
     def group_by(
@@ -611,6 +719,8 @@ class Federation:
         *,
         values: Sequence[Any] | None = None,
         method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> pd.DataFrame | GroupBy:
         """Per-group aggregates, like ``df.groupby(by).agg(agg)`` over the union of the data.
 
@@ -618,14 +728,16 @@ class Federation:
         The group values must be public: pass ``values`` or declare a domain for ``by``.
         """
         if agg is None:
-            return GroupBy(self, dataset, by, where, values, method)
+            return GroupBy(self, dataset, by, where, values, method, epsilon, delta)
         aggs = {c: [a] if isinstance(a, str) else list(a) for c, a in agg.items()}
         params: dict[str, Any] = {"by": by, "agg": aggs}
         if values is not None:
             params["values"] = list(values)
         return cast(
             "pd.DataFrame",
-            self._value(Query("group_by", dataset, tuple(aggs), where, params), method),
+            self._value(
+                Query("group_by", dataset, tuple(aggs), where, params), method, epsilon, delta
+            ),
         )
 
     def anonymize(
@@ -729,16 +841,26 @@ class GroupBy:
         where: str | None,
         values: Sequence[Any] | None,
         method: str,
+        epsilon: float | None = None,
+        delta: float | None = None,
     ) -> None:
         self._fed, self._dataset, self._by = fed, dataset, by
         self._where, self._values, self._method = where, values, method
+        self._epsilon, self._delta = epsilon, delta
 
     def agg(self, agg: Mapping[str, str | Sequence[str]]) -> pd.DataFrame:
         """Run the aggregations (``size``, ``count``, ``sum``, ``mean``, ``var``, ``std``)."""
         return cast(
             "pd.DataFrame",
             self._fed.group_by(
-                self._dataset, self._by, agg, self._where, values=self._values, method=self._method
+                self._dataset,
+                self._by,
+                agg,
+                self._where,
+                values=self._values,
+                method=self._method,
+                epsilon=self._epsilon,
+                delta=self._delta,
             ),
         )
 

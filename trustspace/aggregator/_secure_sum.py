@@ -58,6 +58,10 @@ class _GrpcExchange:
         #: distinct node computing the same round
         self._signed: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}
 
+    def binding(self, client: int) -> bytes:
+        """The session binding ``client`` signed at the advertise stage."""
+        return self._signed[client][3]
+
     def __call__(self, stage: Stage, payloads: Mapping[int, Any]) -> dict[int, Any]:
         raw = self._send(stage, {c: self._encode(stage, p) for c, p in payloads.items()})
         return {c: self._decode(stage, c, out) for c, out in raw.items()}
@@ -115,10 +119,13 @@ def secure_sum(
     *,
     threshold: int | None,
     timeout: float,
+    bindings: dict[str, bytes] | None = None,
 ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
     """Sum the nodes' local vectors of ``ref`` (``size`` entries) by one SecAgg+ session.
 
-    Returns (the uint64 total, the names of the nodes whose input is in it).
+    Returns (the uint64 total, the names of the nodes whose input is in it). ``bindings``, if
+    given, receives each of those nodes' signed session binding (a DP round's carries the
+    node's noise share).
 
     Raises:
         ThresholdError: fewer than the threshold (or 2) nodes remain; names the stage, the
@@ -154,4 +161,6 @@ def secure_sum(
     except ProtocolError as exc:
         raise ProtocolError(f"secure aggregation of round {ref.index} failed: {exc}") from None
     contributors = tuple(exchange.by_id[c].name for c in outcome.survivors)
+    if bindings is not None:
+        bindings.update({exchange.by_id[c].name: exchange.binding(c) for c in outcome.survivors})
     return np.asarray(outcome.total, dtype=np.uint64), contributors

@@ -43,7 +43,7 @@ from trustspace.errors import (
     ThresholdError,
     TrustspaceError,
 )
-from trustspace.stats import Query, Round, TableSchema, start
+from trustspace.stats import DPComputation, Query, Round, TableSchema, noise_variance, start
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Identity
 from trustspace.transport.clients import (
@@ -239,6 +239,7 @@ class AggregatorService:
         ref: types.RoundRef,
         size: int,
         nodes: Sequence[NodeClient],
+        bindings: dict[str, bytes] | None = None,
     ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
         """Sum the nodes' local vectors of ``ref`` (``size`` entries) by one SecAgg+ session;
         returns (the uint64 total, the names of the nodes whose input is in it).
@@ -260,10 +261,17 @@ class AggregatorService:
             nodes,
             threshold=self.threshold,
             timeout=self.call_timeout_s,
+            bindings=bindings,
         )
 
     def sum_round(
-        self, query: SignedQuery, ref: types.RoundRef, plan: Plan, *, first: bool = False
+        self,
+        query: SignedQuery,
+        ref: types.RoundRef,
+        plan: Plan,
+        *,
+        first: bool = False,
+        bindings: dict[str, bytes] | None = None,
     ) -> tuple[np.ndarray[Any, Any], Plan]:
         """Securely sum one round (``ref.vector``) over the plan's nodes; returns (its uint64
         total, plan).
@@ -277,7 +285,7 @@ class AggregatorService:
         """
         rnd = ref.vector
         assert isinstance(rnd, Round)
-        total, contributors = self.secure_sum(query, ref, rnd.size, plan.nodes)
+        total, contributors = self.secure_sum(query, ref, rnd.size, plan.nodes, bindings)
         missing = sorted({n.name for n in plan.nodes} - set(contributors))
         if missing and first:
             log.warning(
@@ -311,14 +319,24 @@ class AggregatorService:
         query = _query_of(body)
         with self.planned(signed, body) as plan:
             try:
-                comp = start(query, plan.schema, plan.min_group_size)
+                comp = start(query, plan.schema, plan.min_group_size, body.dp)
             except ValueError as exc:
                 raise ConfigError(f"query does not fit dataset {query.dataset!r}: {exc}") from None
             previous: types.RoundTotal | None = None
             while (rnd := comp.next_round()) is not None:
                 ref = types.RoundRef(rnd.index, plan.min_group_size, previous, rnd, "all")
-                total, plan = self.sum_round(signed, ref, plan, first=rnd.index == 0)
-                comp.feed(rnd.decode(total))
+                bindings: dict[str, bytes] = {}
+                total, plan = self.sum_round(
+                    signed, ref, plan, first=rnd.index == 0, bindings=bindings
+                )
+                if isinstance(comp, DPComputation):
+                    comp.feed(
+                        rnd.decode(total),
+                        noise_variance=noise_variance(bindings),
+                        nodes=len(bindings),
+                    )
+                else:
+                    comp.feed(rnd.decode(total))
                 previous = types.RoundTotal(rnd.index, tuple(int(x) for x in total))
         out = serde.result_to_dict(comp.result())
         out["nodes"] = [n.name for n in plan.nodes]

@@ -31,7 +31,7 @@ import numpy as np
 
 from trustspace.errors import AuthenticationError, PolicyError, ProtocolError
 from trustspace.node.policy import PolicyRefused
-from trustspace.stats import Computation, Query, Round, TableSchema, start
+from trustspace.stats import Computation, DPComputation, Query, Round, TableSchema, start
 from trustspace.transport.signing import SignedQuery, VerifiedQuery, verify_query
 from trustspace.transport.types import RoundTotal
 
@@ -58,7 +58,7 @@ class Run:
     query: VerifiedQuery
     stats: Query | None
     k: int | None = None
-    comp: Computation | None = None
+    comp: Computation | DPComputation | None = None
     rounds: list[Round] = field(default_factory=list)
     fed: list[str] = field(default_factory=list)  # digest of the total fed for round i
     used: set[tuple[int, str]] = field(default_factory=set)
@@ -83,7 +83,7 @@ class Run:
             raise ProtocolError(f"{where}: the signed query is not a statistic; no rounds")
         if self.k is None:
             self.k = k
-            self.comp = start(self.stats, schema, k)
+            self.comp = start(self.stats, schema, k, self.query.body.dp)
         elif self.k != k:
             raise ProtocolError(
                 f"{where}: round {index} names min_group_size {k}, the request's earlier rounds "
@@ -122,6 +122,11 @@ class Run:
 
     def _feed(self, index: int, previous: RoundTotal | None, where: str) -> None:
         assert self.comp is not None
+        if isinstance(self.comp, DPComputation):
+            raise ProtocolError(
+                f"{where}: a differentially private query has one round; round {index} does "
+                "not exist"
+            )
         if previous is None or previous.index != index - 1:
             raise ProtocolError(f"{where}: round {index} needs the total of round {index - 1}")
         prev = self.rounds[index - 1]

@@ -10,7 +10,9 @@ becomes a ``trustspace.engine.DatasetSpec``; the aggregator's config is
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ __all__ = [
     "ALL",
     "DEFAULT_NODE_PORT",
     "FORMATS",
+    "DPPolicy",
     "NodeConfig",
     "PolicyConfig",
     "RateLimit",
@@ -68,6 +71,29 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class DPPolicy:
+    """``[policy.dp]``: differential privacy at this node.
+
+    ``epsilon``/``delta``: each analyst's budget per dataset (all queries composed, zCDP), with
+    ``analysts.NAME = {epsilon, delta}`` overriding it for one analyst; ``required``: every
+    statistic must be DP, except for the analysts listed in ``exact_analysts``;
+    ``colluders``: how many other nodes may side with the analyst and subtract their own noise
+    (this node then adds enough that ``t - colluders`` shares reach the target).
+    """
+
+    epsilon: float
+    delta: float
+    required: bool = False
+    colluders: int = 0
+    exact_analysts: tuple[str, ...] = ()
+    analysts: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def budget_of(self, analyst: str) -> tuple[float, float]:
+        """The (epsilon, delta) budget of ``analyst`` on each dataset."""
+        return self.analysts.get(analyst, (self.epsilon, self.delta))
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     """The node's policy: rules, ``min_group_size``, row release and rate limit."""
 
@@ -87,6 +113,8 @@ class PolicyConfig:
     #: over all, would give the missing member's aggregate (differencing by dropouts)
     members: tuple[str, ...] = ()
     exact_requires_all: bool = False
+    #: ``[policy.dp]``; None: this node answers no differentially private query
+    dp: DPPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,15 @@ class NodeConfig:
     drain_grace_s: float = 30.0
     output_dir: Path | None = None  # anonymized rows; None: audit folder/anonymized/<name>
     checkpoint_every: int = CHECKPOINT_EVERY  # [audit] checkpoint_every: sign at least this often
+    #: [audit] dp_ledger: the DP budget ledger (SQLite); None: next to the audit log
+    dp_ledger: Path | None = None
+
+    @property
+    def dp_ledger_path(self) -> Path:
+        """Where this node keeps its DP budget ledger."""
+        if self.dp_ledger is not None:
+            return self.dp_ledger
+        return self.audit_path.with_name(self.audit_path.name + ".dp.sqlite")
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 1:
@@ -151,6 +188,7 @@ def parse_policy(t: Table) -> PolicyConfig:
             raise ConfigError(f"{rt.where('burst')} = {burst}: must be at least 1")
         rt.check_unknown()
         rate = RateLimit(float(per_minute), burst)
+    dp = _parse_dp(t.table("dp")) if "dp" in t.data else None
     raw_rules = t.get("rules", list, [])
     rules = []
     for i, raw in enumerate(raw_rules):
@@ -177,7 +215,41 @@ def parse_policy(t: Table) -> PolicyConfig:
         min_k,
         tuple(members),
         exact_all,
+        dp,
     )
+
+
+def _budget_pair(t: Table, eps_default: Any = ..., delta_default: Any = ...) -> tuple[float, float]:
+    eps = t.get("epsilon", (int, float), eps_default)
+    delta = t.get("delta", (int, float), delta_default)
+    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
+        raise ConfigError(
+            f"{t.where('epsilon')} = {eps!r}: must be a finite number > 0 (the total epsilon an "
+            "analyst may spend on each dataset)"
+        )
+    if not (isinstance(delta, int | float) and 0 < delta < 1):
+        raise ConfigError(f"{t.where('delta')} = {delta!r}: must be in (0, 1), e.g. 1e-6")
+    return float(eps), float(delta)
+
+
+def _parse_dp(t: Table) -> DPPolicy:
+    """Parse ``[policy.dp]`` (see ``DPPolicy``)."""
+    eps, delta = _budget_pair(t)
+    required = t.get("required", bool, False)
+    colluders = t.get("colluders", int, 0)
+    if colluders < 0:
+        raise ConfigError(f"{t.where('colluders')} = {colluders}: must be 0 or more")
+    exact = t.str_list("exact_analysts", [])
+    analysts: dict[str, tuple[float, float]] = {}
+    if "analysts" in t.data:
+        at = t.table("analysts")
+        for name in at.data:
+            sub = at.table(name)
+            analysts[name] = _budget_pair(sub, eps, delta)
+            sub.check_unknown()
+        at.check_unknown()
+    t.check_unknown()
+    return DPPolicy(eps, delta, required, colluders, exact, analysts)
 
 
 def policy_from_dict(data: dict[str, Any], source: str = "<policy>") -> PolicyConfig:
@@ -275,6 +347,11 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     tls = TlsConfig.parse(root.table("tls", required=True), base)
     audit = root.table("audit", required=True)
     audit_path = audit.path_value("path", base)
+    dp_ledger = (
+        audit.path_value("dp_ledger", base)
+        if "dp_ledger" in audit.data
+        else audit_path.with_name(audit_path.name + ".dp.sqlite")
+    )
     every = audit.get("checkpoint_every", int, CHECKPOINT_EVERY)
     if every < 1:
         raise ConfigError(f"{audit.where('checkpoint_every')} = {every}: must be at least 1")
@@ -297,4 +374,5 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         drain_grace_s=float(grace),
         output_dir=out_dir,
         checkpoint_every=every,
+        dp_ledger=dp_ledger,
     )

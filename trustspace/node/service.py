@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import numpy as np
 
+from trustspace.dp import Ledger, Reservation
 from trustspace.errors import (
     DataError,
     PolicyError,
@@ -47,8 +48,11 @@ from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskReq
 from trustspace.secagg.stage import Stage
 from trustspace.stats import (
     PAILLIER_WORD_VALUE_BITS,
+    DPSpec,
     Round,
+    add_noise,
     filter_columns,
+    noise_plan,
     parse_filter,
     split_words,
 )
@@ -113,6 +117,10 @@ class _Session:
     run: Run | None = None
     names: dict[int, str] = field(default_factory=dict)  # client id -> node, from the roster
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: a DP round's budget reservation: spent once the noisy masked input leaves this node,
+    #: released if the session ends before that
+    reservation: Reservation | None = None
+    spent: bool = False
 
 
 _Checked = tuple[str, str, tuple[str, ...]]  # (operation, dataset, columns) a policy checks
@@ -170,6 +178,8 @@ class NodeService:
         self._datasets = {d.name for d in config.datasets}
         self._anon = AnonJobs(config, engine, clock, self._datasets)
         self._where = f"node {self.name}"
+        dp = config.policy.dp
+        self.ledger = Ledger(config.dp_ledger_path, node=config.name) if dp is not None else None
         self.runs = Runs(
             self.name,
             self._where,
@@ -295,7 +305,11 @@ class NodeService:
             return types.NodeDescription(
                 node=self.name,
                 datasets=tuple(
-                    types.DatasetDescription(d.name, self.engine.schema(d.name).to_dict())
+                    types.DatasetDescription(
+                        d.name,
+                        self.engine.schema(d.name).to_dict(),
+                        self._budget(analyst, d.name) if vq is not None else None,
+                    )
                     for d in self.config.datasets
                     if self.policy.may_see(analyst, d.name)
                 ),
@@ -312,6 +326,110 @@ class NodeService:
             work=work,
             unchecked_reason="schemas only, filtered by policy",
         )
+
+    # ------------------------------------------------------------------ differential privacy
+    def _budget(self, analyst: str, dataset: str) -> dict[str, Any] | None:
+        """The analyst's DP budget on ``dataset`` here (None: no ``[policy.dp]``)."""
+        dp = self.policy.config.dp
+        if dp is None or self.ledger is None:
+            return None
+        eps, delta = dp.budget_of(analyst)
+        b = self.ledger.set_budget(analyst, dataset, epsilon=eps, delta=delta)
+        return {
+            "epsilon": b.epsilon,
+            "delta": b.delta,
+            "epsilon_spent": b.epsilon_spent,
+            "epsilon_remaining": b.epsilon_remaining,
+            "rho_spent": b.rho_spent + b.rho_reserved,
+            "rho_remaining": b.rho_remaining,
+            "required": dp.required and analyst not in dp.exact_analysts,
+        }
+
+    def _dp_check(self, vq: VerifiedQuery) -> None:
+        """``[policy.dp]`` before any computation: DP required, DP possible here, DP valid."""
+        b, dp = vq.body, self.policy.config.dp
+        if b.dp is None:
+            if dp is not None and dp.required and b.analyst not in dp.exact_analysts:
+                left = self._budget(b.analyst, b.dataset)
+                assert left is not None
+                raise PolicyRefused(
+                    self.name,
+                    "dp.required",
+                    f"dataset {b.dataset!r} is answered only with differential privacy here: "
+                    f"pass epsilon= (e.g. fed.mean(..., epsilon=0.5), or `trustspace query "
+                    f"--epsilon 0.5`); analyst {b.analyst!r} has epsilon "
+                    f"{left['epsilon_remaining']:.4g} remaining at delta {left['delta']:g} "
+                    f"(of {left['epsilon']:g})",
+                )
+            return
+        if dp is None:
+            raise PolicyRefused(
+                self.name,
+                "dp",
+                "this node has no [policy.dp] budget, so it answers no differentially private "
+                "query; ask without epsilon, or ask the operator to set [policy.dp]",
+            )
+        if b.method != "secagg":
+            raise PolicyRefused(
+                self.name,
+                "dp",
+                f"differentially private queries run with method='secagg' (the nodes add the "
+                f"noise inside secure aggregation); method {b.method!r} adds none",
+            )
+        DPSpec.of(b.dp)  # epsilon and delta in range, or ConfigError naming them
+
+    def _dp_session(
+        self,
+        step: types.SecAggStep,
+        vq: VerifiedQuery,
+        rnd: Round,
+        params: dict[str, Any],
+    ) -> tuple[Callable[[], np.ndarray[Any, Any]], dict[str, Any], Reservation]:
+        """Size this node's noise for a DP round from the signed query, the session's
+        threshold and size and this node's ``colluders``; reserve its budget; return the noisy
+        local vector's maker, the binding's DP part and the reservation."""
+        b, dp = vq.body, self.policy.config.dp
+        assert dp is not None and self.ledger is not None
+        spec = DPSpec.of(b.dp)
+        assert spec is not None
+        cfg = step.setup.config()
+        schema = self.engine.schema(rnd.dataset)
+        noise = noise_plan(rnd, schema, spec, t=cfg.t, n=cfg.n, colluders=dp.colluders)
+        eps, delta = dp.budget_of(b.analyst)
+        self.ledger.set_budget(b.analyst, rnd.dataset, epsilon=eps, delta=delta)
+        key = f"{b.request_id}/{rnd.index}/{step.setup.session_id.hex()[:16]}"
+        reservation = self.ledger.reserve(
+            b.analyst, rnd.dataset, key, noise.rho, epsilon=spec.epsilon, delta=spec.delta
+        )
+        s2 = noise.node_sigma2
+        params["dp"] = {
+            "epsilon": spec.epsilon,
+            "delta": spec.delta,
+            "rho": noise.rho,
+            "node_sigma2": float(s2),
+            "t": cfg.t,
+            "n": cfg.n,
+            "colluders": dp.colluders,
+            "ledger": key,
+            "charge": "reserved",
+        }
+
+        def local() -> np.ndarray[Any, Any]:
+            return add_noise(self._local(rnd).view(np.uint64), s2)
+
+        return local, {"sigma2": f"{s2.numerator}/{s2.denominator}", "rho": noise.rho}, reservation
+
+    def _settle(self, session: _Session, *, spent: bool) -> None:
+        """Mark a DP session's reservation spent, or give it back (if it was not spent)."""
+        r = session.reservation
+        if r is None or self.ledger is None or session.spent:
+            return
+        if spent:
+            self.ledger.commit(r)
+            session.spent = True
+        else:
+            session.reservation = None
+            self.ledger.release(r)
 
     # ------------------------------------------------------------------ local vectors
     def _local(self, rnd: Round) -> np.ndarray[Any, Any]:
@@ -359,12 +477,15 @@ class NodeService:
     def _expire(self) -> None:
         now = self._clock()
         with self._lock:
-            for sid in [
+            old = [
                 s
                 for s, v in self._sessions.items()
                 if now - v.created > self.config.session_timeout_s
-            ]:
-                del self._sessions[sid]
+            ]
+            ended = [self._sessions.pop(sid) for sid in old]
+        for session in ended:
+            with session.lock:
+                self._settle(session, spent=False)
 
     def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]:
         _fault.trip(f"secagg:{step.stage}")  # test-only, off unless TRUSTSPACE_TEST_FAULT is set
@@ -385,7 +506,8 @@ class NodeService:
                 step="secagg",
                 params=params,
                 check=self._stats_check,
-                work=lambda vq: self._advertise(step, ref, vq),
+                extra=self._dp_check,
+                work=lambda vq: self._advertise(step, ref, vq, params),
             )
         with self._lock:
             session = self._sessions.get(step.setup.session_id)
@@ -403,12 +525,16 @@ class NodeService:
             step.query,
             step="secagg",
             params=params,
-            work=lambda vq: self._continue(step, session),
+            work=lambda vq: self._continue(step, session, params),
             unchecked_reason="continues a session allowed at its advertise stage",
         )
 
     def _advertise(
-        self, step: types.SecAggStep, ref: types.RoundRef, vq: VerifiedQuery | None
+        self,
+        step: types.SecAggStep,
+        ref: types.RoundRef,
+        vq: VerifiedQuery | None,
+        params: dict[str, Any],
     ) -> list[bytes]:
         assert vq is not None
         method = vq.body.method
@@ -434,9 +560,19 @@ class NodeService:
         with run.lock:
             run.claim(ref.index, ref.part, self._where)
         digest = round_digest(vq.digest, ref.part, ref.index, ref.min_group_size, vector.to_dict())
-        return self._open_session(
-            step, lambda: self._local(vector).view(np.uint64), ref.index, vq, digest, run
-        )
+        if vq.body.dp is None:
+            return self._open_session(
+                step, lambda: self._local(vector).view(np.uint64), ref.index, vq, digest, run
+            )
+        local, dp_binding, reservation = self._dp_session(step, vq, vector, params)
+        try:
+            return self._open_session(
+                step, local, ref.index, vq, digest, run, dp_binding, reservation
+            )
+        except BaseException:
+            self.ledger.release(reservation)  # type: ignore[union-attr]
+            params["dp"]["charge"] = "released"
+            raise
 
     def _open_session(
         self,
@@ -446,6 +582,8 @@ class NodeService:
         vq: VerifiedQuery,
         digest: str,
         run: Run | None = None,
+        dp_binding: dict[str, Any] | None = None,
+        reservation: Reservation | None = None,
     ) -> list[bytes]:
         """Start a SecAgg client over the vector ``local()`` and answer the advertise stage:
         the key advertisement, signed together with the session binding (round digest and
@@ -470,6 +608,7 @@ class NodeService:
         session = _Session(
             client, vector, vq.digest, digest, self._clock(), vq.body.dp is None, run
         )
+        session.reservation = reservation
         with self._lock:
             if s.session_id in self._sessions or s.session_id in self._used_ids:
                 raise ProtocolError(f"{self._where}: session id reused; refusing")
@@ -480,26 +619,36 @@ class NodeService:
             if len(self._used_ids) > MAX_USED_SESSION_IDS:
                 del self._used_ids[next(iter(self._used_ids))]
         adv = client.advertise().to_bytes()
-        binding = canonical_json(
-            {
-                "round": digest,
-                "node": self.name,
-                "min_nodes": min_nodes,
-                "session": s.session_id.hex(),
-            }
-        )
+        bound: dict[str, Any] = {
+            "round": digest,
+            "node": self.name,
+            "min_nodes": min_nodes,
+            "session": s.session_id.hex(),
+        }
+        if dp_binding is not None:
+            bound["dp"] = dp_binding  # this node's noise share, for the result's accuracy
+        binding = canonical_json(bound)
         # signed with our certificate so that peers can check every participant is a real node
         # computing the same round
         return [adv, sign_blob(self._creds, adv + b"\x00" + binding), self._creds.cert_pem, binding]
 
-    def _continue(self, step: types.SecAggStep, session: _Session) -> list[bytes]:
+    def _continue(
+        self, step: types.SecAggStep, session: _Session, params: dict[str, Any]
+    ) -> list[bytes]:
         with session.lock:
             try:
-                return self._stage(step, session)
+                out = self._stage(step, session)
             except BaseException:
                 with self._lock:
                     self._sessions.pop(step.setup.session_id, None)
+                if session.reservation is not None and not session.spent:
+                    self._settle(session, spent=False)
+                    params["dp_charge"] = "released"
                 raise
+            if step.stage is Stage.MASKED_INPUT and session.reservation is not None:
+                params["dp_charge"] = "spent"
+                params["dp_ledger"] = session.reservation.request_id
+            return out
 
     def _stage(self, step: types.SecAggStep, session: _Session) -> list[bytes]:
         client = session.client
@@ -511,7 +660,9 @@ class NodeService:
             for raw in step.payloads:
                 shares = EncryptedShares.from_bytes(raw)
                 received[shares.sender] = shares
-            return [client.masked_input(session.vector, received).to_bytes()]
+            masked = client.masked_input(session.vector, received).to_bytes()
+            self._settle(session, spent=True)  # the noisy input leaves now: its budget is spent
+            return [masked]
         if len(step.payloads) != 1:
             raise ProtocolError(f"{self._where}: unmask needs exactly one request")
         request = UnmaskRequest.from_bytes(step.payloads[0])
@@ -641,6 +792,10 @@ class NodeService:
                     f"{', '.join(map(str, PAILLIER_KEY_BITS))} bits"
                 )
 
+        def checks(vq: VerifiedQuery) -> None:
+            check_key(vq)
+            self._dp_check(vq)
+
         def work(vq: VerifiedQuery | None) -> bytes:
             assert vq is not None
             run, rnd = self._derive(vq, ref)
@@ -690,7 +845,7 @@ class NodeService:
             step="paillier",
             params=params,
             check=self._stats_check,
-            extra=check_key,
+            extra=checks,
             work=work,
         )
 
@@ -826,4 +981,6 @@ class NodeService:
         )
 
     def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
         self.audit.close()

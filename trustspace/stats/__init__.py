@@ -39,6 +39,10 @@ Map:
   ``rounds``, ``any_suppressed``.
 - ``TableSchema(columns, domains={}, bounds={})`` / ``ColumnType``: the public schema a plan
   is made from (``Engine.schema(name)`` on a node); ``to_dict()/from_dict()``.
+- ``start(query, schema, k, dp={epsilon, delta})`` -> ``DPComputation``: a differentially
+  private query as one public round; ``noise_plan`` / ``add_noise`` (what every node adds),
+  ``noise_variance`` (the total's, from the nodes' signed shares), ``round_sensitivity``
+  (``_dp``; docs/dp.md).
 - ``parse_filter`` / ``check_filter`` / ``filter_columns``: the ``where=`` language (AST
   only; SQL is the engine's).
 - ``split_words`` / ``join_words`` / ``paillier_round_total`` and the Paillier path's limits
@@ -78,6 +82,17 @@ Example, one node simulated in-process::
 
 from __future__ import annotations
 
+from trustspace.stats._dp import (
+    DP_BITS,
+    DP_OPS,
+    DPComputation,
+    DPSpec,
+    add_noise,
+    noise_plan,
+    noise_variance,
+    round_sensitivity,
+    share_variance,
+)
 from trustspace.stats._filter import (
     And,
     Compare,
@@ -116,6 +131,8 @@ from trustspace.stats._round import (
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema, python_value_for
 
 __all__ = [
+    "DP_BITS",
+    "DP_OPS",
     "GRID_BINS",
     "GROUP_AGGS",
     "MAX_NODES",
@@ -132,6 +149,8 @@ __all__ = [
     "ColumnType",
     "Compare",
     "Computation",
+    "DPComputation",
+    "DPSpec",
     "Expr",
     "GroupValue",
     "InList",
@@ -144,14 +163,19 @@ __all__ = [
     "TableSchema",
     "Term",
     "Totals",
+    "add_noise",
     "check_filter",
     "filter_columns",
     "join_words",
+    "noise_plan",
+    "noise_variance",
     "octave_key",
     "paillier_round_total",
     "parse_filter",
     "python_value_for",
     "replay",
+    "round_sensitivity",
+    "share_variance",
     "split_words",
     "start",
 ]

@@ -34,13 +34,14 @@ import contextlib
 import math
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from trustspace.errors import ConfigError, EncodingOverflow, ProtocolError
+from trustspace.stats._dp import DPComputation, DPSpec
 from trustspace.stats._quantile import GRID_BINS, UNKNOWN_SMALL, Quantiles, ValueRange
 from trustspace.stats._query import Query
 from trustspace.stats._round import (
@@ -79,6 +80,11 @@ class Result:
         precision: absolute precision of the figures found by bin refinement (quantiles,
             describe's min/percentiles/max), keyed ``"column/label"``.
         rounds: the number of rounds the computation took.
+        dp: for a differentially private answer, its privacy and accuracy: ``epsilon``,
+            ``delta``, ``mechanism``, ``noise_std`` (of a count, in records), ``nodes`` (noise
+            shares in the total), and ``std`` and ``ci95`` (the standard deviation of each
+            figure's error due to the noise and half the width of its 95% interval, laid out
+            as ``value``); None for an exact answer.
     """
 
     op: str
@@ -86,6 +92,7 @@ class Result:
     suppressed: Any
     precision: Mapping[str, float] = field(default_factory=dict)
     rounds: int = 0
+    dp: Mapping[str, Any] | None = None
 
     @property
     def any_suppressed(self) -> bool:
@@ -754,7 +761,24 @@ class Computation:
         return self._result_of(table, mask)
 
 
-def start(query: Query, schema: TableSchema, min_group_size: int) -> Computation:
+@overload
+def start(
+    query: Query, schema: TableSchema, min_group_size: int, dp: None = None
+) -> Computation: ...
+
+
+@overload
+def start(
+    query: Query, schema: TableSchema, min_group_size: int, dp: Mapping[str, float] | DPSpec
+) -> Computation | DPComputation: ...
+
+
+def start(
+    query: Query,
+    schema: TableSchema,
+    min_group_size: int,
+    dp: Mapping[str, float] | DPSpec | None = None,
+) -> Computation | DPComputation:
     """Start computing ``query`` over a dataset described by ``schema``.
 
     Args:
@@ -762,10 +786,16 @@ def start(query: Query, schema: TableSchema, min_group_size: int) -> Computation
         schema: the dataset's public schema (``Engine.schema(name)`` on any node).
         min_group_size: the strictest node's threshold: a figure over fewer records is
             suppressed (0 disables disclosure control, for tests on public data).
+        dp: ``{epsilon, delta}`` for a differentially private answer (``stats._dp``: one
+            public round, noise added by the nodes, nothing suppressed); None for exact.
 
     Raises:
-        ConfigError: the query does not fit the schema (names the column).
+        ConfigError: the query does not fit the schema (names the column), or a DP query
+            that DP does not support or whose columns have no public bounds.
     """
+    spec = DPSpec.of(dp)
+    if spec is not None:
+        return DPComputation(query, schema, spec)
     return Computation(query, schema, min_group_size)
 
 

@@ -105,7 +105,9 @@ class Term:
     - ``bins``: len(edges) + 1 record counts with numpy.histogram's semantics: values below
       edges[0], then bins [e_i, e_i+1) (the last one closed), then values above edges[-1].
 
-    ``frac_bits`` is the fixed-point precision of the moment entries (counts use 0).
+    ``frac_bits`` is the fixed-point precision of the moment entries (counts use 0, except in
+    differentially private rounds, whose counts carry ``stats._dp.DP_BITS`` so that one record
+    moves every term by about the same number of encoded units).
     """
 
     kind: TermKind
@@ -223,6 +225,8 @@ class Term:
             d.update(start=self.start, width=self.width, nbins=self.nbins)
         elif self.kind == "bins":
             d.update(edges=list(self.edges))
+        if self.kind != "moment" and self.frac_bits:
+            d["frac_bits"] = self.frac_bits  # DP rounds scale their counts (stats._dp)
         return d
 
     @classmethod
@@ -239,7 +243,8 @@ class Term:
             "grid": {"kind", "columns", "start", "width", "nbins"},
             "bins": {"kind", "columns", "edges"},
         }[kind]
-        extra = set(data) - allowed
+        optional = {"frac_bits"} if kind != "moment" else set()
+        extra = set(data) - allowed - optional
         if extra:
             raise ConfigError(f"term: unknown key(s) {sorted(extra)} for kind {kind!r}")
         missing = allowed - set(data)

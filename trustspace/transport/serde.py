@@ -138,12 +138,33 @@ def schema_from_proto(msg: common_pb2.TableSchema, what: str) -> dict[str, Any]:
     }
 
 
+_BUDGET_FIELDS = (
+    "epsilon",
+    "delta",
+    "epsilon_spent",
+    "epsilon_remaining",
+    "rho_spent",
+    "rho_remaining",
+    "required",
+)
+
+
 def dataset_to_proto(d: DatasetDescription) -> common_pb2.DatasetInfo:
-    return common_pb2.DatasetInfo(name=d.name, schema=schema_to_proto(d.schema))
+    msg = common_pb2.DatasetInfo(name=d.name, schema=schema_to_proto(d.schema))
+    if d.dp_budget is not None:
+        msg.dp_budget.CopyFrom(common_pb2.DPBudget(**{k: d.dp_budget[k] for k in _BUDGET_FIELDS}))
+    return msg
 
 
 def dataset_from_proto(msg: common_pb2.DatasetInfo) -> DatasetDescription:
-    return DatasetDescription(msg.name, schema_from_proto(msg.schema, f"dataset {msg.name!r}"))
+    budget = (
+        {k: getattr(msg.dp_budget, k) for k in _BUDGET_FIELDS}
+        if msg.HasField("dp_budget")
+        else None
+    )
+    return DatasetDescription(
+        msg.name, schema_from_proto(msg.schema, f"dataset {msg.name!r}"), budget
+    )
 
 
 def description_to_proto(d: NodeDescription) -> node_pb2.DescribeDatasetsResponse:
@@ -180,6 +201,8 @@ def term_from_proto(msg: common_pb2.Term) -> Term:
         d.update(start=msg.start, width=msg.width, nbins=msg.nbins)
     elif msg.kind == "bins":
         d.update(edges=list(msg.edges))
+    if msg.kind != "moment" and msg.frac_bits:
+        d["frac_bits"] = msg.frac_bits
     return Term.from_dict(d)
 
 
@@ -525,7 +548,25 @@ def result_to_dict(result: Any) -> dict[str, Any]:
         "suppressed": _table_to(result.suppressed),
         "precision": {k: _plain(v) for k, v in dict(result.precision).items()},
         "rounds": result.rounds,
+        "dp": _dp_to(result.dp),
     }
+
+
+_DP_TABLES = ("std", "ci95")
+
+
+def _dp_to(dp: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if dp is None:
+        return None
+    return {k: _table_to(v) if k in _DP_TABLES else _plain(v) for k, v in dp.items()}
+
+
+def _dp_from(data: Any) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise TypeError("result 'dp': expected a mapping")
+    return {k: _table_from(v, float) if k in _DP_TABLES else v for k, v in data.items()}
 
 
 def result_from_dict(data: Mapping[str, Any]) -> Any:
@@ -542,6 +583,7 @@ def result_from_dict(data: Mapping[str, Any]) -> Any:
                 for k, v in dict(data.get("precision", {})).items()
             },
             rounds=int(data.get("rounds", 0)),
+            dp=_dp_from(data.get("dp")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed result: {exc}") from None

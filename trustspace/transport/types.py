@@ -42,6 +42,10 @@ class DatasetDescription:
 
     name: str
     schema: Mapping[str, Any]
+    #: the asking analyst's DP budget on the dataset at this node (``epsilon``, ``delta``,
+    #: ``epsilon_spent``, ``epsilon_remaining``, ``rho_spent``, ``rho_remaining``,
+    #: ``required``); None: the node has no ``[policy.dp]``, or the request was not signed
+    dp_budget: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

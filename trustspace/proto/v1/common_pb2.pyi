@@ -314,22 +314,73 @@ class DatasetInfo(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     SCHEMA_FIELD_NUMBER: _builtins.int
+    DP_BUDGET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def schema(self) -> Global___TableSchema: ...
+    @_builtins.property
+    def dp_budget(self) -> Global___DPBudget:
+        """the asking analyst's differential-privacy budget on this dataset at the node; absent when
+        the node has no [policy.dp] or the request was not signed
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         schema: Global___TableSchema | None = ...,
+        dp_budget: Global___DPBudget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dp_budget", b"dp_budget", "schema", b"schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema", b"schema"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dp_budget", b"dp_budget", "name", b"name", "schema", b"schema"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetInfo: _TypeAlias = DatasetInfo  # noqa: Y015
+
+@_typing.final
+class DPBudget(_message.Message):
+    """An analyst's budget on one dataset at one node (trustspace.dp.Budget): the limit, and what
+    is spent (reservations included) and remaining, as (epsilon, delta) at the limit's delta and
+    as zCDP rho.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    EPSILON_SPENT_FIELD_NUMBER: _builtins.int
+    EPSILON_REMAINING_FIELD_NUMBER: _builtins.int
+    RHO_SPENT_FIELD_NUMBER: _builtins.int
+    RHO_REMAINING_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    epsilon: _builtins.float
+    delta: _builtins.float
+    epsilon_spent: _builtins.float
+    epsilon_remaining: _builtins.float
+    rho_spent: _builtins.float
+    rho_remaining: _builtins.float
+    required: _builtins.bool
+    """this node answers this analyst only with differential privacy"""
+    def __init__(
+        self,
+        *,
+        epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        epsilon_spent: _builtins.float = ...,
+        epsilon_remaining: _builtins.float = ...,
+        rho_spent: _builtins.float = ...,
+        rho_remaining: _builtins.float = ...,
+        required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "required", b"required", "rho_remaining", b"rho_remaining", "rho_spent", b"rho_spent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DPBudget: _TypeAlias = DPBudget  # noqa: Y015
 
 @_typing.final
 class Term(_message.Message):

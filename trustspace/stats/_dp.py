@@ -1,0 +1,656 @@
+"""Differentially private statistics: one public round per query, noise added by every node.
+
+A DP query (a statistic with ``epsilon``/``delta`` signed with it) is computed in **one** round
+whose terms depend only on the query and the dataset's public schema (declared ``bounds``),
+never on the data: no range finding, no centres from an earlier total. Every node
+
+1. computes the round's local vector (``Engine.compute``) and fixed-point encodes it
+   (``Round.encode``) on a scale where one record moves every term by at most ``2^DP_BITS``
+   encoded units (+1 for rounding): counts carry ``DP_BITS`` fractional bits, a moment of a
+   column bounded by ``[lo, hi]`` about centre ``c`` carries ``DP_BITS - ceil(log2 M)`` with
+   ``M = max(|lo - c|, |hi - c|)^power``;
+2. adds ``N_Z(node_sigma2)`` to every entry (``dp.discrete_gaussian_array``: exact, from the
+   OS CSPRNG), with ``node_sigma2`` from ``noise_plan`` (``dp.plan``: the total over any
+   ``t..n`` surviving shares is ``(epsilon, delta)``-DP by Kairouz, Liu and Steinke, ICML 2021,
+   Prop. 14), sized from the signed ``(epsilon, delta)``, the session's threshold ``t`` and size
+   ``n``, and the node's own ``colluders`` setting: no driver chooses it;
+3. masks the noisy vector for secure aggregation. The aggregator and the analyst only ever see
+   the noisy total.
+
+Sensitivity (``round_sensitivity``): under add/remove-one-record neighbouring, a record adds to
+each term of the round at most once (to one bin of a histogram, to one block of a grouped
+round), so the L2 sensitivity of the encoded vector is ``sqrt(sum_terms s_t^2)`` and its L1
+sensitivity ``sum_terms s_t``, with ``s_t = 2^f`` for a count term and ``M 2^f + 1`` for a
+moment. Values outside a column's bounds never reach a round: the engine refuses a dataset with
+one at load (``engine._check``).
+
+Everything after the total is post-processing (free under DP): ratios, clipping to the bounds,
+quantiles from the noisy histogram. Each figure is reported with the standard deviation of its
+error due to the noise (the delta method on the figure's formula; for quantiles, the CDF's
+noise over the density at the quantile, and the bin width) and a 95% interval
+(``Result.dp``). No figure is suppressed: the noise, not ``min_group_size``, protects a DP
+answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from trustspace.dp import NoisePlan, discrete_gaussian_array, discrete_gaussian_variance, plan
+from trustspace.errors import ConfigError, ProtocolError
+from trustspace.stats._query import Query
+from trustspace.stats._round import Round, Term
+from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
+
+__all__ = [
+    "DP_BITS",
+    "DP_OPS",
+    "DPComputation",
+    "DPSpec",
+    "add_noise",
+    "noise_plan",
+    "noise_variance",
+    "round_sensitivity",
+]
+
+#: Encoded units one record moves a term by (2^8): counts and moments alike, so that one
+#: isotropic noise vector fits every entry, and each node's share stays well above the 1/4 the
+#: distributed discrete Gaussian's bound needs, even with 1,024 nodes.
+DP_BITS = 8
+_UNIT = 2**DP_BITS
+#: The DP statistics (the others need data-dependent rounds or unbounded products).
+DP_OPS = ("count", "sum", "mean", "var", "std", "histogram", "quantile", "describe", "group_by")
+#: Equal-width bins over the bounds from which quantiles (and describe's) are read.
+DP_QUANTILE_BINS = 64
+#: Largest epsilon a query may ask for (beyond it a "DP" answer is nearly exact).
+MAX_EPSILON = 100.0
+_Z95 = 1.959963984540054
+
+Vec = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class DPSpec:
+    """The privacy a query asks for: ``(epsilon, delta)``-DP for the whole query.
+
+    >>> DPSpec(1.0, 1e-6)
+    DPSpec(epsilon=1.0, delta=1e-06)
+    >>> DPSpec(0.0, 1e-6)
+    Traceback (most recent call last):
+    ...
+    trustspace.errors.ConfigError: epsilon = 0.0: must be a finite number in (0, 100]; ...
+    """
+
+    epsilon: float
+    delta: float
+
+    def __post_init__(self) -> None:
+        e, d = self.epsilon, self.delta
+        if isinstance(e, bool) or not isinstance(e, int | float) or not 0 < e <= MAX_EPSILON:
+            raise ConfigError(
+                f"epsilon = {e!r}: must be a finite number in (0, {MAX_EPSILON:g}]; smaller "
+                "is more private (1 is a common choice)"
+            )
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d < 1:
+            raise ConfigError(
+                f"delta = {d!r}: must be a number in (0, 1), well below 1/rows (1e-6 is common)"
+            )
+        object.__setattr__(self, "epsilon", float(e))
+        object.__setattr__(self, "delta", float(d))
+
+    @classmethod
+    def of(cls, value: Mapping[str, float] | DPSpec | None) -> DPSpec | None:
+        """A spec from a signed query's ``dp`` mapping (None stays None)."""
+        if value is None or isinstance(value, DPSpec):
+            return value
+        return cls(value["epsilon"], value["delta"])
+
+    def to_dict(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon, "delta": self.delta}
+
+
+# --- the round ---------------------------------------------------------------------------------
+
+
+def _scale_bits(m: float) -> int:
+    """``DP_BITS - ceil(log2 m)``: the fractional bits putting ``m`` in (128, 256] units."""
+    mant, exp = math.frexp(m)  # m = mant * 2^exp, mant in [0.5, 1)
+    return DP_BITS - (exp - 1 if mant == 0.5 else exp)
+
+
+def _bounds(schema: TableSchema, column: str) -> tuple[float, float]:
+    b = schema.bounds.get(column)
+    if b is None:
+        raise ConfigError(
+            f"column {column!r} has no public bounds, which a differentially private query "
+            f"needs (its sensitivity); declare them in the dataset spec ([datasets.NAME.bounds] "
+            f"{column} = [low, high]), or ask without epsilon"
+        )
+    return float(b[0]), float(b[1])
+
+
+def _count_term(*columns: str) -> Term:
+    n = len(columns)
+    return Term("moment", tuple(columns), (0,) * n, (0.0,) * n, frac_bits=DP_BITS)
+
+
+def _moment_term(schema: TableSchema, column: str, power: int, centre: float) -> Term:
+    lo, hi = _bounds(schema, column)
+    m = max(abs(lo - centre), abs(hi - centre)) ** power
+    return Term.moment([column], [power], [centre], _scale_bits(m))
+
+
+def _mid(schema: TableSchema, column: str) -> float:
+    lo, hi = _bounds(schema, column)
+    return (lo + hi) / 2
+
+
+def _quantile_edges(schema: TableSchema, column: str, bins: int) -> list[float]:
+    lo, hi = _bounds(schema, column)
+    edges: list[float] = np.linspace(lo, hi, bins + 1).tolist()
+    return edges
+
+
+def _bins_term(column: str, edges: Sequence[float]) -> Term:
+    return Term("bins", (column,), edges=tuple(float(e) for e in edges), frac_bits=DP_BITS)
+
+
+def round_sensitivity(rnd: Round, schema: TableSchema) -> tuple[float, float]:
+    """The (L2, L1) sensitivity of a DP round's encoded vector (see the module docstring).
+
+    Raises:
+        ConfigError: a term a DP round cannot hold (a product of columns, an unbounded
+            column, a count not on the DP scale).
+    """
+    squares, total = Fraction(0), Fraction(0)
+    for t in rnd.terms:
+        if t.is_count:
+            if t.frac_bits != DP_BITS:
+                raise ConfigError(f"DP round: count term {t.to_dict()} is not on the DP scale")
+            s = Fraction(_UNIT)
+        elif t.kind == "moment" and len(t.columns) == 1:
+            lo, hi = _bounds(schema, t.columns[0])
+            c, p = Fraction(t.centers[0]), t.powers[0]
+            m = max(abs(Fraction(lo) - c), abs(Fraction(hi) - c)) ** p
+            s = m * Fraction(2) ** t.frac_bits + 1
+        else:
+            raise ConfigError(f"DP round: term {t.to_dict()} has no bounded sensitivity")
+        squares += s * s
+        total += s
+    l2 = math.sqrt(squares) * (1 + 1e-12)  # rounded up
+    return l2, float(total)
+
+
+def noise_plan(
+    rnd: Round, schema: TableSchema, dp: DPSpec, *, t: int, n: int, colluders: int = 0
+) -> NoisePlan:
+    """Each node's share of the noise for ``rnd`` in a session of ``n`` nodes, threshold ``t``.
+
+    ``colluders`` nodes may side with the analyst and subtract their own noise, so only
+    ``t - colluders`` shares are assumed unknown.
+
+    Raises:
+        ConfigError: ``t - colluders < 1`` or an invalid round (see ``round_sensitivity``).
+    """
+    honest = t - colluders
+    if honest < 1:
+        raise ConfigError(
+            f"a DP round over a session with threshold {t} and {colluders} possible colluder(s) "
+            "has no share of noise the analyst cannot subtract; lower [policy.dp] colluders or "
+            "run with more nodes"
+        )
+    l2, l1 = round_sensitivity(rnd, schema)
+    return plan(dp.epsilon, dp.delta, l2, t=honest, n=n, dim=rnd.size, sensitivity_l1=l1)
+
+
+def add_noise(encoded: npt.NDArray[np.uint64], node_sigma2: Fraction) -> npt.NDArray[np.uint64]:
+    """``encoded + N_Z(node_sigma2)^size`` modulo 2^64 (exact sampler, OS CSPRNG)."""
+    noise = discrete_gaussian_array(node_sigma2, int(encoded.shape[0]))
+    return (encoded.view(np.int64) + noise).view(np.uint64)
+
+
+# --- the computation ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Figure:
+    """One released figure: a function of some entries of the decoded total."""
+
+    fn: Callable[[Vec], float]
+    entries: tuple[int, ...]
+    kind: str = "smooth"  # "smooth": delta method; "quantile": from the CDF (see _quantile)
+    extra: Any = None
+
+
+class DPComputation:
+    """A DP query as a one-round computation (the driver interface of ``Computation``).
+
+    ``next_round()`` gives the round (None once fed); ``feed(total, noise_variance=V)`` takes the
+    decoded noisy total and the variance of the noise in each encoded entry (the sum of the
+    survivors' discrete Gaussian variances); ``result()`` the Result, with ``Result.dp``.
+    """
+
+    def __init__(self, query: Query, schema: TableSchema, dp: DPSpec) -> None:
+        if query.op not in DP_OPS:
+            raise ConfigError(
+                f"{query.op!r} is not available with differential privacy (epsilon=); DP "
+                f"supports {', '.join(DP_OPS)}"
+            )
+        query.check(schema)
+        self.query, self.schema, self.dp = query, schema, dp
+        self.rounds = 0
+        self._total: Vec | None = None
+        self._variance = 0.0
+        self.nodes = 0
+        self.round, self._finish = self._plan()
+
+    # --- driver interface -----------------------------------------------------------------
+    def next_round(self) -> Round | None:
+        return None if self._total is not None else self.round
+
+    def feed(
+        self,
+        total: npt.ArrayLike,
+        suppressed: Sequence[int] = (),
+        *,
+        noise_variance: float,
+        nodes: int = 0,
+    ) -> None:
+        if self._total is not None:
+            raise ProtocolError("feed(): the DP round was already fed")
+        if suppressed:
+            raise ProtocolError("feed(): a DP total has no suppressed entries")
+        try:
+            arr = self.round.check_vector(total, "total").copy()
+        except ValueError as e:
+            raise ProtocolError(f"feed(): {e}") from None
+        if not math.isfinite(noise_variance) or noise_variance <= 0:
+            raise ProtocolError(f"feed(): noise variance {noise_variance!r} is not positive")
+        self._total, self._variance, self.nodes = arr, float(noise_variance), nodes
+        self.rounds = 1
+
+    def result(self) -> Any:
+        from trustspace.stats._machine import Result
+
+        if self._total is None:
+            raise ProtocolError("result(): the DP round has not been fed")
+        x = self._total
+        var = self._variance / np.ldexp(1.0, 2 * self.round.frac_bits)  # per entry, natural
+        layout, figures = self._finish(x)
+        values, stds = [], []
+        for f in figures:
+            v = float(f.fn(x))
+            values.append(v)
+            stds.append(_figure_std(f, x, var, v))
+        if self.query.op == "describe":  # min <= percentiles <= max (post-processing)
+            table = np.asarray(values).reshape(-1, len(self.query.columns))
+            table[3:] = np.fmax.accumulate(table[3:], axis=0)
+            values = table.ravel().tolist()
+        value = layout(np.asarray(values))
+        std = layout(np.asarray(stds))
+        ci = layout(_Z95 * np.asarray(stds))
+        suppressed = layout(np.zeros(len(values), dtype=bool))
+        info = {
+            "epsilon": self.dp.epsilon,
+            "delta": self.dp.delta,
+            "mechanism": "distributed discrete Gaussian (KLS21), added by every node",
+            "noise_std": math.sqrt(self._variance) / _UNIT,  # in records (a count's noise)
+            "nodes": self.nodes,
+            "std": std,
+            "ci95": ci,
+        }
+        return Result(self.query.op, value, suppressed, {}, 1, info)
+
+    # --- plans ----------------------------------------------------------------------------
+    def _plan(self) -> tuple[Round, Callable[[Vec], tuple[Callable[[Any], Any], list[_Figure]]]]:
+        q, s = self.query, self.schema
+        op, cols = q.op, q.columns
+        terms: list[Term] = []
+        group: tuple[str | None, tuple[GroupValue, ...]] = (None, ())
+        if op == "count":
+            terms = [_count_term()] if not cols else [_count_term(c) for c in cols]
+        elif op == "sum":
+            terms = [_moment_term(s, c, 1, 0.0) for c in cols]
+        elif op == "mean":
+            for c in cols:
+                terms += [_count_term(c), _moment_term(s, c, 1, _mid(s, c))]
+        elif op in ("var", "std"):
+            for c in cols:
+                m = _mid(s, c)
+                terms += [_count_term(c), _moment_term(s, c, 1, m), _moment_term(s, c, 2, m)]
+        elif op == "histogram":
+            bins = q.params["bins"]
+            if isinstance(bins, int):
+                lo, hi = q.params["range"]
+                edges = np.linspace(float(lo), float(hi), bins + 1).tolist()
+            else:
+                edges = [float(e) for e in bins]
+            terms = [_bins_term(cols[0], edges)]
+        elif op == "quantile":
+            nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
+            terms = [_bins_term(c, _quantile_edges(s, c, nb)) for c in cols]
+        elif op == "describe":
+            nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
+            for c in cols:
+                m = _mid(s, c)
+                terms += [
+                    _count_term(c),
+                    _moment_term(s, c, 1, m),
+                    _moment_term(s, c, 2, m),
+                    _bins_term(c, _quantile_edges(s, c, nb)),
+                ]
+        else:  # group_by
+            by: str = q.params["by"]
+            if "values" in q.params:
+                values = tuple(q.params["values"])
+            elif by in s.domains:
+                values = tuple(s.domains[by])
+            else:
+                values = (False, True)
+            if s.columns[by] is ColumnType.BOOL and not all(isinstance(v, bool) for v in values):
+                raise ConfigError(f"query 'params.values': group column {by!r} is bool")
+            group = (by, values)
+            terms = [_count_term()]
+            for c, fs in q.params["agg"].items():
+                need = {"size": 0, "count": 1, "sum": 2, "mean": 2, "var": 3, "std": 3}
+                level = max(need[f] for f in fs)
+                if level >= 1:
+                    terms.append(_count_term(c))
+                if level >= 2:
+                    terms.append(_moment_term(s, c, 1, _mid(s, c)))
+                if level >= 3:
+                    terms.append(_moment_term(s, c, 2, _mid(s, c)))
+        rnd = Round(q.dataset, q.where, tuple(dict.fromkeys(terms)), group[0], group[1], 0)
+        return rnd, lambda x: self._figures(rnd, x)
+
+    def _figures(self, rnd: Round, x: Vec) -> tuple[Callable[[Any], Any], list[_Figure]]:
+        q, s = self.query, self.schema
+        op, cols = q.op, tuple(q.columns)
+        ddof = int(q.params.get("ddof", 1))
+
+        def at(term: Term, group: int = 0) -> int:
+            return int(rnd.term_slice(term, group).start)
+
+        def per_column(figs: list[_Figure]) -> tuple[Callable[[Any], Any], list[_Figure]]:
+            if op == "count" and not cols:
+                return (lambda v: float(v[0])), figs
+            if len(cols) == 1:
+                return (lambda v: float(v[0])), figs
+            return (lambda v: pd.Series(list(v), index=list(cols), dtype=v.dtype)), figs
+
+        if op == "count":
+            terms = [_count_term()] if not cols else [_count_term(c) for c in cols]
+            return per_column([_Figure(_entry(at(t)), (at(t),)) for t in terms])
+        if op == "sum":
+            starts = [at(_moment_term(s, c, 1, 0.0)) for c in cols]
+            return per_column([_Figure(_entry(i), (i,)) for i in starts])
+        if op in ("mean", "var", "std"):
+            figs = []
+            for c in cols:
+                lo, hi = _bounds(s, c)
+                m = (lo + hi) / 2
+                i_n, i_1 = at(_count_term(c)), at(_moment_term(s, c, 1, m))
+                if op == "mean":
+                    figs.append(_Figure(_mean_fn(i_n, i_1, m, lo, hi), (i_n, i_1)))
+                else:
+                    i_2 = at(_moment_term(s, c, 2, m))
+                    fn = _var_fn(i_n, i_1, i_2, ddof, (hi - lo) ** 2 / 4, op == "std")
+                    figs.append(_Figure(fn, (i_n, i_1, i_2)))
+            return per_column(figs)
+        if op == "histogram":
+            term = rnd.terms[0]
+            sl = rnd.term_slice(term)
+            idx = list(range(sl.start + 1, sl.stop - 1))  # without under- and overflow
+            edges = np.asarray(term.edges)
+            index = pd.IntervalIndex.from_breaks(edges, closed="left", name=cols[0])
+            figs = [_Figure(_entry(i), (i,)) for i in idx]
+            return (lambda v: pd.Series(v, index=index, name="count")), figs
+        if op == "quantile":
+            wanted = q.params["q"]
+            ps = [float(p) for p in wanted] if isinstance(wanted, list) else [float(wanted)]
+            nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
+            figs = []
+            for p in ps:
+                for c in cols:
+                    term = _bins_term(c, _quantile_edges(s, c, nb))
+                    figs.append(_quantile_figure(rnd, term, p))
+            return _quantile_layout(wanted, ps, cols), figs
+        if op == "describe":
+            percentiles = sorted({*q.params.get("percentiles", [0.25, 0.5, 0.75]), 0.5})
+            from trustspace.stats._machine import _percent_label
+
+            labels = ["count", "mean", "std", "min", *map(_percent_label, percentiles), "max"]
+            nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
+            bin_sd = math.sqrt(self._variance) / _UNIT
+            figs = []
+            for label_i in range(len(labels)):
+                for c in cols:
+                    lo, hi = _bounds(s, c)
+                    m = (lo + hi) / 2
+                    i_n, i_1 = at(_count_term(c)), at(_moment_term(s, c, 1, m))
+                    i_2 = at(_moment_term(s, c, 2, m))
+                    bins = _bins_term(c, _quantile_edges(s, c, nb))
+                    if label_i == 0:
+                        figs.append(_Figure(_entry(i_n), (i_n,)))
+                    elif label_i == 1:
+                        figs.append(_Figure(_mean_fn(i_n, i_1, m, lo, hi), (i_n, i_1)))
+                    elif label_i == 2:
+                        fn = _var_fn(i_n, i_1, i_2, 1, (hi - lo) ** 2 / 4, True)
+                        figs.append(_Figure(fn, (i_n, i_1, i_2)))
+                    elif label_i == 3:
+                        figs.append(_extreme_figure(rnd, bins, low=True, sd=bin_sd))
+                    elif label_i == len(labels) - 1:
+                        figs.append(_extreme_figure(rnd, bins, low=False, sd=bin_sd))
+                    else:
+                        figs.append(_quantile_figure(rnd, bins, percentiles[label_i - 4]))
+
+            def frame(v: Any) -> pd.DataFrame:
+                arr = np.asarray(v).reshape(len(labels), len(cols))
+                return pd.DataFrame(arr, index=labels, columns=list(cols))
+
+            return frame, figs
+        return self._group_figures(rnd)
+
+    def _group_figures(self, rnd: Round) -> tuple[Callable[[Any], Any], list[_Figure]]:
+        q, s = self.query, self.schema
+        by: str = q.params["by"]
+        values = rnd.group_values
+        agg: dict[str, list[str]] = {c: list(v) for c, v in q.params["agg"].items()}
+        order = list(range(len(values)))
+        with contextlib.suppress(TypeError):  # mixed types: keep the declared order
+            order.sort(key=lambda i: (values[i],))
+        pairs = [(c, f) for c in agg for f in agg[c]]
+        figs = []
+        for g in order:
+            for c, f in pairs:
+                i_rows = rnd.term_slice(_count_term(), g).start
+                if f == "size":
+                    figs.append(_Figure(_entry(i_rows), (i_rows,)))
+                    continue
+                i_n = rnd.term_slice(_count_term(c), g).start
+                if f == "count":
+                    figs.append(_Figure(_entry(i_n), (i_n,)))
+                    continue
+                lo, hi = _bounds(s, c)
+                m = (lo + hi) / 2
+                i_1 = rnd.term_slice(_moment_term(s, c, 1, m), g).start
+                if f == "sum":
+                    figs.append(_Figure(_sum_fn(i_n, i_1, m), (i_n, i_1)))
+                elif f == "mean":
+                    figs.append(_Figure(_mean_fn(i_n, i_1, m, lo, hi), (i_n, i_1)))
+                else:
+                    i_2 = rnd.term_slice(_moment_term(s, c, 2, m), g).start
+                    fn = _var_fn(i_n, i_1, i_2, 1, (hi - lo) ** 2 / 4, f == "std")
+                    figs.append(_Figure(fn, (i_n, i_1, i_2)))
+        index = pd.Index([values[i] for i in order], name=by)
+        columns = pd.MultiIndex.from_tuples(pairs)
+
+        def frame(v: Any) -> pd.DataFrame:
+            arr = np.asarray(v).reshape(len(order), len(pairs))
+            return pd.DataFrame(arr, index=index, columns=columns)
+
+        return frame, figs
+
+
+# --- figures and their error -------------------------------------------------------------------
+
+
+def _entry(i: int) -> Callable[[Vec], float]:
+    return lambda x: float(x[i])
+
+
+def _sum_fn(i_n: int, i_1: int, centre: float) -> Callable[[Vec], float]:
+    return lambda x: float(x[i_1] + centre * x[i_n])
+
+
+def _mean_fn(i_n: int, i_1: int, centre: float, lo: float, hi: float) -> Callable[[Vec], float]:
+    def fn(x: Vec) -> float:
+        n = max(float(x[i_n]), 1.0)
+        return min(max(centre + float(x[i_1]) / n, lo), hi)
+
+    return fn
+
+
+def _var_fn(
+    i_n: int, i_1: int, i_2: int, ddof: int, cap: float, root: bool
+) -> Callable[[Vec], float]:
+    def fn(x: Vec) -> float:
+        n = max(float(x[i_n]), ddof + 1.0)
+        v = (float(x[i_2]) - float(x[i_1]) ** 2 / n) / (n - ddof)
+        v = min(max(v, 0.0), cap)
+        return math.sqrt(v) if root else v
+
+    return fn
+
+
+def _cdf(rnd: Round, term: Term, x: Vec) -> tuple[Vec, Vec]:
+    """The bin edges and the noisy, monotone cumulative counts at them (0 at the first)."""
+    sl = rnd.term_slice(term)
+    counts = x[sl][1:-1]  # values are within the bounds: the outer entries hold only noise
+    cdf = np.maximum.accumulate(np.concatenate([[0.0], np.cumsum(counts)]))
+    return np.asarray(term.edges), np.maximum(cdf, 0.0)
+
+
+def _quantile_figure(rnd: Round, term: Term, p: float) -> _Figure:
+    def fn(x: Vec) -> float:
+        edges, cdf = _cdf(rnd, term, x)
+        total = cdf[-1]
+        if total <= 0:
+            return math.nan
+        target = p * total
+        j = int(np.searchsorted(cdf, target, side="left"))
+        if j == 0:
+            return float(edges[0])
+        j = min(j, len(edges) - 1)
+        lo_c, hi_c = cdf[j - 1], cdf[j]
+        frac = 0.0 if hi_c <= lo_c else (target - lo_c) / (hi_c - lo_c)
+        return float(edges[j - 1] + frac * (edges[j] - edges[j - 1]))
+
+    sl = rnd.term_slice(term)
+    return _Figure(fn, tuple(range(sl.start, sl.stop)), "quantile", (term, p))
+
+
+def _extreme_figure(rnd: Round, term: Term, *, low: bool, sd: float) -> _Figure:
+    """describe's min (max): the lower (upper) edge of the first (last) bin at which the noisy
+    count cumulated from that end exceeds twice its noise (``sd`` per bin): the first place
+    the data is seen, not the bound (which says nothing about the data)."""
+
+    def fn(x: Vec) -> float:
+        sl = rnd.term_slice(term)
+        counts = x[sl][1:-1]
+        run = counts if low else counts[::-1]
+        cum = np.cumsum(run)
+        noise = 2 * sd * np.sqrt(np.arange(1, run.size + 1))
+        hit = np.flatnonzero(cum > noise)
+        if hit.size == 0:
+            return math.nan
+        j = int(hit[0])
+        edges = term.edges
+        return float(edges[j] if low else edges[len(edges) - 1 - j])
+
+    sl = rnd.term_slice(term)
+    return _Figure(fn, tuple(range(sl.start, sl.stop)), "extreme", (term,))
+
+
+def _figure_std(f: _Figure, x: Vec, var: Vec, value: float) -> float:
+    """The standard deviation of a figure's error due to the noise (an accuracy statement)."""
+    if not math.isfinite(value):
+        return math.nan
+    if f.kind == "smooth":
+        grad2 = 0.0
+        for i in f.entries:
+            sd = math.sqrt(var[i])
+            h = max(sd, 1e-12)
+            up, down = x.copy(), x.copy()
+            up[i] += h
+            down[i] -= h
+            g = (f.fn(up) - f.fn(down)) / (2 * h)
+            grad2 += g * g * var[i]
+        return math.sqrt(grad2)
+    term = f.extra[0]
+    edges = np.asarray(term.edges)
+    width = float(np.max(np.diff(edges)))
+    start = f.entries[0]
+    bin_var = float(var[start])
+    if f.kind == "extreme":
+        return width  # located to a bin
+    counts = x[start + 1 : f.entries[-1]]
+    j = min(int(np.searchsorted(edges, value, side="right")) - 1, counts.size - 1)
+    j = max(j, 0)
+    density = max(float(counts[j]), 1.0) / width
+    cdf_sd = math.sqrt(bin_var * (j + 1))
+    return math.sqrt((cdf_sd / density) ** 2 + width**2 / 12)
+
+
+def _quantile_layout(wanted: Any, ps: list[float], cols: tuple[str, ...]) -> Callable[[Any], Any]:
+    index = pd.Index(ps, dtype="float64")
+
+    def layout(v: Any) -> Any:
+        arr = np.asarray(v).reshape(len(ps), len(cols))
+        if isinstance(wanted, list):
+            if len(cols) == 1:
+                return pd.Series(arr[:, 0], index=index, name=cols[0])
+            return pd.DataFrame(arr, index=index, columns=list(cols))
+        if len(cols) == 1:
+            return arr.dtype.type(arr[0, 0]).item()
+        return pd.Series(arr[0], index=list(cols), name=ps[0])
+
+    return layout
+
+
+def share_variance(node_sigma2: Fraction) -> float:
+    """The true variance of one node's noise share (``dp.discrete_gaussian_variance``)."""
+    return discrete_gaussian_variance(node_sigma2)
+
+
+def noise_variance(bindings: Mapping[str, bytes]) -> float:
+    """The variance of the noise in each encoded entry of a DP total: the sum of the shares the
+    contributing nodes declared in their signed session bindings (``{"dp": {"sigma2": "p/q"}}``).
+
+    Raises:
+        ProtocolError: a binding without a valid share (naming the node).
+    """
+    total = 0.0
+    for node, raw in sorted(bindings.items()):
+        try:
+            s2 = Fraction(json.loads(raw)["dp"]["sigma2"])
+        except (ValueError, TypeError, KeyError, ZeroDivisionError):
+            raise ProtocolError(
+                f"node {node} declared no noise share for a differentially private round"
+            ) from None
+        if s2 <= 0:
+            raise ProtocolError(f"node {node} declared a noise share that is not positive")
+        total += share_variance(s2)
+    if total <= 0:
+        raise ProtocolError("a differentially private total without noise shares")
+    return total
