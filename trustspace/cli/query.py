@@ -28,7 +28,11 @@ def add_parser(subparsers: Any) -> None:
         "-c", "--credentials", required=True, metavar="DIR", help="analyst identity directory"
     )
     p.add_argument("--server-name", help="name on the aggregator's certificate (default: host)")
-    p.add_argument("op", choices=(*OPS, "status"), help="the statistic, or 'status'")
+    p.add_argument(
+        "op",
+        choices=(*OPS, "status", "budget"),
+        help="the statistic, 'status', or 'budget' (this analyst's DP budget on DATASET)",
+    )
     p.add_argument("dataset", nargs="?", default="default")
     p.add_argument("columns", nargs="*", default=[])
     p.add_argument("-w", "--where", help="filter, e.g. \"age >= 40 and sex = 'Female'\"")
@@ -45,6 +49,16 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--values", nargs="+", default=None, help="group_by: the public group values")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="a differentially private answer at this epsilon (charged to your budget at "
+        "every node; see `query budget`)",
+    )
+    p.add_argument(
+        "--delta", type=float, default=None, help="DP delta with --epsilon (default 1e-6)"
+    )
     p.add_argument(
         "--purpose",
         default=None,
@@ -109,12 +123,19 @@ def run(args: argparse.Namespace) -> int:
                     f"min_group_size: {n.min_group_size or '-'}"
                 )
             return 0
+        if args.op == "budget":
+            table = fed.budget(args.dataset)
+            if args.json:
+                print(table.reset_index().to_json(orient="records", indent=2))
+            else:
+                print(table.to_string())
+            return 0
         params = _params(args)
         try:
             query = Query(args.op, args.dataset, tuple(args.columns), args.where, params)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        result = fed.run(query, args.method)
+        result = fed.run(query, args.method, epsilon=args.epsilon, delta=args.delta)
     if args.json:
         out = serde.result_to_dict(result)
         out.update(fed.last_info)
@@ -122,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
         print()
     else:
         print(result.value)
+        if result.dp is not None:
+            ci = result.dp["ci95"]
+            print(
+                f"(differentially private: epsilon {result.dp['epsilon']:g}, delta "
+                f"{result.dp['delta']:g}, noise of a count {result.dp['noise_std']:.3g} records; "
+                f"95% interval +/-: {ci if isinstance(ci, float) else chr(10) + str(ci)})",
+                file=sys.stderr,
+            )
         if result.any_suppressed:
             print("(NaN: suppressed, fewer records than min_group_size)", file=sys.stderr)
     return 0
