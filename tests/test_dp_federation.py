@@ -35,6 +35,7 @@ from trustspace.dp import (
 )
 from trustspace.errors import ConfigError, PolicyError, ProtocolError, TrustspaceError
 from trustspace.node.server import Node
+from trustspace.node.usage import usage
 from trustspace.secagg import Stage
 from trustspace.stats import DPSpec, Query, TableSchema, add_noise, noise_plan, start
 from trustspace.transport import types
@@ -228,6 +229,9 @@ def test_the_ledger_is_mirrored_in_the_audit_log(tmp_path: Path) -> None:
             assert adv[0]["params"]["dp"]["ledger"] == entry.request_id
             assert adv[0]["params"]["dp"]["rho"] == pytest.approx(entry.rho, rel=1e-9)
             assert masked[0]["params"]["dp_charge"] == "spent" and entry.state == "spent"
+            # and metered: `trustspace usage` reads the spent rho back from the audit log
+            row = usage([fed.workdir / "audit" / f"{n}.jsonl"], by="analyst").iloc[0]
+            assert row["rho"] == pytest.approx(entry.rho) and row["epsilon"] == 0.5
 
 
 def test_sixteen_queries_racing_for_the_last_budget_never_overspend(tmp_path: Path) -> None:

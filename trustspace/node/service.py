@@ -648,6 +648,7 @@ class NodeService:
             if step.stage is Stage.MASKED_INPUT and session.reservation is not None:
                 params["dp_charge"] = "spent"
                 params["dp_ledger"] = session.reservation.request_id
+                params["dp_rho"] = session.reservation.rho
             return out
 
     def _stage(self, step: types.SecAggStep, session: _Session) -> list[bytes]:

@@ -9,7 +9,10 @@
 - ``refused``: distinct request ids with a refused step (and refused calls that never got as far
   as naming a request: one each);
 - ``operations``: the operations asked for, comma-separated;
-- ``epsilon``: the differential-privacy epsilon signed with the queries (0 for exact queries);
+- ``epsilon``: the differential-privacy epsilon signed with the queries, added up (0 for exact
+  queries; an upper bound: the nodes compose in zCDP, see ``rho``);
+- ``rho``: the zCDP budget the nodes charged and spent (their ledgers' entries, mirrored in the
+  masked-input audit lines), summed over the logs given: per node, read one log at a time;
 - ``steps``: audit lines; ``ms`` and ``cpu_ms``: wall time and handling-thread CPU time of the
   allowed steps at the node (engine and Paillier worker threads are not in ``cpu_ms``);
 - ``nodes``: how many of the given logs the requester appears in.
@@ -35,7 +38,17 @@ __all__ = ["BY", "usage"]
 
 BY = ("analyst", "purpose", "dataset")
 PLANNING = "describe_datasets"  # schema lookups while a query is planned: not a query
-COLUMNS = ["queries", "refused", "operations", "epsilon", "steps", "ms", "cpu_ms", "nodes"]
+COLUMNS = [
+    "queries",
+    "refused",
+    "operations",
+    "epsilon",
+    "rho",
+    "steps",
+    "ms",
+    "cpu_ms",
+    "nodes",
+]
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -111,6 +124,7 @@ def usage(
                     "anonymous_refusals": 0,
                     "operations": set(),
                     "epsilon": {},
+                    "rho": 0.0,
                     "steps": 0,
                     "ms": 0.0,
                     "cpu_ms": 0.0,
@@ -129,6 +143,9 @@ def usage(
                 dp = (rec.get("query") or {}).get("dp") or {}
                 if isinstance(dp, dict) and "epsilon" in dp:
                     row["epsilon"][rid] = float(dp["epsilon"])
+                params = rec.get("params") or {}
+                if isinstance(params, dict) and params.get("dp_charge") == "spent":
+                    row["rho"] += float(params.get("dp_rho") or 0.0)
             elif rec.get("decision") == "deny":
                 if rid:
                     row["refused"].add(rid)
@@ -142,6 +159,7 @@ def usage(
                 "refused": len(r["refused"]) + r["anonymous_refusals"],
                 "operations": ", ".join(sorted(r["operations"])),
                 "epsilon": float(sum(r["epsilon"].values())),
+                "rho": r["rho"],
                 "steps": r["steps"],
                 "ms": round(r["ms"], 3),
                 "cpu_ms": round(r["cpu_ms"], 3),
