@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,9 @@ def test_demo_runs_to_the_end_and_agrees_with_pandas(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "agree with pandas to 1e-6: yes" in out
+    exact = re.search(r"exact:  sum\(age\) - sum\(age where \.\.\.\) = (\d+)\.00", out)
+    assert exact and 17 <= int(exact.group(1)) <= 90  # one person's age, exactly
+    assert "DP (epsilon 0.5 each)" in out and "budget left" in out
     assert "refused: node org-a refused the request (policy rule 'operations')" in out
     assert '"decision": "deny"' in out
     # the aggregator's certificate cannot make a node compute a round nobody signed

@@ -6,10 +6,12 @@ process (real mutual TLS on 127.0.0.1), then, as the analyst ``alice``:
 
 1. ``describe`` of age by secure aggregation and by Paillier, beside plaintext pandas on the union;
 2. a histogram and a group-by mean;
-3. a query by ``bob`` that a node's policy refuses, and the audit line it left;
-4. the aggregator's own certificate asking a node for a round nobody signed (one age group's
+3. the differencing attack: two allowed exact sums give one person's age; with ``epsilon=`` the
+   nodes add noise inside secure aggregation and charge each analyst's budget;
+4. a query by ``bob`` that a node's policy refuses, and the audit line it left;
+5. the aggregator's own certificate asking a node for a round nobody signed (one age group's
    sum of ages under alice's genuine signed count): the node refuses it;
-5. a federated 5-anonymization with its metrics.
+6. a federated 5-anonymization with its metrics.
 
 Everything runs through the same code as production (``trustspace node``, ``aggregator``,
 ``Federation.connect``). Processes are stopped on exit and on Ctrl-C.
@@ -37,6 +39,7 @@ ADULT = _adult.DIR
 ADULT_COLUMNS = _adult.COLUMNS
 QUASI_IDENTIFIERS = _adult.QUASI_IDENTIFIERS
 MIN_GROUP_SIZE = 10
+DP_BUDGET = 3.0
 
 
 def add_parser(subparsers: Any) -> None:
@@ -174,10 +177,16 @@ def _node_spec(name: str, data: Path) -> NodeSpec:
                 "delimiter": ";",
                 "columns": ADULT_COLUMNS,
                 "domains": {"sex": ["Female", "Male"], "salary-class": ["<=50K", ">50K"]},
+                "bounds": {"age": [17, 90]},  # public: differential privacy needs them
             }
         },
         # min_nodes = 3 is a real node's default; written out so the config shows it
-        policy={"min_group_size": MIN_GROUP_SIZE, "release_rows": True, "min_nodes": 3},
+        policy={
+            "min_group_size": MIN_GROUP_SIZE,
+            "release_rows": True,
+            "min_nodes": 3,
+            "dp": {"epsilon": DP_BUDGET, "delta": 1e-5},  # each analyst's budget per dataset
+        },
         rules=[
             {"analysts": ["alice"], "operations": ["*"]},
             {"analysts": ["bob"], "operations": ["count"], "columns": ["sex", "age"]},
@@ -263,7 +272,10 @@ def _run(args: argparse.Namespace, data: Path, space: LocalSpace, started: float
         _say(_indent(str(by_sex)))
         _say(_indent("pandas: " + ", ".join(f"{k} {v:.4f}" for k, v in truth.items())))
 
-    _step(6, "bob asks for the mean age, which no node's policy allows him")
+        _step(6, "differencing: two allowed exact sums give one person's age; under DP they do not")
+        _say(_differencing(fed, union))
+
+    _step(7, "bob asks for the mean age, which no node's policy allows him")
     bob = Credentials.from_dir(ca / "bob")
     with Federation.connect(target, credentials=bob) as fed_bob:
         try:
@@ -275,10 +287,10 @@ def _run(args: argparse.Namespace, data: Path, space: LocalSpace, started: float
     line = _last_deny(root / "audit" / f"{names[0]}.jsonl")
     _say(f"    {names[0]}'s audit log: {line}")
 
-    _step(7, "the aggregator asks a node for a round nobody signed (it holds alice's count)")
+    _step(8, "the aggregator asks a node for a round nobody signed (it holds alice's count)")
     _say("    " + _crafted_round(space, names[0], alice))
 
-    _step(8, "a federated 5-anonymization (5% suppression) over all organisations")
+    _step(9, "a federated 5-anonymization (5% suppression) over all organisations")
     with Federation.connect(target, credentials=alice, key_bits=args.key_bits) as fed:
         try:
             t0 = time.perf_counter()
@@ -299,6 +311,32 @@ def _run(args: argparse.Namespace, data: Path, space: LocalSpace, started: float
     if not args.workdir:
         _say(f"(the working folder {root} is removed now; --workdir DIR keeps it)")
     return 0
+
+
+def _differencing(fed: Any, union: Any) -> str:
+    """The attack of issue 14 on the demo's data, exact and then with epsilon = 0.5."""
+    cells = union.groupby(["age", "sex", "race"]).size()
+    age, sex, race = cells[cells == 1].index[-1]  # someone alone in their cell
+    other = f"not (age = {age} and sex = '{sex}' and race = '{race}')"
+    lines = [
+        f"    the only {race} {sex.lower()} of {age} in the union; everybody else: where {other}"
+    ]
+    exact = fed.sum("adult", "age") - fed.sum("adult", "age", where=other)
+    lines.append(f"    exact:  sum(age) - sum(age where ...) = {exact:.2f} (the person's age)")
+    noisy = [fed.sum("adult", "age", epsilon=0.5) for _ in range(2)]
+    noisy.append(fed.sum("adult", "age", where=other, epsilon=0.5))
+    ci = fed.last_result.dp["ci95"] if fed.last_result and fed.last_result.dp else float("nan")
+    lines.append(
+        f"    DP (epsilon 0.5 each): {noisy[0] - noisy[2]:.2f}, again {noisy[1] - noisy[2]:.2f} "
+        f"(each sum +/- {ci:.0f} at 95%); the nodes added the noise inside secure aggregation"
+    )
+    budget = fed.budget("adult")
+    lines.append(
+        "    budget left (epsilon at delta 1e-5, of "
+        f"{DP_BUDGET:g}): "
+        + ", ".join(f"{n} {r:.2f}" for n, r in budget["epsilon_remaining"].items())
+    )
+    return "\n".join(lines)
 
 
 def _indent(text: str) -> str:
