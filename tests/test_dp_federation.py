@@ -367,3 +367,47 @@ def test_the_driver_cannot_get_a_dp_query_computed_without_its_noise(tmp_path: P
                     client.secagg_step(step, 10)
         finally:
             client.close()
+
+
+# --- the CLI and the operator's side --------------------------------------------------------
+
+
+def test_trustspace_query_epsilon_and_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trustspace.cli.main import main
+
+    with _local(tmp_path, {"epsilon": 5.0, "delta": 1e-5}) as fed:
+        base = [
+            "query",
+            "-a",
+            fed.aggregator.address,
+            "-c",
+            str(fed.workdir / "ca" / "analyst"),
+            "--server-name",
+            "aggregator",
+        ]
+        assert main([*base, "mean", "default", "age", "--epsilon", "0.5", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["dp"]["epsilon"] == 0.5 and out["dp"]["delta"] == 1e-6
+        assert abs(out["value"]["data"] - 53.5) < 3 * out["dp"]["std"]["data"] + 2
+        assert main([*base, "budget", "default", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [r["node"] for r in rows] == ["n1", "n2", "n3"]
+        assert all(0 < r["epsilon_spent"] < 5.0 for r in rows)
+        assert main([*base, "count", "default", "--epsilon", "-1"]) != 0
+        assert "epsilon = -1.0: must be a finite number in (0, 100]" in capsys.readouterr().err
+
+
+def test_a_corrupt_ledger_stops_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    from trustspace.errors import LedgerError
+
+    with _local(tmp_path, {"epsilon": 5.0, "delta": 1e-5}) as fed:
+        old = fed.nodes["n2"]
+        path = old.config.dp_ledger_path
+        old.stop(0)
+        path.write_bytes(b"not a database" * 100)
+        for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            extra.unlink(missing_ok=True)
+        with pytest.raises(LedgerError, match=r"ledger .*n2.*corrupt or not a trustspace"):
+            Node(old.config)

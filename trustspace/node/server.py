@@ -44,7 +44,11 @@ class Node(ServerHost):
         self.config = config
         self.drain_grace_s = config.drain_grace_s
         self.engine = build_engine(config)
-        self.service = NodeService(config, self.engine, credentials=creds)
+        try:
+            self.service = NodeService(config, self.engine, credentials=creds)
+        except BaseException:  # e.g. an unusable DP ledger: nothing is left open
+            self.engine.close()
+            raise
         try:
             self.server = TlsServer(
                 name=config.name,

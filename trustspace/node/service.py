@@ -179,7 +179,14 @@ class NodeService:
         self._anon = AnonJobs(config, engine, clock, self._datasets)
         self._where = f"node {self.name}"
         dp = config.policy.dp
-        self.ledger = Ledger(config.dp_ledger_path, node=config.name) if dp is not None else None
+        try:
+            self.ledger = (
+                Ledger(config.dp_ledger_path, node=config.name) if dp is not None else None
+            )
+        except BaseException:
+            if audit is None:
+                self.audit.close()
+            raise
         self.runs = Runs(
             self.name,
             self._where,
