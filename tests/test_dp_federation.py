@@ -411,3 +411,50 @@ def test_a_corrupt_ledger_stops_the_node_with_a_clear_error(tmp_path: Path) -> N
             extra.unlink(missing_ok=True)
         with pytest.raises(LedgerError, match=r"ledger .*n2.*corrupt or not a trustspace"):
             Node(old.config)
+
+
+@pytest.mark.parametrize(
+    ("dp", "match"),
+    [
+        ({"epsilon": 0, "delta": 1e-5}, r"key policy.dp.epsilon = 0: must be a finite number > 0"),
+        ({"epsilon": math.nan, "delta": 1e-5}, r"policy.dp.epsilon = nan"),
+        ({"epsilon": 1.0, "delta": 1.0}, r"policy.dp.delta = 1.0: must be in \(0, 1\)"),
+        ({"epsilon": 1.0}, r"policy.dp.delta is missing"),
+        ({"epsilon": 1.0, "delta": 1e-5, "colluders": -1}, r"policy.dp.colluders = -1"),
+        ({"epsilon": 1.0, "delta": 1e-5, "requird": True}, r"requird"),
+        (
+            {"epsilon": 1.0, "delta": 1e-5, "analysts": {"bob": {"epsilon": -2}}},
+            r"policy.dp.analysts.bob.epsilon = -2",
+        ),
+        ({"epsilon": "1", "delta": 1e-5}, r"policy.dp.epsilon = '1': expected"),
+    ],
+)
+def test_bad_dp_policy_is_a_clear_config_error(dp: dict[str, Any], match: str) -> None:
+    from trustspace.node.config import policy_from_dict
+
+    with pytest.raises(ConfigError, match=match):
+        policy_from_dict({"rules": RULES, "dp": dp}, "node.toml")
+
+
+def test_per_analyst_budgets_and_colluders(tmp_path: Path) -> None:
+    dp = {
+        "epsilon": 1.0,
+        "delta": 1e-5,
+        "colluders": 1,
+        "analysts": {"analyst": {"epsilon": 4.0}},
+    }
+    with _local(tmp_path, dp, threshold=3) as fed:
+        assert (fed.budget()["epsilon"] == 4.0).all()  # the override, delta inherited
+        assert (fed.budget()["delta"] == 1e-5).all()
+        fed.count(epsilon=EPS, delta=DELTA)
+        rid = fed.last_info["request_id"]
+        lines = [r for r in _audit(fed, "n1") if r.get("request_id") == rid]
+        adv = next(r["params"]["dp"] for r in lines if "dp" in r["params"])
+        rnd, schema = _count_round()
+        # one colluder may subtract its own noise: the share is sized for t - 1 = 2 unknown
+        assert adv["colluders"] == 1
+        two = noise_plan(rnd, schema, DPSpec(EPS, DELTA), t=3, n=3, colluders=1).node_sigma2
+        assert Fraction(adv["node_sigma2"]) == pytest.approx(float(two), rel=1e-12)
+        assert 2 * two >= sigma2_for(EPS, DELTA, 256)
+    with pytest.raises(ConfigError, match="no share of noise the analyst cannot subtract"):
+        noise_plan(rnd, schema, DPSpec(EPS, DELTA), t=2, n=3, colluders=2)
