@@ -46,7 +46,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from trustspace.dp import NoisePlan, discrete_gaussian_array, discrete_gaussian_variance, plan
+from trustspace.dp import (
+    MAX_SIGMA2,
+    NoisePlan,
+    discrete_gaussian_array,
+    discrete_gaussian_variance,
+    plan,
+)
 from trustspace.errors import ConfigError, ProtocolError
 from trustspace.stats._query import Query
 from trustspace.stats._round import Round, Term
@@ -210,7 +216,14 @@ def noise_plan(
             "run with more nodes"
         )
     l2, l1 = round_sensitivity(rnd, schema)
-    return plan(dp.epsilon, dp.delta, l2, t=honest, n=n, dim=rnd.size, sensitivity_l1=l1)
+    p = plan(dp.epsilon, dp.delta, l2, t=honest, n=n, dim=rnd.size, sensitivity_l1=l1)
+    # the noisy total must not wrap modulo 2^64: values stay below 2^61, noise below 2^61 / 8
+    if 8 * math.sqrt(n * float(p.node_sigma2)) > 2.0**61 or p.node_sigma2 > MAX_SIGMA2:
+        raise ConfigError(
+            f"epsilon = {dp.epsilon:g} is too small: the noise it needs would not fit the "
+            "64-bit secure sum; ask with a larger epsilon"
+        )
+    return p
 
 
 def add_noise(encoded: npt.NDArray[np.uint64], node_sigma2: Fraction) -> npt.NDArray[np.uint64]:
