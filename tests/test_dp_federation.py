@@ -458,3 +458,27 @@ def test_per_analyst_budgets_and_colluders(tmp_path: Path) -> None:
         assert 2 * two >= sigma2_for(EPS, DELTA, 256)
     with pytest.raises(ConfigError, match="no share of noise the analyst cannot subtract"):
         noise_plan(rnd, schema, DPSpec(EPS, DELTA), t=2, n=3, colluders=2)
+
+
+def test_bounds_in_the_query_are_clamped_to_by_the_nodes(tmp_path: Path) -> None:
+    union = pd.concat(_parts().values())
+    clipped = union.income.clip(1_000.0, 50_000.0)
+    policy = {"rules": RULES, "dp": {"epsilon": 1000.0, "delta": 1e-5}}
+    cols = {"zip": "str", "income": "float", "age": "int"}
+    with Federation.local(_parts(), policy, columns=cols, workdir=tmp_path) as fed:  # no bounds
+        bounds = {"income": (1_000.0, 50_000.0)}
+        total = fed.sum("default", "income", epsilon=100.0, bounds=bounds)
+        sd = fed.last_result.dp["std"] if fed.last_result and fed.last_result.dp else 0.0
+        assert abs(total - clipped.sum()) < 6 * sd + 1  # the clamped sum, not the raw one
+        assert abs(total - union.income.sum()) > 1e5
+        mean = fed.mean("default", "income", epsilon=100.0, bounds=bounds)
+        assert mean == pytest.approx(clipped.mean(), abs=50)
+        q = fed.quantile("default", "income", 0.5, epsilon=100.0, bounds=bounds)
+        assert 1_000.0 <= q <= 50_000.0
+        # one person moves a clamped sum by at most the bound: the attack now gives <= 50,000
+        rest = fed.sum("default", "income", where="not zip = '12345'", epsilon=100.0, bounds=bounds)
+        assert abs((total - rest) - min(TARGET_INCOME, 50_000.0)) < 9 * sd + 1
+        with pytest.raises(ConfigError, match="bounds in a query clamp the values of a"):
+            fed.sum("default", "income", bounds=bounds)
+        with pytest.raises(ConfigError, match=r"params.bounds.income'.*low must be below"):
+            fed.sum("default", "income", epsilon=1.0, bounds={"income": (5.0, 1.0)})

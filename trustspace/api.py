@@ -111,6 +111,14 @@ def infer_columns(path: str | os.PathLike[str], delimiter: str = ",") -> dict[st
     return out
 
 
+def _bounds(bounds: Mapping[str, tuple[float, float]] | None) -> dict[str, Any]:
+    """``params.bounds`` of a DP query: public ``(low, high)`` per column, which the nodes clamp
+    the values to (instead of the dataset's declared bounds)."""
+    if bounds is None:
+        return {}
+    return {"bounds": {c: list(pair) for c, pair in bounds.items()}}
+
+
 def _dp_spec(epsilon: float | None, delta: float | None) -> dict[str, float] | None:
     """The signed ``dp`` of a query (None: exact), checked here before anything is sent."""
     if epsilon is None:
@@ -530,10 +538,16 @@ class Federation:
         method: str = "secagg",
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("sum", dataset, _cols(columns), where), method, epsilon, delta),
+            self._value(
+                Query("sum", dataset, _cols(columns), where, _bounds(bounds)),
+                method,
+                epsilon,
+                delta,
+            ),
         )
 
     def mean(
@@ -545,10 +559,16 @@ class Federation:
         method: str = "secagg",
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
-            self._value(Query("mean", dataset, _cols(columns), where), method, epsilon, delta),
+            self._value(
+                Query("mean", dataset, _cols(columns), where, _bounds(bounds)),
+                method,
+                epsilon,
+                delta,
+            ),
         )
 
     def var(
@@ -561,11 +581,15 @@ class Federation:
         method: str = "secagg",
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
             self._value(
-                Query("var", dataset, _cols(columns), where, {"ddof": ddof}), method, epsilon, delta
+                Query("var", dataset, _cols(columns), where, {"ddof": ddof, **_bounds(bounds)}),
+                method,
+                epsilon,
+                delta,
             ),
         )
 
@@ -579,11 +603,15 @@ class Federation:
         method: str = "secagg",
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> float | pd.Series[float]:
         return cast(
             "float | pd.Series[float]",
             self._value(
-                Query("std", dataset, _cols(columns), where, {"ddof": ddof}), method, epsilon, delta
+                Query("std", dataset, _cols(columns), where, {"ddof": ddof, **_bounds(bounds)}),
+                method,
+                epsilon,
+                delta,
             ),
         )
 
@@ -647,12 +675,16 @@ class Federation:
         method: str = "secagg",
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> float | pd.Series[float] | pd.DataFrame:
         qv: Any = q if isinstance(q, int | float) else list(q)
         return cast(
             "float | pd.Series[float] | pd.DataFrame",
             self._value(
-                Query("quantile", dataset, column, where, {"q": qv}), method, epsilon, delta
+                Query("quantile", dataset, column, where, {"q": qv, **_bounds(bounds)}),
+                method,
+                epsilon,
+                delta,
             ),
         )
 
@@ -699,8 +731,9 @@ class Federation:
         method: str = "secagg",
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> pd.DataFrame:
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = _bounds(bounds)
         if percentiles is not None:
             params["percentiles"] = list(percentiles)
         return cast(
@@ -721,6 +754,7 @@ class Federation:
         method: str = "secagg",
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> pd.DataFrame | GroupBy:
         """Per-group aggregates, like ``df.groupby(by).agg(agg)`` over the union of the data.
 
@@ -728,9 +762,9 @@ class Federation:
         The group values must be public: pass ``values`` or declare a domain for ``by``.
         """
         if agg is None:
-            return GroupBy(self, dataset, by, where, values, method, epsilon, delta)
+            return GroupBy(self, dataset, by, where, values, method, epsilon, delta, bounds)
         aggs = {c: [a] if isinstance(a, str) else list(a) for c, a in agg.items()}
-        params: dict[str, Any] = {"by": by, "agg": aggs}
+        params: dict[str, Any] = {"by": by, "agg": aggs, **_bounds(bounds)}
         if values is not None:
             params["values"] = list(values)
         return cast(
@@ -843,10 +877,11 @@ class GroupBy:
         method: str,
         epsilon: float | None = None,
         delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self._fed, self._dataset, self._by = fed, dataset, by
         self._where, self._values, self._method = where, values, method
-        self._epsilon, self._delta = epsilon, delta
+        self._epsilon, self._delta, self._bounds = epsilon, delta, bounds
 
     def agg(self, agg: Mapping[str, str | Sequence[str]]) -> pd.DataFrame:
         """Run the aggregations (``size``, ``count``, ``sum``, ``mean``, ``var``, ``std``)."""
@@ -861,6 +896,7 @@ class GroupBy:
                 method=self._method,
                 epsilon=self._epsilon,
                 delta=self._delta,
+                bounds=self._bounds,
             ),
         )
 

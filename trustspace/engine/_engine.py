@@ -358,9 +358,13 @@ class Engine:
         return cols
 
 
-def _num(col: str, schema: TableSchema) -> str:
+def _num(col: str, schema: TableSchema, clamp: tuple[float, ...] = ()) -> str:
     q = quote_ident(col)
-    return f"CAST({q} AS DOUBLE)" if schema.columns[col] is not ColumnType.FLOAT else q
+    x = f"CAST({q} AS DOUBLE)" if schema.columns[col] is not ColumnType.FLOAT else q
+    if clamp:  # finite floats (Term checks them), written as SQL number literals
+        lo, hi = (repr(float(v)) for v in clamp)
+        x = f"least(greatest({x}, CAST({lo} AS DOUBLE)), CAST({hi} AS DOUBLE))"
+    return x
 
 
 class _Plan:
@@ -403,7 +407,7 @@ class _Plan:
             self._moment(t, off)
             return
         col = t.columns[0]
-        x = _num(col, self.schema)
+        x = _num(col, self.schema, t.clamp)
         tid = len(self.keyed)
         if t.kind == "octaves":
             # key = sign(x) * (floor(log2|x|) + 2000): no CASE (several times slower in
@@ -475,7 +479,7 @@ class _Plan:
             factors, params = [], []
             for c, p, center in zip(t.columns, t.powers, t.centers, strict=True):
                 for _ in range(p):
-                    factors.append(f"({_num(c, self.schema)} - ?)")
+                    factors.append(f"({_num(c, self.schema, t.clamp)} - ?)")
                     params.append(center)
             product = " * ".join(factors)
             # A NULL factor makes the product NULL (skipped by fsum); columns with power 0

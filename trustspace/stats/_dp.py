@@ -38,7 +38,7 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -153,7 +153,8 @@ def _count_term(*columns: str) -> Term:
 def _moment_term(schema: TableSchema, column: str, power: int, centre: float) -> Term:
     lo, hi = _bounds(schema, column)
     m = max(abs(lo - centre), abs(hi - centre)) ** power
-    return Term.moment([column], [power], [centre], _scale_bits(m))
+    t = Term.moment([column], [power], [centre], _scale_bits(m))
+    return replace(t, clamp=(lo, hi))  # the nodes clamp every value to the bounds first
 
 
 def _mid(schema: TableSchema, column: str) -> float:
@@ -161,22 +162,26 @@ def _mid(schema: TableSchema, column: str) -> float:
     return (lo + hi) / 2
 
 
-def _quantile_edges(schema: TableSchema, column: str, bins: int) -> list[float]:
+def _quantile_bins(schema: TableSchema, column: str, bins: int) -> Term:
+    """Equal bins over the bounds, values clamped to them (so every value is in a bin)."""
     lo, hi = _bounds(schema, column)
-    edges: list[float] = np.linspace(lo, hi, bins + 1).tolist()
-    return edges
+    return _bins_term(column, np.linspace(lo, hi, bins + 1).tolist(), (lo, hi))
 
 
-def _bins_term(column: str, edges: Sequence[float]) -> Term:
-    return Term("bins", (column,), edges=tuple(float(e) for e in edges), frac_bits=DP_BITS)
+def _bins_term(column: str, edges: Sequence[float], clamp: tuple[float, ...] = ()) -> Term:
+    e = tuple(float(x) for x in edges)
+    return Term("bins", (column,), edges=e, frac_bits=DP_BITS, clamp=clamp)
 
 
 def round_sensitivity(rnd: Round, schema: TableSchema) -> tuple[float, float]:
     """The (L2, L1) sensitivity of a DP round's encoded vector (see the module docstring).
 
+    ``schema`` is not consulted for the moments: each carries the bounds its values are
+    clamped to (``Term.clamp``), so the sensitivity follows from the round alone.
+
     Raises:
-        ConfigError: a term a DP round cannot hold (a product of columns, an unbounded
-            column, a count not on the DP scale).
+        ConfigError: a term a DP round cannot hold (a product of columns, an unclamped
+            moment, a count not on the DP scale).
     """
     squares, total = Fraction(0), Fraction(0)
     for t in rnd.terms:
@@ -184,8 +189,8 @@ def round_sensitivity(rnd: Round, schema: TableSchema) -> tuple[float, float]:
             if t.frac_bits != DP_BITS:
                 raise ConfigError(f"DP round: count term {t.to_dict()} is not on the DP scale")
             s = Fraction(_UNIT)
-        elif t.kind == "moment" and len(t.columns) == 1:
-            lo, hi = _bounds(schema, t.columns[0])
+        elif t.kind == "moment" and len(t.columns) == 1 and t.clamp:
+            lo, hi = t.clamp  # the node clamps to these: they bound what one record adds
             c, p = Fraction(t.centers[0]), t.powers[0]
             m = max(abs(Fraction(lo) - c), abs(Fraction(hi) - c)) ** p
             s = m * Fraction(2) ** t.frac_bits + 1
@@ -260,6 +265,15 @@ class DPComputation:
                 f"supports {', '.join(DP_OPS)}"
             )
         query.check(schema)
+        given = {
+            c: (float(lo), float(hi)) for c, (lo, hi) in query.params.get("bounds", {}).items()
+        }
+        if given:  # the query's bounds replace the dataset's for its columns
+            schema = TableSchema(
+                dict(schema.columns),
+                schema.domains,
+                {**schema.bounds, **given},
+            )
         self.query, self.schema, self.dp = query, schema, dp
         self.rounds = 0
         self._total: Vec | None = None
@@ -351,7 +365,7 @@ class DPComputation:
             terms = [_bins_term(cols[0], edges)]
         elif op == "quantile":
             nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
-            terms = [_bins_term(c, _quantile_edges(s, c, nb)) for c in cols]
+            terms = [_quantile_bins(s, c, nb) for c in cols]
         elif op == "describe":
             nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
             for c in cols:
@@ -360,7 +374,7 @@ class DPComputation:
                     _count_term(c),
                     _moment_term(s, c, 1, m),
                     _moment_term(s, c, 2, m),
-                    _bins_term(c, _quantile_edges(s, c, nb)),
+                    _quantile_bins(s, c, nb),
                 ]
         else:  # group_by
             by: str = q.params["by"]
@@ -435,7 +449,7 @@ class DPComputation:
             figs = []
             for p in ps:
                 for c in cols:
-                    term = _bins_term(c, _quantile_edges(s, c, nb))
+                    term = _quantile_bins(s, c, nb)
                     figs.append(_quantile_figure(rnd, term, p))
             return _quantile_layout(wanted, ps, cols), figs
         if op == "describe":
@@ -452,7 +466,7 @@ class DPComputation:
                     m = (lo + hi) / 2
                     i_n, i_1 = at(_count_term(c)), at(_moment_term(s, c, 1, m))
                     i_2 = at(_moment_term(s, c, 2, m))
-                    bins = _bins_term(c, _quantile_edges(s, c, nb))
+                    bins = _quantile_bins(s, c, nb)
                     if label_i == 0:
                         figs.append(_Figure(_entry(i_n), (i_n,)))
                     elif label_i == 1:

@@ -788,6 +788,7 @@ def start(
             suppressed (0 disables disclosure control, for tests on public data).
         dp: ``{epsilon, delta}`` for a differentially private answer (``stats._dp``: one
             public round, noise added by the nodes, nothing suppressed); None for exact.
+            Only a DP query may give ``params.bounds`` (the nodes clamp to them).
 
     Raises:
         ConfigError: the query does not fit the schema (names the column), or a DP query
@@ -796,6 +797,12 @@ def start(
     spec = DPSpec.of(dp)
     if spec is not None:
         return DPComputation(query, schema, spec)
+    if "bounds" in query.params:
+        raise ConfigError(
+            "query 'params.bounds': bounds in a query clamp the values of a differentially "
+            "private query; pass epsilon=, or declare the dataset's bounds (which an exact "
+            "answer uses to skip its range-finding round)"
+        )
     return Computation(query, schema, min_group_size)
 
 

@@ -42,18 +42,18 @@ GRID_BIN_CHOICES = tuple(2**i for i in range(4, 13))
 
 _PARAMS: dict[str, set[str]] = {
     "count": set(),
-    "sum": set(),
-    "mean": set(),
-    "var": {"ddof"},
-    "std": {"ddof"},
+    "sum": {"bounds"},
+    "mean": {"bounds"},
+    "var": {"ddof", "bounds"},
+    "std": {"ddof", "bounds"},
     "skew": set(),
     "kurt": set(),
     "histogram": {"bins", "range"},
-    "quantile": {"q", "precision", "grid_bins"},
+    "quantile": {"q", "precision", "grid_bins", "bounds"},
     "cov": {"ddof"},
     "corr": set(),
-    "describe": {"percentiles", "precision", "grid_bins"},
-    "group_by": {"by", "agg", "values"},
+    "describe": {"percentiles", "precision", "grid_bins", "bounds"},
+    "group_by": {"by", "agg", "values", "bounds"},
 }
 
 
@@ -84,6 +84,20 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
         isinstance(p["ddof"], bool) or not isinstance(p["ddof"], int) or p["ddof"] < 0
     ):
         raise ConfigError(f"query 'params.ddof': expected an integer >= 0, got {p['ddof']!r}")
+    if "bounds" in p:
+        b = p["bounds"]
+        if not isinstance(b, dict) or not b:
+            raise ConfigError("query 'params.bounds': expected {column: [low, high]}")
+        for col, pair in b.items():
+            where = f"query 'params.bounds.{col}'"
+            if col not in columns:
+                raise ConfigError(f"{where}: {col!r} is not a column of the query")
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ConfigError(f"{where}: expected [low, high], got {pair!r}")
+            lo, hi = (_number(v, where) for v in pair)
+            if not lo < hi:
+                raise ConfigError(f"{where}: low must be below high, got {pair!r}")
+            b[col] = [lo, hi]
     if op == "histogram":
         if len(columns) != 1:
             raise ConfigError("query 'columns': histogram takes exactly one column")

@@ -119,10 +119,22 @@ class Term:
     nbins: int = 0
     edges: tuple[float, ...] = ()
     frac_bits: int = 0
+    #: ``(low, high)``: the values are clamped to it before they are used (public bounds a
+    #: differentially private query gives); empty: used as they are
+    clamp: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ConfigError(f"term 'kind': {self.kind!r} is not one of {', '.join(_KINDS)}")
+        if self.clamp:
+            if len(self.clamp) != 2:
+                raise ConfigError("term 'clamp': expected [low, high]")
+            lo, hi = (_finite(v, "term 'clamp'") for v in self.clamp)
+            if not lo < hi:
+                raise ConfigError("term 'clamp': low must be below high")
+            if self.kind not in ("moment", "bins") or (self.kind == "moment" and self.is_count):
+                raise ConfigError("term 'clamp': only a moment of values or bins clamp values")
+            object.__setattr__(self, "clamp", (lo, hi))
         for c in self.columns:
             if not isinstance(c, str) or not c:
                 raise ConfigError(f"term 'columns': {c!r} is not a column name")
@@ -227,6 +239,8 @@ class Term:
             d.update(edges=list(self.edges))
         if self.kind != "moment" and self.frac_bits:
             d["frac_bits"] = self.frac_bits  # DP rounds scale their counts (stats._dp)
+        if self.clamp:
+            d["clamp"] = list(self.clamp)
         return d
 
     @classmethod
@@ -243,7 +257,7 @@ class Term:
             "grid": {"kind", "columns", "start", "width", "nbins"},
             "bins": {"kind", "columns", "edges"},
         }[kind]
-        optional = {"frac_bits"} if kind != "moment" else set()
+        optional = ({"frac_bits"} if kind != "moment" else set()) | {"clamp"}
         extra = set(data) - allowed - optional
         if extra:
             raise ConfigError(f"term: unknown key(s) {sorted(extra)} for kind {kind!r}")
@@ -251,7 +265,7 @@ class Term:
         if missing:
             raise ConfigError(f"term: missing key(s) {sorted(missing)} for kind {kind!r}")
         kw: dict[str, Any] = {}
-        for key in ("columns", "powers", "centers", "edges"):
+        for key in ("columns", "powers", "centers", "edges", "clamp"):
             if key in data:
                 if not isinstance(data[key], list | tuple):
                     raise ConfigError(f"term {key!r}: expected a list")

@@ -203,6 +203,8 @@ def term_from_proto(msg: common_pb2.Term) -> Term:
         d.update(edges=list(msg.edges))
     if msg.kind != "moment" and msg.frac_bits:
         d["frac_bits"] = msg.frac_bits
+    if msg.clamp:
+        d["clamp"] = list(msg.clamp)
     return Term.from_dict(d)
 
 

@@ -400,6 +400,7 @@ class Term(_message.Message):
     WIDTH_FIELD_NUMBER: _builtins.int
     NBINS_FIELD_NUMBER: _builtins.int
     EDGES_FIELD_NUMBER: _builtins.int
+    CLAMP_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     frac_bits: _builtins.int
     start: _builtins.float
@@ -413,6 +414,10 @@ class Term(_message.Message):
     def centers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
     def edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def clamp(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """[low, high]: values clamped to it first (DP bounds); or empty"""
+
     def __init__(
         self,
         *,
@@ -425,10 +430,11 @@ class Term(_message.Message):
         width: _builtins.float = ...,
         nbins: _builtins.int = ...,
         edges: _abc.Iterable[_builtins.float] | None = ...,
+        clamp: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "start", b"start", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "start", b"start", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
