@@ -89,10 +89,10 @@ def _sum_sigma(t: int, n: int) -> float:
     """The accounted standard deviation of a DP sum of income over n nodes with threshold t,
     computed from the formulas (docs/dp.md), independently of ``stats._dp``."""
     m = INCOME_BOUNDS[1]  # max |x| over the bounds, the sum's sensitivity
-    f = 8 - math.ceil(math.log2(m))  # one record moves the encoded sum by <= 2^8 (+1 rounding)
-    delta_enc = m * 2.0**f + 1
+    scale = 256 / m  # one record moves the encoded sum by <= 2^8 (+1 for rounding)
+    delta_enc = 257.0
     p = plan(EPS, DELTA, delta_enc, t=t, n=n, dim=1, sensitivity_l1=delta_enc)
-    return math.sqrt(n * discrete_gaussian_variance(p.node_sigma2)) / 2.0**f
+    return math.sqrt(n * discrete_gaussian_variance(p.node_sigma2)) / scale
 
 
 # --- the differencing attack ---------------------------------------------------------------

@@ -7,8 +7,8 @@ never on the data: no range finding, no centres from an earlier total. Every nod
 1. computes the round's local vector (``Engine.compute``) and fixed-point encodes it
    (``Round.encode``) on a scale where one record moves every term by at most ``2^DP_BITS``
    encoded units (+1 for rounding): counts carry ``DP_BITS`` fractional bits, a moment of a
-   column bounded by ``[lo, hi]`` about centre ``c`` carries ``DP_BITS - ceil(log2 M)`` with
-   ``M = max(|lo - c|, |hi - c|)^power``;
+   column clamped to ``[lo, hi]`` about centre ``c`` is scaled by ``2^DP_BITS / M``
+   (``Term.scale``) with ``M = max(|lo - c|, |hi - c|)^power``;
 2. adds ``N_Z(node_sigma2)`` to every entry (``dp.discrete_gaussian_array``: exact, from the
    OS CSPRNG), with ``node_sigma2`` from ``noise_plan`` (``dp.plan``: the total over any
    ``t..n`` surviving shares is ``(epsilon, delta)``-DP by Kairouz, Liu and Steinke, ICML 2021,
@@ -20,9 +20,9 @@ never on the data: no range finding, no centres from an earlier total. Every nod
 Sensitivity (``round_sensitivity``): under add/remove-one-record neighbouring, a record adds to
 each term of the round at most once (to one bin of a histogram, to one block of a grouped
 round), so the L2 sensitivity of the encoded vector is ``sqrt(sum_terms s_t^2)`` and its L1
-sensitivity ``sum_terms s_t``, with ``s_t = 2^f`` for a count term and ``M 2^f + 1`` for a
-moment. Values outside a column's bounds never reach a round: the engine refuses a dataset with
-one at load (``engine._check``).
+sensitivity ``sum_terms s_t``, with ``s_t = 2^8`` for a count term and ``M scale + 1 = 257``
+for a moment. The engine clamps every value of a moment (and of a quantile's bins) to the
+term's own bounds (``Term.clamp``: the dataset's, or the query's ``params.bounds``) first.
 
 Everything after the total is post-processing (free under DP): ratios, clipping to the bounds,
 quantiles from the noisy histogram. Each figure is reported with the standard deviation of its
@@ -128,12 +128,6 @@ class DPSpec:
 # --- the round ---------------------------------------------------------------------------------
 
 
-def _scale_bits(m: float) -> int:
-    """``DP_BITS - ceil(log2 m)``: the fractional bits putting ``m`` in (128, 256] units."""
-    mant, exp = math.frexp(m)  # m = mant * 2^exp, mant in [0.5, 1)
-    return DP_BITS - (exp - 1 if mant == 0.5 else exp)
-
-
 def _bounds(schema: TableSchema, column: str) -> tuple[float, float]:
     b = schema.bounds.get(column)
     if b is None:
@@ -153,8 +147,10 @@ def _count_term(*columns: str) -> Term:
 def _moment_term(schema: TableSchema, column: str, power: int, centre: float) -> Term:
     lo, hi = _bounds(schema, column)
     m = max(abs(lo - centre), abs(hi - centre)) ** power
-    t = Term.moment([column], [power], [centre], _scale_bits(m))
-    return replace(t, clamp=(lo, hi))  # the nodes clamp every value to the bounds first
+    # encoded as round(S * 2^8 / M): one record moves it by at most 2^8 (+1 for rounding),
+    # as it moves a count, so that one isotropic noise vector is right for every entry
+    t = Term.moment([column], [power], [centre], 0)
+    return replace(t, clamp=(lo, hi), scale=_UNIT / m)
 
 
 def _mid(schema: TableSchema, column: str) -> float:
@@ -193,7 +189,8 @@ def round_sensitivity(rnd: Round, schema: TableSchema) -> tuple[float, float]:
             lo, hi = t.clamp  # the node clamps to these: they bound what one record adds
             c, p = Fraction(t.centers[0]), t.powers[0]
             m = max(abs(Fraction(lo) - c), abs(Fraction(hi) - c)) ** p
-            s = m * Fraction(2) ** t.frac_bits + 1
+            unit = Fraction(t.scale) if t.scale else Fraction(2) ** t.frac_bits
+            s = m * unit + 1
         else:
             raise ConfigError(f"DP round: term {t.to_dict()} has no bounded sensitivity")
         squares += s * s
@@ -312,7 +309,7 @@ class DPComputation:
         if self._total is None:
             raise ProtocolError("result(): the DP round has not been fed")
         x = self._total
-        var = self._variance / np.ldexp(1.0, 2 * self.round.frac_bits)  # per entry, natural
+        var = self._variance / self.round.units**2  # per entry, in the entry's own units
         layout, figures = self._finish(x)
         values, stds = [], []
         for f in figures:

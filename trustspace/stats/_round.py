@@ -122,10 +122,19 @@ class Term:
     #: ``(low, high)``: the values are clamped to it before they are used (public bounds a
     #: differentially private query gives); empty: used as they are
     clamp: tuple[float, ...] = ()
+    #: > 0: a moment is encoded as ``round(v * scale)`` instead of ``round(v * 2^frac_bits)``
+    #: (DP rounds: one record then moves every term by the same 2^8 units, see stats._dp)
+    scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ConfigError(f"term 'kind': {self.kind!r} is not one of {', '.join(_KINDS)}")
+        if self.scale:
+            sc = _finite(self.scale, "term 'scale'")
+            if sc <= 0 or self.kind != "moment" or self.is_count or self.frac_bits:
+                raise ConfigError(
+                    "term 'scale': a positive scale, on a moment of values with frac_bits 0"
+                )
         if self.clamp:
             if len(self.clamp) != 2:
                 raise ConfigError("term 'clamp': expected [low, high]")
@@ -241,6 +250,8 @@ class Term:
             d["frac_bits"] = self.frac_bits  # DP rounds scale their counts (stats._dp)
         if self.clamp:
             d["clamp"] = list(self.clamp)
+        if self.scale:
+            d["scale"] = self.scale
         return d
 
     @classmethod
@@ -257,7 +268,7 @@ class Term:
             "grid": {"kind", "columns", "start", "width", "nbins"},
             "bins": {"kind", "columns", "edges"},
         }[kind]
-        optional = ({"frac_bits"} if kind != "moment" else set()) | {"clamp"}
+        optional = ({"frac_bits"} if kind != "moment" else {"scale"}) | {"clamp"}
         extra = set(data) - allowed - optional
         if extra:
             raise ConfigError(f"term: unknown key(s) {sorted(extra)} for kind {kind!r}")
@@ -270,7 +281,7 @@ class Term:
                 if not isinstance(data[key], list | tuple):
                     raise ConfigError(f"term {key!r}: expected a list")
                 kw[key] = tuple(data[key])
-        for key in ("start", "width"):
+        for key in ("start", "width", "scale"):
             if key in data:
                 kw[key] = _finite(data[key], f"term {key!r}")
         for key in ("nbins", "frac_bits"):
@@ -466,6 +477,18 @@ class Round:
         block = np.concatenate([np.full(t.size, t.frac_bits, dtype=np.int64) for t in self.terms])
         return np.tile(block, self.n_groups)
 
+    @property
+    def scales(self) -> npt.NDArray[np.float64]:
+        """Each entry's explicit scale (``Term.scale``), 0 where it is ``2^frac_bits``."""
+        block = np.concatenate([np.full(t.size, t.scale, dtype=np.float64) for t in self.terms])
+        return np.tile(block, self.n_groups)
+
+    @property
+    def units(self) -> npt.NDArray[np.float64]:
+        """Encoded units per unit of each entry: its scale, or ``2^frac_bits``."""
+        sc = self.scales
+        return np.where(sc > 0, sc, np.ldexp(1.0, self.frac_bits))
+
     def check_vector(self, vec: npt.ArrayLike, what: str = "vector") -> npt.NDArray[np.float64]:
         """``vec`` as float64 after checking its shape and that it is finite (else DataError)."""
         arr = np.asarray(vec, dtype=np.float64)
@@ -486,7 +509,8 @@ class Round:
                 between rounds, or the node is not honest); the message names the entry.
         """
         arr = self.check_vector(local, "local vector")
-        scaled = np.rint(np.ldexp(arr, self.frac_bits))
+        sc = self.scales
+        scaled = np.rint(np.where(sc > 0, arr * sc, np.ldexp(arr, self.frac_bits)))
         limit = np.where(self.count_mask, COUNT_LIMIT, ENCODED_LIMIT)
         over = np.abs(scaled) > limit
         if np.any(over):
@@ -508,7 +532,9 @@ class Round:
             if not np.issubdtype(arr.dtype, np.integer):
                 raise DataError(f"round {self.index}: total must be an integer array mod 2^64")
             arr = arr.astype(np.uint64)
-        return np.ldexp(arr.view(np.int64).astype(np.float64), -self.frac_bits)
+        ints = arr.view(np.int64).astype(np.float64)
+        sc = self.scales
+        return np.where(sc > 0, ints / np.where(sc > 0, sc, 1.0), np.ldexp(ints, -self.frac_bits))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (``from_dict`` reverses it)."""

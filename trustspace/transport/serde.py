@@ -205,6 +205,8 @@ def term_from_proto(msg: common_pb2.Term) -> Term:
         d["frac_bits"] = msg.frac_bits
     if msg.clamp:
         d["clamp"] = list(msg.clamp)
+    if msg.kind == "moment" and msg.scale:
+        d["scale"] = msg.scale
     return Term.from_dict(d)
 
 
