@@ -340,6 +340,13 @@ class Ledger:
         """
         a, d = _name("analyst", analyst), _name("dataset", dataset)
         limit = int(Fraction(rho_for(epsilon, delta)) * RHO_UNITS)  # rounded down
+        with self._op("reading a budget") as db:  # unchanged (the usual case): no write
+            row = db.execute(
+                "SELECT epsilon, delta, rho_limit FROM budgets WHERE analyst = ? AND dataset = ?",
+                (a, d),
+            ).fetchone()
+            if row is not None and tuple(row) == (float(epsilon), float(delta), limit):
+                return self._budget(db, a, d)
         with self._op("setting a budget") as db:
             db.execute(
                 "INSERT INTO budgets (analyst, dataset, epsilon, delta, rho_limit, updated) "
