@@ -451,8 +451,12 @@ def discrete_gaussian_array(
     out = np.empty(n, dtype=np.int64)
     filled = 0
     while filled < n:
-        y = _laplace_lanes(t, n - filled, src)
-        accepted = y[_gaussian_accept(y, s2, t, src)]
+        # propose half as much again as is missing: each pass costs more in fixed
+        # overhead than in lanes for short vectors; accepted proposals are i.i.d. N_Z(sigma2)
+        # and are taken in lane order, which does not depend on their values
+        want = n - filled
+        y = _laplace_lanes(t, want + want // 2 + 1, src)
+        accepted = y[_gaussian_accept(y, s2, t, src)][:want]
         out[filled : filled + accepted.size] = accepted
         filled += accepted.size
     return out
