@@ -1,7 +1,7 @@
 """Accuracy and cost of trustspace's DP statistics, beside OpenDP's central discrete Gaussian.
 
-    python benchmarks/dp.py --quick    # 200 noise trials, 20 latency samples (1-2 minutes)
-    python benchmarks/dp.py            # 1,000 noise trials, 100 latency samples
+    python benchmarks/dp.py --quick    # 1,000 noise trials, 20 latency samples (1-2 minutes)
+    python benchmarks/dp.py            # 5,000 noise trials, 100 latency samples (3-4 minutes)
 
 Accuracy. The Adult data set (30,162 rows, ``age`` with public bounds [17, 90]) is split in
 contiguous blocks over m = 3, 10 and 100 simulated nodes, each a real ``trustspace.engine.Engine``
@@ -63,7 +63,7 @@ from _common import machine, versions
 
 from trustspace import _adult
 from trustspace.engine import DatasetSpec, Engine
-from trustspace.stats import Query, start
+from trustspace.stats import Query, Round, start
 from trustspace.stats._dp import DPSpec, add_noise, noise_plan, round_sensitivity, share_variance
 
 HERE = Path(__file__).resolve().parent
@@ -81,6 +81,7 @@ BUDGET_POLICY = {
     "rules": [{"analysts": ["*"], "operations": ["*"]}],
     "dp": {"epsilon": 1e4, "delta": 1e-5},
 }
+NO_DP_POLICY = {k: v for k, v in BUDGET_POLICY.items() if k != "dp"}
 QUERIES = {
     "count": Query("count", DATASET),
     "sum": Query("sum", DATASET, COLUMN),
@@ -177,6 +178,20 @@ class TrustspaceStat:
         self.m = len(engines)
         self.rows = 0  # set by the caller: the true row count (for the mean's analytic std)
         self.l2, self.l1 = round_sensitivity(self.rnd, self.schema)
+        #: each term's share of the round's rho (the noise is isotropic over the entries)
+        self.term_rho_share = {}
+        for term in self.rnd.terms:
+            one = Round(self.rnd.dataset, self.rnd.where, (term,), None, (), 0)
+            s_t = round_sensitivity(one, self.schema)[0]
+            label = "count" if term.is_count else f"{term.kind} {','.join(term.columns)}"
+            if term.kind == "moment" and not term.is_count:
+                label += f" power {term.powers[0]} about {term.centers[0]:g}"
+            self.term_rho_share[label] = {
+                "sensitivity_encoded": s_t,
+                "frac_bits": term.frac_bits,
+                "scale": float(getattr(term, "scale", 0.0) or 0.0),
+                "rho_share": (s_t / self.l2) ** 2,
+            }
 
     def release(self, total: np.ndarray, variance: float) -> Any:
         comp = start(self.q, self.schema, 0, self.spec)
@@ -221,15 +236,24 @@ class TrustspaceStat:
         }
         return out
 
+    def units(self) -> np.ndarray:
+        """Encoded units per unit of each entry (``Round.units``, else ``2^frac_bits``)."""
+        units = getattr(self.rnd, "units", None)
+        if units is not None:
+            return np.asarray(units, dtype=float)
+        return np.ldexp(1.0, np.asarray(self.rnd.frac_bits))
+
     def analytic_std(self, variance: float, truth: np.ndarray) -> float:
         """The error's standard deviation from the noise in the encoded entries (delta method
         at the true values for the mean; one bin for the histogram)."""
-        fb = [int(f) for f in self.rnd.frac_bits]
-        if self.q.op != "mean":  # one entry (count, sum) or bins all on one scale
-            return math.sqrt(variance) / 2.0 ** fb[0]
+        u = self.units()
+        if self.q.op == "count" or self.q.op == "sum":
+            return math.sqrt(variance) / float(u[0])
+        if self.q.op == "histogram":  # entries: underflow, the bins, overflow
+            return math.sqrt(variance) / float(u[1])
         n = float(self.rows)  # entries: the count of age, then sum(age - centre)
         s1 = (float(truth[0]) - (LO + HI) / 2) * n
-        var_n, var_1 = variance / 4.0 ** fb[0], variance / 4.0 ** fb[1]
+        var_n, var_1 = variance / float(u[0]) ** 2, variance / float(u[1]) ** 2
         return math.sqrt(var_1 / n**2 + var_n * s1**2 / n**4)
 
 
@@ -309,8 +333,7 @@ class OpenDPAnchor:
             self.noise[name] = [("count", m_c), (key, m_s)]
             rho = m_c.map(sens_c) + m_s.map(sens_s)
             scales = {"count": (sens_c, k * sens_c), key: (sens_s, k * sens_s)}
-            sanity = data if name == "mean" else centred
-            self.info[name] = self._describe(composed(k), scales, rho, sanity)
+            self.info[name] = self._describe(composed(k), scales, rho, data)
 
     def _approx(self, meas: Any) -> Any:
         return self.dp.c.make_fix_delta(self.dp.c.make_zCDP_to_approxDP(meas), DELTA)
@@ -374,6 +397,7 @@ def accuracy(df: pd.DataFrame, trials: int, node_counts: tuple[int, ...]) -> dic
     if list(anchor.exact["histogram"]) != list(truth["histogram"]):
         raise SystemExit("OpenDP's exact histogram differs from numpy's")
     rows: list[dict[str, Any]] = []
+    encoding_error: dict[str, float] = {}  # |noiseless release - truth|: the encoding's rounding
     scale_1 = anchor.info["count"]["sensitivity_and_scale"]["count"][1]  # OpenDP, sensitivity 1
     with tempfile.TemporaryDirectory(prefix="ts-bench-dp-") as tmp:
         for m in node_counts:
@@ -383,10 +407,15 @@ def accuracy(df: pd.DataFrame, trials: int, node_counts: tuple[int, ...]) -> dic
             for name, q in QUERIES.items():
                 st = TrustspaceStat(q, engines)
                 st.rows = len(df)
+                # the noiseless total: each entry within the encoding's rounding (half an
+                # encoded unit per node) of the sum of the engines' local vectors
+                local = sum(np.asarray(e.compute(st.rnd), dtype=float) for e in engines)
+                decoded = st.rnd.decode(st.exact_total())
+                if np.any(np.abs(decoded - local) > m * (0.5 + 1e-9) / st.units()):
+                    raise SystemExit(f"{name} over {m} engines: {decoded} != {local}")
                 exact = st.release(st.exact_total(), 1.0).value  # the module's exact answer
                 got = np.atleast_1d(np.asarray(exact, dtype=float))
-                if not np.allclose(got, truth[name], rtol=1e-12, atol=1e-9):
-                    raise SystemExit(f"{name} over {m} engines: {got} != {truth[name]}")
+                encoding_error[f"{name}@{m}"] = float(np.abs(got - truth[name]).max())
                 stats[name] = st
             print(f"m={m}: {m} engines loaded in {time.perf_counter() - t0:.1f} s", flush=True)
             for t in sorted({m, math.ceil(0.9 * m)}, reverse=True):
@@ -416,6 +445,7 @@ def accuracy(df: pd.DataFrame, trials: int, node_counts: tuple[int, ...]) -> dic
                             "analytic_std_ratio": ts["analytic_std"] / od["analytic_std"],
                             "noise_over_central_same_round": overhead / central,
                             "round_sensitivity_l2_encoded": st.l2,
+                            "round_terms": st.term_rho_share,
                             "target": target,
                             "met": ratio <= target,
                         }
@@ -428,10 +458,24 @@ def accuracy(df: pd.DataFrame, trials: int, node_counts: tuple[int, ...]) -> dic
                             flush=True,
                         )
             del engines, stats
-    return {"opendp": anchor.info, "truth": {k: v.tolist() for k, v in truth.items()}, "rows": rows}
+    return {
+        "opendp": anchor.info,
+        "truth": {k: v.tolist() for k, v in truth.items()},
+        "noiseless_release_abs_error": encoding_error,
+        "rows": rows,
+    }
 
 
 # --- cost ------------------------------------------------------------------------------------
+
+
+def _percentiles(seconds: list[float]) -> dict[str, Any]:
+    ms = sorted(x * 1000 for x in seconds)
+    return {
+        "p50_ms": statistics.median(ms),
+        "p95_ms": ms[int(0.95 * (len(ms) - 1))],
+        "samples": len(ms),
+    }
 
 
 def latency(df: pd.DataFrame, reps: int, warmup: int) -> dict[str, Any]:
@@ -457,14 +501,23 @@ def latency(df: pd.DataFrame, reps: int, warmup: int) -> dict[str, Any]:
             lambda f: f.histogram(ds, COLUMN, BINS, rng, epsilon=EPSILON, delta=DELTA),
         ),
     }
-    times: dict[str, dict[str, list[float]]] = {op: {"exact": [], "dp": []} for op in ops}
-    with Federation.local(
-        parts, BUDGET_POLICY, columns=_adult.COLUMNS, bounds={COLUMN: (LO, HI)}
-    ) as fed:
+    kw: dict[str, Any] = {"columns": _adult.COLUMNS, "bounds": {COLUMN: (LO, HI)}}
+    times: dict[str, dict[str, list[float]]] = {
+        op: {"exact": [], "dp": [], "exact_no_dp_policy": []} for op in ops
+    }
+    with Federation.local(parts, BUDGET_POLICY, **kw) as fed:
         for _ in range(warmup):
             for exact, noisy in ops.values():
                 exact(fed)
+                if fed.last_result.dp is not None:
+                    raise SystemExit("an exact query came back with DP noise")
                 noisy(fed)
+                info = fed.last_result.dp
+                if info is None:
+                    raise SystemExit("a query with epsilon came back without DP noise")
+        dp_info = {  # what the federation reports for its last DP query (the histogram)
+            k: info[k] for k in ("epsilon", "delta", "mechanism", "noise_std", "nodes") if k in info
+        }
         for rep in range(reps):
             for op, (exact, noisy) in ops.items():
                 order = [("exact", exact), ("dp", noisy)]
@@ -475,25 +528,37 @@ def latency(df: pd.DataFrame, reps: int, warmup: int) -> dict[str, Any]:
                     fn(fed)
                     times[op][kind].append(time.perf_counter() - t0)
         budget = fed.budget()
+    # context: the same exact queries where the nodes have no [policy.dp] at all
+    with Federation.local(parts, NO_DP_POLICY, **kw) as fed:
+        for _ in range(warmup):
+            for exact, _noisy in ops.values():
+                exact(fed)
+        for _ in range(reps):
+            for op, (exact, _noisy) in ops.items():
+                t0 = time.perf_counter()
+                exact(fed)
+                times[op]["exact_no_dp_policy"].append(time.perf_counter() - t0)
     out: dict[str, Any] = {}
     for op, kinds in times.items():
-        res: dict[str, Any] = {}
-        for kind, ts in kinds.items():
-            ms = sorted(x * 1000 for x in ts)
-            res[kind] = {
-                "p50_ms": statistics.median(ms),
-                "p95_ms": ms[int(0.95 * (len(ms) - 1))],
-                "samples": len(ms),
-            }
+        res: dict[str, Any] = {kind: _percentiles(ts) for kind, ts in kinds.items()}
         ratio = res["dp"]["p50_ms"] / res["exact"]["p50_ms"]
-        res |= {"p50_ratio": ratio, "target_ratio": LATENCY_TARGET, "met": ratio <= LATENCY_TARGET}
+        res |= {
+            "p50_ratio": ratio,
+            "p50_ratio_to_exact_no_dp_policy": res["dp"]["p50_ms"]
+            / res["exact_no_dp_policy"]["p50_ms"],
+            "target_ratio": LATENCY_TARGET,
+            "met": ratio <= LATENCY_TARGET,
+        }
         out[op] = res
         print(
             f"latency {op}: exact p50 {res['exact']['p50_ms']:.1f} ms, DP p50 "
-            f"{res['dp']['p50_ms']:.1f} ms, ratio {ratio:.2f} (target <= {LATENCY_TARGET})",
+            f"{res['dp']['p50_ms']:.1f} ms, ratio {ratio:.2f} (target <= {LATENCY_TARGET}); "
+            f"exact without [policy.dp] {res['exact_no_dp_policy']['p50_ms']:.1f} ms",
             flush=True,
         )
-    return {"ops": out, "budget_after": _jsonable(budget)}
+    if hasattr(budget, "to_dict"):
+        budget = budget.to_dict(orient="index")
+    return {"ops": out, "last_dp_result": dp_info, "budget_after": _jsonable(budget)}
 
 
 def _jsonable(x: Any) -> Any:
@@ -520,7 +585,15 @@ def markdown(out: dict[str, Any]) -> str:
         f"delta = {DELTA:g}, {p['trials']} noise trials per row, nodes simulated with real "
         "engines, totals summed modulo 2^64. RMSE ratio = trustspace / OpenDP (95% interval);"
         " analytic = ratio of the analytic noise standard deviations; dist. = trustspace's "
-        "total noise over the central noise for the same round sensitivity.",
+        "total noise over the central noise for the same round sensitivity. t = m: no dropout "
+        "tolerated (target 1.10); t = ceil(0.9 m): 10% tolerated, all m shares in the total "
+        "(target 1.30)"
+        + "".join(
+            f"; m = {n}: ceil(0.9 m) = {n}, no separate dropout row"
+            for n in p["node_counts"]
+            if math.ceil(0.9 * n) == n
+        )
+        + ".",
         "",
         "| statistic | OpenDP construction | nodes | t | RMSE trustspace | RMSE OpenDP | ratio "
         "(95% CI) | analytic std ts / OpenDP | reported std | dist. | target | |",
@@ -557,27 +630,61 @@ def markdown(out: dict[str, Any]) -> str:
         f"Cost: Federation.local, 3 nodes (gRPC, mutual TLS, in-process), {p['latency_samples']} "
         "samples each, interleaved, after a warm-up.",
         "",
-        "| query | exact p50 / p95 ms | DP p50 / p95 ms | p50 ratio | target | |",
-        "|---|---|---|---|---|---|",
+        "| query | exact p50 / p95 ms | DP p50 / p95 ms | p50 ratio | target | | exact, nodes "
+        "without [policy.dp], p50 / p95 ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for op, r in lat.items():
-        e, d = r["exact"], r["dp"]
+        e, d, x = r["exact"], r["dp"], r["exact_no_dp_policy"]
         lines.append(
             f"| {op} | {e['p50_ms']:.1f} / {e['p95_ms']:.1f} | {d['p50_ms']:.1f} / "
             f"{d['p95_ms']:.1f} | {r['p50_ratio']:.2f} | <= {r['target_ratio']:g} | "
-            f"{'met' if r['met'] else '**missed**'} |"
+            f"{'met' if r['met'] else '**missed**'} | {x['p50_ms']:.1f} / {x['p95_ms']:.1f} |"
         )
-    lines.append("")
+    info = out["latency"].get("last_dp_result", {})
+    if "noise_std_over_opendp_central" in info:
+        lines += [
+            "",
+            f"The federation's DP answers carry noise of standard deviation {info['noise_std']:.4g}"
+            f" records per count over {info.get('nodes')} nodes (its secure-aggregation threshold "
+            f"sizes the shares): {info['noise_std_over_opendp_central']:.3f}x OpenDP's central "
+            "count noise.",
+        ]
+    lines += ["", "Terms of the DP rounds (encoded sensitivity, share of the round's rho):", ""]
+    seen = set()
+    for r in out["accuracy"]["rows"]:
+        if r["statistic"] in seen:
+            continue
+        seen.add(r["statistic"])
+        terms = "; ".join(
+            f"{k}: {v['sensitivity_encoded']:.6g}, {v['rho_share']:.1%}"
+            for k, v in r["round_terms"].items()
+        )
+        lines.append(f"- {r['statistic']}: {terms}")
+    err = out["accuracy"]["noiseless_release_abs_error"]
+    lines += [
+        "",
+        "Noiseless release minus the truth (the encoding's rounding), largest: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in err.items()),
+        "",
+        f"trustspace source: {out['source']}"
+        + (
+            f" **(changed during the run, to {out['source_at_end']}: re-run)**"
+            if "source_at_end" in out
+            else ""
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--trials", type=int, help="noise trials per row (default 200 quick, 1000)")
+    ap.add_argument("--trials", type=int, help="noise trials per row (1,000 quick, 5,000 full)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    trials = args.trials or (200 if args.quick else 1000)
+    trials = args.trials or (1000 if args.quick else 5000)
     samples = 20 if args.quick else 100
     warmup = 3
     started = time.perf_counter()
@@ -607,9 +714,19 @@ def main() -> int:
             "policy": BUDGET_POLICY,
         },
     }
+    out["source"] = source_state()
     out["accuracy"] = accuracy(df, trials, NODE_COUNTS)
     out["latency"] = latency(df, samples, warmup)
+    # the federation's own DP noise (a count's, in records) against OpenDP's central count noise
+    info = out["latency"]["last_dp_result"]
+    scale_1 = out["accuracy"]["opendp"]["count"]["sensitivity_and_scale"]["count"][1]
+    if "noise_std" in info:
+        info["noise_std_over_opendp_central"] = info["noise_std"] / scale_1
     out["seconds"] = time.perf_counter() - started
+    end_state = source_state()
+    if end_state != out["source"]:  # trustspace changed on disk during the run
+        out["source_at_end"] = end_state
+        print(f"warning: trustspace changed during the run: {out['source']} -> {end_state}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dp.json").write_text(json.dumps(out, indent=2, default=_default) + "\n")
     md = markdown(out)
@@ -617,6 +734,29 @@ def main() -> int:
     print("\n" + md)
     print(f"wrote {RESULTS / 'dp.json'} and dp.md in {out['seconds']:.0f} s")
     return 0
+
+
+def source_state() -> dict[str, Any]:
+    """The commit measured, and whether trustspace/ had uncommitted changes (read-only git)."""
+    import subprocess
+
+    root = HERE.parent
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=root, capture_output=True, text=True, timeout=30, check=True
+            ).stdout.rstrip("\n")
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+
+    dirty = git("status", "--porcelain", "--", "trustspace")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "uncommitted_trustspace_files": [ln[3:] for ln in dirty.splitlines() if ln.strip()]
+        if dirty != "unknown"
+        else "unknown",
+    }
 
 
 def _default(x: Any) -> Any:

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["paillier.py", "secagg.py", "stats.py", "anon.py", "contention.py", "dp_sampler.py"]
+SCRIPTS = [
+    "paillier.py",
+    "secagg.py",
+    "stats.py",
+    "anon.py",
+    "contention.py",
+    "dp_sampler.py",
+    "dp.py",
+]
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
     python benchmarks/summary.py
 
-Reads whatever results exist (paillier, secagg, stats, anon, load, contention); each row states
+Reads whatever results exist (paillier, secagg, stats, anon, load, contention, dp); each row states
 our figure, the anchor's, the ratio and the target, with the machine and versions the figures
 came from.
 """
@@ -298,6 +298,40 @@ def contention_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def dp_rows(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    groups: dict[tuple[str, str, bool], list[dict[str, Any]]] = {}
+    for r in d["accuracy"]["rows"]:
+        key = (r["statistic"], r["opendp_construction"], r["t"] == r["nodes"])
+        groups.setdefault(key, []).append(r)
+    for (stat, anchor, no_dropout), rs in groups.items():
+        nodes = ", ".join(str(r["nodes"]) for r in rs)
+        ts = ", ".join(f"t={r['t']}" for r in rs)
+        what = "t = m" if no_dropout else "10% dropouts tolerated"
+        rows.append(
+            (
+                f"DP {stat} RMSE (eps=1, delta=1e-6), Adult over {nodes} nodes, {what} ({ts})",
+                ", ".join(f"{r['trustspace']['rmse']:.4g}" for r in rs),
+                f"OpenDP {anchor}: " + ", ".join(f"{r['opendp']['rmse']:.4g}" for r in rs),
+                ", ".join(f"{r['rmse_ratio']:.3f}" for r in rs) + "x OpenDP",
+                f"<= {rs[0]['target']:.2f}x",
+                _verdict(all(r["met"] for r in rs)),
+            )
+        )
+    for op, r in d.get("latency", {}).get("ops", {}).items():
+        rows.append(
+            (
+                f"DP {op} latency over 3 local nodes (eps=1 vs exact), p50 ms",
+                _fmt(r["dp"]["p50_ms"], 1),
+                f"exact {_fmt(r['exact']['p50_ms'], 1)}",
+                f"{_fmt(r['p50_ratio'])}x exact",
+                f"<= {r['target_ratio']:g}x",
+                _verdict(r["met"]),
+            )
+        )
+    return rows
+
+
 def charts(data: dict[str, dict[str, Any]]) -> list[str]:
     try:
         import matplotlib
@@ -399,6 +433,7 @@ def main() -> int:
         "anon": anon_rows,
         "load": load_rows,
         "contention": contention_rows,
+        "dp": dp_rows,
     }
     data = {name: d for name in builders if (d := _load(name)) is not None}
     if not data:
