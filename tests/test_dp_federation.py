@@ -209,7 +209,9 @@ def test_budget_exhaustion_is_refused_at_every_node_and_after_a_restart(tmp_path
                 PolicyError, match=r"node n1.*DP budget exceeded|DP budget exceeded"
             ):
                 fed.count(epsilon=0.8)
-            assert fed.count(epsilon=0.05) == pytest.approx(570, abs=100)  # what is left works
+            left = fed.count(epsilon=0.5)  # what is left still works
+            dp = fed.last_result.dp if fed.last_result else None
+            assert dp is not None and abs(left - 570) < 6 * dp["std"]
         finally:
             again.stop(0)
         del rid
@@ -390,7 +392,8 @@ def test_trustspace_query_epsilon_and_budget(
         assert main([*base, "mean", "default", "age", "--epsilon", "0.5", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["dp"]["epsilon"] == 0.5 and out["dp"]["delta"] == 1e-6
-        assert abs(out["value"]["data"] - 53.5) < 3 * out["dp"]["std"]["data"] + 2
+        truth = float(pd.concat(_parts().values()).age.mean())
+        assert abs(out["value"]["data"] - truth) < 6 * out["dp"]["std"]["data"]
         assert main([*base, "budget", "default", "--json"]) == 0
         rows = json.loads(capsys.readouterr().out)
         assert [r["node"] for r in rows] == ["n1", "n2", "n3"]
