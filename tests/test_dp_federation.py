@@ -282,6 +282,16 @@ def test_a_policy_that_requires_dp(tmp_path: Path) -> None:
         assert fed.budget()["required"].all()
     with _local(tmp_path / "exact", {**dp, "exact_analysts": ["analyst"]}) as fed:
         assert fed.count() == 570  # a granted analyst gets exact answers
+    rules = [
+        {"analysts": ["*"], "operations": ["count"], "exact": True},  # exact counts only
+        {"analysts": ["*"], "operations": ["*"]},
+    ]
+    policy = {"min_group_size": 10, "rules": rules, "dp": dp}
+    cols = {"zip": "str", "income": "float", "age": "int"}
+    with Federation.local(_parts(), policy, columns=cols, workdir=tmp_path / "rule") as fed:
+        assert fed.count() == 570
+        with pytest.raises(PolicyError, match="only with differential privacy"):
+            fed.mean("default", "age")
 
 
 def test_a_node_without_dp_policy_refuses_dp_queries(tmp_path: Path) -> None:
@@ -318,8 +328,6 @@ def test_dp_queries_that_cannot_be_answered_say_why(tmp_path: Path) -> None:
     with _local(tmp_path, {"epsilon": 5.0, "delta": 1e-5}) as fed:
         with pytest.raises(ConfigError, match=r"'cov' is not available with differential"):
             fed.cov("default", ["income", "age"], epsilon=1.0)
-        with pytest.raises(ConfigError, match=r"method='secagg'"):
-            fed.mean("default", "income", method="paillier", epsilon=1.0)
         with pytest.raises(ConfigError, match="delta= without epsilon"):
             fed.count(delta=1e-6)
     policy = {"rules": RULES, "dp": {"epsilon": 5.0, "delta": 1e-5}}
@@ -485,3 +493,65 @@ def test_bounds_in_the_query_are_clamped_to_by_the_nodes(tmp_path: Path) -> None
             fed.sum("default", "income", bounds=bounds)
         with pytest.raises(ConfigError, match=r"params.bounds.income'.*low must be below"):
             fed.sum("default", "income", epsilon=1.0, bounds={"income": (5.0, 1.0)})
+
+
+# --- the Paillier path ------------------------------------------------------------------------
+
+
+def test_dp_on_the_paillier_path(tmp_path: Path) -> None:
+    """Every node adds the whole central noise to what it encrypts (and to its record counts),
+    so even one node's ciphertext handed alone to the key holder is DP; one charge per node."""
+    from trustspace.paillier import EncryptedVector
+    from trustspace.stats import join_words, paillier_noise_plan
+
+    union = pd.concat(_parts().values())
+    with _local(tmp_path, {"epsilon": 20.0, "delta": 1e-5}, key_bits=2048) as fed:
+        mean = fed.mean("default", "income", epsilon=EPS, delta=DELTA, method="paillier")
+        dp = fed.last_result.dp if fed.last_result else None
+        assert dp is not None and dp["nodes"] == 3
+        assert abs(mean - union.income.mean()) < 6 * dp["std"]
+        count = fed.count(epsilon=EPS, delta=DELTA, method="paillier")
+        dp = fed.last_result.dp if fed.last_result else None
+        assert dp is not None
+        central = math.sqrt(float(sigma2_for(EPS, DELTA, 256))) / 256
+        assert dp["std"] == pytest.approx(math.sqrt(3) * central, rel=1e-3)  # 3 full shares
+        assert abs(count - 570) < 6 * dp["std"]
+        for n in fed.nodes:  # one charge per query at every node, both parts included
+            entries = _ledger_entries(fed, n)
+            assert [e.state for e in entries] == ["spent", "spent"]
+        # the key holder and the aggregator together: one node's ciphertext alone is noisy
+        pk, sk = fed._keys()
+        creds = Credentials.from_dir(fed.workdir / "ca" / "aggregator")
+        node = fed.nodes["n1"]
+        client = NodeClient("n1", node.address, creds)
+        schema = node.engine.schema("default")
+        query = Query("sum", "default", "income")
+        exact = float(_parts()["n1"].income.sum())
+        errors = []
+        try:
+            for _ in range(10):
+                comp = start(query, schema, 10, {"epsilon": EPS, "delta": DELTA})
+                rnd = comp.next_round()
+                assert rnd is not None
+                signed = new_query(
+                    fed._client.credentials,
+                    "sum",
+                    "default",
+                    ("income",),
+                    None,
+                    {},
+                    method="paillier",
+                    paillier_key=pk.fingerprint,
+                    dp={"epsilon": EPS, "delta": DELTA},
+                )
+                ref = types.RoundRef(0, 10, None, rnd, "all")
+                raw = client.paillier_stats(types.PaillierRequest(signed, int(pk.n), ref, 3), 60)
+                words = np.asarray(sk.decrypt_vector(EncryptedVector.from_bytes(pk, raw)))
+                alone = float(rnd.decode(join_words(words))[0])
+                errors.append(alone - exact)
+        finally:
+            client.close()
+        share = paillier_noise_plan(rnd, schema, DPSpec(EPS, DELTA)).node_sigma2
+        sd = math.sqrt(float(share)) * INCOME_BOUNDS[1] / 256  # the whole central noise
+        rms = math.sqrt(float(np.mean(np.square(errors))))
+        assert all(e != 0 for e in errors) and 0.35 * sd < rms < 2.5 * sd

@@ -36,7 +36,18 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from trustspace.errors import ConfigError, DataError, TrustspaceError
-from trustspace.stats import DPSpec, Query, Result, Round, TableSchema, paillier_round_total, start
+from trustspace.stats import (
+    DPComputation,
+    DPSpec,
+    Query,
+    Result,
+    Round,
+    TableSchema,
+    paillier_noise_plan,
+    paillier_round_total,
+    share_variance,
+    start,
+)
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials, init_ca, issue
 from trustspace.transport.clients import AggregatorClient
@@ -444,11 +455,6 @@ class Federation:
         ``Result.dp`` reports the privacy, the noise and each figure's 95% interval.
         """
         dp = _dp_spec(epsilon, delta)
-        if dp is not None and method != "secagg":
-            raise ConfigError(
-                f"method {method!r}: differentially private queries run with method='secagg' "
-                "(the nodes add the noise inside secure aggregation)"
-            )
         if method == "secagg":
             signed = self._sign_query(query, "secagg", dp=dp)
             data = self._client.run_query(signed)
@@ -464,7 +470,7 @@ class Federation:
                     stacklevel=3,
                 )
         elif method == "paillier":
-            result = self._run_paillier(query)
+            result = self._run_paillier(query, dp)
         else:
             raise ConfigError(f"method {method!r}: use 'secagg' or 'paillier'")
         self.last_result = result
@@ -483,9 +489,11 @@ class Federation:
             self._keypair = generate_keypair(self._key_bits or DEFAULT_KEY_BITS)
         return self._keypair
 
-    def _run_paillier(self, query: Query) -> Result:
+    def _run_paillier(self, query: Query, dp: Mapping[str, float] | None = None) -> Result:
         pk, sk = self._keys()
         schema, k = self._schema(query.dataset)
+        if dp is not None:
+            return self._run_paillier_dp(query, DPSpec(**dp), schema, k, pk, sk)
         comp = start(query, schema, k)
         signed = self._sign_query(query, "paillier", pk.fingerprint)
         nodes = 0
@@ -506,6 +514,29 @@ class Federation:
             "rounds": len(fed_rounds),
         }
         return comp.result()
+
+    def _run_paillier_dp(
+        self, query: Query, dp: DPSpec, schema: TableSchema, k: int, pk: Any, sk: Any
+    ) -> Result:
+        """A DP query on the Paillier path: one round; every node adds the whole noise
+        (``stats.paillier_noise_plan``) to what it sends, whoever sums it."""
+        comp = DPComputation(query, schema, dp)
+        rnd = comp.round
+        signed = self._sign_query(query, "paillier", pk.fingerprint, dp=dp.to_dict())
+        rr = self._client.run_round(types.RoundRequest(signed, int(pk.n), rnd, k, None))
+        total = round_total(rnd, rr, sk)
+        share = paillier_noise_plan(rnd, comp.schema, dp).node_sigma2
+        comp.feed(
+            rnd.decode(total), noise_variance=rr.nodes * share_variance(share), nodes=rr.nodes
+        )
+        self.last_info = {
+            "nodes": rr.nodes,
+            "min_group_size": k,
+            "request_id": signed.unverified_body().request_id,
+            "rounds": 1,
+        }
+        result: Result = comp.result()
+        return result
 
     def _value(
         self, query: Query, method: str, epsilon: float | None = None, delta: float | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,9 @@ class PaillierRounds:
         def ref(vector: Round, part: str) -> types.RoundRef:
             return types.RoundRef(rnd.index, k, previous, vector, part)
 
+        if query.unverified_body().dp is not None:
+            return self._run_dp(req, plan, pk, ref, first=first)
+
         mask = rnd.count_mask
         sums = rnd.moment_round()
         known = None if first else self._known_governing(plan.key, sums)
@@ -178,6 +182,32 @@ class PaillierRounds:
             0 if sums is None else sums.size,
         )
         return types.RoundResult(encrypted, suppressed, len(plan.nodes), count_totals)
+
+    def _run_dp(
+        self,
+        req: types.RoundRequest,
+        plan: Plan,
+        pk: PublicKey,
+        ref: Callable[[Round, str], types.RoundRef],
+        *,
+        first: bool,
+    ) -> types.RoundResult:
+        """A differentially private round: its record counts, noisy, by secure aggregation, its
+        sums, noisy, encrypted; nothing is suppressed (the noise protects small groups)."""
+        host, rnd = self._host, req.round
+        only = rnd.count_terms_round()
+        count_totals: tuple[int, ...] = ()
+        if only is not None:
+            raw, shrunk = host.sum_round(req.query, ref(only, "paillier.counts"), plan, first=first)
+            if shrunk is not plan:
+                plan = shrunk
+                host.update_plan(plan)
+            count_totals = tuple(int(x) for x in np.asarray(raw, dtype=np.uint64).view(np.int64))
+        sums = rnd.moment_round()
+        encrypted = b""
+        if sums is not None:
+            encrypted = self._encrypted_sum(req.query, ref(rnd, "all"), sums.size, plan, pk, ())
+        return types.RoundResult(encrypted, (), len(plan.nodes), count_totals)
 
     def _remember_governing(
         self, key: Key, counts_round: Round, totals: np.ndarray[Any, Any]

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from trustspace.dp import Reservation
 from trustspace.errors import AuthenticationError, PolicyError, ProtocolError
 from trustspace.node.policy import PolicyRefused
 from trustspace.stats import Computation, DPComputation, Query, Round, TableSchema, start
@@ -65,6 +66,8 @@ class Run:
     #: the node names of every verified secure-aggregation roster of this request, in order
     rosters: list[frozenset[str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: a Paillier DP round's one budget reservation (its counts and sums parts share it)
+    dp_reservation: Reservation | None = None
 
     def claim(self, index: int, part: str, where: str) -> None:
         """Mark (round, part) as computed; a second time is refused (a replay)."""

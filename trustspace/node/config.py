@@ -56,6 +56,8 @@ class Rule:
     columns: tuple[str, ...] = (ALL,)
     #: the purposes the analyst must declare (signed with the query); ``"*"``: any, or none
     purposes: tuple[str, ...] = (ALL,)
+    #: under ``[policy.dp] required``: the requests this rule allows may have exact answers
+    exact: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ def parse_policy(t: Table) -> PolicyConfig:
                 datasets=rt.str_list("datasets", [ALL]),
                 columns=rt.str_list("columns", [ALL]),
                 purposes=rt.str_list("purposes", [ALL]),
+                exact=rt.get("exact", bool, False),
             )
         )
         rt.check_unknown()

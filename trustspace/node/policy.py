@@ -114,6 +114,19 @@ no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
         """Raise ``PolicyRefused`` unless the rules allow ``req`` (no charge: see ``charge``)."""
         self._check_rules(req)
 
+    def exact_granted(self, req: Request) -> bool:
+        """Whether a rule with ``exact = true`` allows ``req`` (under ``[policy.dp] required``:
+        that request may have an exact answer)."""
+        return any(
+            r.exact
+            and _matches(r.analysts, req.analyst)
+            and _matches(r.datasets, req.dataset)
+            and _op_matches(r.operations, req.operation)
+            and (ALL in r.purposes or (req.purpose is not None and req.purpose in r.purposes))
+            and all(_matches(r.columns, c) for c in req.columns)
+            for r in self.config.rules
+        )
+
     def charge(self, analyst: str, units: int = 1) -> None:
         """Take ``units`` work units (``work_units``) from ``analyst``'s rate limit, or raise
         ``PolicyRefused`` (rule ``rate_limit``) and take nothing."""

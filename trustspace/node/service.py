@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import numpy as np
@@ -53,6 +54,7 @@ from trustspace.stats import (
     add_noise,
     filter_columns,
     noise_plan,
+    paillier_noise_plan,
     parse_filter,
     split_words,
 )
@@ -356,7 +358,7 @@ class NodeService:
         """``[policy.dp]`` before any computation: DP required, DP possible here, DP valid."""
         b, dp = vq.body, self.policy.config.dp
         if b.dp is None:
-            if dp is not None and dp.required and b.analyst not in dp.exact_analysts:
+            if dp is not None and dp.required and not self._exact_granted(vq):
                 left = self._budget(b.analyst, b.dataset)
                 assert left is not None
                 raise PolicyRefused(
@@ -376,14 +378,17 @@ class NodeService:
                 "this node has no [policy.dp] budget, so it answers no differentially private "
                 "query; ask without epsilon, or ask the operator to set [policy.dp]",
             )
-        if b.method != "secagg":
-            raise PolicyRefused(
-                self.name,
-                "dp",
-                f"differentially private queries run with method='secagg' (the nodes add the "
-                f"noise inside secure aggregation); method {b.method!r} adds none",
-            )
         DPSpec.of(b.dp)  # epsilon and delta in range, or ConfigError naming them
+
+    def _exact_granted(self, vq: VerifiedQuery) -> bool:
+        """``[policy.dp] exact_analysts``, or a rule with ``exact = true`` matching the query."""
+        dp, b = self.policy.config.dp, vq.body
+        if dp is not None and b.analyst in dp.exact_analysts:
+            return True
+        operation, dataset, columns = self._stats_check(vq)
+        return self.policy.exact_granted(
+            Request(b.analyst, operation, dataset, columns, b.request_id, b.purpose)
+        )
 
     def _dp_session(
         self,
@@ -425,6 +430,39 @@ class NodeService:
             return add_noise(self._local(rnd).view(np.uint64), s2)
 
         return local, {"sigma2": f"{s2.numerator}/{s2.denominator}", "rho": noise.rho}, reservation
+
+    def _paillier_dp(
+        self, vq: VerifiedQuery, run: Run, rnd: Round, params: dict[str, Any]
+    ) -> tuple[Fraction, Reservation]:
+        """A Paillier DP round's noise share (``paillier_noise_plan``: the whole central noise
+        at every node) and its one reservation, shared by the round's two parts (its record
+        counts by secure aggregation, its sums by encryption), made by whichever comes first."""
+        b, dp = vq.body, self.policy.config.dp
+        assert dp is not None and self.ledger is not None
+        spec = DPSpec.of(b.dp)
+        assert spec is not None
+        noise = paillier_noise_plan(rnd, self.engine.schema(rnd.dataset), spec)
+        key = f"{b.request_id}/{rnd.index}/paillier"
+        with run.lock:
+            reservation = run.dp_reservation
+            if reservation is None:
+                eps, delta = dp.budget_of(b.analyst)
+                self.ledger.set_budget(b.analyst, rnd.dataset, epsilon=eps, delta=delta)
+                reservation = self.ledger.reserve(
+                    b.analyst, rnd.dataset, key, noise.rho, epsilon=spec.epsilon, delta=spec.delta
+                )
+                run.dp_reservation = reservation
+        params["dp"] = {
+            "epsilon": spec.epsilon,
+            "delta": spec.delta,
+            "rho": noise.rho,
+            "node_sigma2": float(noise.node_sigma2),
+            "t": 1,
+            "n": 1,
+            "ledger": key,
+            "charge": "reserved",
+        }
+        return noise.node_sigma2, reservation
 
     def _settle(self, session: _Session, *, spent: bool) -> None:
         """Mark a DP session's reservation spent, or give it back (if it was not spent)."""
@@ -559,7 +597,12 @@ class NodeService:
                 raise ProtocolError(
                     f"{self._where}: part {ref.part!r} belongs to Paillier queries; refusing"
                 )
-            if ref.vector not in (rnd.counts_round(), rnd.count_terms_round()):
+            allowed = (
+                (rnd.count_terms_round(),)
+                if vq.body.dp is not None  # a DP round suppresses nothing: no governing counts
+                else (rnd.counts_round(), rnd.count_terms_round())
+            )
+            if ref.vector not in allowed:
                 self._refuse_mismatch(ref, "record-count round")
             assert isinstance(ref.vector, Round)
             vector = ref.vector
@@ -571,7 +614,15 @@ class NodeService:
             return self._open_session(
                 step, lambda: self._local(vector).view(np.uint64), ref.index, vq, digest, run
             )
-        local, dp_binding, reservation = self._dp_session(step, vq, vector, params)
+        if ref.part == "all":
+            local, dp_binding, reservation = self._dp_session(step, vq, vector, params)
+        else:  # a Paillier DP round's record counts: the Paillier share, one reservation
+            s2, reservation = self._paillier_dp(vq, run, rnd, params)
+
+            def local() -> np.ndarray[Any, Any]:
+                return add_noise(self._local(vector).view(np.uint64), s2)
+
+            dp_binding = {"sigma2": f"{s2.numerator}/{s2.denominator}"}
         try:
             return self._open_session(
                 step, local, ref.index, vq, digest, run, dp_binding, reservation
@@ -825,6 +876,10 @@ class NodeService:
             bad = [i for i in req.suppressed if not 0 <= i < rnd.size]
             if bad:
                 raise ProtocolError(f"{self._where}: suppressed index {bad[0]} out of range")
+            if vq.body.dp is not None and req.suppressed:
+                raise ProtocolError(
+                    f"{self._where}: a differentially private round suppresses nothing"
+                )
             self.policy.charge(vq.body.analyst, work_units(rnd.size, 2 * sums.size))
             with run.lock:
                 seen = run.rosters[-1] if run.rosters else frozenset()
@@ -834,7 +889,12 @@ class NodeService:
                 run.claim(ref.index, "paillier", self._where)
             where = ~rnd.count_mask
             full = np.zeros(rnd.size, dtype=np.int64)
-            full[where] = self._local(sums)
+            local = self._local(sums)
+            reservation = None
+            if vq.body.dp is not None:
+                s2, reservation = self._paillier_dp(vq, run, rnd, params)
+                local = add_noise(local.view(np.uint64), s2).view(np.int64)
+            full[where] = local
             full[list(req.suppressed)] = 0
             encoded = full[where]
             words = split_words(encoded)
@@ -845,6 +905,11 @@ class NodeService:
                 headroom=req.headroom,
                 processes=max(2, os.cpu_count() or 1) if pooled else 1,
             )
+            if reservation is not None:  # the noisy sums leave now: the round's budget is spent
+                assert self.ledger is not None
+                self.ledger.commit(reservation)
+                params["dp_charge"] = "spent"
+                params["dp_rho"] = reservation.rho
             return ev.to_bytes()
 
         return self._handle(

@@ -90,6 +90,7 @@ from trustspace.stats._dp import (
     add_noise,
     noise_plan,
     noise_variance,
+    paillier_noise_plan,
     round_sensitivity,
     share_variance,
 )
@@ -170,6 +171,7 @@ __all__ = [
     "noise_plan",
     "noise_variance",
     "octave_key",
+    "paillier_noise_plan",
     "paillier_round_total",
     "parse_filter",
     "python_value_for",

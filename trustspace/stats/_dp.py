@@ -66,6 +66,7 @@ __all__ = [
     "add_noise",
     "noise_plan",
     "noise_variance",
+    "paillier_noise_plan",
     "round_sensitivity",
 ]
 
@@ -226,6 +227,19 @@ def noise_plan(
             "64-bit secure sum; ask with a larger epsilon"
         )
     return p
+
+
+def paillier_noise_plan(rnd: Round, schema: TableSchema, dp: DPSpec) -> NoisePlan:
+    """Each node's noise on the Paillier path: the whole central noise (``t = n = 1``).
+
+    No threshold bounds how many shares a Paillier total holds: the aggregator adds the
+    ciphertexts it chooses, and could hand the key holder one node's alone. So every node adds
+    enough noise that its own output is ``(epsilon, delta)``-DP; a total over m nodes is a
+    post-processing of m such outputs over disjoint records, so it is too, with m times the
+    central variance (a count over 3 nodes: sqrt(3) = 1.73 times the central noise). The
+    record counts of the round, summed by secure aggregation, carry the same share.
+    """
+    return noise_plan(rnd, schema, dp, t=1, n=1)
 
 
 def add_noise(encoded: npt.NDArray[np.uint64], node_sigma2: Fraction) -> npt.NDArray[np.uint64]:
