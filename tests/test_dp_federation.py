@@ -555,3 +555,47 @@ def test_dp_on_the_paillier_path(tmp_path: Path) -> None:
         sd = math.sqrt(float(share)) * INCOME_BOUNDS[1] / 256  # the whole central noise
         rms = math.sqrt(float(np.mean(np.square(errors))))
         assert all(e != 0 for e in errors) and 0.35 * sd < rms < 2.5 * sd
+
+
+def test_every_dp_statistic_agrees_with_pandas_at_a_large_epsilon(tmp_path: Path) -> None:
+    """At epsilon 100 the noise is small: each DP figure is within a few of its reported
+    standard deviations of pandas (plus the quantiles' bin width), laid out as pandas does."""
+    union = pd.concat(_parts().values())
+    with _local(tmp_path, {"epsilon": 1e4, "delta": 1e-5}, threshold=3) as fed:
+        kw: dict[str, Any] = {"epsilon": 100.0}
+
+        def close(got: Any, want: Any, slack: float = 0.0, rows: Any = None) -> None:
+            dp = fed.last_result.dp if fed.last_result else None
+            assert dp is not None
+            std = dp["std"] if rows is None else dp["std"].loc[rows]
+            err = np.abs(np.asarray(got, dtype=float) - np.asarray(want, dtype=float))
+            assert np.all(err <= 6 * np.asarray(std, dtype=float) + slack), (got, want)
+
+        close(fed.count(**kw), len(union))
+        close(fed.count("default", ["age", "income"], **kw), union[["age", "income"]].count())
+        close(fed.sum("default", "income", **kw), union.income.sum())
+        close(fed.mean("default", ["age", "income"], **kw), union[["age", "income"]].mean())
+        close(fed.var("default", "age", **kw), union.age.var())
+        close(fed.std("default", "income", ddof=0, **kw), union.income.std(ddof=0))
+        hist = fed.histogram("default", "age", bins=5, range=(18, 89), **kw)
+        want, _ = np.histogram(union.age, bins=5, range=(18, 89))
+        close(hist, want)
+        assert list(hist.index.left) == pytest.approx(list(np.linspace(18, 89, 6)[:-1]))
+        width = (INCOME_BOUNDS[1] - INCOME_BOUNDS[0]) / 64
+        q = fed.quantile("default", "income", [0.25, 0.5], **kw)
+        close(q, union.income.quantile([0.25, 0.5]), width)
+        d = fed.describe("default", ["age", "income"], **kw)
+        assert list(d.index) == list(union[["age", "income"]].describe().index)
+        rows = ["count", "mean", "std"]
+        close(d.loc[rows], union[["age", "income"]].describe().loc[rows], rows=rows)
+        g = fed.group_by(
+            "default",
+            "zip",
+            {"income": ["size", "count", "sum", "mean", "std"]},
+            **kw,
+            values=["10001", "10002", "10003", "10004", "12345"],
+        )
+        want_g = union.groupby("zip").agg({"income": ["size", "count", "sum", "mean", "std"]})
+        assert list(g.index) == list(want_g.index) and list(g.columns) == list(want_g.columns)
+        others = ["10001", "10002", "10003", "10004"]
+        close(g.loc[others], want_g.loc[others], rows=others)
