@@ -290,7 +290,8 @@ class DPComputation:
         self._total: Vec | None = None
         self._variance = 0.0
         self.nodes = 0
-        self.round, self._finish = self._plan()
+        self._order: list[int] = []
+        self.round, self._layout, self._wants, self._grouped = self._plan()
 
     # --- driver interface -----------------------------------------------------------------
     def next_round(self) -> Round | None:
@@ -324,9 +325,9 @@ class DPComputation:
             raise ProtocolError("result(): the DP round has not been fed")
         x = self._total
         var = self._variance / self.round.units**2  # per entry, in the entry's own units
-        layout, figures = self._finish(x)
+        layout = self._layout
         values, stds = [], []
-        for f in figures:
+        for f in self._figures():
             v = float(f.fn(x))
             values.append(v)
             stds.append(_figure_std(f, x, var, v))
@@ -350,22 +351,24 @@ class DPComputation:
         return Result(self.query.op, value, suppressed, {}, 1, info)
 
     # --- plans ----------------------------------------------------------------------------
-    def _plan(self) -> tuple[Round, Callable[[Vec], tuple[Callable[[Any], Any], list[_Figure]]]]:
+    def _plan(self) -> tuple[Round, Callable[[Any], Any], list[_Want], bool]:
+        """The round, the layout of the released value, and each figure it needs (their terms
+        make the round); ``grouped``: the figures repeat for every listed group, in order."""
         q, s = self.query, self.schema
-        op, cols = q.op, q.columns
-        terms: list[Term] = []
+        op, cols = q.op, tuple(q.columns)
+        ddof = int(q.params.get("ddof", 1))
         group: tuple[str | None, tuple[GroupValue, ...]] = (None, ())
+        layout: Callable[[Any], Any] = _per_column(cols)
         if op == "count":
-            terms = [_count_term()] if not cols else [_count_term(c) for c in cols]
+            wants = [
+                _entry_want(_count_term(*c)) for c in ([()] if not cols else [(c,) for c in cols])
+            ]
         elif op == "sum":
-            terms = [_moment_term(s, c, 1, 0.0) for c in cols]
+            wants = [_entry_want(_moment_term(s, c, 1, 0.0)) for c in cols]
         elif op == "mean":
-            for c in cols:
-                terms += [_count_term(c), _moment_term(s, c, 1, _mid(s, c))]
+            wants = [_mean_want(s, c) for c in cols]
         elif op in ("var", "std"):
-            for c in cols:
-                m = _mid(s, c)
-                terms += [_count_term(c), _moment_term(s, c, 1, m), _moment_term(s, c, 2, m)]
+            wants = [_var_want(s, c, ddof, op == "std") for c in cols]
         elif op == "histogram":
             bins = q.params["bins"]
             if isinstance(bins, int):
@@ -373,20 +376,35 @@ class DPComputation:
                 edges = np.linspace(float(lo), float(hi), bins + 1).tolist()
             else:
                 edges = [float(e) for e in bins]
-            terms = [_bins_term(cols[0], edges)]
+            term = _bins_term(cols[0], edges)
+            wants = [_entry_want(term, 1 + i) for i in range(len(edges) - 1)]  # no outer bins
+            index = pd.IntervalIndex.from_breaks(edges, closed="left", name=cols[0])
+            layout = lambda v: pd.Series(v, index=index, name="count")  # noqa: E731
         elif op == "quantile":
+            wanted = q.params["q"]
+            ps = [float(p) for p in wanted] if isinstance(wanted, list) else [float(wanted)]
             nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
-            terms = [_quantile_bins(s, c, nb) for c in cols]
+            wants = [_quantile_want(_quantile_bins(s, c, nb), p) for p in ps for c in cols]
+            layout = _quantile_layout(wanted, ps, cols)
         elif op == "describe":
+            percentiles = sorted({*q.params.get("percentiles", [0.25, 0.5, 0.75]), 0.5})
+            from trustspace.stats._machine import _percent_label
+
+            labels = ["count", "mean", "std", "min", *map(_percent_label, percentiles), "max"]
             nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
-            for c in cols:
-                m = _mid(s, c)
-                terms += [
-                    _count_term(c),
-                    _moment_term(s, c, 1, m),
-                    _moment_term(s, c, 2, m),
-                    _quantile_bins(s, c, nb),
-                ]
+            rows: list[Callable[[str], _Want]] = [
+                lambda c: _entry_want(_count_term(c)),
+                lambda c: _mean_want(s, c),
+                lambda c: _var_want(s, c, 1, True),
+                lambda c: _extreme_want(_quantile_bins(s, c, nb), low=True),
+                *(
+                    (lambda c, p=p: _quantile_want(_quantile_bins(s, c, nb), p))
+                    for p in percentiles
+                ),
+                lambda c: _extreme_want(_quantile_bins(s, c, nb), low=False),
+            ]
+            wants = [row(c) for row in rows for c in cols]
+            layout = _frame(labels, list(cols))
         else:  # group_by
             by: str = q.params["by"]
             if "values" in q.params:
@@ -398,146 +416,117 @@ class DPComputation:
             if s.columns[by] is ColumnType.BOOL and not all(isinstance(v, bool) for v in values):
                 raise ConfigError(f"query 'params.values': group column {by!r} is bool")
             group = (by, values)
-            terms = [_count_term()]
-            for c, fs in q.params["agg"].items():
-                need = {"size": 0, "count": 1, "sum": 2, "mean": 2, "var": 3, "std": 3}
-                level = max(need[f] for f in fs)
-                if level >= 1:
-                    terms.append(_count_term(c))
-                if level >= 2:
-                    terms.append(_moment_term(s, c, 1, _mid(s, c)))
-                if level >= 3:
-                    terms.append(_moment_term(s, c, 2, _mid(s, c)))
-        rnd = Round(q.dataset, q.where, tuple(dict.fromkeys(terms)), group[0], group[1], 0)
-        return rnd, lambda x: self._figures(rnd, x)
+            pairs = [(c, f) for c, fs in q.params["agg"].items() for f in fs]
+            wants = [_group_want(s, c, f) for c, f in pairs]
+            order = list(range(len(values)))
+            with contextlib.suppress(TypeError):  # mixed types: keep the declared order
+                order.sort(key=lambda i: (values[i],))
+            self._order = order
+            index = pd.Index([values[i] for i in order], name=by)
+            layout = _frame(index, pd.MultiIndex.from_tuples(pairs))
+        terms = tuple(dict.fromkeys(t for w in wants for t in w.terms))
+        rnd = Round(q.dataset, q.where, terms, group[0], group[1], 0)
+        return rnd, layout, wants, group[0] is not None
 
-    def _figures(self, rnd: Round, x: Vec) -> tuple[Callable[[Any], Any], list[_Figure]]:
-        q, s = self.query, self.schema
-        op, cols = q.op, tuple(q.columns)
-        ddof = int(q.params.get("ddof", 1))
+    def _figures(self) -> list[_Figure]:
+        """The figures, read from the round (for every group block of a grouped round)."""
+        blocks = self._order if self._grouped else [0]
+        bin_sd = math.sqrt(self._variance) / _UNIT  # a bin's noise, for describe's min/max
+        return [w.make(self.round, g, bin_sd) for g in blocks for w in self._wants]
 
-        def at(term: Term, group: int = 0) -> int:
-            return int(rnd.term_slice(term, group).start)
 
-        def per_column(figs: list[_Figure]) -> tuple[Callable[[Any], Any], list[_Figure]]:
-            if op == "count" and not cols:
-                return (lambda v: float(v[0])), figs
-            if len(cols) == 1:
-                return (lambda v: float(v[0])), figs
-            return (lambda v: pd.Series(list(v), index=list(cols), dtype=v.dtype)), figs
+# --- what each figure reads ----------------------------------------------------------------------
 
-        if op == "count":
-            terms = [_count_term()] if not cols else [_count_term(c) for c in cols]
-            return per_column([_Figure(_entry(at(t)), (at(t),)) for t in terms])
-        if op == "sum":
-            starts = [at(_moment_term(s, c, 1, 0.0)) for c in cols]
-            return per_column([_Figure(_entry(i), (i,)) for i in starts])
-        if op in ("mean", "var", "std"):
-            figs = []
-            for c in cols:
-                lo, hi = _bounds(s, c)
-                m = (lo + hi) / 2
-                i_n, i_1 = at(_count_term(c)), at(_moment_term(s, c, 1, m))
-                if op == "mean":
-                    figs.append(_Figure(_mean_fn(i_n, i_1, m, lo, hi), (i_n, i_1)))
-                else:
-                    i_2 = at(_moment_term(s, c, 2, m))
-                    fn = _var_fn(i_n, i_1, i_2, ddof, (hi - lo) ** 2 / 4, op == "std")
-                    figs.append(_Figure(fn, (i_n, i_1, i_2)))
-            return per_column(figs)
-        if op == "histogram":
-            term = rnd.terms[0]
-            sl = rnd.term_slice(term)
-            idx = list(range(sl.start + 1, sl.stop - 1))  # without under- and overflow
-            edges = np.asarray(term.edges)
-            index = pd.IntervalIndex.from_breaks(edges, closed="left", name=cols[0])
-            figs = [_Figure(_entry(i), (i,)) for i in idx]
-            return (lambda v: pd.Series(v, index=index, name="count")), figs
-        if op == "quantile":
-            wanted = q.params["q"]
-            ps = [float(p) for p in wanted] if isinstance(wanted, list) else [float(wanted)]
-            nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
-            figs = []
-            for p in ps:
-                for c in cols:
-                    term = _quantile_bins(s, c, nb)
-                    figs.append(_quantile_figure(rnd, term, p))
-            return _quantile_layout(wanted, ps, cols), figs
-        if op == "describe":
-            percentiles = sorted({*q.params.get("percentiles", [0.25, 0.5, 0.75]), 0.5})
-            from trustspace.stats._machine import _percent_label
 
-            labels = ["count", "mean", "std", "min", *map(_percent_label, percentiles), "max"]
-            nb = int(q.params.get("grid_bins", DP_QUANTILE_BINS))
-            bin_sd = math.sqrt(self._variance) / _UNIT
-            figs = []
-            for label_i in range(len(labels)):
-                for c in cols:
-                    lo, hi = _bounds(s, c)
-                    m = (lo + hi) / 2
-                    i_n, i_1 = at(_count_term(c)), at(_moment_term(s, c, 1, m))
-                    i_2 = at(_moment_term(s, c, 2, m))
-                    bins = _quantile_bins(s, c, nb)
-                    if label_i == 0:
-                        figs.append(_Figure(_entry(i_n), (i_n,)))
-                    elif label_i == 1:
-                        figs.append(_Figure(_mean_fn(i_n, i_1, m, lo, hi), (i_n, i_1)))
-                    elif label_i == 2:
-                        fn = _var_fn(i_n, i_1, i_2, 1, (hi - lo) ** 2 / 4, True)
-                        figs.append(_Figure(fn, (i_n, i_1, i_2)))
-                    elif label_i == 3:
-                        figs.append(_extreme_figure(rnd, bins, low=True, sd=bin_sd))
-                    elif label_i == len(labels) - 1:
-                        figs.append(_extreme_figure(rnd, bins, low=False, sd=bin_sd))
-                    else:
-                        figs.append(_quantile_figure(rnd, bins, percentiles[label_i - 4]))
+@dataclass(frozen=True)
+class _Want:
+    """A figure before the round exists: the terms it reads, and how to make it from the round
+    (``make(round, group block, a bin's noise std)``)."""
 
-            def frame(v: Any) -> pd.DataFrame:
-                arr = np.asarray(v).reshape(len(labels), len(cols))
-                return pd.DataFrame(arr, index=labels, columns=list(cols))
+    terms: tuple[Term, ...]
+    make: Callable[[Round, int, float], _Figure]
 
-            return frame, figs
-        return self._group_figures(rnd)
 
-    def _group_figures(self, rnd: Round) -> tuple[Callable[[Any], Any], list[_Figure]]:
-        q, s = self.query, self.schema
-        by: str = q.params["by"]
-        values = rnd.group_values
-        agg: dict[str, list[str]] = {c: list(v) for c, v in q.params["agg"].items()}
-        order = list(range(len(values)))
-        with contextlib.suppress(TypeError):  # mixed types: keep the declared order
-            order.sort(key=lambda i: (values[i],))
-        pairs = [(c, f) for c in agg for f in agg[c]]
-        figs = []
-        for g in order:
-            for c, f in pairs:
-                i_rows = rnd.term_slice(_count_term(), g).start
-                if f == "size":
-                    figs.append(_Figure(_entry(i_rows), (i_rows,)))
-                    continue
-                i_n = rnd.term_slice(_count_term(c), g).start
-                if f == "count":
-                    figs.append(_Figure(_entry(i_n), (i_n,)))
-                    continue
-                lo, hi = _bounds(s, c)
-                m = (lo + hi) / 2
-                i_1 = rnd.term_slice(_moment_term(s, c, 1, m), g).start
-                if f == "sum":
-                    figs.append(_Figure(_sum_fn(i_n, i_1, m), (i_n, i_1)))
-                elif f == "mean":
-                    figs.append(_Figure(_mean_fn(i_n, i_1, m, lo, hi), (i_n, i_1)))
-                else:
-                    i_2 = rnd.term_slice(_moment_term(s, c, 2, m), g).start
-                    fn = _var_fn(i_n, i_1, i_2, 1, (hi - lo) ** 2 / 4, f == "std")
-                    figs.append(_Figure(fn, (i_n, i_1, i_2)))
-        index = pd.Index([values[i] for i in order], name=by)
-        columns = pd.MultiIndex.from_tuples(pairs)
+def _at(rnd: Round, term: Term, group: int) -> int:
+    return int(rnd.term_slice(term, group).start)
 
-        def frame(v: Any) -> pd.DataFrame:
-            arr = np.asarray(v).reshape(len(order), len(pairs))
-            return pd.DataFrame(arr, index=index, columns=columns)
 
-        return frame, figs
+def _entry_want(term: Term, offset: int = 0) -> _Want:
+    def make(rnd: Round, g: int, _: float) -> _Figure:
+        i = _at(rnd, term, g) + offset
+        return _Figure(_entry(i), (i,))
+
+    return _Want((term,), make)
+
+
+def _mean_want(s: TableSchema, c: str) -> _Want:
+    lo, hi = _bounds(s, c)
+    m = (lo + hi) / 2
+    n, s1 = _count_term(c), _moment_term(s, c, 1, m)
+
+    def make(rnd: Round, g: int, _: float) -> _Figure:
+        i_n, i_1 = _at(rnd, n, g), _at(rnd, s1, g)
+        return _Figure(_mean_fn(i_n, i_1, m, lo, hi), (i_n, i_1))
+
+    return _Want((n, s1), make)
+
+
+def _var_want(s: TableSchema, c: str, ddof: int, root: bool) -> _Want:
+    lo, hi = _bounds(s, c)
+    m = (lo + hi) / 2
+    n, s1, s2 = _count_term(c), _moment_term(s, c, 1, m), _moment_term(s, c, 2, m)
+
+    def make(rnd: Round, g: int, _: float) -> _Figure:
+        i_n, i_1, i_2 = _at(rnd, n, g), _at(rnd, s1, g), _at(rnd, s2, g)
+        return _Figure(_var_fn(i_n, i_1, i_2, ddof, (hi - lo) ** 2 / 4, root), (i_n, i_1, i_2))
+
+    return _Want((n, s1, s2), make)
+
+
+def _centred_sum_want(s: TableSchema, c: str) -> _Want:
+    m = _mid(s, c)
+    n, s1 = _count_term(c), _moment_term(s, c, 1, m)
+
+    def make(rnd: Round, g: int, _: float) -> _Figure:
+        i_n, i_1 = _at(rnd, n, g), _at(rnd, s1, g)
+        return _Figure(_sum_fn(i_n, i_1, m), (i_n, i_1))
+
+    return _Want((n, s1), make)
+
+
+def _group_want(s: TableSchema, c: str, f: str) -> _Want:
+    """One ``group_by`` aggregation of column ``c`` (in every group block)."""
+    if f == "size":
+        return _entry_want(_count_term())
+    if f == "count":
+        return _entry_want(_count_term(c))
+    if f == "sum":
+        return _centred_sum_want(s, c)
+    if f == "mean":
+        return _mean_want(s, c)
+    return _var_want(s, c, 1, f == "std")
+
+
+def _quantile_want(term: Term, p: float) -> _Want:
+    return _Want((term,), lambda rnd, g, _: _quantile_figure(rnd, term, p))
+
+
+def _extreme_want(term: Term, *, low: bool) -> _Want:
+    return _Want((term,), lambda rnd, g, sd: _extreme_figure(rnd, term, low=low, sd=sd))
+
+
+def _per_column(cols: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A scalar for one column (or ``count(*)``), else a Series by column."""
+    if len(cols) <= 1:
+        return lambda v: float(v[0])
+    return lambda v: pd.Series(list(v), index=list(cols), dtype=v.dtype)
+
+
+def _frame(index: Any, columns: Any) -> Callable[[Any], pd.DataFrame]:
+    def frame(v: Any) -> pd.DataFrame:
+        return pd.DataFrame(np.asarray(v).reshape(len(index), len(columns)), index, columns)
+
+    return frame
 
 
 # --- figures and their error -------------------------------------------------------------------
