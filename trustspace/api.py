@@ -406,19 +406,8 @@ class Federation:
         for n in self.status():
             for d in n.datasets:
                 if d.name == dataset:
-                    nan = float("nan")
                     b = d.dp_budget or {}
-                    rows[n.name] = {
-                        k: b.get(k, nan)
-                        for k in (
-                            "epsilon",
-                            "delta",
-                            "epsilon_spent",
-                            "epsilon_remaining",
-                            "rho_spent",
-                            "rho_remaining",
-                        )
-                    }
+                    rows[n.name] = {k: b.get(k, float("nan")) for k in types.DP_BUDGET_FIELDS}
                     rows[n.name]["required"] = bool(b.get("required", False))
         if not rows:
             raise ConfigError(f"no reachable node serves dataset {dataset!r} to this analyst")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import numpy as np
 
-from trustspace.dp import Ledger, Reservation
+from trustspace.dp import Ledger, NoisePlan, Reservation
 from trustspace.errors import (
     DataError,
     PolicyError,
@@ -181,6 +181,8 @@ class NodeService:
         self._anon = AnonJobs(config, engine, clock, self._datasets)
         self._where = f"node {self.name}"
         dp = config.policy.dp
+        #: (analyst, dataset) whose ledger limit this process has set from [policy.dp]
+        self._synced: set[tuple[str, str]] = set()
         try:
             self.ledger = (
                 Ledger(config.dp_ledger_path, node=config.name) if dp is not None else None
@@ -342,8 +344,8 @@ class NodeService:
         dp = self.policy.config.dp
         if dp is None or self.ledger is None:
             return None
-        eps, delta = dp.budget_of(analyst)
-        b = self.ledger.set_budget(analyst, dataset, epsilon=eps, delta=delta)
+        self._sync_budget(analyst, dataset)
+        b = self.ledger.budget(analyst, dataset)
         return {
             "epsilon": b.epsilon,
             "delta": b.delta,
@@ -353,6 +355,47 @@ class NodeService:
             "rho_remaining": b.rho_remaining,
             "required": dp.required and analyst not in dp.exact_analysts,
         }
+
+    def _sync_budget(self, analyst: str, dataset: str) -> None:
+        """Set the ledger's limit for (analyst, dataset) from ``[policy.dp]``, once per process
+        (the policy does not change while the node runs; spent budget is kept)."""
+        dp = self.policy.config.dp
+        assert dp is not None and self.ledger is not None
+        if (analyst, dataset) in self._synced:
+            return
+        eps, delta = dp.budget_of(analyst)
+        self.ledger.set_budget(analyst, dataset, epsilon=eps, delta=delta)
+        self._synced.add((analyst, dataset))
+
+    def _reserve(
+        self,
+        vq: VerifiedQuery,
+        dataset: str,
+        key: str,
+        noise: NoisePlan,
+        params: dict[str, Any],
+        **shape: int,
+    ) -> Reservation:
+        """Reserve a DP round's charge (``noise.rho``) in the ledger under ``key`` and mirror it
+        in the audit line (``params.dp``); ``shape``: the t, n (and colluders) it was sized for."""
+        assert self.ledger is not None
+        b = vq.body
+        spec = DPSpec.of(b.dp)
+        assert spec is not None
+        self._sync_budget(b.analyst, dataset)
+        reservation = self.ledger.reserve(
+            b.analyst, dataset, key, noise.rho, epsilon=spec.epsilon, delta=spec.delta
+        )
+        params["dp"] = {
+            "epsilon": spec.epsilon,
+            "delta": spec.delta,
+            "rho": noise.rho,
+            "node_sigma2": float(noise.node_sigma2),
+            **shape,
+            "ledger": key,
+            "charge": "reserved",
+        }
+        return reservation
 
     def _dp_check(self, vq: VerifiedQuery) -> None:
         """``[policy.dp]`` before any computation: DP required, DP possible here, DP valid."""
@@ -407,24 +450,11 @@ class NodeService:
         cfg = step.setup.config()
         schema = self.engine.schema(rnd.dataset)
         noise = noise_plan(rnd, schema, spec, t=cfg.t, n=cfg.n, colluders=dp.colluders)
-        eps, delta = dp.budget_of(b.analyst)
-        self.ledger.set_budget(b.analyst, rnd.dataset, epsilon=eps, delta=delta)
         key = f"{b.request_id}/{rnd.index}/{step.setup.session_id.hex()[:16]}"
-        reservation = self.ledger.reserve(
-            b.analyst, rnd.dataset, key, noise.rho, epsilon=spec.epsilon, delta=spec.delta
+        reservation = self._reserve(
+            vq, rnd.dataset, key, noise, params, t=cfg.t, n=cfg.n, colluders=dp.colluders
         )
         s2 = noise.node_sigma2
-        params["dp"] = {
-            "epsilon": spec.epsilon,
-            "delta": spec.delta,
-            "rho": noise.rho,
-            "node_sigma2": float(s2),
-            "t": cfg.t,
-            "n": cfg.n,
-            "colluders": dp.colluders,
-            "ledger": key,
-            "charge": "reserved",
-        }
 
         def local() -> np.ndarray[Any, Any]:
             return add_noise(self._local(rnd).view(np.uint64), s2)
@@ -437,32 +467,14 @@ class NodeService:
         """A Paillier DP round's noise share (``paillier_noise_plan``: the whole central noise
         at every node) and its one reservation, shared by the round's two parts (its record
         counts by secure aggregation, its sums by encryption), made by whichever comes first."""
-        b, dp = vq.body, self.policy.config.dp
-        assert dp is not None and self.ledger is not None
-        spec = DPSpec.of(b.dp)
+        spec = DPSpec.of(vq.body.dp)
         assert spec is not None
         noise = paillier_noise_plan(rnd, self.engine.schema(rnd.dataset), spec)
-        key = f"{b.request_id}/{rnd.index}/paillier"
+        key = f"{vq.body.request_id}/{rnd.index}/paillier"
         with run.lock:
-            reservation = run.dp_reservation
-            if reservation is None:
-                eps, delta = dp.budget_of(b.analyst)
-                self.ledger.set_budget(b.analyst, rnd.dataset, epsilon=eps, delta=delta)
-                reservation = self.ledger.reserve(
-                    b.analyst, rnd.dataset, key, noise.rho, epsilon=spec.epsilon, delta=spec.delta
-                )
-                run.dp_reservation = reservation
-        params["dp"] = {
-            "epsilon": spec.epsilon,
-            "delta": spec.delta,
-            "rho": noise.rho,
-            "node_sigma2": float(noise.node_sigma2),
-            "t": 1,
-            "n": 1,
-            "ledger": key,
-            "charge": "reserved",
-        }
-        return noise.node_sigma2, reservation
+            if run.dp_reservation is None:
+                run.dp_reservation = self._reserve(vq, rnd.dataset, key, noise, params, t=1, n=1)
+            return noise.node_sigma2, run.dp_reservation
 
     def _settle(self, session: _Session, *, spent: bool) -> None:
         """Mark a DP session's reservation spent, or give it back (if it was not spent)."""
@@ -628,7 +640,8 @@ class NodeService:
                 step, local, ref.index, vq, digest, run, dp_binding, reservation
             )
         except BaseException:
-            self.ledger.release(reservation)  # type: ignore[union-attr]
+            assert self.ledger is not None
+            self.ledger.release(reservation)
             params["dp"]["charge"] = "released"
             raise
 

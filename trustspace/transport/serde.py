@@ -18,6 +18,7 @@ from trustspace.secagg import Stage
 from trustspace.stats import MAX_PAILLIER_HEADROOM, MAX_PAILLIER_KEY_BITS, Round, Term
 from trustspace.transport.signing import MAX_BODY_BYTES, SignedQuery
 from trustspace.transport.types import (
+    DP_BUDGET_FIELDS,
     PARTS,
     AnonVector,
     DatasetDescription,
@@ -138,27 +139,16 @@ def schema_from_proto(msg: common_pb2.TableSchema, what: str) -> dict[str, Any]:
     }
 
 
-_BUDGET_FIELDS = (
-    "epsilon",
-    "delta",
-    "epsilon_spent",
-    "epsilon_remaining",
-    "rho_spent",
-    "rho_remaining",
-    "required",
-)
-
-
 def dataset_to_proto(d: DatasetDescription) -> common_pb2.DatasetInfo:
     msg = common_pb2.DatasetInfo(name=d.name, schema=schema_to_proto(d.schema))
     if d.dp_budget is not None:
-        msg.dp_budget.CopyFrom(common_pb2.DPBudget(**{k: d.dp_budget[k] for k in _BUDGET_FIELDS}))
+        msg.dp_budget.CopyFrom(common_pb2.DPBudget(**{k: d.dp_budget[k] for k in DP_BUDGET_FIELDS}))
     return msg
 
 
 def dataset_from_proto(msg: common_pb2.DatasetInfo) -> DatasetDescription:
     budget = (
-        {k: getattr(msg.dp_budget, k) for k in _BUDGET_FIELDS}
+        {k: getattr(msg.dp_budget, k) for k in DP_BUDGET_FIELDS}
         if msg.HasField("dp_budget")
         else None
     )

@@ -16,6 +16,7 @@ from trustspace.stats import Round
 from trustspace.transport.signing import SignedQuery
 
 __all__ = [
+    "DP_BUDGET_FIELDS",
     "PARTS",
     "AnonVector",
     "DatasetDescription",
@@ -34,6 +35,18 @@ __all__ = [
 #: record counts that govern a Paillier round's entries ("paillier.counts"), or
 #: ("anon.histogram") an anonymization vector request of the job prepared by AnonHistogram.
 PARTS = ("all", "paillier.counts", "anon.histogram")
+
+
+#: The figures of an analyst's DP budget at a node (``DatasetDescription.dp_budget``).
+DP_BUDGET_FIELDS = (
+    "epsilon",
+    "delta",
+    "epsilon_spent",
+    "epsilon_remaining",
+    "rho_spent",
+    "rho_remaining",
+    "required",
+)
 
 
 @dataclass(frozen=True)
