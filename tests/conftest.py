@@ -16,7 +16,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and a second, foreign CA ``other`` with its own ``mallory`` (aggregator) and ``eve``
     (analyst). Session-scoped: certificates are cheap but need not be remade per test."""
     root = tmp_path_factory.mktemp("pki")
-    init_ca(root / "ca")
+    init_ca(root / "ca", name="test-space")
     for name, role in (
         ("n1", "node"),
         ("n2", "node"),

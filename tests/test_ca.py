@@ -18,7 +18,7 @@ def _mode(p: Path) -> int:
 
 
 def test_cli_init_and_issue_write_0600_keys_and_role(tmp_path: Path) -> None:
-    assert main(["ca", "init", str(tmp_path / "ca")]) == 0
+    assert main(["ca", "init", str(tmp_path / "ca"), "--data-space", "test-space"]) == 0
     assert _mode(tmp_path / "ca" / "ca-key.pem") == 0o600
     assert main(["ca", "issue", str(tmp_path / "ca"), "org-a", "--role", "node"]) == 0
     ident = tmp_path / "ca" / "org-a"
@@ -31,9 +31,9 @@ def test_cli_init_and_issue_write_0600_keys_and_role(tmp_path: Path) -> None:
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
-    init_ca(tmp_path)
+    init_ca(tmp_path, name="test-space")
     with pytest.raises(ConfigError, match="already exists"):
-        init_ca(tmp_path)
+        init_ca(tmp_path, name="test-space")
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     [("ok", "admin", "role 'admin'"), ("bad name!", "node", "name 'bad name!'")],
 )
 def test_issue_rejects_bad_role_and_name(tmp_path: Path, name: str, role: str, match: str) -> None:
-    init_ca(tmp_path)
+    init_ca(tmp_path, name="test-space")
     with pytest.raises(ConfigError, match=match):
         issue(tmp_path, name, role)
 
@@ -62,7 +62,7 @@ def test_expected_role_enforced(pki: Path) -> None:
 
 
 def test_expired_certificate_refused_on_load(tmp_path: Path) -> None:
-    init_ca(tmp_path)
+    init_ca(tmp_path, name="test-space")
     issue(
         tmp_path,
         "old",

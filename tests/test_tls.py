@@ -145,7 +145,7 @@ def test_aggregator_explains_a_node_from_another_ca(fed: Federation, tmp_path: P
     from trustspace.transport.clients import NodeClient
     from trustspace.transport.server import TlsServer
 
-    init_ca(tmp_path / "rogue")
+    init_ca(tmp_path / "rogue", name="rogue-space")
     rogue = Credentials.from_dir(issue(tmp_path / "rogue", "n1", "node"))
     server = TlsServer(
         name="n1", listen="127.0.0.1:0", creds=rogue, register=lambda s: None, service_names=()

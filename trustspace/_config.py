@@ -136,7 +136,8 @@ class TlsConfig:
     """Where this server's identity lives: CA certificate, certificate and private key.
 
     The ``[tls]`` table is ``dir = "certs/NAME"`` (an identity directory made by
-    ``trustspace ca issue``) or the three files ``ca``, ``cert`` and ``key``.
+    ``trustspace ca issue``) or the three files ``ca``, ``cert`` and ``key``; ``revoked`` and
+    ``crl`` (the CA's signed revocation list) name refused peers (``transport.revocation``).
     """
 
     ca: Path
@@ -144,6 +145,8 @@ class TlsConfig:
     key: Path
     #: refused peers: certificate names, or serial numbers as ``"serial:HEX"`` (a deny list)
     revoked: tuple[str, ...] = ()
+    #: the data space CA's signed revocation list (``crl.pem`` of ``trustspace ca revoke``)
+    crl: Path | None = None
 
     @classmethod
     def parse(cls, t: Table, base: Path) -> TlsConfig:
@@ -157,12 +160,17 @@ class TlsConfig:
                     raise ConfigError(
                         f"{t.where('revoked')}: {r!r} is not serial:HEX (e.g. serial:1f3a)"
                     ) from None
+        crl = t.path_value("crl", base) if "crl" in t.data else None
         if "dir" in t.data:
             d = t.path_value("dir", base)
             t.check_unknown()
-            return cls(d / "ca.pem", d / "cert.pem", d / "key.pem", revoked)
+            return cls(d / "ca.pem", d / "cert.pem", d / "key.pem", revoked, crl)
         tls = cls(
-            t.path_value("ca", base), t.path_value("cert", base), t.path_value("key", base), revoked
+            t.path_value("ca", base),
+            t.path_value("cert", base),
+            t.path_value("key", base),
+            revoked,
+            crl,
         )
         t.check_unknown()
         return tls

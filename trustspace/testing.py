@@ -112,11 +112,14 @@ class LocalSpace:
         self.stop()
 
     # -------------------------------------------------------------- identities
-    def init_ca(self, nodes: Sequence[str], analysts: Sequence[str]) -> None:
-        """Create the CA under ``root/ca`` and issue the nodes, ``operator`` and the analysts."""
+    def init_ca(
+        self, nodes: Sequence[str], analysts: Sequence[str], *, data_space: str = "local-space"
+    ) -> None:
+        """Create the CA of data space ``data_space`` under ``root/ca`` and issue the nodes,
+        ``operator`` and the analysts."""
         from trustspace.transport.ca import init_ca, issue
 
-        init_ca(self.ca)
+        init_ca(self.ca, name=data_space)
         for name in nodes:
             issue(self.ca, name, "node")
         issue(self.ca, "operator", "aggregator")

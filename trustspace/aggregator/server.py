@@ -5,8 +5,9 @@ from __future__ import annotations
 from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
 from trustspace.aggregator.witness import Witness
-from trustspace.transport.ca import Credentials, revocation_check
+from trustspace.transport.ca import Credentials
 from trustspace.transport.clients import NodeClient
+from trustspace.transport.revocation import Revocations
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import AGGREGATOR_SERVICE, add_aggregator_servicer
 
@@ -20,6 +21,9 @@ class Aggregator(ServerHost):
         )
         self.config = config
         self.drain_grace_s = config.drain_grace_s
+        #: the aggregator's one revocation checker ([tls] revoked and crl), for the callers
+        #: and the signers of their queries; ``check`` picks up a changed CRL file by itself
+        self.revocations = Revocations.load(config.tls, creds.ca_pem)
         # every node answer carries a signed checkpoint of the node's audit log: witness it
         self.witness = Witness(creds.ca_pem, config.witness_log)
         clients = [
@@ -32,6 +36,7 @@ class Aggregator(ServerHost):
             call_timeout_s=config.call_timeout_s,
             paillier_timeout_s=config.paillier_timeout_s,
             ca_pem=creds.ca_pem,
+            revoked=lambda pem: self.revocations.check(pem),
         )
         try:
             self.server = TlsServer(
@@ -41,7 +46,7 @@ class Aggregator(ServerHost):
                 register=lambda s: add_aggregator_servicer(s, self.service),
                 service_names=(AGGREGATOR_SERVICE,),
                 # revoked analysts are refused before any work (the refusal is logged)
-                hooks=CallHooks(revoked=revocation_check(config.tls.revoked)),
+                hooks=CallHooks(revoked=lambda pem: self.revocations.check(pem)),
             )
         except BaseException:
             self.service.close()

@@ -86,6 +86,7 @@ class AggregatorService:
         call_timeout_s: float = STEP_TIMEOUT_S,
         paillier_timeout_s: float = PAILLIER_TIMEOUT_S,
         ca_pem: bytes | None = None,
+        revoked: Callable[[bytes], str] | None = None,
     ) -> None:
         if not nodes:
             raise ConfigError("the aggregator needs at least one node")
@@ -93,6 +94,8 @@ class AggregatorService:
         #: the data space CA: the aggregator checks every signed query before it plans (the
         #: nodes check again; this only refuses early). None: checks are left to the nodes.
         self._ca = ca_pem
+        #: why a query's signer is revoked here ("" if not; the server's ``Revocations``)
+        self._revoked = revoked
         self.nodes = tuple(nodes)
         self.threshold = threshold
         self.call_timeout_s = call_timeout_s
@@ -142,6 +145,7 @@ class AggregatorService:
                 query,
                 ca_pem=self._ca,
                 audience=data_space_name(self._ca),
+                revoked=self._revoked or (),
                 where=f"aggregator {self.name}",
             ).body
         else:

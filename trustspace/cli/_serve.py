@@ -1,4 +1,4 @@
-"""Shared by ``trustspace node`` and ``trustspace aggregator``: logging, SIGTERM drain."""
+"""Shared by ``trustspace node`` and ``trustspace aggregator``: logging, SIGTERM drain, SIGHUP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -21,21 +22,45 @@ def setup_logging(level: str) -> None:
     )
 
 
-def serve_until_signal(server: _Server, what: str, grace: float, ready: str) -> int:
+def serve_until_signal(
+    server: _Server,
+    what: str,
+    grace: float,
+    ready: str,
+    on_hup: Callable[[], None] | None = None,
+) -> int:
     """Print ``ready`` once the signal handlers are in place, block until SIGTERM/SIGINT,
-    then drain in-flight calls (up to ``grace`` s); exit 0."""
-    stop = threading.Event()
+    then drain in-flight calls (up to ``grace`` s); exit 0.
+
+    ``on_hup`` runs (in this thread, not in the signal handler) on each SIGHUP; an error it
+    raises is printed and the server keeps serving. Without it SIGHUP keeps its default.
+    """
+    wake = threading.Event()
     received: list[str] = []
+    hups: list[int] = []
 
     def handler(signum: int, _frame: Any) -> None:
         received.append(signal.Signals(signum).name)
-        stop.set()
+        wake.set()
+
+    def hup(_signum: int, _frame: Any) -> None:
+        hups.append(1)
+        wake.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    if on_hup is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hup)
     print(ready, flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
+        while not received:
+            wake.wait(0.5)
+            wake.clear()
+            while hups and not received and on_hup is not None:
+                hups.pop()
+                try:
+                    on_hup()
+                except Exception as exc:  # a bad reload must never stop the server
+                    print(f"{what}: SIGHUP: {exc}", file=sys.stderr, flush=True)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

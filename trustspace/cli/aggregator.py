@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from trustspace.cli._serve import serve_until_signal, setup_logging
@@ -30,4 +31,12 @@ def run(args: argparse.Namespace) -> int:
         f"aggregator {config.name}: serving on {agg.address} (mutual TLS) for "
         f"{len(config.nodes)} node(s): {', '.join(n.name for n in config.nodes)}"
     )
-    return serve_until_signal(agg, f"aggregator {config.name}", config.drain_grace_s, ready)
+    what = f"aggregator {config.name}"
+
+    def on_hup() -> None:  # the revocation list (tls.crl); a bad file keeps the old one
+        changed = agg.revocations.reload()
+        state = "reloaded" if changed else "unchanged"
+        print(f"{what}: SIGHUP: revocation list {state}: {agg.revocations.describe()}",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    return serve_until_signal(agg, what, config.drain_grace_s, ready, on_hup=on_hup)

@@ -206,9 +206,12 @@ def _run(args: argparse.Namespace, data: Path, space: LocalSpace, started: float
     _say(f"trustspace demo: {args.nodes} organisations, Adult data, working in {root}")
 
     _step(1, "a throw-away certificate authority and one identity per party")
-    space.init_ca(names, analysts=["alice", "bob"])
+    space.init_ca(names, analysts=["alice", "bob"], data_space="trustspace-demo")
     ca = space.ca
-    _say(f"    CA {ca}/ca.pem; nodes {', '.join(names)}; aggregator operator; analysts alice, bob")
+    _say(
+        f"    CA of data space 'trustspace-demo' {ca}/ca.pem; nodes {', '.join(names)}; "
+        "aggregator operator; analysts alice, bob"
+    )
 
     _step(2, "each organisation gets its own partition of Adult")
     (root / "data").mkdir(exist_ok=True)

@@ -23,7 +23,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,14 +155,14 @@ class Runs:
         *,
         ca_pem: bytes,
         audience: str,
-        revoked: Sequence[str],
+        revoked: Callable[[bytes], str],
         now: Callable[[], float] = time.time,
     ) -> None:
         self._where = where
         self._node = node
         self._ca = ca_pem
         self._audience = audience
-        self._revoked = tuple(revoked)
+        self._revoked = revoked  # consulted on every use of a query, cached or not
         self._now = now
         self._lock = threading.Lock()
         self._runs: OrderedDict[str, Run] = OrderedDict()
@@ -176,6 +176,13 @@ class Runs:
             vq = self._verified.get(key)
         now = self._now()
         if vq is not None:
+            why = self._revoked(signed.certificate)  # revoked since it was verified?
+            if why:
+                raise PolicyRefused(
+                    self._node,
+                    "signed_query",
+                    f"the query's signer {vq.analyst.name!r} is revoked at this node ({why})",
+                )
             if vq.body.expires_at <= now:
                 raise ProtocolError(
                     f"{self._where}: the query expired at {vq.body.expires:%Y-%m-%d %H:%M:%S} "

@@ -8,7 +8,7 @@ from trustspace.engine import Engine
 from trustspace.errors import ConfigError
 from trustspace.node.config import NodeConfig
 from trustspace.node.service import NodeService
-from trustspace.transport.ca import Credentials, revocation_check
+from trustspace.transport.ca import Credentials
 from trustspace.transport.checkpoint import CHECKPOINT_KEY
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
@@ -75,6 +75,7 @@ class Node(ServerHost):
         answer carries the audit log's signed checkpoint (made after the call's line)."""
         audit = self.service.audit
         name = self.config.name
+        service = self.service
 
         def refused(method: str, caller: str, code: str, details: str) -> None:
             audit.append(
@@ -99,7 +100,7 @@ class Node(ServerHost):
             return ((CHECKPOINT_KEY, signed.to_proto().SerializeToString()),)
 
         return CallHooks(
-            revoked=revocation_check(self.config.tls.revoked),
+            revoked=lambda pem: service.revocations.check(pem),  # the node's one checker
             before=audit.mark,
             refused=refused,
             handled=audit.written_since_mark,

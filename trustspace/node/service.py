@@ -7,7 +7,7 @@ is checked against the policy *before* any computation and written to the audit 
 Trust model: only certificates with role ``aggregator`` may call a node (the servicer checks
 it), but a node trusts no other party's description of a computation. Every request that
 computes on data carries the analyst's signed query: the node verifies it (``_runs.Runs``:
-data space CA, role analyst, validity, this node's own ``tls.revoked``, audience, expiry),
+data space CA, role analyst, validity, this node's own revocations, audience, expiry),
 checks its policy against the signed body alone, and derives what it computes itself (the
 query's state machine replayed over the previous rounds' totals, or the signed anonymization
 spec); a round that differs from the derived one is refused. A secure-aggregation session is
@@ -62,10 +62,10 @@ from trustspace.transport import types
 from trustspace.transport.ca import (
     Credentials,
     Identity,
-    revocation_check,
     sign_blob,
     verify_blob,
 )
+from trustspace.transport.revocation import Revocations
 from trustspace.transport.signing import (
     SignedQuery,
     VerifiedQuery,
@@ -165,6 +165,10 @@ class NodeService:
         self._creds = credentials
         self.config = config
         self.engine = engine
+        #: the one revocation checker of this node ([tls] revoked and crl): the server's gate,
+        #: the signed queries' signers and the secure-aggregation rosters all consult it
+        #: through this attribute, so reloading or replacing it takes effect everywhere
+        self.revocations = Revocations.load(config.tls, credentials.ca_pem)
         self.policy = Policy(config.name, config.policy)
         self.audit = (
             audit
@@ -196,7 +200,7 @@ class NodeService:
             self._where,
             ca_pem=credentials.ca_pem,
             audience=data_space_name(credentials.ca_pem),
-            revoked=config.tls.revoked,
+            revoked=lambda pem: self.revocations.check(pem),
             now=wall_clock,
         )
 
@@ -780,7 +784,7 @@ class NodeService:
                 role="node",
                 where=where,
             )
-            why = revocation_check(self.config.tls.revoked)(p[i + 2])
+            why = self.revocations.check(p[i + 2])
             if why:
                 raise ProtocolError(f"{self._where}: roster entry of {ident.name}: {why}")
             try:

@@ -1,9 +1,20 @@
-"""The data space's certificate authority: create it, issue role certificates, load identities.
+"""The data space's certificate authority: create it, issue and revoke role certificates, load
+identities.
 
-A CA directory holds ``ca.pem`` (the root certificate, public) and ``ca-key.pem`` (its private
-key, mode 0600, keep it offline in production). ``issue`` writes one identity directory
-``DIR/NAME/`` with ``cert.pem``, ``key.pem`` (0600) and a copy of ``ca.pem``; that directory is
-what ``Credentials.from_dir`` loads and what a node, aggregator or analyst config points at.
+A CA directory holds ``ca.pem`` (the root certificate, public), ``ca-key.pem`` (its private
+key, mode 0600, keep it offline in production), the signed serial index ``index.json`` of
+every certificate issued (``_ca_index``) and, once something is revoked, ``crl.pem``: the X.509
+revocation list signed by the CA key that servers load (``[tls] crl``, ``revocation``).
+
+Two ways to an identity directory (``cert.pem``, ``key.pem`` 0600, a copy of ``ca.pem``; what
+``Credentials.from_dir`` loads and a config's ``[tls] dir`` points at):
+
+- ``make_request`` at the organisation (its key never leaves it) and ``sign_request`` at the
+  CA, which checks the request's signature, name, role and hosts against the index;
+- ``issue`` at the CA, which makes the key too (tests, demos, a single-operator setup).
+
+Neither overwrites an identity, and a name holds one valid certificate at a time unless a
+rotation asks for a second (``replace``) until the old serial is revoked (``revoke``).
 
 The role (``node``, ``aggregator`` or ``analyst``) is the certificate's subject
 organizational unit (OU); the identity is its common name (CN). Certificates carry DNS/IP
@@ -19,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import ipaddress
 import os
 import re
@@ -37,6 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trustspace._files import write_atomic
 from trustspace.errors import AuthenticationError, ConfigError
+from trustspace.transport._ca_index import CRL, INDEX, Entry, Index, locked
 
 ROLES = ("node", "aggregator", "analyst")
 CA_CERT = "ca.pem"
@@ -47,6 +60,11 @@ CA_VALID_DAYS = 3650  # the root outlives the identities it issues; rotate by re
 DEFAULT_VALID_DAYS = 365  # identities are re-issued yearly, like most enterprise PKIs
 ORGANIZATION = "trustspace data space"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+)
+#: every certificate is valid for its name and these (local tests and health checks)
+DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -84,14 +102,34 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def init_ca(directory: str | os.PathLike[str], *, name: str = "trustspace-ca") -> Path:
-    """Create a new CA in ``directory`` (``ca.pem``, ``ca-key.pem`` 0600); returns ``ca.pem``.
+def _check_name(name: str, what: str = "name") -> None:
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            f"{what} {name!r} is invalid: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
+
+
+def init_ca(directory: str | os.PathLike[str], *, name: str) -> Path:
+    """Create a new CA in ``directory`` (``ca.pem``, ``ca-key.pem`` 0600, an empty serial
+    index ``index.json``); returns ``ca.pem``.
+
+    Args:
+        name: the CA's common name, which is the data space's name: every party derives the
+            signed queries' audience from it (``signing.data_space_name``: ``NAME/`` and the
+            start of the CA's fingerprint). Letters, digits, ``.``, ``_``, ``-``.
 
     Raises:
-        ConfigError: the directory already holds a CA (it is never overwritten).
+        ConfigError: a bad name, or the directory already holds a CA (never overwritten).
     """
+    _check_name(name, "CA name")
     root = Path(directory)
-    if (root / CA_CERT).exists() or (root / CA_KEY).exists():
+    if any((root / f).exists() for f in (CA_CERT, CA_KEY, INDEX)):
         raise ConfigError(
             f"{root}: a CA already exists here ({CA_CERT}/{CA_KEY}); refusing to overwrite it. "
             "Choose another directory or remove the old CA deliberately."
@@ -130,8 +168,10 @@ def init_ca(directory: str | os.PathLike[str], *, name: str = "trustspace-ca") -
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_private(root / CA_KEY, _key_pem(key))
-    write_public(root / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    with locked(root):
+        write_private(root / CA_KEY, _key_pem(key))
+        write_public(root / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+        Index(root / INDEX, []).save(key)
     return root / CA_CERT
 
 
@@ -140,13 +180,166 @@ def _load_ca(root: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if not cert_path.exists() or not key_path.exists():
         raise ConfigError(
             f"{root}: no CA here (need {CA_CERT} and {CA_KEY}); create one with "
-            f"`trustspace ca init {root}`"
+            f"`trustspace ca init {root} --data-space NAME`"
         )
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{key_path}: not an EC private key")
     return cert, key
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not _HOST_RE.match(host):
+        raise ConfigError(
+            f"host {host!r} is neither an IP address nor a DNS name (letters, digits, '-', "
+            "'_' in dot-separated labels; no wildcards)"
+        )
+
+
+def _sans(name: str, role: str, hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    """The subject alternative names: ``name``, localhost, 127.0.0.1 and ``hosts``."""
+    extra = [h for h in hosts if h not in (name, *DEFAULT_HOSTS)]
+    if role == "analyst" and extra:
+        raise ConfigError(
+            f"an analyst certificate is only ever a client: host name(s) {', '.join(extra)} "
+            f"are refused for {name!r} (only nodes and the aggregator serve)"
+        )
+    out: list[x509.GeneralName] = []
+    for host in (name, *DEFAULT_HOSTS, *extra):
+        _check_host(host)
+        try:
+            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            san = x509.DNSName(host)
+        if san not in out:
+            out.append(san)
+    return out
+
+
+def _host_names(sans: list[x509.GeneralName]) -> tuple[str, ...]:
+    return tuple(str(s.value) for s in sans)
+
+
+def key_fingerprint(public_key: Any) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo, hex: compare it out of band with the CA."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def _sign_certificate(
+    root: Path,
+    name: str,
+    role: str,
+    public_key: ec.EllipticCurvePublicKey,
+    sans: list[x509.GeneralName],
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    replace: bool,
+) -> tuple[x509.Certificate, list[Entry]]:
+    """Check the index, sign, record; returns the certificate and the entries it replaces.
+
+    The index is written before any file leaves: a certificate is never in use unrecorded.
+    """
+    ca_cert, ca_key = _load_ca(root)
+    if end > ca_cert.not_valid_after_utc:
+        raise ConfigError(
+            f"the certificate would outlive the CA (which expires "
+            f"{ca_cert.not_valid_after_utc:%Y-%m-%d}); ask for fewer --days"
+        )
+    fingerprint = key_fingerprint(public_key)
+    with locked(root):
+        index = Index.load(root, ca_cert)
+        now = _now()
+        current = index.valid(name, now)
+        if current and not replace:
+            raise ConfigError(
+                f"{name!r} already holds a valid certificate (serial "
+                f"{', '.join(e.serial for e in current)}, until "
+                f"{current[-1].not_after:%Y-%m-%d}); to rotate it, sign a new request with "
+                f"--replace (then revoke the old serial), or revoke it first"
+            )
+        if replace and not current:
+            raise ConfigError(f"--replace: {name!r} has no valid certificate to replace")
+        if any(e.role != role for e in current):
+            raise ConfigError(
+                f"--replace: {name!r} holds a {current[0].role} certificate; a rotation keeps "
+                f"the role (not {role!r}): revoke it and issue the new role under a new name"
+            )
+        if any(e.key_sha256 == fingerprint for e in index.entries):
+            raise ConfigError(
+                f"this public key (sha256 {fingerprint[:16]}...) was already certified by this "
+                "CA; a new certificate needs a new key (`trustspace ca request`)"
+            )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                        x509.NameAttribute(NameOID.COMMON_NAME, name),
+                    ]
+                )
+            )
+            .issuer_name(ca_cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        index.entries.append(
+            Entry(
+                serial=f"{cert.serial_number:x}",
+                name=name,
+                role=role,
+                hosts=_host_names(sans),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                key_sha256=fingerprint,
+            )
+        )
+        index.save(ca_key)
+    return cert, current
+
+
+def _refuse_existing(out: Path, files: tuple[str, ...], advice: str) -> None:
+    present = [f for f in files if (out / f).exists()]
+    if present:
+        raise ConfigError(
+            f"{out}: already holds {' and '.join(present)}; refusing to overwrite an identity. "
+            + advice
+        )
+
+
+def _window(
+    days: int, not_before: dt.datetime | None, not_after: dt.datetime | None
+) -> tuple[dt.datetime, dt.datetime]:
+    if days <= 0:
+        raise ConfigError(f"days must be positive, got {days}")
+    now = _now()
+    return not_before or now - dt.timedelta(minutes=5), not_after or now + dt.timedelta(days=days)
 
 
 def issue(
@@ -159,48 +352,82 @@ def issue(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     out_dir: str | os.PathLike[str] | None = None,
+    replace: bool = False,
 ) -> Path:
-    """Issue a certificate for ``name`` with ``role``; returns the identity directory.
+    """Issue a certificate *and its key* for ``name`` with ``role``; returns the identity dir.
+
+    The CA operator then holds the organisation's private key until it is handed over; in
+    production prefer ``make_request`` (at the organisation) and ``sign_request`` (at the CA).
 
     Args:
         directory: the CA directory made by ``init_ca``.
         name: the identity (CN), e.g. ``hospital-a``; letters, digits, ``.``, ``_``, ``-``.
         role: ``node``, ``aggregator`` or ``analyst`` (written as the subject OU).
-        hosts: extra DNS names or IP addresses the certificate is valid for (servers).
+        hosts: extra DNS names or IP addresses the certificate is valid for (servers only).
         days: validity in days from now.
         not_before, not_after: explicit validity window (tests of expired certificates).
         out_dir: where to write; default ``directory/name``.
+        replace: issue although ``name`` holds a valid certificate (a rotation; the old
+            serial stays valid until revoked).
 
     Raises:
-        ConfigError: bad name, role or days, or no CA in ``directory``.
+        ConfigError: bad name, role, hosts or days, no CA in ``directory``, ``name`` already
+            holds a valid certificate, or the output directory already holds an identity.
     """
-    if role not in ROLES:
-        raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
-    if not _NAME_RE.match(name):
-        raise ConfigError(
-            f"name {name!r} is invalid: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    if days <= 0:
-        raise ConfigError(f"days must be positive, got {days}")
+    _check_role(role)
+    _check_name(name)
+    start, end = _window(days, not_before, not_after)
     root = Path(directory)
-    ca_cert, ca_key = _load_ca(root)
+    out = Path(out_dir) if out_dir is not None else root / name
+    _refuse_existing(
+        out,
+        (CERT, KEY),
+        "Write the new identity elsewhere (--out DIR), or for a rotation let the organisation "
+        "make a new key (`trustspace ca request`) and sign it with `ca sign --replace`.",
+    )
+    sans = _sans(name, role, hosts)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    start = not_before or now - dt.timedelta(minutes=5)
-    end = not_after or now + dt.timedelta(days=days)
-    sans: list[x509.GeneralName] = []
-    for host in (name, "localhost", "127.0.0.1", *hosts):
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    unique: list[x509.GeneralName] = []
-    for san in sans:
-        if san not in unique:
-            unique.append(san)
-    cert = (
-        x509.CertificateBuilder()
+    cert, _ = _sign_certificate(
+        root, name, role, key.public_key(), sans, start=start, end=end, replace=replace
+    )
+    write_private(out / KEY, _key_pem(key))
+    write_public(out / CERT, cert.public_bytes(serialization.Encoding.PEM))
+    write_public(out / CA_CERT, (root / CA_CERT).read_bytes())
+    return out
+
+
+def csr_file(name: str) -> str:
+    """The file name of ``name``'s certificate signing request."""
+    return f"{name}.csr.pem"
+
+
+def make_request(
+    name: str,
+    role: str,
+    *,
+    hosts: tuple[str, ...] = (),
+    out_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Path]:
+    """At the organisation: a new private key and a certificate signing request (PKCS#10).
+
+    Writes ``OUT/key.pem`` (0600; it never leaves this machine) and ``OUT/NAME.csr.pem`` (no
+    secret: send it to the CA operator). Returns their paths.
+
+    Raises:
+        ConfigError: bad name, role or hosts, or ``OUT`` already holds a key or certificate.
+    """
+    _check_role(role)
+    _check_name(name)
+    sans = _sans(name, role, hosts)
+    out = Path(out_dir) if out_dir is not None else Path(name)
+    _refuse_existing(
+        out,
+        (KEY, CERT),
+        "For a new key (a rotation) write the request to a new directory (--out DIR).",
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
         .subject_name(
             x509.Name(
                 [
@@ -210,30 +437,296 @@ def issue(
                 ]
             )
         )
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(unique), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    write_private(out / KEY, _key_pem(key))
+    csr_path = out / csr_file(name)
+    write_public(csr_path, csr.public_bytes(serialization.Encoding.PEM))
+    return out / KEY, csr_path
+
+
+@dataclass(frozen=True)
+class CsrInfo:
+    """What a checked signing request asks for."""
+
+    name: str
+    role: str
+    hosts: tuple[str, ...]
+    public_key: ec.EllipticCurvePublicKey
+    fingerprint: str
+
+
+#: extensions a CSR may carry; trustspace sets key usage and constraints itself
+_CSR_EXTENSIONS_IGNORED = (x509.KeyUsage, x509.ExtendedKeyUsage, x509.SubjectKeyIdentifier)
+
+
+def read_request(path: str | os.PathLike[str]) -> CsrInfo:
+    """Parse and check a signing request: its self-signature, an EC P-256 key, exactly one
+    common name (a valid identity name) and one role (OU, as ``issue`` writes it), host
+    names only (DNS or IP) and no request to be a CA.
+
+    Raises:
+        ConfigError: what is wrong, naming the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: signing request not found")
+    try:
+        csr = x509.load_pem_x509_csr(p.read_bytes())
+    except ValueError:
+        raise ConfigError(f"{p}: not a PEM certificate signing request") from None
+    if not csr.is_signature_valid:
+        raise ConfigError(
+            f"{p}: the request's signature does not verify (altered after it was made, or "
+            "made with another key); ask the organisation for a new `trustspace ca request`"
         )
+    pub = csr.public_key()
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+        raise ConfigError(f"{p}: the request's key is not ECDSA P-256 (trustspace signs with it)")
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ous = csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if len(cns) != 1:
+        raise ConfigError(f"{p}: the request must carry exactly one common name (the identity)")
+    if len(ous) != 1:
+        raise ConfigError(
+            f"{p}: the request must carry exactly one role (subject OU: {', '.join(ROLES)})"
+        )
+    name, role = str(cns[0].value), str(ous[0].value)
+    try:
+        _check_name(name)
+        _check_role(role)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    known = {NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.ORGANIZATION_NAME}
+    other = [a.oid._name for a in csr.subject if a.oid not in known]
+    if other:
+        raise ConfigError(f"{p}: unexpected subject attribute(s) {', '.join(other)}")
+    hosts: list[str] = []
+    for ext in csr.extensions:
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            for gn in value:
+                if not isinstance(gn, x509.DNSName | x509.IPAddress):
+                    raise ConfigError(
+                        f"{p}: subject alternative name {gn!r} is not a DNS name or IP address"
+                    )
+                hosts.append(str(gn.value))
+        elif isinstance(value, x509.BasicConstraints):
+            if value.ca:
+                raise ConfigError(f"{p}: the request asks to be a CA; refused")
+        elif not isinstance(value, _CSR_EXTENSIONS_IGNORED):
+            raise ConfigError(
+                f"{p}: the request carries extension {ext.oid.dotted_string} "
+                f"({getattr(ext.oid, '_name', '?')}), which trustspace does not sign"
+            )
+    try:
+        sans = _sans(name, role, tuple(hosts))
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return CsrInfo(name, role, _host_names(sans), pub, key_fingerprint(pub))
+
+
+@dataclass(frozen=True)
+class Signed:
+    """The outcome of ``sign_request``: where the files are and what was issued/replaced."""
+
+    out: Path
+    request: CsrInfo
+    serial: str
+    not_after: dt.datetime
+    replaced: tuple[str, ...]
+
+
+def sign_request(
+    directory: str | os.PathLike[str],
+    csr_path: str | os.PathLike[str],
+    *,
+    days: int = DEFAULT_VALID_DAYS,
+    out_dir: str | os.PathLike[str] | None = None,
+    replace: bool = False,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> Signed:
+    """At the CA: check a signing request (``read_request``) and the index, sign it, record it.
+
+    Writes ``OUT/cert.pem`` and ``OUT/ca.pem`` (no private key); ``OUT`` defaults to the
+    request's own directory (where ``ca request`` put the key). Refused: a name that holds a
+    valid certificate (unless ``replace``, for a rotation with the same role), a key this CA
+    already certified, an output directory whose ``cert.pem`` exists or whose ``key.pem``
+    is not the request's key.
+
+    Raises:
+        ConfigError: what is wrong and what to do.
+    """
+    req = read_request(csr_path)
+    start, end = _window(days, not_before, not_after)
+    out = Path(out_dir) if out_dir is not None else Path(csr_path).parent
+    _refuse_existing(
+        out, (CERT,), "Choose another output directory (--out DIR) for the new certificate."
+    )
+    if (out / KEY).exists():
+        try:
+            key = serialization.load_pem_private_key((out / KEY).read_bytes(), password=None)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{out / KEY}: not an unencrypted PEM private key") from None
+        if key_fingerprint(key.public_key()) != req.fingerprint:
+            raise ConfigError(
+                f"{out / KEY} is not the key of {csr_path}; write the certificate to another "
+                "directory (--out DIR)"
+            )
+    sans = _sans(req.name, req.role, req.hosts)
+    cert, replaced = _sign_certificate(
+        Path(directory),
+        req.name,
+        req.role,
+        req.public_key,
+        sans,
+        start=start,
+        end=end,
+        replace=replace,
+    )
+    write_public(out / CERT, cert.public_bytes(serialization.Encoding.PEM))
+    write_public(out / CA_CERT, (Path(directory) / CA_CERT).read_bytes())
+    return Signed(
+        out,
+        req,
+        f"{cert.serial_number:x}",
+        cert.not_valid_after_utc,
+        tuple(e.serial for e in replaced),
+    )
+
+
+def list_certificates(directory: str | os.PathLike[str]) -> list[Entry]:
+    """Every certificate in the CA's serial index (verified), oldest first."""
+    root = Path(directory)
+    ca_cert = _load_ca_cert(root)
+    return list(Index.load(root, ca_cert).entries)
+
+
+def _load_ca_cert(root: Path) -> x509.Certificate:
+    if not (root / CA_CERT).is_file():
+        raise ConfigError(f"{root}: no CA here (no {CA_CERT})")
+    return x509.load_pem_x509_certificate((root / CA_CERT).read_bytes())
+
+
+#: reasons ``revoke`` accepts (RFC 5280 CRLReason), by their name in the CRL
+REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key-compromise": x509.ReasonFlags.key_compromise,
+    "affiliation-changed": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
+    "privilege-withdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+CRL_VALID_DAYS = 7  # a stale list is noticed within a week (servers warn); `ca crl` re-signs
+
+
+def _serial_of(target: str) -> str | None:
+    text = target.lower().removeprefix("serial:").removeprefix("0x").replace(":", "")
+    try:
+        return f"{int(text, 16):x}"
+    except ValueError:
+        return None
+
+
+def revoke(
+    directory: str | os.PathLike[str],
+    target: str,
+    *,
+    reason: str = "unspecified",
+    days: int = CRL_VALID_DAYS,
+) -> list[Entry]:
+    """Revoke every valid certificate of a name, or one serial (``HEX`` or ``serial:HEX``),
+    and write the new signed CRL; returns the entries revoked.
+
+    Raises:
+        ConfigError: unknown reason, nothing matches, the serial is already revoked, or the
+            target is both a name and a serial.
+    """
+    if reason not in REASONS:
+        raise ConfigError(f"reason {reason!r} is not one of {', '.join(REASONS)}")
+    root = Path(directory)
+    ca_cert, ca_key = _load_ca(root)
+    with locked(root):
+        index = Index.load(root, ca_cert)
+        now = _now()
+        as_name = not target.lower().startswith("serial:")
+        by_name = [e for e in index.entries if as_name and e.name == target]
+        hexed = _serial_of(target)
+        by_serial = [e for e in index.entries if e.serial == hexed]
+        if by_name and by_serial:
+            raise ConfigError(
+                f"{target!r} is both a name and a serial number; say serial:{hexed} for the serial"
+            )
+        if by_name:
+            chosen = [e for e in by_name if e.status == "valid"]
+            if not chosen:
+                raise ConfigError(f"{target!r}: every certificate of this name is revoked already")
+        elif by_serial:
+            chosen = by_serial
+            if chosen[0].status == "revoked":
+                raise ConfigError(
+                    f"serial {hexed} ({chosen[0].name}) was revoked already on "
+                    f"{chosen[0].revoked_at:%Y-%m-%d %H:%M} UTC"
+                )
+        else:
+            raise ConfigError(
+                f"{target!r}: no certificate of this name or serial in {index.path} "
+                f"(see `trustspace ca list {root}`)"
+            )
+        done = {e.serial for e in chosen}
+        index.entries = [e.revoked(now, reason) if e.serial in done else e for e in index.entries]
+        _write_crl(root, ca_cert, ca_key, index, days)
+    return [e for e in index.entries if e.serial in done]
+
+
+def write_crl(directory: str | os.PathLike[str], *, days: int = CRL_VALID_DAYS) -> Path:
+    """Re-sign ``crl.pem`` from the index (a new CRL number and next update); returns it."""
+    root = Path(directory)
+    ca_cert, ca_key = _load_ca(root)
+    with locked(root):
+        _write_crl(root, ca_cert, ca_key, Index.load(root, ca_cert), days)
+    return root / CRL
+
+
+def _write_crl(
+    root: Path,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    index: Index,
+    days: int,
+) -> None:
+    if days <= 0:
+        raise ConfigError(f"days must be positive, got {days}")
+    now = _now()
+    index.crl_number += 1
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(index.crl_number), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
     )
-    out = Path(out_dir) if out_dir is not None else root / name
-    write_private(out / KEY, _key_pem(key))
-    write_public(out / CERT, cert.public_bytes(serialization.Encoding.PEM))
-    write_public(out / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM))
-    return out
+    for e in index.entries:
+        if e.status != "revoked" or e.revoked_at is None:
+            continue
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(e.serial, 16))
+            .revocation_date(e.revoked_at)
+            .add_extension(
+                x509.CRLReason(REASONS.get(e.reason or "", REASONS["unspecified"])), False
+            )
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    index.save(ca_key)  # first: the index always knows at least what the CRL says
+    write_public(root / CRL, crl.public_bytes(serialization.Encoding.PEM))
 
 
 def identity_of(cert: x509.Certificate) -> Identity:

@@ -26,7 +26,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -363,7 +363,7 @@ def verify_query(
     *,
     ca_pem: bytes,
     audience: str,
-    revoked: Sequence[str] = (),
+    revoked: Sequence[str] | Callable[[bytes], str] = (),
     now: float | None = None,
     where: str,
 ) -> VerifiedQuery:
@@ -372,7 +372,8 @@ def verify_query(
     Args:
         ca_pem: the data space CA's certificate.
         audience: this data space's name (``data_space_name(ca_pem)``).
-        revoked: this node's own deny list (names, ``serial:HEX``).
+        revoked: this node's own deny list (names, ``serial:HEX``), or its checker
+            (``revocation.Revocations.check``: why a certificate is revoked, "" if not).
         now: the current time (seconds since 1970; tests only).
         where: who verifies, for error messages (``"node org-a"``).
 
@@ -393,7 +394,8 @@ def verify_query(
         raise AuthenticationError(
             f"{where}: the query is signed by {ident}, not by an analyst certificate"
         )
-    why = revocation_check(tuple(revoked))(signed.certificate)
+    check = revoked if callable(revoked) else revocation_check(tuple(revoked))
+    why = check(signed.certificate)
     if why:
         raise AuthenticationError(
             f"{where}: the query's signer {ident.name!r} is revoked at this node ({why})"
