@@ -54,7 +54,7 @@ def space(
 ) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("space")
     ca = root / "ca"
-    assert main(["ca", "init", str(ca)]) == 0
+    assert main(["ca", "init", str(ca), "--data-space", "walk-through"]) == 0
     for name, role in (
         ("n1", "node"),
         ("n2", "node"),

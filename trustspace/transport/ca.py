@@ -760,8 +760,8 @@ def check_validity(cert: x509.Certificate, where: str, now: dt.datetime | None =
     if moment > cert.not_valid_after_utc:
         raise AuthenticationError(
             f"{where}: certificate of {cert.subject.rfc4514_string()} expired on "
-            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; issue a new one with "
-            "`trustspace ca issue`"
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; renew it (`trustspace ca request`, "
+            "then `ca sign --replace` at the CA; docs/operations.md, 'Certificate lifecycle')"
         )
     if moment < cert.not_valid_before_utc:
         raise AuthenticationError(

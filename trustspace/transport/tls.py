@@ -139,7 +139,7 @@ def _explain_verify(target: str, name: str, exc: ssl.SSLCertVerificationError) -
     if "expired" in reason:
         return (
             f"the server at {target} presents an expired certificate; its operator must "
-            "issue a new one with `trustspace ca issue`"
+            "renew it (`trustspace ca request`, then `ca sign --replace` at the CA)"
         )
     if "issuer" in reason or "self-signed" in reason or "self signed" in reason:
         return (
