@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     what = f"aggregator {config.name}"
 
     def on_hup() -> None:  # the revocation list (tls.crl); a bad file keeps the old one
-        changed = agg.revocations.reload()
+        changed = agg.revocations.reload(force=True)
         state = "reloaded" if changed else "unchanged"
         print(f"{what}: SIGHUP: revocation list {state}: {agg.revocations.describe()}",
               file=sys.stderr, flush=True)  # fmt: skip

@@ -333,6 +333,15 @@ def _refuse_existing(out: Path, files: tuple[str, ...], advice: str) -> None:
         )
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse before signing, so no certificate is recorded that could not be written."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: not a directory; choose another output (--out)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot write there ({existing} is not writable); use --out")
+
+
 def _window(
     days: int, not_before: dt.datetime | None, not_after: dt.datetime | None
 ) -> tuple[dt.datetime, dt.datetime]:
@@ -386,6 +395,7 @@ def issue(
         "make a new key (`trustspace ca request`) and sign it with `ca sign --replace`.",
     )
     sans = _sans(name, role, hosts)
+    _check_writable(out)
     key = ec.generate_private_key(ec.SECP256R1())
     cert, _ = _sign_certificate(
         root, name, role, key.public_key(), sans, start=start, end=end, replace=replace
@@ -576,6 +586,7 @@ def sign_request(
                 "directory (--out DIR)"
             )
     sans = _sans(req.name, req.role, req.hosts)
+    _check_writable(out)
     cert, replaced = _sign_certificate(
         Path(directory),
         req.name,
@@ -868,8 +879,8 @@ class Credentials:
         d = Path(directory)
         if not d.is_dir():
             raise ConfigError(
-                f"{d}: credentials directory not found; create it with "
-                "`trustspace ca issue CA_DIR NAME --role ROLE`"
+                f"{d}: credentials directory not found; create it with `trustspace ca request "
+                "NAME --role ROLE` and `ca sign` at the CA (or `ca issue CA_DIR NAME --role ROLE`)"
             )
         return cls.from_files(d / CA_CERT, d / CERT, d / KEY, expected_role=expected_role)
 
@@ -958,6 +969,9 @@ def verify_blob(
 
 def revocation_check(revoked: tuple[str, ...]) -> Callable[[bytes], str]:
     """A checker for a deny list of certificate names and ``serial:HEX`` serial numbers.
+
+    Only the static list; servers use ``revocation.Revocations``, which adds the CA's CRL and
+    reloads it.
 
     The returned function takes a PEM certificate and returns why it is revoked ("" when it
     is not). An unparsable certificate counts as revoked (fail closed).

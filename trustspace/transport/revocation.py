@@ -210,11 +210,12 @@ class Revocations:
         return "; ".join(parts)
 
     # ---------------------------------------------------------------- reloading
-    def reload(self, tls: TlsConfig | None = None) -> bool:
+    def reload(self, tls: TlsConfig | None = None, *, force: bool = False) -> bool:
         """Re-read the CRL file if it changed (or adopt ``tls``'s ``revoked`` and ``crl``).
 
-        Validates first: on any error the lists in force stay as they were and the error is
-        raised. Returns whether anything changed.
+        The file counts as changed when its modification time or size did, or always with
+        ``force`` (SIGHUP: the operator asked). Validates first: on any error the lists in
+        force stay as they were and the error is raised. Returns whether anything changed.
 
         Raises:
             ConfigError: the new CRL file is missing, unreadable, not signed by the data
@@ -229,7 +230,7 @@ class Revocations:
             else:
                 assert old.crl is not None
                 try:
-                    if _stamp(old.crl_path) == old.crl.stamp:
+                    if not force and _stamp(old.crl_path) == old.crl.stamp:
                         return False
                 except OSError:
                     pass  # read_crl raises the clear error
