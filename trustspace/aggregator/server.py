@@ -19,6 +19,7 @@ class Aggregator(ServerHost):
             config.tls.ca, config.tls.cert, config.tls.key, expected_role="aggregator"
         )
         self.config = config
+        self.credentials = creds
         self.drain_grace_s = config.drain_grace_s
         # every node answer carries a signed checkpoint of the node's audit log: witness it
         self.witness = Witness(creds.ca_pem, config.witness_log)
@@ -37,6 +38,7 @@ class Aggregator(ServerHost):
             self.server = TlsServer(
                 name=creds.name,
                 listen=config.listen,
+                listen_key=f"{config.source}: key aggregator.listen",
                 creds=creds,
                 register=lambda s: add_aggregator_servicer(s, self.service),
                 service_names=(AGGREGATOR_SERVICE,),
