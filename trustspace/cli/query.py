@@ -51,7 +51,22 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--key-bits", type=int, default=None, help="Paillier key size (3072)")
     p.add_argument("--ddof", type=int, default=None)
     p.add_argument("--bins", type=int, default=None, help="histogram bins (default 10)")
-    p.add_argument("--range", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument(
+        "--range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="histogram: the public range of --bins equal-width bins",
+    )
+    p.add_argument(
+        "--edges",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="E",
+        help="histogram: the bin edges, instead of --bins and --range",
+    )
     p.add_argument("-q", type=float, action="append", help="quantile(s), repeatable")
     p.add_argument("--percentiles", type=float, nargs="+", default=None)
     p.add_argument("--by", help="group_by: the group column")
@@ -129,8 +144,17 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     if args.ddof is not None:
         params["ddof"] = args.ddof
     if args.op == "histogram":
-        params["bins"] = args.bins or 10
-        if args.range:
+        if args.edges:
+            if args.bins or args.range:
+                raise ConfigError("histogram: give --edges, or --bins with --range, not both")
+            params["bins"] = list(args.edges)
+        elif not args.range:
+            raise ConfigError(
+                "histogram needs --range LO HI (a public range: the exact minimum and maximum "
+                "of the data are never released) with --bins N, or the bin edges (--edges)"
+            )
+        else:
+            params["bins"] = args.bins or 10
             params["range"] = list(args.range)
     if args.op == "quantile":
         params["q"] = args.q or [0.5]
