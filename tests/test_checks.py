@@ -307,3 +307,34 @@ def test_health_exit_codes(
 def test_health_as_a_command(three_nodes: dict[str, Node], pki: Path) -> None:
     code, out = _health(three_nodes["n2"].address, "-c", str(pki / "ca" / "alice"), "--name", "n2")
     assert (code, out) == (0, f"health {three_nodes['n2'].address} (n2): SERVING\n")
+
+
+def test_aggregator_check_as_an_analyst_sees_the_datasets_rules_name(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node shows a dataset's schema to an unsigned describe only if a rule covers every
+    analyst; a real policy names them, so the check can ask as one (a signed status query)."""
+    policy = 'min_nodes = 2\n[[policy.rules]]\nanalysts = ["alice"]\noperations = ["count"]\n'
+    nodes = {}
+    for n in ("n1", "n2"):
+        (tmp_path / n).mkdir()
+        cfg = _node_config(tmp_path / n, pki, partitions[n], n, policy=policy)
+        nodes[n] = Node(load_node_config(cfg)).start()
+    try:
+        cfg = _agg_config(tmp_path, pki, {n: node.address for n, node in nodes.items()})
+        assert main(["aggregator", str(cfg), "--check"]) == 0
+        out = capsys.readouterr().out
+        assert "datasets none visible (the node shows a schema only to analysts" in out
+        assert "same schema" not in out
+        alice = str(pki / "ca" / "alice")
+        assert main(["aggregator", str(cfg), "--check", "--analyst", alice]) == 0
+        out = capsys.readouterr().out
+        assert "dataset 'default': same schema at n1, n2" in out
+        bob_only = str(pki / "ca" / "bob")
+        assert main(["aggregator", str(cfg), "--check", "--analyst", bob_only]) == 0
+        assert "none visible to bob" in capsys.readouterr().out
+        assert main(["aggregator", str(cfg), "--check", "--analyst", str(pki / "ca" / "n1")]) == 1
+        assert "role 'node'" in capsys.readouterr().err
+    finally:
+        for node in nodes.values():
+            node.stop(0)

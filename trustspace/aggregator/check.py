@@ -2,9 +2,10 @@
 
 The check connects to every node of the config over mutual TLS (the pre-flight handshake of
 ``transport.tls``: the node's certificate must be from our CA, carry the configured name and
-the role ``node``), asks it for its datasets and schemas (``DescribeDatasets``, unsigned: the
-schemas only, as the node's policy lets any analyst see them), and compares each dataset's
-schema across the nodes. It creates and modifies no local file (no witness log).
+the role ``node``), asks it for its datasets and schemas (``DescribeDatasets``: unsigned, the
+schemas of the datasets a rule for every analyst (``"*"``) covers; signed by an analyst
+(``--analyst DIR``), those this analyst may use), and compares each dataset's schema across
+the nodes. It creates and modifies no local file (no witness log).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from trustspace.aggregator.config import AggregatorConfig, NodeAddress
 from trustspace.errors import ConfigError, NodeError, TrustspaceError
 from trustspace.transport.ca import Credentials
 from trustspace.transport.clients import DESCRIBE_TIMEOUT_S, NodeClient
+from trustspace.transport.signing import SignedQuery, new_query
 from trustspace.transport.tls import preflight
 from trustspace.transport.types import NodeDescription
 
@@ -55,7 +57,13 @@ def load_aggregator_credentials(config: AggregatorConfig) -> Credentials:
     )
 
 
-def _probe(node: NodeAddress, creds: Credentials, timeout: float, describe: bool) -> NodeCheck:
+def _probe(
+    node: NodeAddress,
+    creds: Credentials,
+    timeout: float,
+    describe: bool,
+    query: SignedQuery | None = None,
+) -> NodeCheck:
     try:
         preflight(node.address, creds, expected_role="node", server_name=node.name, timeout=timeout)
     except TrustspaceError as exc:
@@ -64,7 +72,7 @@ def _probe(node: NodeAddress, creds: Credentials, timeout: float, describe: bool
         return NodeCheck(node.name, node.address)
     client = NodeClient(node.name, node.address, creds)
     try:
-        desc = client.describe(timeout=max(timeout, DESCRIBE_TIMEOUT_S))
+        desc = client.describe(query, timeout=max(timeout, DESCRIBE_TIMEOUT_S))
     except TrustspaceError as exc:
         return NodeCheck(node.name, node.address, f"DescribeDatasets failed: {exc}")
     finally:
@@ -86,11 +94,13 @@ def probe_nodes(
     *,
     timeout: float = STARTUP_PROBE_TIMEOUT_S,
     describe: bool = False,
+    query: SignedQuery | None = None,
 ) -> list[NodeCheck]:
     """Handshake with every configured node in parallel (and with ``describe``, ask for its
-    datasets); one ``NodeCheck`` per node, in config order. Never raises for a bad node."""
+    datasets, with the analyst's signed ``query`` if given); one ``NodeCheck`` per node, in
+    config order. Never raises for a bad node."""
     with ThreadPoolExecutor(max_workers=min(16, len(config.nodes)) or 1) as pool:
-        return list(pool.map(lambda n: _probe(n, creds, timeout, describe), config.nodes))
+        return list(pool.map(lambda n: _probe(n, creds, timeout, describe, query), config.nodes))
 
 
 def _schema_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -160,9 +170,15 @@ def _port_state(listen: str) -> str:
 
 
 def check_aggregator(
-    config: AggregatorConfig, *, timeout: float = DESCRIBE_TIMEOUT_S
+    config: AggregatorConfig,
+    *,
+    timeout: float = DESCRIBE_TIMEOUT_S,
+    analyst: Credentials | None = None,
 ) -> tuple[list[str], bool]:
     """Check the config, our credentials and every node; (report lines, all OK).
+
+    ``analyst``: sign the nodes' ``DescribeDatasets`` as this analyst (a ``status`` query), so
+    the datasets only named analysts may use are compared too.
 
     Raises:
         ConfigError, AuthenticationError: our own config or credentials are unusable.
@@ -184,12 +200,18 @@ def check_aggregator(
                 "writable by this user"
             )
         lines.append(f"witness log {w}: {'present' if w.exists() else 'absent (created at start)'}")
-    checks = probe_nodes(config, creds, timeout=timeout, describe=True)
+    query = new_query(analyst, "status") if analyst is not None else None
+    checks = probe_nodes(config, creds, timeout=timeout, describe=True, query=query)
     width = max(len(c.name) for c in checks)
     for c in checks:
         if c.ok and c.description is not None:
             d = c.description
-            sets = ", ".join(x.name for x in d.datasets) or "none visible"
+            sets = ", ".join(x.name for x in d.datasets) or (
+                "none visible (the node shows a schema only to analysts its rules name; give "
+                "--analyst DIR to check as one)"
+                if analyst is None
+                else f"none visible to {analyst.name}"
+            )
             lines.append(
                 f"OK   node {c.name:{width}} {c.address}: datasets {sets}; min_group_size "
                 f"{d.min_group_size}, min_nodes {d.min_nodes}"

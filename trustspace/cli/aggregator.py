@@ -31,6 +31,12 @@ def add_parser(subparsers: Any) -> None:
         help="check config and credentials, connect to every node (names, roles, datasets, "
         "schemas), print one line per node and exit: 0 if all OK, 1 otherwise (creates no file)",
     )
+    p.add_argument(
+        "--analyst",
+        metavar="IDENTITY_DIR",
+        help="with --check: ask the nodes as this analyst (a signed status query), so datasets "
+        "that only named analysts may use are checked too",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     config = load_aggregator_config(args.config)
     if args.check:  # no side effect: the witness log is not opened
-        lines, ok = check_aggregator(config)
+        from trustspace.transport.ca import Credentials
+
+        analyst = (
+            Credentials.from_dir(args.analyst, expected_role="analyst") if args.analyst else None
+        )
+        lines, ok = check_aggregator(config, analyst=analyst)
         for line in lines:
             print(f"aggregator {config.name}: {line}")
         return 0 if ok else 1
