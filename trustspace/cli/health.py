@@ -3,7 +3,8 @@
 For scripts and monitoring: one line on stdout, and the exit code says it all:
 
 - 0: SERVING;
-- 1: NOT_SERVING (e.g. the server is draining after SIGTERM, or refuses calls while stopping);
+- 1: NOT_SERVING (the server answers, but reports the service not serving, as it does when a
+  drain starts; gRPC closes the port soon after, and then the check gives 3);
 - 2: usage or configuration error (bad address, our identity unusable, unknown ``--service``);
 - 3: unreachable, or the TLS handshake failed (foreign CA, wrong name, expired certificate,
   our certificate refused).
@@ -26,8 +27,8 @@ def add_parser(subparsers: Any) -> None:
         "health",
         help="check that a node or aggregator is serving (gRPC health check, for scripts)",
         description="Run the standard gRPC health check against ADDR over mutual TLS and print "
-        "one line. Exit 0: SERVING; 1: NOT_SERVING or draining; 2: usage or config error; "
-        "3: unreachable or TLS failure.",
+        "one line. Exit 0: SERVING; 1: NOT_SERVING; 2: usage or config error; "
+        "3: unreachable (also a server in the middle of a drain) or TLS failure.",
         epilog="example: trustspace health a.example.org:50051 -c certs/operator --name org-a",
     )
     p.add_argument("address", metavar="ADDR", help="HOST:PORT of the node or aggregator")
