@@ -364,5 +364,8 @@ def test_parquet_checks(tmp_path):
     eng = Engine(
         {"p": DatasetSpec("p", tmp_path / "bad.parquet", format="parquet", columns={"a": "int"})}
     )
+    with pytest.raises(DataError, match=r"bad.parquet: dataset 'p': the file looks like text"):
+        eng.validate()
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1\xff\x00 truncated")
     with pytest.raises(DataError, match=r"bad.parquet: not a readable Parquet file"):
         eng.validate()

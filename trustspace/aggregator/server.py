@@ -20,6 +20,7 @@ class Aggregator(ServerHost):
             config.tls.ca, config.tls.cert, config.tls.key, expected_role="aggregator"
         )
         self.config = config
+        self.credentials = creds
         self.drain_grace_s = config.drain_grace_s
         #: the aggregator's one revocation checker ([tls] revoked and crl), for the callers
         #: and the signers of their queries; ``check`` picks up a changed CRL file by itself
@@ -42,6 +43,7 @@ class Aggregator(ServerHost):
             self.server = TlsServer(
                 name=creds.name,
                 listen=config.listen,
+                listen_key=f"{config.source}: key aggregator.listen",
                 creds=creds,
                 register=lambda s: add_aggregator_servicer(s, self.service),
                 service_names=(AGGREGATOR_SERVICE,),

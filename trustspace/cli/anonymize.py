@@ -115,12 +115,17 @@ def _read_csv(path: str, sep: str | None) -> tuple[str, dict[str, list[str]]]:
     return sep, cols
 
 
-def _hierarchy(spec: str, column: list[str], sep: str) -> Hierarchy:
+def is_builder(what: str) -> bool:
+    """Whether a ``--qi COLUMN=WHAT`` names a builder (from the values) rather than a file."""
+    return what.startswith("interval:") or what in ("mask", "dates")
+
+
+def build_hierarchy(spec: str, values: list[str]) -> Hierarchy:
+    """The builder hierarchy of ``--qi COLUMN=BUILDER`` over ``values`` (the column's values,
+    or, federated, its declared domain)."""
     from trustspace.anon.hierarchy import Hierarchy
 
-    name, eq, what = spec.partition("=")
-    if not eq or not name or not what:
-        raise ConfigError(f"--qi {spec!r}: expected COLUMN=HIERARCHY (a file or a builder)")
+    name, _, what = spec.partition("=")
     if what.startswith("interval:"):
         try:
             widths = [int(w) for w in what[len("interval:") :].split(",")]
@@ -128,11 +133,22 @@ def _hierarchy(spec: str, column: list[str], sep: str) -> Hierarchy:
             raise ConfigError(
                 f"--qi {spec!r}: widths must be integers, e.g. interval:5,10"
             ) from exc
-        return Hierarchy.intervals(name, column, widths)
+        return Hierarchy.intervals(name, values, widths)
     if what == "mask":
-        return Hierarchy.masking(name, column)
+        return Hierarchy.masking(name, values)
     if what == "dates":
-        return Hierarchy.dates(name, column)
+        return Hierarchy.dates(name, values)
+    raise ConfigError(f"--qi {spec!r}: unknown builder; use interval:W1,W2,..., mask or dates")
+
+
+def _hierarchy(spec: str, column: list[str], sep: str) -> Hierarchy:
+    from trustspace.anon.hierarchy import Hierarchy
+
+    name, eq, what = spec.partition("=")
+    if not eq or not name or not what:
+        raise ConfigError(f"--qi {spec!r}: expected COLUMN=HIERARCHY (a file or a builder)")
+    if is_builder(what):
+        return build_hierarchy(spec, column)
     path = Path(what)
     return Hierarchy.from_csv(path, name, sep=sep)
 

@@ -3,22 +3,39 @@
 Each subcommand lives in its own module ``trustspace.cli.<name>`` exposing
 ``add_parser(subparsers) -> None`` and ``run(args) -> int``; ``COMMANDS`` lists them in the
 order ``--help`` shows them. A ``TrustspaceError`` from ``run`` is printed as one line (exit 2
-for a bad config or parameter, 1 otherwise), never as a traceback.
+for a bad config or parameter, 1 otherwise), never as a traceback; a reader that closes our
+output early (``| head -1``) ends the command quietly (exit 141, as for SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from trustspace import __version__
-from trustspace.cli import aggregator, anonymize, audit, ca, demo, node, query, usage
+from trustspace.cli import aggregator, anonymize, audit, ca, demo, health, node, query, usage
 from trustspace.errors import TrustspaceError
 
-COMMANDS = (demo, node, aggregator, ca, query, anonymize, audit, usage)
+COMMANDS = (demo, node, aggregator, ca, query, anonymize, audit, usage, health)
 
 EXIT_USAGE = 2  # argparse's own code for bad usage; also a bad config or parameter
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # what a shell reports for a reader gone (`| head -1`)
+
+
+def _pipe_closed() -> int:
+    """The reader of our stdout went away (``trustspace audit verify LOG | head -1``): stop
+    quietly, as a program killed by SIGPIPE would; stdout goes to /dev/null so the
+    interpreter's final flush raises nothing either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return EXIT_PIPE_CLOSED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args._run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        return _pipe_closed()
     except TrustspaceError as exc:
         print(f"trustspace {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ValueError) else 1

@@ -18,7 +18,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("config", metavar="CONFIG.toml")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     p.add_argument(
-        "--check", action="store_true", help="check config, certificate and data, then exit"
+        "--check",
+        action="store_true",
+        help="check config, certificate, data and audit log, then exit (creates no file)",
     )
 
 
@@ -28,11 +30,14 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     config = load_node_config(args.config)
-    node = Node(config)
-    if args.check:
-        node.stop(0)
+    if args.check:  # no side effect: no audit log, ledger or directory is created
+        from trustspace.node.check import check_node
+
+        for line in check_node(config):
+            print(f"node {config.name}: {line}")
         print(f"node {config.name}: config, certificate and {len(config.datasets)} dataset(s) OK")
         return 0
+    node = Node(config)
     node.start()
     ready = (
         f"node {config.name}: serving {', '.join(d.name for d in config.datasets)} on "

@@ -1,10 +1,20 @@
-"""``trustspace query``: run a statistics query (or ask for status) as an analyst."""
+"""``trustspace query``: run a statistics query, a federated anonymization, or ask for status.
+
+``trustspace query ... anonymize DATASET --qi COL=HIERARCHY ...`` takes the options of the
+local ``trustspace anonymize`` that apply to the federated search (``--k``, ``--suppression``,
+``--sensitive``/``--l``/``--c``/``--t``/``--diversity``, ``--metric``, ``--keep-suppressed``);
+a builder hierarchy (``interval:``, ``mask``, ``dates``) is built over the domain the nodes
+declare for the column (``datasets.NAME.domains``), since the analyst sees no values. With
+``-o OUT.csv`` the released rows are asked for (a node whose policy keeps them refuses) and
+written there; without it they stay at the nodes (the report says where).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from trustspace.errors import ConfigError
@@ -30,8 +40,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--server-name", help="name on the aggregator's certificate (default: host)")
     p.add_argument(
         "op",
-        choices=(*OPS, "status", "budget"),
-        help="the statistic, 'status', or 'budget' (this analyst's DP budget on DATASET)",
+        choices=(*OPS, "anonymize", "status", "budget"),
+        help="the statistic, 'anonymize' (federated k-anonymization), 'status', or 'budget' "
+        "(this analyst's DP budget on DATASET)",
     )
     p.add_argument("dataset", nargs="?", default="default")
     p.add_argument("columns", nargs="*", default=[])
@@ -40,7 +51,22 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--key-bits", type=int, default=None, help="Paillier key size (3072)")
     p.add_argument("--ddof", type=int, default=None)
     p.add_argument("--bins", type=int, default=None, help="histogram bins (default 10)")
-    p.add_argument("--range", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument(
+        "--range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="histogram: the public range of --bins equal-width bins",
+    )
+    p.add_argument(
+        "--edges",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="E",
+        help="histogram: the bin edges, instead of --bins and --range",
+    )
     p.add_argument("-q", type=float, action="append", help="quantile(s), repeatable")
     p.add_argument("--percentiles", type=float, nargs="+", default=None)
     p.add_argument("--by", help="group_by: the group column")
@@ -64,6 +90,53 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="what the query is for; signed with it and recorded in every node's audit log",
     )
+    _add_anonymize_options(p.add_argument_group("anonymize (federated k-anonymization)"))
+
+
+def _add_anonymize_options(g: Any) -> None:
+    from trustspace.anon.search import METRICS
+    from trustspace.anon.spec import DEFAULT_K, DEFAULT_SUPPRESSION, DIVERSITIES, default_of
+
+    g.add_argument(
+        "--qi",
+        action="append",
+        default=[],
+        metavar="COLUMN=HIERARCHY",
+        help="a quasi-identifier and its hierarchy: an ARX hierarchy CSV, or a builder "
+        "('interval:5,10,20', 'mask', 'dates') over the column's declared domain (repeat)",
+    )
+    g.add_argument("--k", type=int, default=DEFAULT_K, help=f"minimum class size ({DEFAULT_K})")
+    g.add_argument(
+        "--suppression",
+        type=float,
+        default=DEFAULT_SUPPRESSION,
+        help=f"fraction of records that may be suppressed, 0..1 ({DEFAULT_SUPPRESSION})",
+    )
+    g.add_argument("-o", "--output", help="ask for the released rows and write them here (CSV)")
+    g.add_argument("--report", help="write a JSON report here")
+    g.add_argument("--hierarchy-sep", default=";", help="hierarchy files' separator (';')")
+    g.add_argument("--sensitive", help="the sensitive attribute (for --l and --t)")
+    g.add_argument("--l", type=float, default=None, help="l-diversity of --sensitive")
+    g.add_argument("--c", type=float, default=None, help="c of recursive (c,l)-diversity")
+    g.add_argument("--t", type=float, default=None, help="t-closeness of --sensitive")
+    for name, choices, what in (
+        ("diversity", DIVERSITIES, "l-diversity variant"),
+        ("metric", METRICS, "information loss to minimize"),
+    ):
+        default = default_of(name)
+        g.add_argument(f"--{name}", choices=choices, default=default, help=f"{what} ({default})")
+    g.add_argument(
+        "--disclosure",
+        choices=("visited", "base"),
+        default="visited",
+        help="what the aggregator may learn: the visited lattice nodes' histograms (default) "
+        "or the base histogram once (faster; every node must allow it)",
+    )
+    g.add_argument(
+        "--keep-suppressed",
+        action="store_true",
+        help="keep suppressed records with '*' quasi-identifiers (default: drop them)",
+    )
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,8 +144,17 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     if args.ddof is not None:
         params["ddof"] = args.ddof
     if args.op == "histogram":
-        params["bins"] = args.bins or 10
-        if args.range:
+        if args.edges:
+            if args.bins or args.range:
+                raise ConfigError("histogram: give --edges, or --bins with --range, not both")
+            params["bins"] = list(args.edges)
+        elif not args.range:
+            raise ConfigError(
+                "histogram needs --range LO HI (a public range: the exact minimum and maximum "
+                "of the data are never released) with --bins N, or the bin edges (--edges)"
+            )
+        else:
+            params["bins"] = args.bins or 10
             params["range"] = list(args.range)
     if args.op == "quantile":
         params["q"] = args.q or [0.5]
@@ -130,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(table.to_string())
             return 0
+        if args.op == "anonymize":
+            return _anonymize(fed, args)
         params = _params(args)
         try:
             query = Query(args.op, args.dataset, tuple(args.columns), args.where, params)
@@ -142,7 +226,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(out, sys.stdout, indent=2)
         print()
     else:
-        print(result.value)
+        from trustspace.cli._format import format_result
+
+        print(format_result(result.value))
         if result.dp is not None:
             ci = result.dp["ci95"]
             print(
@@ -153,4 +239,82 @@ def run(args: argparse.Namespace) -> int:
             )
         if result.any_suppressed:
             print("(NaN: suppressed, fewer records than min_group_size)", file=sys.stderr)
+    return 0
+
+
+def _federated_hierarchy(spec: str, domain: list[Any] | None, sep: str, dataset: str) -> Any:
+    """A ``--qi`` hierarchy: a file as it is, a builder over the nodes' declared domain."""
+    from trustspace.anon.hierarchy import Hierarchy
+    from trustspace.cli.anonymize import build_hierarchy, is_builder
+
+    name, eq, what = spec.partition("=")
+    if not eq or not name or not what:
+        raise ConfigError(f"--qi {spec!r}: expected COLUMN=HIERARCHY (a file or a builder)")
+    if is_builder(what):
+        if not domain:
+            raise ConfigError(
+                f"--qi {spec!r}: the nodes declare no domain for column {name!r} of dataset "
+                f"{dataset!r}, and the analyst sees no values: give an ARX hierarchy CSV "
+                f"(--qi {name}=FILE), or have every node declare datasets.{dataset}.domains."
+                f"{name}"
+            )
+        return build_hierarchy(spec, [str(v) for v in domain])
+    return Hierarchy.from_csv(Path(what), name, sep=sep)
+
+
+def _anonymize(fed: Any, args: argparse.Namespace) -> int:
+    """``query anonymize``: the federated search; rows to ``-o`` when asked for."""
+    from trustspace._files import write_atomic
+    from trustspace.cli.anonymize import is_builder
+
+    if not args.qi:
+        raise ConfigError("anonymize needs at least one --qi COLUMN=HIERARCHY")
+    for target, what in ((args.output, "-o"), (args.report, "--report")):
+        if target and not Path(target).absolute().parent.is_dir():
+            raise ConfigError(
+                f"{what} {target!r}: directory {str(Path(target).parent)!r} does not exist"
+            )
+    domains: dict[str, list[Any]] = {}
+    if any(is_builder(q.partition("=")[2]) for q in args.qi):
+        for n in fed.status():
+            for d in n.datasets:
+                if d.name == args.dataset:
+                    for col, vals in dict(d.schema.get("domains", {})).items():
+                        domains.setdefault(col, list(vals))
+    hs: dict[str, Any] = {}
+    for qi in args.qi:
+        name = qi.partition("=")[0]
+        if name in hs:
+            raise ConfigError(f"--qi {name!r} is given twice")
+        hs[name] = _federated_hierarchy(qi, domains.get(name), args.hierarchy_sep, args.dataset)
+    options = {
+        n: getattr(args, n) for n in ("k", "l", "t", "sensitive", "diversity", "c", "metric")
+    }
+    release = fed.anonymize(
+        args.dataset,
+        hs,
+        suppression_limit=args.suppression,
+        suppressed="mask" if args.keep_suppressed else "drop",
+        disclosure=args.disclosure,
+        release=bool(args.output),
+        **options,
+    )
+    report = release.report()
+    report.update(dataset=args.dataset, output=args.output)
+    if args.output:
+        data = release.data
+        assert data is not None  # release=True: every node sent its rows, or it raised
+        write_atomic(args.output, lambda fh: data.to_csv(fh, index=False), text=True)
+    if args.report:
+        write_atomic(args.report, (json.dumps(report, indent=2, default=str) + "\n").encode())
+    where = args.output or "kept at the nodes: " + ", ".join(
+        f"{o.node} {o.path}" for o in release.outputs
+    )
+    lv = " ".join(f"{q}={v}" for q, v in release.levels.items())
+    print(
+        f"federated k-anonymization of {args.dataset!r} over {len(release.outputs)} node(s): "
+        f"levels {lv}; {release.suppressed} record(s) suppressed; {release.classes} classes; "
+        f"loss {release.metrics['loss']:.4f}; {release.rounds} rounds -> {where}",
+        file=sys.stderr,
+    )
     return 0

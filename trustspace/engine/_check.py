@@ -13,7 +13,10 @@ from trustspace.engine._spec import DatasetSpec
 from trustspace.errors import DataError
 from trustspace.stats import ColumnType
 
-__all__ = ["check_header", "locate_bad_field"]
+__all__ = ["PARQUET_MAGIC", "check_format", "check_header", "locate_bad_field"]
+
+#: The first (and last) four bytes of every Parquet file (Apache Parquet format spec).
+PARQUET_MAGIC = b"PAR1"
 
 _INT = re.compile(r"^\s*[-+]?\d+\s*$")
 _BOOLS = {"true", "false", "t", "f", "1", "0", "yes", "no", "y", "n"}
@@ -54,6 +57,34 @@ _CHECKS: dict[ColumnType, Callable[[str], bool]] = {
 }
 
 
+def check_format(spec: DatasetSpec) -> None:
+    """Refuse a Parquet file declared as CSV, and a text file declared as Parquet.
+
+    Raises:
+        DataError: naming the file and the ``format`` key to set.
+    """
+    with open(spec.path, "rb") as fh:
+        head = fh.read(4096)
+    key = f"datasets.{spec.name}.format"
+    if spec.format == "csv" and head.startswith(PARQUET_MAGIC):
+        raise DataError(
+            f"{spec.path}: dataset {spec.name!r}: the file looks like Parquet (it starts with "
+            f'{PARQUET_MAGIC.decode()}) but is declared as CSV; set {key} = "parquet"'
+        )
+    if spec.format == "parquet" and head and not head.startswith(PARQUET_MAGIC):
+        try:
+            head.decode("utf-8")
+            text = True
+        except UnicodeDecodeError as e:  # a multi-byte character cut at the 4096th byte
+            text = e.start >= len(head) - 3
+        if text:
+            raise DataError(
+                f"{spec.path}: dataset {spec.name!r}: the file looks like text (CSV?), not "
+                f'Parquet (no {PARQUET_MAGIC.decode()} magic); set {key} = "csv" (with the '
+                "delimiter) or convert the file to Parquet"
+            )
+
+
 def check_header(spec: DatasetSpec) -> None:
     """Check the CSV header (or the first row's width) against the spec's columns.
 
@@ -61,8 +92,15 @@ def check_header(spec: DatasetSpec) -> None:
         DataError: naming the file, line 1 and the missing, extra or misplaced column.
     """
     path, names = spec.path, list(spec.columns)
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        first = next(csv.reader(fh, delimiter=spec.delimiter), None)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            first = next(csv.reader(fh, delimiter=spec.delimiter), None)
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: dataset {spec.name!r}: line 1 is not UTF-8 text (byte {e.start}); is the "
+            f"file binary (then set datasets.{spec.name}.format to its format, e.g. "
+            '"parquet") or in another encoding (then re-encode it as UTF-8)?'
+        ) from None
     if first is None:
         if spec.header:
             raise DataError(

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from trustspace.engine._check import check_header, locate_bad_field
+from trustspace.engine._check import check_format, check_header, locate_bad_field
 from trustspace.engine._spec import DatasetSpec
 from trustspace.engine._sql import quote_ident, where_clause
 from trustspace.errors import ConfigError, DataError
@@ -167,9 +167,11 @@ class Engine:
         path = Path(spec.path)
         if not path.is_file():
             raise DataError(
-                f"{path}: dataset {spec.name!r}: file not found; check the dataset's path "
-                "(relative paths are resolved against the node's working directory)"
+                f"{path}: dataset {spec.name!r}: file not found (looked for {path.absolute()}); "
+                "check the dataset's path (in a node config, a relative path is relative to "
+                "the config file's directory)"
             )
+        check_format(spec)
         if spec.format == "csv":
             check_header(spec)
         else:

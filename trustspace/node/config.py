@@ -10,6 +10,7 @@ becomes a ``trustspace.engine.DatasetSpec``; the aggregator's config is
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -21,11 +22,14 @@ from trustspace._config import Table, TlsConfig, check_address, read_toml
 from trustspace.engine import ColumnType, DatasetSpec
 from trustspace.errors import ConfigError
 from trustspace.node.audit import CHECKPOINT_EVERY
+from trustspace.stats import OPS as STAT_OPS
 
 __all__ = [
     "ALL",
+    "ANON_STEPS",
     "DEFAULT_NODE_PORT",
     "FORMATS",
+    "OPERATIONS",
     "DPPolicy",
     "NodeConfig",
     "PolicyConfig",
@@ -41,6 +45,25 @@ FORMATS = ("csv", "parquet")
 DEFAULT_NODE_PORT = 50051
 ALL = "*"
 _COLUMN_TYPES = tuple(t.value for t in ColumnType)  # the engine's types, for the messages
+#: The steps of a federated anonymization a node checks its policy for (``anonymize.*``: all).
+ANON_STEPS = ("anonymize.histogram", "anonymize.apply", "anonymize.release")
+#: Every operation a ``[[policy.rules]]`` table may name: the statistics, the anonymization
+#: steps, a family ``"anonymize.*"`` and ``"*"`` (any). Anything else is a typo that would
+#: never match, so the config is refused.
+OPERATIONS = (*STAT_OPS, *ANON_STEPS, "anonymize.*", ALL)
+
+
+def _check_operations(t: Table, ops: tuple[str, ...]) -> tuple[str, ...]:
+    """``ops`` (key ``operations`` of rule table ``t``) if each is a known operation."""
+    for op in ops:
+        if op not in OPERATIONS:
+            close = difflib.get_close_matches(op, OPERATIONS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{t.where('operations')}: {op!r} is not an operation; {hint}valid operations: "
+                f"{', '.join(OPERATIONS)}"
+            )
+    return ops
 
 
 @dataclass(frozen=True)
@@ -198,7 +221,7 @@ def parse_policy(t: Table) -> PolicyConfig:
         rules.append(
             Rule(
                 analysts=rt.str_list("analysts"),
-                operations=rt.str_list("operations"),
+                operations=_check_operations(rt, rt.str_list("operations")),
                 datasets=rt.str_list("datasets", [ALL]),
                 columns=rt.str_list("columns", [ALL]),
                 purposes=rt.str_list("purposes", [ALL]),

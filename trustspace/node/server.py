@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from trustspace.engine import Engine
-from trustspace.errors import ConfigError
+from trustspace.errors import ConfigError, DataError
 from trustspace.node.config import NodeConfig
 from trustspace.node.service import NodeService
 from trustspace.transport.ca import Credentials
@@ -18,6 +19,14 @@ log = logging.getLogger("trustspace.node")
 
 def build_engine(config: NodeConfig) -> Engine:
     """The node's engine over its datasets, validated (DataError naming file, line, column)."""
+    for d in config.datasets:
+        path = Path(d.path)
+        if config.source.is_file() and not path.is_file():
+            raise DataError(
+                f"{config.source}: key datasets.{d.name}.path: file not found at "
+                f"{path.absolute()} (a relative path is relative to the config file's "
+                f"directory, {config.source.parent.absolute()}); fix the path"
+            )
     engine = Engine({d.name: d for d in config.datasets})
     engine.validate()
     return engine
@@ -53,6 +62,7 @@ class Node(ServerHost):
             self.server = TlsServer(
                 name=config.name,
                 listen=config.listen,
+                listen_key=f"{config.source}: key node.listen",
                 creds=creds,
                 register=lambda s: add_node_servicer(s, self.service),
                 service_names=(NODE_SERVICE,),

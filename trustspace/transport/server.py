@@ -11,7 +11,9 @@ signed audit checkpoint, made after the call's audit line).
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -29,6 +31,9 @@ from trustspace.transport.tls import GRPC_OPTIONS, check_own_credentials, server
 
 log = logging.getLogger("trustspace.transport")
 MAX_WORKERS = 16  # enough for one aggregator calling every stage in parallel plus health checks
+#: gRPC sets SO_REUSEPORT by default: a second server on a port in use would then start and
+#: silently share its connections with the first. Off, binding a used port fails at start.
+SERVER_OPTIONS: list[tuple[str, Any]] = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def _no_revocation(pem: bytes) -> str:
@@ -160,6 +165,27 @@ class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
             log.exception("%s: could not record the refused %s call", self._name, method)
 
 
+def _listen_error(name: str, listen: str, key: str, grpc_reason: str) -> str:
+    """Why ``listen`` (at ``key``, e.g. ``node.toml: key node.listen``) cannot be bound."""
+    host, _, port = listen.rpartition(":")
+    reason = grpc_reason.split(";")[0].strip()
+    try:  # gRPC's own text is vague ("Failed to bind"): ask the OS which it is
+        family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host.strip("[]"), int(port)))
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return (
+                f"{name}: cannot listen on {listen!r} ({key}): port {port} is already in use: "
+                "another process is listening on it; stop it or choose another listen address"
+            )
+        reason = err.strerror or reason
+    return (
+        f"{name}: cannot listen on {listen!r} ({key}): {reason or 'bind failed'}; check that "
+        "the host is an address of this machine, or choose another listen address"
+    )
+
+
 class TlsServer:
     """A started-on-demand gRPC server on ``listen`` with mTLS and the health service.
 
@@ -177,12 +203,13 @@ class TlsServer:
         register: Callable[[grpc.Server], None],
         service_names: tuple[str, ...],
         hooks: CallHooks | None = None,
+        listen_key: str = "key listen",
     ) -> None:
         check_own_credentials(creds, f"{name}'s certificate")
         self.name = name
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix=name),
-            options=GRPC_OPTIONS,
+            options=SERVER_OPTIONS,
             interceptors=[_Gate(name, hooks or CallHooks())],
         )
         register(self._server)
@@ -192,16 +219,9 @@ class TlsServer:
         try:
             self.port = self._server.add_secure_port(listen, server_credentials(creds))
         except RuntimeError as exc:
-            reason = str(exc).split(";")[0]
-            raise ConfigError(
-                f"{name}: cannot listen on {listen!r} ({reason}); is another process using "
-                "that port? Choose another listen address in the config"
-            ) from None
-        if self.port == 0:
-            raise ConfigError(
-                f"{name}: cannot listen on {listen!r} (address in use or not local); choose "
-                "another listen address"
-            )
+            raise ConfigError(_listen_error(name, listen, listen_key, str(exc))) from None
+        if self.port == 0:  # older gRPC releases return 0 instead of raising
+            raise ConfigError(_listen_error(name, listen, listen_key, ""))
         host = listen.rpartition(":")[0]
         wildcard = host in ("0.0.0.0", "[::]", "::")  # noqa: S104 - naming, not binding
         self.address = f"{'127.0.0.1' if wildcard else host}:{self.port}"

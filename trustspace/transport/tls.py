@@ -75,7 +75,7 @@ def preflight(
     target: str,
     creds: Credentials,
     *,
-    expected_role: str,
+    expected_role: str | None,
     server_name: str | None = None,
     timeout: float = PREFLIGHT_TIMEOUT_S,
 ) -> str:
@@ -85,20 +85,12 @@ def preflight(
         ConfigError: ``target`` is not ``HOST:PORT``.
         NodeError: nothing answers at ``target``.
         AuthenticationError: the handshake failed (with the reason), or the server's
-            certificate has the wrong role.
+            certificate has the wrong role (``expected_role``; None: any role).
     """
     check_own_credentials(creds, "our certificate")
     host, port = split_target(target)
     check_name = server_name or host
-    with tempfile.TemporaryDirectory(prefix="trustspace-tls-") as tmp:
-        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        write_private(cert_file, creds.cert_pem)
-        write_private(key_file, creds.key_pem)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_verify_locations(cadata=creds.ca_pem.decode("ascii"))
-        ctx.load_cert_chain(str(cert_file), str(key_file))
-    ctx.set_alpn_protocols(["h2"])
+    ctx = _client_context(creds)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
@@ -111,7 +103,10 @@ def preflight(
             # server's HTTP/2 SETTINGS frame (or its alert).
             answer = tls.recv(9)
     except ssl.SSLCertVerificationError as exc:
-        raise AuthenticationError(_explain_verify(target, check_name, exc)) from None
+        presented = _presented(host, port, creds, timeout) if _is_name_error(exc) else None
+        raise AuthenticationError(
+            _explain_verify(target, check_name, exc, presented, by_host=server_name is None)
+        ) from None
     except ssl.SSLError as exc:
         raise AuthenticationError(_explain_alert(target, creds, exc)) from None
     except OSError as exc:
@@ -126,7 +121,7 @@ def preflight(
     if not peer_der:
         raise AuthenticationError(f"{target} presented no certificate")
     peer = identity_of(x509.load_der_x509_certificate(peer_der))
-    if peer.role != expected_role:
+    if expected_role is not None and peer.role != expected_role:
         raise AuthenticationError(
             f"{target} presents the certificate of {peer.name!r} with role {peer.role!r}, "
             f"but a {expected_role!r} was expected; check the address in your configuration"
@@ -134,7 +129,60 @@ def preflight(
     return peer.name
 
 
-def _explain_verify(target: str, name: str, exc: ssl.SSLCertVerificationError) -> str:
+def _client_context(creds: Credentials, *, check_hostname: bool = True) -> ssl.SSLContext:
+    """The pre-flight's TLS client context: our identity, our CA, TLS 1.2+, HTTP/2."""
+    with tempfile.TemporaryDirectory(prefix="trustspace-tls-") as tmp:
+        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        write_private(cert_file, creds.cert_pem)
+        write_private(key_file, creds.key_pem)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cadata=creds.ca_pem.decode("ascii"))
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    ctx.check_hostname = check_hostname  # the chain is verified either way (CERT_REQUIRED)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def _is_name_error(exc: ssl.SSLCertVerificationError) -> bool:
+    reason = str(exc.verify_message or exc).lower()
+    return "hostname" in reason or "ip address" in reason
+
+
+def _presented(host: str, port: int, creds: Credentials, timeout: float) -> x509.Certificate | None:
+    """The certificate the server presents, its chain verified but not its name (to say
+    which server answered when the name check failed); None if that handshake fails too."""
+    ctx = _client_context(creds, check_hostname=False)
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def _cert_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in san]
+
+
+def _explain_verify(
+    target: str,
+    name: str,
+    exc: ssl.SSLCertVerificationError,
+    presented: x509.Certificate | None = None,
+    *,
+    by_host: bool = False,
+) -> str:
+    """Why the server's certificate was refused, for a person. A name mismatch says which
+    name was presented and which expected, and never advises re-issuing a certificate to
+    make them match: that would defeat the check that we reach the right server."""
     reason = str(exc.verify_message or exc)
     if "expired" in reason:
         return (
@@ -146,10 +194,31 @@ def _explain_verify(target: str, name: str, exc: ssl.SSLCertVerificationError) -
             f"the server at {target} presents a certificate not issued by our data space CA; "
             "check that both sides use the same ca.pem"
         )
-    if "hostname" in reason.lower() or "ip address" in reason.lower():
+    if _is_name_error(exc):
+        got = "a certificate"
+        if presented is not None:
+            try:
+                who = identity_of(presented)
+                got = f"the certificate of {who.name!r} (role {who.role})"
+            except AuthenticationError:
+                got = f"the certificate {presented.subject.rfc4514_string()}"
+            names = _cert_names(presented)
+            if names:
+                got += f", valid for {', '.join(names)}"
+        if by_host:
+            return (
+                f"the server at {target} presented {got}, but {name!r} (the host of the "
+                f"address) was expected: the address probably points to another server, or "
+                f"the certificate does not carry the name {name!r}. If it is the server you "
+                "meant, connect with the name its certificate carries (server_name= / "
+                "--server-name); otherwise fix the address"
+            )
         return (
-            f"the certificate of the server at {target} is not valid for {name!r}; issue it "
-            f"with `--host {name}` or connect with the name it carries"
+            f"the server at {target} presented {got}, but {name!r} was expected: the "
+            f"address in the configuration probably points to the wrong server (or the "
+            f"certificate of {name!r} does not carry that name); fix the address. Do not "
+            "re-issue a certificate to make the names match: the check is what tells you "
+            "that you reached the right server"
         )
     return f"the certificate of the server at {target} was refused: {reason}"
 

@@ -1,0 +1,94 @@
+"""``trustspace node CONFIG --check``: everything a start checks, without a side effect.
+
+A start creates the audit log (and its directory), its checkpoint and the DP ledger; the check
+creates and modifies no file: it loads the credentials (certificate valid, issued by the CA, its
+name the node's), validates every dataset with the engine (in memory), verifies an existing
+audit log's chain read-only, and says whether the listen port is free.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import os
+import socket
+from pathlib import Path
+
+from trustspace.errors import ConfigError
+from trustspace.node.audit import verify
+from trustspace.node.config import NodeConfig
+from trustspace.node.server import build_engine, load_credentials
+
+__all__ = ["check_node"]
+
+
+def _writable_dir(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` if it is not writable (None: fine)."""
+    here = path
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return None if os.access(here, os.W_OK | os.X_OK) else here
+
+
+def _port_in_use(listen: str) -> bool:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if int(port) == 0:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))  # bound, never listened on: nobody sees it
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
+
+
+def check_node(config: NodeConfig) -> list[str]:
+    """Check ``config`` as a start would; returns one line per thing checked.
+
+    Raises:
+        ConfigError, AuthenticationError, DataError: the first problem, as a start raises it.
+    """
+    creds = load_credentials(config)
+    days = (creds.identity.not_after - dt.datetime.now(dt.UTC)).days
+    out = [
+        f"certificate {config.tls.cert}: {creds.name!r} (role {creds.role}), valid until "
+        f"{creds.identity.not_after:%Y-%m-%d} ({days} days)"
+    ]
+    engine = build_engine(config)
+    try:
+        for d in config.datasets:
+            out.append(
+                f"dataset {d.name!r}: {d.path} ({d.format}, {len(d.columns)} columns: "
+                + ", ".join(f"{c} {t.value}" for c, t in d.schema.columns.items())
+                + ") OK"
+            )
+    finally:
+        engine.close()
+    audit = config.audit_path
+    if audit.exists():
+        report = verify(audit)
+        if not report.ok:
+            raise ConfigError(
+                f"audit log {audit} is broken: {report.problem}; move it aside (keep it as "
+                "evidence) and start the node again"
+            )
+        out.append(f"audit log {audit}: {report.lines} lines, chain OK")
+    else:
+        out.append(f"audit log {audit}: absent (the node creates it at start)")
+    for what, path in (("audit log", audit), ("DP ledger", config.dp_ledger_path)):
+        bad = _writable_dir(path.parent)
+        if bad is not None:
+            raise ConfigError(
+                f"{config.source}: the {what} {path} cannot be created: {bad} is not writable "
+                "by this user"
+            )
+    if _port_in_use(config.listen):
+        out.append(
+            f"listen {config.listen}: the port is in use now (fine if this node is running; "
+            "a second start would be refused)"
+        )
+    else:
+        out.append(f"listen {config.listen}: free")
+    return out
