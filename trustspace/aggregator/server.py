@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from trustspace.aggregator._observed import Observed
 from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
 from trustspace.aggregator.witness import Witness
+from trustspace.obs import AggregatorMetrics
 from trustspace.transport.ca import Credentials, revocation_check
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
@@ -22,6 +24,8 @@ class Aggregator(ServerHost):
         self.drain_grace_s = config.drain_grace_s
         # every node answer carries a signed checkpoint of the node's audit log: witness it
         self.witness = Witness(creds.ca_pem, config.witness_log)
+        #: Prometheus metrics (own registry; served at /metrics on the admin port)
+        self.metrics = AggregatorMetrics(creds.name, (n.name for n in config.nodes))
         clients = [
             NodeClient(n.name, n.address, creds, witness=self.witness.observe) for n in config.nodes
         ]
@@ -32,16 +36,23 @@ class Aggregator(ServerHost):
             call_timeout_s=config.call_timeout_s,
             paillier_timeout_s=config.paillier_timeout_s,
             ca_pem=creds.ca_pem,
+            metrics=self.metrics,
         )
+        observed = Observed(self.service, self.metrics)
         try:
             self.server = TlsServer(
                 name=creds.name,
                 listen=config.listen,
                 creds=creds,
-                register=lambda s: add_aggregator_servicer(s, self.service),
+                register=lambda s: add_aggregator_servicer(s, observed),
                 service_names=(AGGREGATOR_SERVICE,),
-                # revoked analysts are refused before any work (the refusal is logged)
-                hooks=CallHooks(revoked=revocation_check(config.tls.revoked)),
+                # revoked analysts are refused before any work; every refused or failed call
+                # is logged (WARNING) and counted
+                hooks=CallHooks(
+                    revoked=revocation_check(config.tls.revoked),
+                    before=observed.clear,
+                    refused=observed.refused,
+                ),
             )
         except BaseException:
             self.service.close()

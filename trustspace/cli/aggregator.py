@@ -25,6 +25,13 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     config = load_aggregator_config(args.config)
+    setup_logging(
+        args.log_level,
+        config.logging,
+        role="aggregator",
+        name=config.name,
+        where=str(config.source),
+    )
     agg = Aggregator(config).start()
     ready = (
         f"aggregator {config.name}: serving on {agg.address} (mutual TLS) for "

@@ -28,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     config = load_node_config(args.config)
+    if not args.check:  # --check writes nothing, not even the log file
+        setup_logging(
+            args.log_level, config.logging, role="node", name=config.name, where=str(config.source)
+        )
     node = Node(config)
     if args.check:
         node.stop(0)
