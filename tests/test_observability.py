@@ -7,6 +7,7 @@ reaching a log file; a log file readable by everyone.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -443,3 +444,39 @@ def test_servers_write_json_logs_without_secrets_or_data(tmp_path: Path) -> None
     assert [(r["operation"], r["code"], r["reason"]) for r in refused] == [
         ("var", "PERMISSION_DENIED", "operations")
     ]
+
+
+# ---------------------------------------------------------------------------------- usage
+def test_usage_one_row_per_query_and_by_operation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trustspace.cli.main import main
+
+    with Federation.local(_parts(20), POLICY, workdir=tmp_path, purpose="audit-2026") as fed:
+        fed.count()
+        fed.mean("default", "age")
+        with pytest.raises(PolicyError):
+            fed.sum("default", "age")
+    logs = [str(p) for p in sorted((tmp_path / "audit").glob("*.jsonl"))]
+    lines = sum(len(Path(p).read_text().splitlines()) for p in logs)
+    assert main(["usage", *logs, "--queries", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["operation"], r["decision"], r["nodes"]) for r in rows] == [
+        ("count", "allow", 3),
+        ("mean", "allow", 3),
+        ("sum", "deny", 3),
+    ]
+    assert all(r["analyst"] == "analyst" and r["purpose"] == "audit-2026" for r in rows)
+    assert sum(r["steps"] for r in rows) == lines  # every audit line is in one query's row
+    assert isinstance(rows[0]["steps"], int)
+    assert main(["usage", *logs, "--by", "operation", "--csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("operation")
+    assert table.loc["count", "queries"] == 1 and table.loc["sum", "refused"] == 1
+    assert "describe_datasets" not in table.index  # planning lines count with their query
+    assert main(["usage", *logs, "--by", "decision"]) == 0
+    out = capsys.readouterr().out
+    header, *body = out.splitlines()
+    assert header.split()[:3] == ["decision", "queries", "refused"]
+    assert [r.split()[:3] for r in body] == [["allow", "2", "0"], ["deny", "0", "1"]]
+    with pytest.raises(SystemExit):  # one output format at a time
+        main(["usage", *logs, "--csv", "--json"])
