@@ -480,3 +480,64 @@ def test_usage_one_row_per_query_and_by_operation(
     assert [r.split()[:3] for r in body] == [["allow", "2", "0"], ["deny", "0", "1"]]
     with pytest.raises(SystemExit):  # one output format at a time
         main(["usage", *logs, "--csv", "--json"])
+
+
+def test_dropouts_counted_by_node_and_stage() -> None:
+    from test_secure_sum_exchange import DroppingNode, fan_out
+
+    from trustspace.aggregator._secure_sum import secure_sum
+    from trustspace.errors import ThresholdError
+    from trustspace.secagg.stage import Stage
+    from trustspace.stats import Round, Term
+    from trustspace.transport import types
+    from trustspace.transport.signing import SignedQuery
+
+    m = obs_metrics.AggregatorMetrics("agg", [f"n{i}" for i in range(5)])
+    ref = types.RoundRef(0, 1, None, Round("d", None, (Term.rows(),)))
+    query = SignedQuery(b"{}", b"sig", b"cert")
+    drops = [None, None, None, Stage.SHARE_KEYS, Stage.UNMASK]
+    nodes = [DroppingNode(f"n{i}", np.ones(2, dtype=np.uint64), d) for i, d in enumerate(drops)]
+    total, contributors = secure_sum(
+        fan_out,  # type: ignore[arg-type]
+        query,
+        ref,
+        2,
+        nodes,  # type: ignore[arg-type]
+        threshold=None,
+        timeout=1.0,
+        metrics=m,
+    )
+    assert len(contributors) == 4 and list(total) == [4, 4]  # dropped at unmask: still summed
+    snap = snapshot(m)
+    d = "trustspace_aggregator_secagg_dropouts_total"
+    assert val(snap, d, node="n3", stage="share_keys") == 1
+    assert val(snap, d, node="n4", stage="unmask") == 1
+    assert sum(v for (n, _), v in snap.items() if n == d) == 2
+    assert val(snap, "trustspace_aggregator_secagg_rounds_total", outcome="ok") == 1
+    assert val(snap, "trustspace_aggregator_secagg_round_nodes_sum") == 4
+    h = "trustspace_aggregator_secagg_stage_duration_seconds_count"
+    assert [val(snap, h, stage=str(s)) for s in ROUND_STAGES] == [1, 1, 1, 1]
+    # below the threshold: an aborted round, nothing summed
+    few = [DroppingNode(f"n{i}", np.ones(2, dtype=np.uint64), Stage.ADVERTISE) for i in range(2)]
+    few.append(DroppingNode("n2", np.ones(2, dtype=np.uint64), None))
+    with pytest.raises(ThresholdError):
+        secure_sum(fan_out, query, ref, 2, few, threshold=None, timeout=1.0, metrics=m)  # type: ignore[arg-type]
+    snap = snapshot(m)
+    assert val(snap, "trustspace_aggregator_secagg_rounds_total", outcome="aborted") == 1
+    assert val(snap, d, node="n0", stage="advertise") == 1
+
+
+def test_an_unreachable_node_is_reported(tmp_path: Path) -> None:
+    with Federation.local(_parts(), POLICY, workdir=tmp_path) as fed:
+        agg = fed.aggregator
+        fed.nodes["n2"].server.stop(0)  # the process is gone; the port refuses
+        before = snapshot(agg.metrics)
+        with pytest.warns(UserWarning, match="n2 did not answer"):
+            assert fed.count() == 120  # planned without it: the two others' rows
+        after = snapshot(agg.metrics)
+    assert val(after, "trustspace_aggregator_node_reachable", node="n2") == 0
+    assert val(after, "trustspace_aggregator_node_reachable", node="n0") == 1
+    calls = "trustspace_aggregator_node_calls_total"
+    assert delta(after, before, calls, node="n2", outcome="unreachable") == 1
+    assert delta(after, before, calls, node="n2", outcome="ok") == 0
+    assert val(after, "trustspace_aggregator_secagg_round_nodes_sum") == 2

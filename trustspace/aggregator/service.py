@@ -394,7 +394,10 @@ class AggregatorService:
                 d = futures[n.name].result()
             except TrustspaceError as exc:
                 out.append(types.NodeStatus(n.name, n.address, False, str(exc)))
+                unreachable = isinstance(exc, NodeError | AuthenticationError)
+                self.metrics.node_call(n.name, "unreachable" if unreachable else "refused")
                 continue
+            self.metrics.node_call(n.name, "ok")
             out.append(
                 types.NodeStatus(
                     n.name, n.address, True, "", d.datasets, d.min_group_size, d.min_nodes
