@@ -541,3 +541,20 @@ def test_an_unreachable_node_is_reported(tmp_path: Path) -> None:
     assert delta(after, before, calls, node="n2", outcome="unreachable") == 1
     assert delta(after, before, calls, node="n2", outcome="ok") == 0
     assert val(after, "trustspace_aggregator_secagg_round_nodes_sum") == 2
+
+
+def test_log_lines_cannot_be_forged_or_flooded(tmp_path: Path, restore_logging: None) -> None:
+    """A name an analyst chose (a dataset, a request id) is one escaped, bounded field."""
+    text, js = tmp_path / "t.log", tmp_path / "j.log"
+    log = logging.getLogger("trustspace.aggregator")
+    forged = "x'\n2026-01-01T00:00:00.000+00:00 INFO trustspace.node: n1: all is well"
+    for path, fmt in ((text, "text"), (js, "json")):
+        configure("ERROR", LoggingConfig(file=path, format=fmt), role="node", name="n1")
+        log.warning("refused %s", forged, extra={"dataset": forged, "request_id": "r" * 10**5})
+        log.warning("refused %s", "y" * 10**5)
+    lines = text.read_text().splitlines()
+    assert len(lines) == 2 and "\\n2026-01-01" in lines[0]
+    assert len(lines[1]) < 2200 and lines[1].endswith("(98008 more)")
+    recs = [json.loads(x) for x in js.read_text().splitlines()]
+    assert len(recs) == 2 and recs[0]["message"] == "refused " + forged
+    assert len(recs[0]["request_id"]) < 150 and len(recs[1]["message"]) < 2100

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from trustspace.aggregator.service import AggregatorService
 from trustspace.obs import AggregatorMetrics
+from trustspace.obs.logs import cut
 from trustspace.obs.metrics import code_reason, outcome_of, reason_of
 from trustspace.transport import types
 from trustspace.transport.ca import Identity
@@ -25,7 +26,6 @@ from trustspace.transport.signing import SignedQuery
 
 log = logging.getLogger("trustspace.aggregator")
 T = TypeVar("T")
-_MAX_FIELD = 128  # analyst-chosen strings (request ids) are cut to this in log lines
 
 
 def _fields(caller: Identity, query: SignedQuery | None, method: str) -> dict[str, Any]:
@@ -37,12 +37,12 @@ def _fields(caller: Identity, query: SignedQuery | None, method: str) -> dict[st
         body = query.unverified_body()
     except Exception:  # refused later, with its own error
         return out
-    out.update(
-        request_id=str(body.request_id)[:_MAX_FIELD],
-        operation=str(body.operation)[:_MAX_FIELD],
-        dataset=str(body.dataset)[:_MAX_FIELD],
-        purpose=None if body.purpose is None else str(body.purpose)[:_MAX_FIELD],
-        query_method=str(body.method)[:_MAX_FIELD],
+    out.update(  # analyst-chosen strings: cut (the signed body may be megabytes)
+        request_id=cut(body.request_id),
+        operation=cut(body.operation),
+        dataset=cut(body.dataset),
+        purpose=None if body.purpose is None else cut(body.purpose),
+        query_method=cut(body.method),
     )
     return out
 

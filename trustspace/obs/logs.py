@@ -27,12 +27,36 @@ from pythonjsonlogger.json import JsonFormatter
 from trustspace._config import LoggingConfig
 from trustspace.errors import ConfigError
 
-__all__ = ["LOG_FILE_MODE", "JsonLineFormatter", "TextFormatter", "configure"]
+__all__ = [
+    "LOG_FILE_MODE",
+    "MAX_FIELD",
+    "MAX_MESSAGE",
+    "JsonLineFormatter",
+    "TextFormatter",
+    "configure",
+    "cut",
+]
 
 #: Group-readable (a log shipper in the server's group may read it), never world-readable.
 LOG_FILE_MODE = 0o640
 _OURS = "_trustspace_handler"  # marks the handlers ``configure`` installed
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Characters of a message, and of a structured field, a line keeps: a signed query may be
+#: megabytes, and the names in it (request id, dataset) must not flood the log.
+MAX_MESSAGE = 2000
+MAX_FIELD = 128
+#: Control characters are escaped in text lines: an analyst-chosen name cannot forge a line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(32) if c != 9} | {10: "\\n", 13: "\\r"}
+
+
+def cut(value: object, limit: int = MAX_FIELD) -> str:
+    """``value`` as text of at most ``limit`` characters (what is cut is counted).
+
+    >>> cut("x" * 300, 10)
+    'xxxxxxxxxx...(290 more)'
+    """
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more)"
 
 
 def _utc(record: logging.LogRecord) -> str:
@@ -44,6 +68,10 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = cut(record.message, MAX_MESSAGE).translate(_ESCAPES)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc(record)
@@ -59,6 +87,13 @@ class JsonLineFormatter(JsonFormatter):
             static_fields=dict(static or {}),
             json_ensure_ascii=False,
         )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        """Cut the message and every long text field (tracebacks are kept whole)."""
+        for key, value in log_data.items():
+            if isinstance(value, str) and key not in ("exc_info", "stack_info"):
+                log_data[key] = cut(value, MAX_MESSAGE if key == "message" else MAX_FIELD)
+        return log_data
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc(record)
