@@ -558,3 +558,29 @@ def test_log_lines_cannot_be_forged_or_flooded(tmp_path: Path, restore_logging: 
     recs = [json.loads(x) for x in js.read_text().splitlines()]
     assert len(recs) == 2 and recs[0]["message"] == "refused " + forged
     assert len(recs[0]["request_id"]) < 150 and len(recs[1]["message"]) < 2100
+
+
+def test_docs_list_every_metric_and_no_other(tmp_path: Path) -> None:
+    import re
+
+    from trustspace.dp import Ledger
+
+    node = obs_metrics.NodeMetrics("n1", ["default"])
+
+    class Audit:
+        lines = 7
+
+    ledger = Ledger(tmp_path / "l.sqlite", node="n1")
+    ledger.set_budget("alice", "default", epsilon=1.0, delta=1e-6)
+    node.watch_audit(Audit())
+    node.watch_budgets(ledger.budgets)
+    families = {
+        f.name + ("_total" if f.type == "counter" else "")
+        for m in (node, obs_metrics.AggregatorMetrics("agg", ["n1"]))
+        for f in text_string_to_metric_families(m.exposition())
+    }
+    ledger.close()
+    doc = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    section = doc.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(trustspace_[a-z_]+)` \|", section, re.M))
+    assert documented == families
