@@ -336,10 +336,10 @@ class NodeService:
             )
         else:
             log.debug(
-                "%s: %s %s for %s",
+                "%s: %s%s for %s",
                 self.name,
                 entry["operation"],
-                fields.get("stage", ""),
+                f" {stage}" if stage else "",
                 fields["analyst"] or "?",
                 extra=fields,
             )
