@@ -14,7 +14,15 @@ from typing import Any
 
 from trustspace.errors import ConfigError
 
-__all__ = ["Table", "TlsConfig", "check_address", "read_toml"]
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "LoggingConfig",
+    "Table",
+    "TlsConfig",
+    "check_address",
+    "read_toml",
+]
 
 
 class Table:
@@ -174,3 +182,70 @@ class TlsConfig:
         )
         t.check_unknown()
         return tls
+
+
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_ROTATIONS = ("size", "external")
+#: Rotate the log file at 10 MiB, keeping 5 old files: at most ~60 MiB of logs per server.
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 5
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``[logging]``: where a node or the aggregator writes its log file (stderr stays text).
+
+    ``file``: the log file (None: stderr only); ``format``: ``json`` (one object per line) or
+    ``text``; ``level``: the file's level (stderr's is ``--log-level``); ``rotate``: ``size``
+    (rotated here at ``max_bytes``, keeping ``backups`` old files) or ``external`` (logrotate
+    or newsyslog renames the file; it is reopened when that happens).
+    """
+
+    file: Path | None = None
+    format: str = "json"
+    level: str = "INFO"
+    rotate: str = "size"
+    max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    backups: int = DEFAULT_LOG_BACKUPS
+
+    @classmethod
+    def parse(cls, t: Table, base: Path) -> LoggingConfig:
+        """Parse a ``[logging]`` table; a relative ``file`` is relative to ``base``."""
+        file = t.path_value("file", base) if "file" in t.data else None
+        fmt = t.get("format", str, "json")
+        if fmt not in LOG_FORMATS:
+            raise ConfigError(f"{t.where('format')} = {fmt!r}: expected one of {LOG_FORMATS}")
+        level = t.get("level", str, "INFO")
+        if level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"{t.where('level')} = {level!r}: expected one of {LOG_LEVELS}")
+        rotate = t.get("rotate", str, "size")
+        if rotate not in LOG_ROTATIONS:
+            raise ConfigError(
+                f"{t.where('rotate')} = {rotate!r}: expected one of {LOG_ROTATIONS} (size: "
+                "rotated by the server; external: by logrotate, the file is reopened)"
+            )
+        if rotate == "external":
+            for key in ("max_bytes", "backups"):
+                if key in t.data:
+                    raise ConfigError(
+                        f'{t.where(key)}: not used with rotate = "external" (logrotate '
+                        'decides when and how many); remove it or set rotate = "size"'
+                    )
+        max_bytes = t.get("max_bytes", int, DEFAULT_LOG_MAX_BYTES)
+        if max_bytes < 4096:
+            raise ConfigError(
+                f"{t.where('max_bytes')} = {max_bytes}: must be at least 4096 (bytes per file)"
+            )
+        backups = t.get("backups", int, DEFAULT_LOG_BACKUPS)
+        if backups < 1:
+            raise ConfigError(
+                f"{t.where('backups')} = {backups}: must be at least 1 (old files kept)"
+            )
+        t.check_unknown()
+        if file is None and t.data:
+            raise ConfigError(
+                f"{t.where('file')} is missing: [logging] configures the log file; name it "
+                '(e.g. file = "node.log") or remove the table'
+            )
+        return cls(file, fmt, level.upper(), rotate, max_bytes, backups)

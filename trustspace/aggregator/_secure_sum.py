@@ -10,12 +10,14 @@ own error.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
 from trustspace.errors import ProtocolError, ThresholdError, TrustspaceError
+from trustspace.obs import AggregatorMetrics
 from trustspace.secagg import (
     AdvertiseKeys,
     EncryptedShares,
@@ -47,8 +49,10 @@ class _GrpcExchange:
         ref: types.RoundRef,
         nodes: Sequence[NodeClient],
         timeout: float,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         self._fan_out = fan_out
+        self._metrics = metrics
         self._query, self._setup, self._ref, self._timeout = query, setup, ref, timeout
         self.ids = {n.name: i for n, i in zip(nodes, setup.client_ids, strict=True)}
         self.by_id = {i: n for n, i in zip(nodes, setup.client_ids, strict=True)}
@@ -105,7 +109,10 @@ class _GrpcExchange:
             )
             return node.secagg_step(step, self._timeout)
 
+        started = time.monotonic()
         ok, failed = self._fan_out([self.by_id[c] for c in targets], call)
+        if self._metrics is not None:
+            self._metrics.stage(stage, time.monotonic() - started, failed)
         self.dropped.update(failed)
         return {self.ids[name]: out for name, out in ok.items()}
 
@@ -120,12 +127,14 @@ def secure_sum(
     threshold: int | None,
     timeout: float,
     bindings: dict[str, bytes] | None = None,
+    metrics: AggregatorMetrics | None = None,
 ) -> tuple[np.ndarray[Any, Any], tuple[str, ...]]:
     """Sum the nodes' local vectors of ``ref`` (``size`` entries) by one SecAgg+ session.
 
     Returns (the uint64 total, the names of the nodes whose input is in it). ``bindings``, if
     given, receives each of those nodes' signed session binding (a DP round's carries the
-    node's noise share).
+    node's noise share). ``metrics`` receives each stage's duration and dropouts and the
+    round's outcome.
 
     Raises:
         ThresholdError: fewer than the threshold (or 2) nodes remain; names the stage, the
@@ -152,15 +161,22 @@ def secure_sum(
         threshold=threshold,
     )
     config = setup.config()
-    exchange = _GrpcExchange(fan_out, query, setup, ref, nodes, timeout)
+    exchange = _GrpcExchange(fan_out, query, setup, ref, nodes, timeout, metrics)
+    ended = metrics.round if metrics is not None else lambda outcome, contributors=0: None
     try:
         outcome = drive(config, exchange)
     except ThresholdError as exc:
+        ended("aborted")
         detail = "; ".join(f"{n}: {e}" for n, e in exchange.dropped.items())
         raise ThresholdError(f"{exc}" + (f" (dropped: {detail})" if detail else "")) from None
     except ProtocolError as exc:
+        ended("failed")
         raise ProtocolError(f"secure aggregation of round {ref.index} failed: {exc}") from None
+    except BaseException:  # a node's refusal (policy, data): the round ends with its error
+        ended("failed")
+        raise
     contributors = tuple(exchange.by_id[c].name for c in outcome.survivors)
+    ended("ok", len(contributors))
     if bindings is not None:
         bindings.update({exchange.by_id[c].name: exchange.binding(c) for c in outcome.survivors})
     return np.asarray(outcome.total, dtype=np.uint64), contributors

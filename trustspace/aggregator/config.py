@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustspace._config import Table, TlsConfig, check_address, read_toml
+from trustspace._config import LoggingConfig, Table, TlsConfig, check_address, read_toml
 from trustspace.errors import ConfigError
 
 __all__ = [
@@ -48,6 +48,8 @@ class AggregatorConfig:
     #: the witness log of the nodes' audit checkpoints (``[aggregator] witness_log``; default
     #: ``NAME-witness.jsonl`` beside the config file); None: kept in memory only
     witness_log: Path | None = None
+    #: [logging]: the log file (JSON lines, rotated); default: stderr only
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
@@ -94,6 +96,7 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
         raise ConfigError(
             f"{agg.where('threshold')} = {threshold}: must be between 1 and {len(nodes)} nodes"
         )
+    logging = LoggingConfig.parse(root.table("logging"), p.parent)
     root.check_unknown()
     return AggregatorConfig(
         name=name,
@@ -106,4 +109,5 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
         source=p,
         drain_grace_s=float(grace),
         witness_log=witness_log,
+        logging=logging,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from trustspace.aggregator._observed import Observed
 from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
 from trustspace.aggregator.witness import Witness
+from trustspace.obs import AggregatorMetrics
 from trustspace.transport.ca import Credentials
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.revocation import Revocations
@@ -27,6 +29,8 @@ class Aggregator(ServerHost):
         self.revocations = Revocations.load(config.tls, creds.ca_pem)
         # every node answer carries a signed checkpoint of the node's audit log: witness it
         self.witness = Witness(creds.ca_pem, config.witness_log)
+        #: Prometheus metrics (own registry; served at /metrics on the admin port)
+        self.metrics = AggregatorMetrics(creds.name, (n.name for n in config.nodes))
         clients = [
             NodeClient(n.name, n.address, creds, witness=self.witness.observe) for n in config.nodes
         ]
@@ -38,17 +42,24 @@ class Aggregator(ServerHost):
             paillier_timeout_s=config.paillier_timeout_s,
             ca_pem=creds.ca_pem,
             revoked=lambda pem: self.revocations.check(pem),
+            metrics=self.metrics,
         )
+        observed = Observed(self.service, self.metrics)
         try:
             self.server = TlsServer(
                 name=creds.name,
                 listen=config.listen,
                 listen_key=f"{config.source}: key aggregator.listen",
                 creds=creds,
-                register=lambda s: add_aggregator_servicer(s, self.service),
+                register=lambda s: add_aggregator_servicer(s, observed),
                 service_names=(AGGREGATOR_SERVICE,),
-                # revoked analysts are refused before any work (the refusal is logged)
-                hooks=CallHooks(revoked=lambda pem: self.revocations.check(pem)),
+                # revoked analysts are refused before any work; every refused or failed call
+                # is logged (WARNING) and counted
+                hooks=CallHooks(
+                    revoked=lambda pem: self.revocations.check(pem),
+                    before=observed.clear,
+                    refused=observed.refused,
+                ),
             )
         except BaseException:
             self.service.close()

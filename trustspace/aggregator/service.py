@@ -43,6 +43,7 @@ from trustspace.errors import (
     ThresholdError,
     TrustspaceError,
 )
+from trustspace.obs import AggregatorMetrics
 from trustspace.stats import DPComputation, Query, Round, TableSchema, noise_variance, start
 from trustspace.transport import serde, types
 from trustspace.transport.ca import Identity
@@ -87,10 +88,13 @@ class AggregatorService:
         paillier_timeout_s: float = PAILLIER_TIMEOUT_S,
         ca_pem: bytes | None = None,
         revoked: Callable[[bytes], str] | None = None,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         if not nodes:
             raise ConfigError("the aggregator needs at least one node")
         self.name = name
+        #: Prometheus metrics (own registry; see ``trustspace.obs``)
+        self.metrics = metrics or AggregatorMetrics(name, (n.name for n in nodes))
         #: the data space CA: the aggregator checks every signed query before it plans (the
         #: nodes check again; this only refuses early). None: checks are left to the nodes.
         self._ca = ca_pem
@@ -123,17 +127,21 @@ class AggregatorService:
         for name, fut in futures.items():
             try:
                 ok[name] = fut.result()
+                self.metrics.node_call(name, "ok")
             except (NodeError, AuthenticationError) as exc:  # unreachable, or TLS refused
                 failed[name] = exc
+                self.metrics.node_call(name, "unreachable")
             except TrustspaceError as err:
                 refusal = refusal or err
+                self.metrics.node_call(name, "refused")
             except Exception as other:
                 log.exception("%s: unexpected failure calling node %s", self.name, name)
                 failed[name] = NodeError(f"node {name}: unexpected failure {type(other).__name__}")
+                self.metrics.node_call(name, "unreachable")
         if refusal is not None:
             raise refusal
         for name, why in failed.items():
-            log.warning("%s: node %s dropped: %s", self.name, name, why)
+            log.warning("%s: node %s dropped: %s", self.name, name, why, extra={"node": name})
         return ok, failed
 
     # ------------------------------------------------------------------ planning
@@ -266,6 +274,7 @@ class AggregatorService:
             threshold=self.threshold,
             timeout=self.call_timeout_s,
             bindings=bindings,
+            metrics=self.metrics,
         )
 
     def sum_round(
@@ -346,14 +355,6 @@ class AggregatorService:
         out["nodes"] = [n.name for n in plan.nodes]
         out["excluded"] = list(plan.excluded)
         out["min_group_size"] = plan.min_group_size
-        log.info(
-            "%s: %s ran %s on %s over %d nodes",
-            self.name,
-            caller.name,
-            query.op,
-            query.dataset,
-            len(plan.nodes),
-        )
         return out
 
     def run_round(self, caller: Identity, req: types.RoundRequest) -> types.RoundResult:
@@ -397,7 +398,10 @@ class AggregatorService:
                 d = futures[n.name].result()
             except TrustspaceError as exc:
                 out.append(types.NodeStatus(n.name, n.address, False, str(exc)))
+                unreachable = isinstance(exc, NodeError | AuthenticationError)
+                self.metrics.node_call(n.name, "unreachable" if unreachable else "refused")
                 continue
+            self.metrics.node_call(n.name, "ok")
             out.append(
                 types.NodeStatus(
                     n.name, n.address, True, "", d.datasets, d.min_group_size, d.min_nodes

@@ -7,19 +7,38 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from trustspace._config import LoggingConfig
 
 
 class _Server(Protocol):
     def stop(self, grace: float | None = None) -> None: ...
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(
+    level: str,
+    config: LoggingConfig | None = None,
+    *,
+    role: str = "",
+    name: str = "",
+    where: str = "<config>",
+) -> None:
+    """Human-readable text on stderr at ``level``; with ``config.file`` (``[logging]``), also
+    the log file (JSON lines by default, rotated). Called again once the config is read."""
+    from trustspace.obs.logs import configure
+
+    configure(level, config, role=role, name=name, where=where)
+    if config is not None and config.file is not None:
+        logging.getLogger("trustspace").info(
+            "%s %s: logging to %s (%s, level %s)",
+            role,
+            name,
+            config.file,
+            config.format,
+            config.level,
+        )
 
 
 def serve_until_signal(

@@ -57,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
         for line in lines:
             print(f"aggregator {config.name}: {line}")
         return 0 if ok else 1
+    setup_logging(
+        args.log_level,
+        config.logging,
+        role="aggregator",
+        name=config.name,
+        where=str(config.source),
+    )
     agg = Aggregator(config).start()
     try:
         bad = [c for c in probe_nodes(config, agg.credentials) if not c.ok]

@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"node {config.name}: {line}")
         print(f"node {config.name}: config, certificate and {len(config.datasets)} dataset(s) OK")
         return 0
+    setup_logging(  # after --check, which writes nothing, not even the log file
+        args.log_level, config.logging, role="node", name=config.name, where=str(config.source)
+    )
     node = Node(config)
     node.start()
     ready = (

@@ -15,15 +15,32 @@ def add_parser(subparsers: Any) -> None:
         "epsilon spent, and the time the nodes spent on them.",
     )
     p.add_argument("logs", nargs="+", metavar="LOG", help="a node's audit log (JSON lines)")
-    p.add_argument("--by", choices=("analyst", "purpose", "dataset"), default="analyst")
+    p.add_argument(
+        "--by",
+        choices=("analyst", "purpose", "dataset", "operation", "decision"),
+        default="analyst",
+        help="the grouping (default analyst); operation is the signed query's",
+    )
+    p.add_argument(
+        "--queries",
+        action="store_true",
+        help="one row per query (request id) instead: time, analyst, purpose, operation, "
+        "dataset, method, decision, nodes, steps, epsilon, rho, ms",
+    )
     p.add_argument("--since", metavar="DATE", help="only lines at or after DATE (YYYY-MM-DD)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    fmt.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV")
+    fmt.add_argument("--json", dest="format", action="store_const", const="json", help="JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from trustspace.node.usage import usage
+    from trustspace.node.usage import queries, usage
 
-    table = usage(args.logs, by=args.by, since=args.since)
+    if args.queries:
+        table = queries(args.logs, since=args.since)
+    else:
+        table = usage(args.logs, by=args.by, since=args.since)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     elif args.format == "json":

@@ -443,7 +443,9 @@ class Ledger:
                     "query with a new request id"
                 )
             if units > budget.remaining_units:
-                raise PolicyError(self._refusal(budget, rid, units, eps, dlt))
+                refused = PolicyError(self._refusal(budget, rid, units, eps, dlt))
+                refused.rule = "dp.budget"  # type: ignore[attr-defined]  # named in ErrorInfo
+                raise refused
             now = time.time()
             db.execute(
                 "INSERT INTO entries (analyst, dataset, request_id, rho, epsilon, delta, state, "
@@ -513,6 +515,33 @@ class Ledger:
             LedgerError: if it is unknown or already spent (spent budget never comes back).
         """
         self._settle(reservation, "released", "releasing a reservation")
+
+    def budgets(self) -> list[Budget]:
+        """Every budget set in this ledger, with its use (for metrics: one read)."""
+        with self._op("listing budgets") as db:
+            limits = db.execute(
+                "SELECT analyst, dataset, epsilon, delta, rho_limit FROM budgets "
+                "ORDER BY analyst, dataset"
+            ).fetchall()
+            used: dict[tuple[str, str, str], int] = {
+                (r[0], r[1], r[2]): r[3]
+                for r in db.execute(
+                    "SELECT analyst, dataset, state, coalesce(sum(rho), 0) FROM entries "
+                    "WHERE state != 'released' GROUP BY analyst, dataset, state"
+                ).fetchall()
+            }
+        return [
+            Budget(
+                analyst=a,
+                dataset=d,
+                epsilon=eps,
+                delta=dlt,
+                limit_units=limit,
+                spent_units=used.get((a, d, "spent"), 0),
+                reserved_units=used.get((a, d, "reserved"), 0),
+            )
+            for a, d, eps, dlt, limit in limits
+        ]
 
     def entries(self, analyst: str | None = None, dataset: str | None = None) -> list[Entry]:
         """Every charge, oldest first, optionally of one analyst and/or one dataset."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustspace._config import Table, TlsConfig, check_address, read_toml
+from trustspace._config import LoggingConfig, Table, TlsConfig, check_address, read_toml
 from trustspace.engine import ColumnType, DatasetSpec
 from trustspace.errors import ConfigError
 from trustspace.node.audit import CHECKPOINT_EVERY
@@ -162,6 +162,8 @@ class NodeConfig:
     checkpoint_every: int = CHECKPOINT_EVERY  # [audit] checkpoint_every: sign at least this often
     #: [audit] dp_ledger: the DP budget ledger (SQLite); None: next to the audit log
     dp_ledger: Path | None = None
+    #: [logging]: the log file (JSON lines, rotated); default: stderr only
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def dp_ledger_path(self) -> Path:
@@ -387,6 +389,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     if not datasets:
         raise ConfigError(f"{p}: [datasets] declares no dataset; add [datasets.NAME]")
     policy = parse_policy(root.table("policy", required=True))
+    logging = LoggingConfig.parse(root.table("logging"), base)
     root.check_unknown()
     return NodeConfig(
         name=name,
@@ -401,4 +404,5 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         output_dir=out_dir,
         checkpoint_every=every,
         dp_ledger=dp_ledger,
+        logging=logging,
     )

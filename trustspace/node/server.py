@@ -9,6 +9,7 @@ from trustspace.engine import Engine
 from trustspace.errors import ConfigError, DataError
 from trustspace.node.config import NodeConfig
 from trustspace.node.service import NodeService
+from trustspace.obs.metrics import code_reason
 from trustspace.transport.ca import Credentials
 from trustspace.transport.checkpoint import CHECKPOINT_KEY
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
@@ -58,6 +59,8 @@ class Node(ServerHost):
         except BaseException:  # e.g. an unusable DP ledger: nothing is left open
             self.engine.close()
             raise
+        #: Prometheus metrics (own registry; served at /metrics on the admin port)
+        self.metrics = self.service.metrics
         try:
             self.server = TlsServer(
                 name=config.name,
@@ -101,7 +104,22 @@ class Node(ServerHost):
                     "outcome": "refused",
                 }
             )
-            log.info("node %s: refused %s from %s: %s", name, method, caller, code)
+            self.metrics.refused_call(method, code, details)
+            log.warning(
+                "node %s: refused %s from %s: %s: %s",
+                name,
+                method,
+                caller,
+                code,
+                details[:500],
+                extra={
+                    "via": caller,
+                    "operation": f"rpc.{method}",
+                    "decision": "deny",
+                    "code": code,
+                    "reason": code_reason(code, details),
+                },
+            )
 
         def trailing() -> tuple[tuple[str, bytes], ...]:
             signed = audit.checkpoint()  # one signature per answer, not per line

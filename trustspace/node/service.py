@@ -44,6 +44,8 @@ from trustspace.node._runs import Run, Runs, query_of
 from trustspace.node.audit import AuditLog
 from trustspace.node.config import ALL, NodeConfig
 from trustspace.node.policy import Policy, PolicyRefused, Request, work_units
+from trustspace.obs import NodeMetrics
+from trustspace.obs.metrics import reason_of
 from trustspace.secagg.client import SecAggClient
 from trustspace.secagg.messages import AdvertiseKeys, EncryptedShares, UnmaskRequest
 from trustspace.secagg.stage import Stage
@@ -160,8 +162,11 @@ class NodeService:
         audit: AuditLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.name = config.name
+        #: this node's Prometheus metrics (its own registry; see ``trustspace.obs``)
+        self.metrics = metrics or NodeMetrics(config.name, (d.name for d in config.datasets))
         self._creds = credentials
         self.config = config
         self.engine = engine
@@ -195,6 +200,9 @@ class NodeService:
             if audit is None:
                 self.audit.close()
             raise
+        self.metrics.watch_audit(self.audit)
+        if self.ledger is not None:
+            self.metrics.watch_budgets(self.ledger.budgets)
         self.runs = Runs(
             self.name,
             self._where,
@@ -220,6 +228,7 @@ class NodeService:
         """Verify the signed query, check policy (``check`` gives (operation, dataset,
         columns) to check; ``extra`` a further check), run ``work``, write the audit line
         (fsync), then return. A refusal at any point is one audit line with decision deny."""
+        started = time.monotonic()
         entry: dict[str, Any] = {
             "node": self.name,
             "requester": "",
@@ -260,8 +269,7 @@ class NodeService:
                 extra(vq)
         except TrustspaceError as exc:
             entry.update(decision="deny", reason=str(exc), outcome="refused")
-            self.audit.append(entry)
-            log.info("%s: refused %s for %s: %s", self.name, step, entry["requester"], exc)
+            self._record(entry, started, exc)
             raise
         entry.update(decision="allow", reason="policy rules matched" if check else unchecked_reason)
         # metering: wall time, and CPU time of this thread (DuckDB's and the Paillier pool's
@@ -271,22 +279,74 @@ class NodeService:
             result = work(vq)
         except (PolicyError, ProtocolError) as exc:  # the computation asked for is refused
             entry.update(decision="deny", reason=str(exc), outcome="refused")
-            self.audit.append(entry)
-            log.info("%s: refused %s for %s: %s", self.name, step, entry["requester"], exc)
+            self._record(entry, started, exc)
             raise
         except TrustspaceError as exc:
             entry["outcome"] = f"error: {type(exc).__name__}: {exc}"
-            self.audit.append(entry)
+            self._record(entry, started, exc)
             raise
         except Exception as exc:
             entry["outcome"] = f"error: internal ({type(exc).__name__})"
-            self.audit.append(entry)
+            self._record(entry, started, exc)
             raise
         entry["outcome"] = "ok"
         entry["ms"] = round(1000.0 * (time.monotonic() - wall), 3)
         entry["cpu_ms"] = round(1000.0 * (time.thread_time() - cpu), 3)
-        self.audit.append(entry)
+        self._record(entry, started)
         return result
+
+    def _record(
+        self, entry: dict[str, Any], started: float, exc: BaseException | None = None
+    ) -> None:
+        """Write ``entry`` to the audit log (fsync; a failure fails the request), count it
+        in the metrics and log it: a refusal at INFO, an allowed step at DEBUG (the audit log
+        is the record of each). The log line names the request, never data values."""
+        self.audit.append(entry)
+        seconds = time.monotonic() - started
+        denied = entry.get("decision") == "deny"
+        decision = "deny" if denied else "error" if exc is not None else "allow"
+        self.metrics.request(entry["operation"], decision, seconds, exc if denied else None)
+        fields = {
+            "request_id": entry.get("request_id", ""),
+            "analyst": entry.get("requester", ""),
+            "via": entry.get("via", ""),
+            "purpose": entry.get("purpose"),
+            "operation": entry["operation"],
+            "dataset": entry.get("dataset", ""),
+            "decision": decision,
+            "duration_ms": round(1000.0 * seconds, 3),
+        }
+        stage = entry.get("params", {}).get("stage")
+        if stage:
+            fields["stage"] = str(stage)
+        if denied:
+            fields["reason"] = reason_of(exc) if exc is not None else "policy"
+            log.info(
+                "%s: refused %s for %s: %s",
+                self.name,
+                entry["operation"],
+                fields["analyst"] or "?",
+                exc,
+                extra=fields,
+            )
+        elif exc is not None:
+            log.warning(
+                "%s: %s for %s failed: %s",
+                self.name,
+                entry["operation"],
+                fields["analyst"] or "?",
+                entry.get("outcome", ""),
+                extra=fields,
+            )
+        else:
+            log.debug(
+                "%s: %s%s for %s",
+                self.name,
+                entry["operation"],
+                f" {stage}" if stage else "",
+                fields["analyst"] or "?",
+                extra=fields,
+            )
 
     def _stats_check(self, vq: VerifiedQuery) -> tuple[str, str, tuple[str, ...]]:
         """What the policy checks for a signed statistic: its operation, dataset and every
@@ -549,6 +609,13 @@ class NodeService:
                 self._settle(session, spent=False)
 
     def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]:
+        """One stage of a secure-aggregation session (its time is measured when it completes)."""
+        started = time.monotonic()
+        out = self._secagg_step(caller, step)
+        self.metrics.stage(step.stage, time.monotonic() - started)
+        return out
+
+    def _secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]:
         _fault.trip(f"secagg:{step.stage}")  # test-only, off unless TRUSTSPACE_TEST_FAULT is set
         self._expire()
         params: dict[str, Any] = {
@@ -841,6 +908,13 @@ class NodeService:
 
     # ------------------------------------------------------------------ Paillier
     def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
+        """One Paillier round: this node's encrypted sums (its time is measured when done)."""
+        started = time.monotonic()
+        out = self._paillier_stats(caller, req)
+        self.metrics.paillier_seconds.observe(time.monotonic() - started)
+        return out
+
+    def _paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
         from trustspace.paillier import PublicKey
 
         ref = req.round

@@ -1,7 +1,8 @@
 """Metered use: what each analyst (purpose, dataset) asked of a node, from its audit log.
 
 ``usage(logs, by="analyst", since=None)`` reads one or more nodes' audit logs (the JSON lines
-``trustspace.node.audit`` writes) and returns one row per requester (or purpose, or dataset):
+``trustspace.node.audit`` writes) and returns one row per requester (or purpose, dataset,
+operation -- the signed query's, so a query's schema lookups count with it -- or decision):
 
 - ``queries``: distinct request ids with at least one allowed computing step (a query is one
   request id however many protocol stages and rounds it took; the log has one line per stage;
@@ -19,6 +20,11 @@
 
 Lines of other kinds (a node's own events) are skipped. The result is a pandas DataFrame
 (``to_csv``/``to_json``), sorted by the grouping key.
+
+``queries(logs, since=None)`` returns one row per query instead (a request id, however many
+protocol stages, rounds and nodes it took): its time, analyst, purpose, operation, dataset,
+method, ``decision`` (``allow``; ``deny`` if any node refused a step; ``error`` if a step
+failed), nodes, steps, epsilon, rho and milliseconds.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ import pandas as pd
 
 from trustspace.errors import ConfigError, DataError
 
-__all__ = ["BY", "usage"]
+__all__ = ["BY", "queries", "usage"]
 
-BY = ("analyst", "purpose", "dataset")
+BY = ("analyst", "purpose", "dataset", "operation", "decision")
 PLANNING = "describe_datasets"  # schema lookups while a query is planned: not a query
 COLUMNS = [
     "queries",
@@ -93,6 +99,101 @@ def _time(rec: dict[str, Any]) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
+def _key(rec: dict[str, Any], by: str) -> str:
+    """The value of grouping ``by`` of one audit line ("-" when it has none)."""
+    if by == "operation":  # the signed query's: a query's planning lines count with it
+        query = rec.get("query")
+        op = query.get("operation") if isinstance(query, dict) else None
+        return str(op or rec.get("operation") or "-")
+    field = {"analyst": "requester"}.get(by, by)
+    return str(rec.get(field) or "-")
+
+
+def _decision(seen: set[Any]) -> str:
+    """A query's decision from its lines': any refusal is a refusal, then any error."""
+    return next((d for d in ("deny", "error", "allow") if d in seen), "-")
+
+
+def queries(
+    logs: Iterable[str | os.PathLike[str]], *, since: str | dt.datetime | None = None
+) -> pd.DataFrame:
+    """One row per query (request id) in ``logs``, oldest first (see the module docstring).
+
+    Lines without a request id (calls refused before naming one) are not queries: ``usage``
+    counts them as refusals.
+
+    Raises:
+        ConfigError: ``since`` is not valid.
+        DataError: a log cannot be read or holds a line that is not JSON (names file and line).
+    """
+    start = _since(since)
+    rows: dict[str, dict[str, Any]] = {}
+    for log in logs:
+        for rec in _records(Path(log)):
+            when = _time(rec)
+            rid = rec.get("request_id") or ""
+            if not rid or (start is not None and when is not None and when < start):
+                continue
+            raw = rec.get("query")
+            query: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            row = rows.setdefault(
+                rid,
+                {
+                    "time": rec.get("time") or "",
+                    "request_id": rid,
+                    "analyst": rec.get("requester") or "-",
+                    "purpose": rec.get("purpose") or query.get("purpose") or "-",
+                    "operation": query.get("operation") or rec.get("operation") or "-",
+                    "dataset": rec.get("dataset") or query.get("dataset") or "-",
+                    "method": query.get("method") or "-",
+                    "decisions": set(),
+                    "nodes": set(),
+                    "steps": 0,
+                    "epsilon": 0.0,
+                    "rho": 0.0,
+                    "ms": 0.0,
+                },
+            )
+            row["steps"] += 1
+            row["nodes"].add(rec["_log"])
+            outcome = str(rec.get("outcome") or "")
+            decision = rec.get("decision")
+            row["decisions"].add("error" if outcome.startswith("error") else decision)
+            dp = query.get("dp")
+            if isinstance(dp, dict) and "epsilon" in dp:
+                row["epsilon"] = float(dp["epsilon"])
+            params = rec.get("params") or {}
+            if isinstance(params, dict) and params.get("dp_charge") == "spent":
+                row["rho"] += float(params.get("dp_rho") or 0.0)
+            if decision == "allow" and rec.get("operation") != PLANNING:  # as in ``usage``
+                row["ms"] += float(rec.get("ms") or 0.0)
+    out = [
+        {
+            **{k: v for k, v in r.items() if k not in ("decisions", "nodes")},
+            "decision": _decision(r["decisions"]),
+            "nodes": len(r["nodes"]),
+            "ms": round(r["ms"], 3),
+        }
+        for r in rows.values()
+    ]
+    columns = [
+        "time",
+        "request_id",
+        "analyst",
+        "purpose",
+        "operation",
+        "dataset",
+        "method",
+        "decision",
+        "nodes",
+        "steps",
+        "epsilon",
+        "rho",
+        "ms",
+    ]
+    return pd.DataFrame(out, columns=columns).sort_values("time").reset_index(drop=True)
+
+
 def usage(
     logs: Iterable[str | os.PathLike[str]],
     *,
@@ -114,8 +215,7 @@ def usage(
             when = _time(rec)
             if start is not None and when is not None and when < start:
                 continue
-            key_field = {"analyst": "requester", "purpose": "purpose", "dataset": "dataset"}[by]
-            key = str(rec.get(key_field) or "-")
+            key = _key(rec, by)
             row = rows.setdefault(
                 key,
                 {

@@ -107,7 +107,6 @@ class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
             caller = _peer_name(pem)
             why = hooks.revoked(pem) if pem else ""
             if why:
-                log.warning("%s: refused %s from %s: %s", self._name, method, caller, why)
                 refuse(
                     context,
                     caller,
@@ -134,7 +133,10 @@ class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
                 if code not in (None, grpc.StatusCode.OK) and not (
                     hooks.handled is not None and hooks.handled()
                 ):
-                    self._report(method, caller, code, str(context.details() or ""))
+                    details = context.details() or ""
+                    if isinstance(details, bytes):  # grpc keeps the details it sends as bytes
+                        details = details.decode("utf-8", "replace")
+                    self._report(method, caller, code, str(details))
                 # gRPC sends the trailing metadata with the status, after this returns
                 self._add_trailing(method, context)
                 raise
@@ -157,7 +159,16 @@ class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
             context.set_trailing_metadata(current + tuple(extra))
 
     def _report(self, method: str, caller: str, code: Any, details: str) -> None:
+        """Hand a refused or failed call to ``hooks.refused`` (which logs it), or log it here."""
         if self._hooks.refused is None:
+            log.warning(
+                "%s: refused %s from %s: %s: %s",
+                self._name,
+                method,
+                caller,
+                getattr(code, "name", str(code)),
+                details[:500],
+            )
             return
         try:
             self._hooks.refused(method, caller, getattr(code, "name", str(code)), details)

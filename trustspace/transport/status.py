@@ -83,7 +83,8 @@ def guard(
         try:
             caller = peer_identity(context)
             if caller.role not in allowed_roles:
-                log.warning(
+                # the server's gate reports the refusal (logged, audited, counted)
+                log.debug(
                     "%s: refused %s from %s: role %r may not call it",
                     server_name,
                     method,
