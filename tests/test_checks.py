@@ -338,3 +338,21 @@ def test_aggregator_check_as_an_analyst_sees_the_datasets_rules_name(
     finally:
         for node in nodes.values():
             node.stop(0)
+
+
+def test_node_check_points_out_a_certificate_about_to_expire(
+    tmp_path: Path, partitions: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trustspace.transport.ca import init_ca, issue
+
+    init_ca(tmp_path / "ca")
+    issue(tmp_path / "ca", "n1", "node", days=10)
+    cfg = write_node_config(
+        tmp_path / "n1.toml",
+        name="n1",
+        identity=tmp_path / "ca" / "n1",
+        data=partitions["n1"],
+        audit=tmp_path / "n1.jsonl",
+    )
+    assert main(["node", str(cfg), "--check"]) == 0
+    assert "renew it soon" in capsys.readouterr().out

@@ -19,7 +19,10 @@ from trustspace.node.audit import verify
 from trustspace.node.config import NodeConfig
 from trustspace.node.server import build_engine, load_credentials
 
-__all__ = ["check_node"]
+__all__ = ["RENEW_DAYS", "check_node"]
+
+#: a certificate expiring within this many days is pointed out (time to issue the next one)
+RENEW_DAYS = 30
 
 
 def _writable_dir(path: Path) -> Path | None:
@@ -54,7 +57,9 @@ def check_node(config: NodeConfig) -> list[str]:
     days = (creds.identity.not_after - dt.datetime.now(dt.UTC)).days
     out = [
         f"certificate {config.tls.cert}: {creds.name!r} (role {creds.role}), valid until "
-        f"{creds.identity.not_after:%Y-%m-%d} ({days} days)"
+        f"{creds.identity.not_after:%Y-%m-%d} ({days} days"
+        + ("; renew it soon: an expired certificate stops the node" if days < RENEW_DAYS else "")
+        + ")"
     ]
     engine = build_engine(config)
     try:
