@@ -12,6 +12,7 @@ not corrupted. The last test does it all with real processes: ``trustspace node 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -48,7 +49,7 @@ from trustspace.secagg import (
 )
 from trustspace.stats import Query, start
 from trustspace.transport import types
-from trustspace.transport.ca import Credentials
+from trustspace.transport.ca import Credentials, Identity
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.signing import new_query
 
@@ -411,6 +412,63 @@ def test_a_session_in_flight_finishes_on_the_data_it_started_with(
         session.close()
     new = pd.concat([pd.read_csv(n1), *(pd.read_csv(space["partitions"][n]) for n in ("n2", "n3"))])
     assert _count(space, where=where) == int((new.age > 30).sum())  # the next one: new data
+
+
+def test_an_analyst_revoked_mid_session_is_stopped_at_the_next_stage(
+    space: dict[str, Any],
+) -> None:
+    """The node verified alice's signed query at advertise; revoked by a reload, the same
+    query is refused at the session's next stage (no cached verification lets it through)."""
+    session = _HandSession(space, "age > 30")
+    try:
+        session.advertise()
+        _edit(space, "n1", "[tls]\n", '[tls]\nrevoked = ["alice"]\n')
+        assert space["nodes"]["n1"].reload().applied
+        with pytest.raises(PolicyError, match=r"node n1 refused.*'alice' is revoked"):
+            session.finish()
+    finally:
+        session.close()
+
+
+def test_a_reload_waits_for_the_calls_in_flight(space: dict[str, Any]) -> None:
+    """A call sees one configuration from start to end: the swap waits for it, and calls that
+    arrive meanwhile wait for the swap."""
+    node = space["nodes"]["n1"]
+    engine, policy = node.engine, node.service.policy
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_may_see(analyst: str, dataset: str) -> bool:  # inside the describe call
+        entered.set()
+        assert release.wait(10)
+        return True
+
+    caller = Identity("agg", "aggregator", dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC))
+    seen: list[Any] = []
+    policy.may_see = slow_may_see  # type: ignore[method-assign]
+    try:
+        t = threading.Thread(target=lambda: seen.append(node.service.describe(caller, None)))
+        t.start()
+        assert entered.wait(10)
+        extra = (
+            f'[datasets.more]\npath = "{space["partitions"]["n1"]}"\n[datasets.more.columns]\n'
+            'age = "int"\nincome = "float"\nsex = "str"\n'
+        )
+        _edit(space, "n1", "[policy]\n", extra + "[policy]\n")
+        reports: list[Any] = []
+        r = threading.Thread(target=lambda: reports.append(node.reload()))
+        r.start()
+        time.sleep(0.5)  # the new engine is built; the swap waits for the describe
+        assert not reports and r.is_alive()
+        release.set()
+        t.join(10)
+        r.join(20)
+    finally:
+        release.set()
+    assert [d.name for d in seen[0].datasets] == ["default"]  # the old config, throughout
+    assert reports[0].applied and node.engine is not engine
+    assert node.service.policy is not policy
+    node.service.policy.may_see = lambda a, d: True  # type: ignore[method-assign]
+    assert [d.name for d in node.service.describe(caller, None).datasets] == ["default", "more"]
 
 
 def test_queries_during_reloads_are_exact_or_fail_cleanly(
