@@ -677,3 +677,29 @@ def test_reload_a_running_node_process(
             if p.poll() is None:
                 p.kill()
                 p.communicate(timeout=10)
+
+
+def test_a_revocation_list_file_rewritten_in_place_is_a_change(tmp_path: Path) -> None:
+    """A ``[tls]`` file besides the identity (the CA's revocation list, ``[tls] crl``) is
+    watched and compared by content: re-signed in place, it is a change to reload, though no
+    key of the config changed."""
+    from dataclasses import dataclass, replace
+
+    from trustspace.node.config import NodeConfig as Config
+    from trustspace.node.config import TlsConfig, policy_from_dict
+    from trustspace.node.reload import changes, file_digests
+
+    @dataclass(frozen=True)
+    class TlsWithCrl(TlsConfig):
+        crl: Path | None = None
+
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(b"list 1")
+    tls = TlsWithCrl(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem", (), crl)
+    cfg = Config("n1", "127.0.0.1:0", tls, (), policy_from_dict({}), tmp_path / "a.jsonl")
+    cfg = replace(cfg, source=tmp_path / "n1.toml")
+    assert watched_files(cfg) == (tmp_path / "n1.toml", crl)
+    before = file_digests(cfg)
+    assert changes(cfg, cfg, None, None, before, file_digests(cfg)) == {}
+    crl.write_bytes(b"list 2")
+    assert changes(cfg, cfg, None, None, before, file_digests(cfg)) == {"tls.crl": "file changed"}

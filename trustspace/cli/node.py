@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         node.stop(0)
         print(f"node {config.name}: config, certificate and {len(config.datasets)} dataset(s) OK")
         return 0
+    # `node reload` may signal as soon as the pid file exists: a SIGHUP while the node starts
+    # (checking its data can take a while) must not kill it; it reloads once serving
+    early: list[int] = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, _frame: early.append(signum))
     pid = PidFile(config.pid_path).acquire()  # refuses a second node on the same files
     try:
         node = Node(config)
@@ -72,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
         def reload(trigger: str) -> None:
             node.reload(trigger=trigger)  # the report is in the audit log and the log
+
+        if early:
+            reload("SIGHUP")
 
         watch = Watcher(
             lambda: watched_files(node.config),
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         pid.release()
+        signal.signal(signal.SIGHUP, previous)
 
 
 class _Stopping:

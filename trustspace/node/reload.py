@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,8 +37,10 @@ __all__ = [
     "Watcher",
     "changes",
     "data_stamps",
+    "file_digests",
     "restart_keys",
     "scrub",
+    "tls_files",
     "wait_for_reload",
     "watched_files",
 ]
@@ -251,11 +254,37 @@ def _dataset_changes(
     return {k: v for k, v in out.items() if v}
 
 
+def tls_files(config: NodeConfig) -> dict[str, Path]:
+    """The files of ``[tls]`` besides the node's own identity (``ca``, ``cert``, ``key``): a
+    revocation list file (``[tls] crl``, when the config has one), by dotted key."""
+    out: dict[str, Path] = {}
+    for f in fields(config.tls):
+        value = getattr(config.tls, f.name)
+        if f.name not in ("ca", "cert", "key") and isinstance(value, Path):
+            out[f"tls.{f.name}"] = value
+    return out
+
+
+def file_digests(config: NodeConfig) -> dict[str, tuple[str, str | None]]:
+    """``tls_files`` as key -> (path, SHA-256 of the content or None when unreadable): a
+    revocation list re-signed in place is a change, though no key of the config changed."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for key, path in tls_files(config).items():
+        try:
+            digest: str | None = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        out[key] = (str(path), digest)
+    return out
+
+
 def changes(
     old: NodeConfig,
     new: NodeConfig,
     old_stamps: Mapping[str, tuple[int, int, int] | None] | None = None,
     new_stamps: Mapping[str, tuple[int, int, int] | None] | None = None,
+    old_files: Mapping[str, tuple[str, str | None]] | None = None,
+    new_files: Mapping[str, tuple[str, str | None]] | None = None,
 ) -> dict[str, Any]:
     """What differs from ``old`` to ``new``, as the audit line records it.
 
@@ -282,6 +311,14 @@ def changes(
     ds = _dataset_changes(old, new, old_stamps or {}, new_stamps or {})
     if ds:
         out["datasets"] = ds
+    a_files, b_files = old_files or {}, new_files or {}
+    for key in sorted(set(a_files) | set(b_files)):
+        a, b = a_files.get(key), b_files.get(key)
+        if a is not None and b is not None and a[0] == b[0]:
+            if a[1] != b[1]:
+                out[key] = "file changed"
+        elif a != b:
+            out[key] = [None if a is None else a[0], None if b is None else b[0]]
     a_rev, b_rev = set(old.tls.revoked), set(new.tls.revoked)
     if a_rev != b_rev:
         out["tls.revoked"] = {
@@ -321,11 +358,7 @@ def scrub(message: str, keep: Iterable[str]) -> str:
 def watched_files(config: NodeConfig) -> tuple[Path, ...]:
     """The files whose change triggers a reload under ``[node] watch_s``: the config file and
     the revocation list it names (``[tls] crl``, when the config has one)."""
-    files = [config.source]
-    crl = getattr(config.tls, "crl", None)  # [tls] crl: the CA's signed revocation list
-    if crl is not None:
-        files.append(Path(crl))
-    return tuple(files)
+    return (config.source, *tls_files(config).values())
 
 
 def _mtimes(files: Iterable[Path]) -> tuple[tuple[int, int] | None, ...]:

@@ -55,6 +55,7 @@ class Node(ServerHost):
         self._creds = creds
         self._reload_lock = threading.Lock()
         self._data_stamps = _reload.data_stamps(config)  # before the engine reads the files
+        self._file_digests = _reload.file_digests(config)  # a revocation list file's content
         self.engine = build_engine(config)
         try:
             self.service = NodeService(config, self.engine, credentials=creds)
@@ -146,8 +147,10 @@ class Node(ServerHost):
         try:
             if new is None:
                 new = load_node_config(old.source)
-            stamps = _reload.data_stamps(new)
-            changed = _reload.changes(old, new, self._data_stamps, stamps)
+            stamps, files = _reload.data_stamps(new), _reload.file_digests(new)
+            changed = _reload.changes(
+                old, new, self._data_stamps, stamps, self._file_digests, files
+            )
             restart = tuple(_reload.restart_keys(old, new))
             if restart:
                 what = "; ".join(f"key {k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in restart)
@@ -177,7 +180,7 @@ class Node(ServerHost):
                 if ledger is not None:
                     ledger.close()
                 raise
-            self.config, self._data_stamps = new, stamps
+            self.config, self._data_stamps, self._file_digests = new, stamps, files
             if engine is not None:
                 assert replaced is self.engine
                 self.engine, engine = engine, self.engine
