@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,10 +75,11 @@ def space(
     for name in NODES:
         data = root / f"{name}.csv"
         data.write_bytes(partitions[name].read_bytes())  # a copy the tests may replace
+        shutil.copytree(ca / name, root / "id" / name)  # a copy, too
         cfg = write_node_config(
             root / f"{name}.toml",
             name=name,
-            identity=ca / name,
+            identity=root / "id" / name,
             data=data,
             audit=root / f"{name}.jsonl",
             policy=POLICY,
@@ -241,9 +243,9 @@ def test_dp_budget_limit_change_takes_effect_and_spent_budget_is_kept(
         (f"min_group_size = {K}", "min_group_size = 0", r"key policy\.min_group_size = 0"),
         ('operations = ["count"]', 'operations = ["count"]\ncolumns = "age"', r"columns"),
         ("[tls]\n", '[tls]\nrevoked = ["serial:xyz"]\n', r"key tls\.revoked.*serial:HEX"),
-        ('dir = "', 'dir = "/nonexistent', r"nonexistent"),
+        ('dir = "', 'dir = "/nonexistent', r"key tls\.ca .*nonexistent.*needs a restart"),
     ],
-    ids=["toml", "unknown-key", "bad-value", "bad-type", "bad-serial", "credentials"],
+    ids=["toml", "unknown-key", "bad-value", "bad-type", "bad-serial", "tls-dir"],
 )
 def test_a_broken_config_keeps_the_old_one(
     space: dict[str, Any], old: str, new: str, error: str
@@ -257,6 +259,24 @@ def test_a_broken_config_keeps_the_old_one(
     assert len(last) == len(before) + 1
     assert last[-1]["decision"] == "deny" and last[-1]["outcome"] == "refused"
     assert re.search(error, last[-1]["reason"])
+
+
+def test_a_certificate_swapped_on_disk_is_refused(space: dict[str, Any]) -> None:
+    """The credentials are loaded again at every reload: another node's certificate put in
+    place of n1's refuses the reload (and the policy change with it)."""
+    ident = space["root"] / "id" / "n1"
+    saved = {f: (ident / f).read_bytes() for f in ("cert.pem", "key.pem")}
+    try:
+        for f in saved:
+            (ident / f).write_bytes((space["ca"] / "n2" / f).read_bytes())
+        _edit(space, "n1", BOB_RULE, "")
+        report = space["nodes"]["n1"].reload()
+        assert not report.applied
+        assert "node.name = 'n1' but the certificate" in report.error and "'n2'" in report.error
+        assert _count(space, "bob") == 360
+    finally:
+        for f, data in saved.items():
+            (ident / f).write_bytes(data)
 
 
 def test_an_unknown_operation_keeps_the_old_config(space: dict[str, Any]) -> None:

@@ -14,6 +14,9 @@ spec); a round that differs from the derived one is refused. A secure-aggregatio
 bound to one round: every node's signed key advertisement carries the round's digest and the
 node's ``min_nodes``, and every node checks every roster entry against its own. The audit
 line records the signed query and its signature's digest.
+
+A live reload (``Node.reload`` -> ``reconfigure``) swaps the configuration between calls: each
+entry point sees one configuration for its whole call (``_ConfigLock``).
 """
 
 from __future__ import annotations
