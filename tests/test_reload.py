@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,8 @@ from trustspace.aggregator.config import load_aggregator_config
 from trustspace.aggregator.server import Aggregator
 from trustspace.api import Federation
 from trustspace.cli.main import main
-from trustspace.errors import PolicyError, TrustspaceError
+from trustspace.errors import PolicyError, ProtocolError, TrustspaceError
+from trustspace.node._anon import AnonJob
 from trustspace.node.config import load_node_config
 from trustspace.node.reload import PidFile, Watcher, watched_files
 from trustspace.node.server import Node
@@ -489,6 +491,27 @@ def test_a_reload_waits_for_the_calls_in_flight(space: dict[str, Any]) -> None:
     assert node.service.policy is not policy
     node.service.policy.may_see = lambda a, d: True  # type: ignore[method-assign]
     assert [d.name for d in node.service.describe(caller, None).datasets] == ["default", "more"]
+
+
+def test_an_anonymization_job_on_a_changed_dataset_ends(space: dict[str, Any]) -> None:
+    """A prepared job holds counts read from the old data: its next step is refused, with the
+    reason; a job on another dataset goes on."""
+    anon = space["nodes"]["n1"].service._anon
+    now = time.monotonic()
+    on_default = AnonJob(SimpleNamespace(dataset="default"), None, "alice", "r1", now)  # type: ignore[arg-type]
+    elsewhere = AnonJob(SimpleNamespace(dataset="other"), None, "alice", "r2", now)  # type: ignore[arg-type]
+    anon._jobs.update({("alice", "r1"): on_default, ("alice", "r2"): elsewhere})
+    try:
+        pd.read_csv(space["partitions"]["n1"]).head(50).to_csv(
+            space["root"] / "n1.csv", index=False
+        )
+        report = space["nodes"]["n1"].reload()
+        assert report.applied and report.changed == {"datasets": {"changed": {"default": ["file"]}}}
+        with pytest.raises(ProtocolError, match=r"request 'r1' was ended: the dataset was changed"):
+            anon.job("alice", "r1")
+        assert anon.job("alice", "r2") is elsewhere
+    finally:
+        anon._jobs.clear()
 
 
 def test_queries_during_reloads_are_exact_or_fail_cleanly(
