@@ -51,8 +51,11 @@ def serve_until_signal(
     """Print ``ready`` once the signal handlers are in place, block until SIGTERM/SIGINT,
     then drain in-flight calls (up to ``grace`` s); exit 0.
 
-    ``on_hup`` runs (in this thread, not in the signal handler) on each SIGHUP; an error it
-    raises is printed and the server keeps serving. Without it SIGHUP keeps its default.
+    ``on_hup``: called on SIGHUP (a live reload), from this loop, not from the signal
+    handler: the handler only notes the signal, since a reload takes locks that the
+    interrupted frame may hold. Several SIGHUPs before the loop wakes run it once; an
+    exception from it is printed and serving goes on. Without ``on_hup`` SIGHUP keeps its
+    default action.
     """
     wake = threading.Event()
     received: list[str] = []
@@ -74,8 +77,8 @@ def serve_until_signal(
         while not received:
             wake.wait(0.5)
             wake.clear()
-            while hups and not received and on_hup is not None:
-                hups.pop()
+            if hups and not received and on_hup is not None:
+                hups.clear()
                 try:
                     on_hup()
                 except Exception as exc:  # a bad reload must never stop the server

@@ -69,7 +69,26 @@ class AnonJobs:
         self._clock = clock
         self._datasets = datasets
         self._jobs: dict[tuple[str, str], AnonJob] = {}
+        self._ended: dict[tuple[str, str], str] = {}  # jobs a reload ended, and why
         self._lock = threading.Lock()
+
+    def reconfigure(
+        self,
+        config: NodeConfig,
+        engine: LocalEngine,
+        datasets: set[str],
+        stale: set[str] | frozenset[str],
+        why: str,
+    ) -> None:
+        """A live reload: the new config and engine; the jobs on ``stale`` datasets end (their
+        counts were read from the old data), and their next step is refused saying ``why``."""
+        with self._lock:
+            self.config, self.engine, self._datasets = config, engine, datasets
+            for key in [k for k, j in self._jobs.items() if j.spec.dataset in stale]:
+                del self._jobs[key]
+                self._ended[key] = why
+            while len(self._ended) > MAX_JOBS:
+                del self._ended[next(iter(self._ended))]
 
     # ------------------------------------------------------------------ parsing and checks
     def parse_spec(self, params: Mapping[str, Any], engine: LocalEngine) -> AnonSpec:
@@ -125,6 +144,11 @@ class AnonJobs:
         self._expire()
         with self._lock:
             job = self._jobs.get((analyst, request_id))
+            ended = self._ended.get((analyst, request_id))
+        if job is None and ended is not None:
+            raise ProtocolError(
+                f"node {self.node}: the anonymization of request {request_id!r} was ended: {ended}"
+            )
         if job is None:
             raise ProtocolError(
                 f"node {self.node}: no prepared anonymization for request {request_id!r} (it "

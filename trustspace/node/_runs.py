@@ -168,6 +168,21 @@ class Runs:
         self._runs: OrderedDict[str, Run] = OrderedDict()
         self._seen: OrderedDict[str, str] = OrderedDict()  # request id -> query digest
         self._verified: OrderedDict[str, VerifiedQuery] = OrderedDict()
+        self._ended: OrderedDict[str, str] = OrderedDict()  # request id -> why it was ended
+
+    def reverify(self) -> None:
+        """Verify every query again on its next use (a live reload changed what is trusted)."""
+        with self._lock:
+            self._verified.clear()
+
+    def forget(self, which: Callable[[Run], bool], why: str) -> None:
+        """End the runs ``which`` selects (their ids stay refused; a later step says ``why``)."""
+        with self._lock:
+            for rid in [r for r, run in self._runs.items() if which(run)]:
+                del self._runs[rid]
+                self._ended[rid] = why
+            while len(self._ended) > MAX_SEEN_IDS:
+                self._ended.popitem(last=False)
 
     def verify(self, signed: SignedQuery) -> VerifiedQuery:
         """Verify ``signed`` (cached by its signature); expiry is checked on every call."""
@@ -220,6 +235,9 @@ class Runs:
             if run is not None:
                 return run
             if seen is not None:
+                why = self._ended.get(rid)
+                if why is not None:
+                    raise ProtocolError(f"{self._where}: request {rid} was ended: {why}")
                 raise ProtocolError(
                     f"{self._where}: request {rid} is finished or was forgotten; run the query "
                     "again"

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 FORMATS = ("csv", "parquet")
+MIN_WATCH_S = 0.5  # [node] watch_s: polling a few files' mtimes faster than this is only noise
 DEFAULT_NODE_PORT = 50051
 ALL = "*"
 _COLUMN_TYPES = tuple(t.value for t in ColumnType)  # the engine's types, for the messages
@@ -164,6 +165,19 @@ class NodeConfig:
     dp_ledger: Path | None = None
     #: [logging]: the log file (JSON lines, rotated); default: stderr only
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: [node] pid_file: where ``trustspace node`` keeps its pid (``trustspace node reload``
+    #: signals it); None: next to the audit log, ``AUDIT.pid``
+    pid_file: Path | None = None
+    #: [node] watch_s: reload live when the config file (or a file it names for revocation)
+    #: changes, checked every this many seconds; 0: only on SIGHUP / ``trustspace node reload``
+    watch_s: float = 0.0
+
+    @property
+    def pid_path(self) -> Path:
+        """Where ``trustspace node`` writes its pid."""
+        if self.pid_file is not None:
+            return self.pid_file
+        return self.audit_path.with_name(self.audit_path.name + ".pid")
 
     @property
     def dp_ledger_path(self) -> Path:
@@ -371,6 +385,13 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     timeout = node.get("session_timeout_s", (int, float), 300.0)
     grace = node.get("drain_grace_s", (int, float), 30.0)
     out_dir = node.path_value("output_dir", base) if "output_dir" in node.data else None
+    pid_file = node.path_value("pid_file", base) if "pid_file" in node.data else None
+    watch_s = node.get("watch_s", (int, float), 0)
+    if not (math.isfinite(watch_s) and (watch_s == 0 or watch_s >= MIN_WATCH_S)):
+        raise ConfigError(
+            f"{node.where('watch_s')} = {watch_s!r}: must be 0 (reload only on SIGHUP or "
+            f"`trustspace node reload`) or at least {MIN_WATCH_S:g} (seconds between checks)"
+        )
     node.check_unknown()
     tls = TlsConfig.parse(root.table("tls", required=True), base)
     audit = root.table("audit", required=True)
@@ -405,4 +426,6 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         checkpoint_every=every,
         dp_ledger=dp_ledger,
         logging=logging,
+        pid_file=pid_file,
+        watch_s=float(watch_s),
     )

@@ -106,6 +106,23 @@ no rule lets analyst 'bob' use this node; add 'bob' to [[policy.rules]] analysts
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
 
+    def successor(self, config: PolicyConfig) -> Policy:
+        """The policy ``config`` for a live reload, keeping each analyst's rate-limit bucket
+        (a reload hands out no fresh burst): its tokens, refilled at the old rate until now,
+        are capped at the new burst and refill at the new rate from now on."""
+        new = Policy(self.node, config, clock=self._clock)
+        limit = config.rate_limit
+        if limit is None:
+            return new
+        with self._lock:
+            now = self._clock()
+            for analyst, old in self._buckets.items():
+                old.take(now, 0)  # refill up to now at the old rate
+                bucket = _Bucket(limit.burst, limit.per_minute / 60.0, now)
+                bucket.tokens = min(old.tokens, float(limit.burst))
+                new._buckets[analyst] = bucket
+        return new
+
     @property
     def min_group_size(self) -> int:
         return self.config.min_group_size

@@ -14,6 +14,9 @@ spec); a round that differs from the derived one is refused. A secure-aggregatio
 bound to one round: every node's signed key advertisement carries the round's digest and the
 node's ``min_nodes``, and every node checks every roster entry against its own. The audit
 line records the signed query and its signature's digest.
+
+A live reload (``Node.reload`` -> ``reconfigure``) swaps the configuration between calls: each
+entry point sees one configuration for its whole call (``_ConfigLock``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from functools import wraps
+from typing import TYPE_CHECKING, Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -42,7 +47,7 @@ from trustspace.node import _fault
 from trustspace.node._anon import AnonJobs
 from trustspace.node._runs import Run, Runs, query_of
 from trustspace.node.audit import AuditLog
-from trustspace.node.config import ALL, NodeConfig
+from trustspace.node.config import ALL, NodeConfig, TlsConfig
 from trustspace.node.policy import Policy, PolicyRefused, Request, work_units
 from trustspace.obs import NodeMetrics
 from trustspace.obs.metrics import reason_of
@@ -80,6 +85,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trustspace.node")
 T = TypeVar("T")
+P = ParamSpec("P")
 MAX_SESSIONS = 256  # concurrent secure-aggregation sessions kept in memory
 #: Session ids remembered after their session ends, so that a replayed advertise cannot start
 #: a finished session again (32 bytes each: 2 MiB at most; the oldest are forgotten first).
@@ -150,6 +156,74 @@ def _audit_body(vq: VerifiedQuery) -> dict[str, Any]:
     return body
 
 
+class _ConfigLock:
+    """Many requests read the node's configuration at once; a live reload swaps it alone.
+
+    Every entry point of ``NodeService`` holds the read side for the whole call, so that one
+    call sees one configuration from start to end (policy, datasets, engine, revocations);
+    ``NodeService.reconfigure`` holds the write side for the swap (microseconds), after the
+    calls in flight have ended. A waiting writer goes first: calls that arrive meanwhile wait
+    for the swap (a reload is not starved by a steady stream of requests). Re-entrant for
+    readers (a thread already reading may read again while a writer waits).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writing = False
+        self._waiting = 0
+        self._local = threading.local()
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                while self._writing or self._waiting:
+                    self._cond.wait()
+                self._readers += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                with self._cond:
+                    self._readers -= 1
+                    if not self._readers:
+                        self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._writing or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+def _one_config(
+    method: Callable[Concatenate[NodeService, P], T],
+) -> Callable[Concatenate[NodeService, P], T]:
+    """An entry point that sees one configuration for the whole call (``_ConfigLock``)."""
+
+    @wraps(method)
+    def wrapper(self: NodeService, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._config_lock.read():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class NodeService:
     """The node's request handler (see module docstring)."""
 
@@ -168,6 +242,7 @@ class NodeService:
         #: this node's Prometheus metrics (its own registry; see ``trustspace.obs``)
         self.metrics = metrics or NodeMetrics(config.name, (d.name for d in config.datasets))
         self._creds = credentials
+        self._config_lock = _ConfigLock()
         self.config = config
         self.engine = engine
         #: the one revocation checker of this node ([tls] revoked and crl): the server's gate,
@@ -211,6 +286,67 @@ class NodeService:
             revoked=lambda pem: self.revocations.check(pem),
             now=wall_clock,
         )
+
+    # ------------------------------------------------------------------ live reload
+    def revocation_for(self, tls: TlsConfig) -> Revocations:
+        """The revocation checker of ``tls`` (``[tls] revoked`` and ``crl``), built and
+        validated before anything is swapped (ConfigError when it cannot be, e.g. a CRL not
+        signed by the data space CA or older than the one in force: the reload is refused)."""
+        return self.revocations.successor(tls)
+
+    def apply_tls_revocation(self, tls: TlsConfig, check: Revocations | None = None) -> None:
+        """Take the revocation list of ``tls`` (``check``: ``revocation_for(tls)``, made
+        already) into ``self.revocations``: the one place every revocation check of this node
+        comes from (the gRPC gate on the caller, the analyst of every signed query, and every
+        node of a secure-aggregation roster). Signatures verified before are checked again
+        (the cache of verified queries is cleared)."""
+        self.revocations = check if check is not None else self.revocation_for(tls)
+        self.runs.reverify()
+
+    def reconfigure(
+        self,
+        config: NodeConfig,
+        engine: LocalEngine | None = None,
+        *,
+        stale: set[str] | frozenset[str] = frozenset(),
+        ledger: Ledger | None = None,
+    ) -> LocalEngine | None:
+        """Swap in ``config`` (a live reload, already validated by ``Node.reload``), at once:
+        the policy, the datasets (``engine``: a new engine over them, or None to keep this
+        one), the revocation list and the DP limits; returns the engine replaced (the caller
+        closes it) or None.
+
+        Waits for the calls in flight to end (``_ConfigLock``). What was under way:
+
+        - a secure-aggregation session past its advertise stage finishes: its vector was
+          computed and masked before the reload (a tightened ``min_nodes`` or
+          ``exact_requires_all`` still applies at its later stages, a revoked analyst is
+          refused at the next one);
+        - a request on a dataset in ``stale`` (removed, re-declared or its file changed) ends:
+          its next round is refused with the reason, and so is every later step of an
+          anonymization job on it (its counts were read from the old data);
+        - everything else continues under the new policy, from its next step.
+
+        Spent and reserved DP budget stays in the ledger; the limits of ``[policy.dp]`` are set
+        again from the new policy on next use (``_sync_budget``). Rate-limit buckets are kept
+        (a reload hands out no fresh burst) and take a changed limit now.
+        """
+        why = "the dataset was changed by a configuration reload; run it again"
+        check = self.revocation_for(config.tls)  # may fail: before anything is swapped
+        with self._config_lock.write():
+            replaced = None
+            if engine is not None:
+                replaced, self.engine = self.engine, engine
+            self.config = config
+            self.policy = self.policy.successor(config.policy)
+            self._datasets = {d.name for d in config.datasets}
+            self._anon.reconfigure(config, self.engine, self._datasets, stale, why)
+            self.runs.forget(lambda run: run.query.body.dataset in stale, why)
+            if ledger is not None and self.ledger is None:
+                self.ledger = ledger
+            self._synced.clear()
+            self.apply_tls_revocation(config.tls, check)
+        return replaced
 
     # ------------------------------------------------------------------ audit + policy
     def _handle(
@@ -374,6 +510,7 @@ class NodeService:
         return self.runs.run(vq, lambda: query_of(vq))
 
     # ------------------------------------------------------------------ describe
+    @_one_config
     def describe(self, caller: Identity, signed: SignedQuery | None) -> types.NodeDescription:
         def work(vq: VerifiedQuery | None) -> types.NodeDescription:
             analyst = vq.body.analyst if vq is not None else ALL
@@ -421,8 +558,8 @@ class NodeService:
         }
 
     def _sync_budget(self, analyst: str, dataset: str) -> None:
-        """Set the ledger's limit for (analyst, dataset) from ``[policy.dp]``, once per process
-        (the policy does not change while the node runs; spent budget is kept)."""
+        """Set the ledger's limit for (analyst, dataset) from ``[policy.dp]``, once per policy
+        (``reconfigure`` clears ``_synced``: a reloaded limit applies; spent budget is kept)."""
         dp = self.policy.config.dp
         assert dp is not None and self.ledger is not None
         if (analyst, dataset) in self._synced:
@@ -608,6 +745,7 @@ class NodeService:
             with session.lock:
                 self._settle(session, spent=False)
 
+    @_one_config
     def secagg_step(self, caller: Identity, step: types.SecAggStep) -> list[bytes]:
         """One stage of a secure-aggregation session (its time is measured when it completes)."""
         started = time.monotonic()
@@ -907,6 +1045,7 @@ class NodeService:
             )
 
     # ------------------------------------------------------------------ Paillier
+    @_one_config
     def paillier_stats(self, caller: Identity, req: types.PaillierRequest) -> bytes:
         """One Paillier round: this node's encrypted sums (its time is measured when done)."""
         started = time.monotonic()
@@ -1060,6 +1199,7 @@ class NodeService:
             extra=lambda vq: self._anon.check_parties(len(step.setup.client_ids)),
         )
 
+    @_one_config
     def anon_histogram(
         self, caller: Identity, signed: SignedQuery, nodes: tuple[str, ...]
     ) -> tuple[str, str]:
@@ -1105,6 +1245,7 @@ class NodeService:
 
         return check
 
+    @_one_config
     def anon_apply(
         self, caller: Identity, signed: SignedQuery, result_json: str, digest: str, release: bool
     ) -> dict[str, Any]:
@@ -1126,6 +1267,7 @@ class NodeService:
             work=work,
         )
 
+    @_one_config
     def anon_release(self, caller: Identity, signed: SignedQuery) -> bytes:
         """The rows written by ``anon_apply``, if ``policy.release_rows`` allows it."""
 

@@ -72,7 +72,7 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
                 raise DataError(
                     f"{path}: line {n} is not JSON; check the log with `trustspace audit verify`"
                 ) from None
-            if isinstance(rec, dict) and "decision" in rec:
+            if isinstance(rec, dict) and "decision" in rec and "event" not in rec:
                 rec["_log"] = str(path)
                 rec["_line"] = n
                 yield rec

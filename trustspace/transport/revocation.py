@@ -239,17 +239,7 @@ class Revocations:
                     self._state = _State(old.names, old.serials, info, old.crl_path)
                     return False
                 new = _State(old.names, old.serials, info, old.crl_path)
-            if (
-                new.crl is not None
-                and old.crl is not None
-                and new.crl_path == old.crl_path
-                and new.crl.number < old.crl.number
-            ):
-                raise ConfigError(
-                    f"{new.crl.path}: CRL number {new.crl.number} is older than the one in "
-                    f"force ({old.crl.number}); refusing to roll the revocation list back "
-                    "(copy the latest crl.pem from the CA)"
-                )
+            _refuse_rollback(old, new)
             changed = new != old
             self._state = new
             self._bad = None
@@ -257,6 +247,15 @@ class Revocations:
             log.info("revocation list reloaded: %s", self.describe())
             self._warn_if_stale(new.crl)
         return changed
+
+    def successor(self, tls: TlsConfig) -> Revocations:
+        """A checker for ``tls`` (a node's live reload), validated as ``reload`` validates (a
+        CRL that is unreadable, not signed by the data space CA or older than the one in force
+        raises ConfigError); this one is left as it is, so the caller swaps only once the rest
+        of the new configuration is validated too."""
+        new = Revocations(self._ca, revoked=tls.revoked, crl=tls.crl, recheck_s=self._recheck_s)
+        _refuse_rollback(self._state, new._state)
+        return new
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
@@ -283,3 +282,18 @@ class Revocations:
                 crl.path,
                 f"{crl.next_update:%Y-%m-%d %H:%M}",
             )
+
+
+def _refuse_rollback(old: _State, new: _State) -> None:
+    """ConfigError if ``new`` puts an older CRL of the same file in force than ``old``."""
+    if (
+        new.crl is not None
+        and old.crl is not None
+        and new.crl_path == old.crl_path
+        and new.crl.number < old.crl.number
+    ):
+        raise ConfigError(
+            f"{new.crl.path}: CRL number {new.crl.number} is older than the one in force "
+            f"({old.crl.number}); refusing to roll the revocation list back (copy the latest "
+            "crl.pem from the CA)"
+        )
