@@ -345,7 +345,7 @@ def test_node_check_points_out_a_certificate_about_to_expire(
 ) -> None:
     from trustspace.transport.ca import init_ca, issue
 
-    init_ca(tmp_path / "ca")
+    init_ca(tmp_path / "ca", name="test-space")
     issue(tmp_path / "ca", "n1", "node", days=10)
     cfg = write_node_config(
         tmp_path / "n1.toml",

@@ -311,7 +311,7 @@ def _bad_dataset(space: dict[str, Any], kind: str) -> str:
 @pytest.mark.parametrize(
     ("kind", "error"),
     [
-        ("missing", r"no-such-file\.csv: dataset 'extra': file not found"),
+        ("missing", r"datasets\.extra\.path: file not found at \S*no-such-file\.csv"),
         ("columns", r"extra-columns\.csv: line 1 \(header\)"),
         ("value", r"extra-value\.csv: line 3, column 1 \('age'\): cannot read <value> as int"),
     ],
