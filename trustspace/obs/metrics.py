@@ -41,10 +41,13 @@ __all__ = [
     "AggregatorMetrics",
     "Bounded",
     "NodeMetrics",
+    "code_reason",
+    "outcome_of",
     "reason_of",
 ]
 
-# No ``*_created`` series: they double the exposition and Prometheus needs none of them.
+# No ``*_created`` series: they double the exposition and Prometheus needs none of them
+# (prometheus_client's switch is process-wide; nothing else in trustspace exports metrics).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OTHER = "other"
