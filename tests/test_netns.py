@@ -52,7 +52,7 @@ NODES = ("n1", "n2", "n3")
 NODE_PORT = 50051
 AGG_PORT = 50050
 CALL_TIMEOUT_S = 6.0  # per secure-aggregation stage; a cut-off node is dropped after this
-PAILLIER_TIMEOUT_S = 10.0  # per Paillier encryption call
+PAILLIER_TIMEOUT_S = 8.0  # per Paillier encryption call
 START_TIMEOUT_S = 60.0
 KEY_BITS = 2048  # the smallest Paillier key the project allows; 3072 only costs time here
 LATENCY_N = 20
@@ -223,6 +223,26 @@ def loopback(parts: dict[str, Path]) -> Iterator[Federation]:
         key_bits=KEY_BITS,
     ) as fed:
         yield fed
+
+
+def test_a_machine_without_namespaces_is_a_skip_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ip netns add`` failing (no CAP_NET_ADMIN, no netns support) is NetnsUnavailable
+    quoting ip's own message (the fixture skips with it); nothing is left behind."""
+    fake = tmp_path / "ip"
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1 $2" = "netns add" ]; then\n'
+        '  echo "mount --make-shared /run/netns failed: Operation not permitted" >&2; exit 1\n'
+        'fi\n[ "$1" = link ] && exit 1\nexit 0\n'  # and no link of that name exists
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    net = NetnsSpace(["n1"])
+    with pytest.raises(NetnsUnavailable, match=r"ip netns add ts-\w+-rt.*Operation not permitted"):
+        net.__enter__()
+    assert net.leftovers() == [] and net._procs == []
 
 
 # ---------------------------------------------------------------------------- exactness
