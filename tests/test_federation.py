@@ -202,3 +202,21 @@ def test_group_by_fluent_form(fed: Federation, union: Any) -> None:
     got = fed.group_by("default", "sex").agg({"age": "mean"})  # values from the domain
     want = union.groupby("sex")["age"].mean()
     assert got[("age", "mean")].loc["F"] == pytest.approx(want["F"], rel=1e-12)
+
+
+def test_paillier_result_without_a_node_says_so(
+    partitions: dict[str, Path], tmp_path: Path
+) -> None:
+    """The Paillier path learns only how many nodes are in a result: with one node down it
+    still warns (as the secure-aggregation path does by name), and the figure is the others'."""
+    import pandas as pd
+
+    with Federation.local(
+        {k: str(v) for k, v in partitions.items()}, key_bits=KEY_BITS, workdir=tmp_path
+    ) as f:
+        f.nodes["n3"].stop(0)
+        with pytest.warns(UserWarning, match=r"only 2 of the 3 nodes \(n1, n2, n3\)"):
+            got = f.mean("default", "age", method="paillier")
+        assert f.last_info["nodes"] == 2 and f.last_info["excluded_count"] == 1
+    rest = pd.concat([pd.read_csv(partitions[n]) for n in ("n1", "n2")])
+    assert got == pytest.approx(rest.age.mean(), rel=1e-12)

@@ -166,6 +166,8 @@ class Federation:
         self.nodes: dict[str, Any] = {}
         self.aggregator: Any = None
         self.workdir: Path | None = None
+        #: every node the aggregator listed when this session last planned a query
+        self._space_nodes: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -417,6 +419,7 @@ class Federation:
 
     def _schema(self, dataset: str) -> tuple[TableSchema, int]:
         nodes = self.status()
+        self._space_nodes = tuple(n.name for n in nodes)
         up = [n for n in nodes if n.reachable]
         if not up:
             detail = "; ".join(f"{n.name}: {n.detail}" for n in nodes)
@@ -502,7 +505,20 @@ class Federation:
             "request_id": signed.unverified_body().request_id,
             "rounds": len(fed_rounds),
         }
+        self._warn_if_partial(nodes)
         return comp.result()
+
+    def _warn_if_partial(self, answered: int) -> None:
+        """The Paillier path learns how many nodes are in a result, not which: warn (and set
+        ``last_info["excluded_count"]``) when fewer than the data space's nodes are."""
+        known = self._space_nodes
+        if known and answered < len(known):
+            self.last_info["excluded_count"] = len(known) - answered
+            warnings.warn(
+                f"only {answered} of the {len(known)} nodes ({', '.join(known)}) are in this "
+                "result; the others did not answer (see fed.status() for why)",
+                stacklevel=5,
+            )
 
     def _run_paillier_dp(
         self, query: Query, dp: DPSpec, schema: TableSchema, k: int, pk: Any, sk: Any
@@ -524,6 +540,7 @@ class Federation:
             "request_id": signed.unverified_body().request_id,
             "rounds": 1,
         }
+        self._warn_if_partial(rr.nodes)
         result: Result = comp.result()
         return result
 
