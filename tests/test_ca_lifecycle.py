@@ -564,6 +564,21 @@ def test_revoking_by_name_reaches_running_nodes(live: dict[str, Any]) -> None:
     # every place of the node consults one object
     service = live["nodes"]["n1"].service
     assert service.revocations.crl is not None and service.revocations.crl.number >= 2
+    # the node says in its audit log that it took the new list up by itself
+
+    def crl_lines() -> list[dict[str, Any]]:
+        lines = (live["root"] / "n1.jsonl").read_text().splitlines()
+        return [
+            r
+            for r in map(json.loads, lines)
+            if r.get("event") == "config.reload" and r.get("via") == "crl-file"
+        ]
+
+    _wait(lambda: bool(crl_lines()))
+    rec = crl_lines()[-1]
+    assert rec["decision"] == "allow" and "tls.crl" in rec["changed"]
+    before, after = rec["changed"]["tls.crl"]
+    assert "number 1, 0 serial(s)" in before and "number 2, 1 serial(s)" in after
 
 
 def test_revoking_by_serial_reaches_the_running_aggregator(live: dict[str, Any]) -> None:

@@ -74,6 +74,7 @@ class Node(ServerHost):
             raise
         #: Prometheus metrics (own registry; served at /metrics on the admin port)
         self.metrics = self.service.metrics
+        self.service.revocations.listener = self._crl_taken_up  # audited like a reload
         try:
             self.server = TlsServer(
                 name=config.name,
@@ -228,6 +229,17 @@ class Node(ServerHost):
             error = f"{source}: internal error ({type(exc).__name__}); see the node's log"
             return ReloadReport(False, changed, trigger, source, error, notes=tuple(notes))
         return ReloadReport(True, changed, trigger, source, notes=tuple(notes))
+
+    def _crl_taken_up(self, applied: bool, before: str, after_or_error: str) -> None:
+        """A changed ``[tls] crl`` file taken up (or refused) between reloads: one
+        ``config.reload`` audit line (trigger ``crl-file``), written from another thread so
+        it is not counted as the audit line of the call that noticed the change."""
+        source = str(self.config.tls.crl)
+        if applied:
+            report = ReloadReport(True, {"tls.crl": [before, after_or_error]}, "crl-file", source)
+        else:
+            report = ReloadReport(False, {}, "crl-file", source, after_or_error)
+        threading.Thread(target=self._record, args=(report,), daemon=True).start()
 
     def _record(self, report: ReloadReport) -> None:
         """The audit line and the log line of a reload attempt."""

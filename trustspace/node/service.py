@@ -300,7 +300,9 @@ class NodeService:
         comes from (the gRPC gate on the caller, the analyst of every signed query, and every
         node of a secure-aggregation roster). Signatures verified before are checked again
         (the cache of verified queries is cleared)."""
-        self.revocations = check if check is not None else self.revocation_for(tls)
+        new = check if check is not None else self.revocation_for(tls)
+        new.listener = self.revocations.listener  # who is told of a CRL taken up by itself
+        self.revocations = new
         self.runs.reverify()
 
     def reconfigure(

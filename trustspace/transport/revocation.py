@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,9 @@ class Revocations:
         self._next_look = time.monotonic() + recheck_s
         self._bad: str | None = None  # the digest/stamp of a refused file, logged once
         self._warned_stale: int | None = None
+        #: told ``(applied, before, after or the error)`` when a changed CRL file is taken up
+        #: (or refused) by itself, between reloads; a node records it in its audit log
+        self.listener: Callable[[bool, str, str], None] | None = None
         self._warn_if_stale(self._state.crl)
 
     @classmethod
@@ -262,14 +266,28 @@ class Revocations:
         if now < self._next_look or self._state.crl_path is None:
             return
         self._next_look = now + self._recheck_s
+        before = self.describe()
         try:
-            self.reload()
+            changed = self.reload()
         except ConfigError as exc:
             msg = str(exc)
             if msg != self._bad:  # once per distinct problem, not on every call
                 self._bad = msg
                 log.error("%s; the previous revocation list stays in force", msg)
+                self._tell(False, before, msg)
+        else:
+            if changed:
+                self._tell(True, before, self.describe())
         self._warn_if_stale(self._state.crl)
+
+    def _tell(self, applied: bool, before: str, after_or_error: str) -> None:
+        """Report a CRL file taken up (or refused) by itself to ``listener`` (a node audits it)."""
+        if self.listener is None:
+            return
+        try:
+            self.listener(applied, before, after_or_error)
+        except Exception:  # reporting must never break a revocation check
+            log.exception("revocation list: the change listener failed")
 
     def _warn_if_stale(self, crl: CrlInfo | None) -> None:
         if crl is None or crl.next_update is None:
