@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustspace._config import Table, TlsConfig, check_address, read_toml
+from trustspace._config import AdminConfig, Table, TlsConfig, check_address, read_toml
 from trustspace.errors import ConfigError
 
 __all__ = [
@@ -48,6 +48,8 @@ class AggregatorConfig:
     #: the witness log of the nodes' audit checkpoints (``[aggregator] witness_log``; default
     #: ``NAME-witness.jsonl`` beside the config file); None: kept in memory only
     witness_log: Path | None = None
+    #: [admin]: the admin port (/healthz, /metrics, an overview page); None: no admin port
+    admin: AdminConfig | None = None
 
 
 def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
@@ -94,6 +96,7 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
         raise ConfigError(
             f"{agg.where('threshold')} = {threshold}: must be between 1 and {len(nodes)} nodes"
         )
+    admin = AdminConfig.parse(root.table("admin"), listen) if "admin" in data else None
     root.check_unknown()
     return AggregatorConfig(
         name=name,
@@ -106,4 +109,5 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
         source=p,
         drain_grace_s=float(grace),
         witness_log=witness_log,
+        admin=admin,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Self
+
 from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
 from trustspace.aggregator.witness import Witness
@@ -9,6 +11,9 @@ from trustspace.transport.ca import Credentials, revocation_check
 from trustspace.transport.clients import NodeClient
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import AGGREGATOR_SERVICE, add_aggregator_servicer
+
+if TYPE_CHECKING:
+    from trustspace.admin.server import AdminServer
 
 
 class Aggregator(ServerHost):
@@ -19,6 +24,7 @@ class Aggregator(ServerHost):
             config.tls.ca, config.tls.cert, config.tls.key, expected_role="aggregator"
         )
         self.config = config
+        self.admin: AdminServer | None = None  # [admin]: opened by start()
         self.drain_grace_s = config.drain_grace_s
         # every node answer carries a signed checkpoint of the node's audit log: witness it
         self.witness = Witness(creds.ca_pem, config.witness_log)
@@ -48,6 +54,23 @@ class Aggregator(ServerHost):
             self.witness.close()
             raise
 
+    def start(self) -> Self:
+        """Serve gRPC, and the admin port if ``[admin]`` is set (bound first)."""
+        if self.config.admin is not None and self.admin is None:
+            from trustspace.admin.server import aggregator_admin
+
+            self.admin = aggregator_admin(self)
+        super().start()
+        if self.admin is not None:
+            try:
+                self.admin.start()
+            except BaseException:
+                self.server.stop(0)
+                raise
+        return self
+
     def close(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
         self.service.close()
         self.witness.close()

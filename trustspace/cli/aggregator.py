@@ -30,4 +30,6 @@ def run(args: argparse.Namespace) -> int:
         f"aggregator {config.name}: serving on {agg.address} (mutual TLS) for "
         f"{len(config.nodes)} node(s): {', '.join(n.name for n in config.nodes)}"
     )
+    if agg.admin is not None:
+        ready += f"; admin port {agg.admin.url}"
     return serve_until_signal(agg, f"aggregator {config.name}", config.drain_grace_s, ready)

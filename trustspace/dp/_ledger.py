@@ -395,6 +395,14 @@ class Ledger:
         with self._op("reading a budget") as db:
             return self._budget(db, a, d)
 
+    def budgets(self) -> list[Budget]:
+        """Every budget set in this ledger, with its use, by analyst then dataset."""
+        with self._op("listing budgets") as db:
+            pairs = db.execute(
+                "SELECT analyst, dataset FROM budgets ORDER BY analyst, dataset"
+            ).fetchall()
+            return [self._budget(db, a, d) for a, d in pairs]
+
     def remaining(self, analyst: str, dataset: str) -> float:
         """The rho that an analyst can still spend on a dataset (see :meth:`budget`)."""
         return self.budget(analyst, dataset).rho_remaining

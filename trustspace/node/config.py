@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustspace._config import Table, TlsConfig, check_address, read_toml
+from trustspace._config import AdminConfig, Table, TlsConfig, check_address, read_toml
 from trustspace.engine import ColumnType, DatasetSpec
 from trustspace.errors import ConfigError
 from trustspace.node.audit import CHECKPOINT_EVERY
@@ -139,6 +139,8 @@ class NodeConfig:
     checkpoint_every: int = CHECKPOINT_EVERY  # [audit] checkpoint_every: sign at least this often
     #: [audit] dp_ledger: the DP budget ledger (SQLite); None: next to the audit log
     dp_ledger: Path | None = None
+    #: [admin]: the admin port (operator console, /healthz, /metrics); None: no admin port
+    admin: AdminConfig | None = None
 
     @property
     def dp_ledger_path(self) -> Path:
@@ -364,6 +366,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     if not datasets:
         raise ConfigError(f"{p}: [datasets] declares no dataset; add [datasets.NAME]")
     policy = parse_policy(root.table("policy", required=True))
+    admin = AdminConfig.parse(root.table("admin"), listen) if "admin" in data else None
     root.check_unknown()
     return NodeConfig(
         name=name,
@@ -378,4 +381,5 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         output_dir=out_dir,
         checkpoint_every=every,
         dp_ledger=dp_ledger,
+        admin=admin,
     )

@@ -38,7 +38,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from trustspace._files import write_atomic
 from trustspace.errors import AuthenticationError, ConfigError
 
-ROLES = ("node", "aggregator", "analyst")
+#: ``operator``: a person who may open a node's admin console over mTLS ([admin] tls = true);
+#: no gRPC service accepts it
+ROLES = ("node", "aggregator", "analyst", "operator")
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
 CERT = "cert.pem"
