@@ -193,6 +193,8 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
         for k in ("time", "requester", "via", "operation", "dataset", "purpose", "decision")
     }
     cells["purpose"] = "" if rec.get("purpose") is None else cells["purpose"]
+    # 2026-12-04T02:10:14.282+00:00 -> 2026-12-04 02:10:14.282 (the header says UTC)
+    cells["time"] = cells["time"].replace("T", " ", 1).removesuffix("+00:00")
     cols = rec.get("columns")
     return {
         "seq": rec.get("seq"),

@@ -26,6 +26,7 @@ operator visits cannot make the browser read a loopback console under the page's
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader
@@ -197,8 +198,14 @@ def create_app(
         return node
 
     # -- pages -----------------------------------------------------------------------------
+    def overview_data() -> dict[str, Any]:
+        data = view.overview()
+        if node is not None:
+            data["chain"] = node.chain()  # cached; small logs are verified when they change
+        return data
+
     def overview(request: Request) -> Response:
-        return page(request, "overview", "overview", view.overview())
+        return page(request, "overview", "overview", overview_data())
 
     def datasets(request: Request) -> Response:
         return page(request, "datasets", "datasets", need_node().datasets())
@@ -238,6 +245,11 @@ def create_app(
             return JSONResponse({"status": state, "name": view.name, "kind": view.kind}, code)
         return PlainTextResponse(state + "\n", code)
 
+    icon = (Path(__file__).parent / "static" / "favicon.svg").read_bytes()
+
+    def favicon(request: Request) -> Response:  # browsers ask for it on the plain-text pages
+        return Response(icon, media_type="image/svg+xml")
+
     def metrics_page(request: Request) -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
@@ -257,7 +269,8 @@ def create_app(
         Route("/", overview, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
-        Route("/api/overview", api(view.overview), methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
+        Route("/api/overview", api(overview_data), methods=["GET"]),
         Mount("/static", StaticFiles(packages=[("trustspace.admin", "static")]), name="static"),
     ]
     if node is not None:
