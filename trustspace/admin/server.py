@@ -45,6 +45,9 @@ __all__ = ["START_TIMEOUT_S", "STOP_TIMEOUT_S", "AdminServer", "aggregator_admin
 log = logging.getLogger("trustspace.admin")
 START_TIMEOUT_S = 10.0  # uvicorn's start-up is milliseconds; this only bounds a hang
 STOP_TIMEOUT_S = 5.0  # open keep-alive connections get this long to finish, then are closed
+#: Connections served at once; more get 503 at once (a few operators and a Prometheus scraper
+#: need far fewer, and a flood cannot tie up the node's process beyond this)
+MAX_CONNECTIONS = 32
 OPERATOR_ROLE = "operator"
 #: pages polled by machines: logged at DEBUG, every other page view at INFO
 _QUIET = ("/healthz", "/metrics", "/static/")
@@ -249,6 +252,7 @@ class AdminServer:
                 log_config=None,  # the node's logging stays as it is configured
                 access_log=False,  # ``_logged`` logs each request with its caller
                 server_header=False,
+                limit_concurrency=MAX_CONNECTIONS,
                 timeout_graceful_shutdown=int(STOP_TIMEOUT_S),
                 **options,
             )
