@@ -400,6 +400,30 @@ def test_admin_port_serves_and_stops(space: dict[str, Any]) -> None:
     assert httpx.get(agg.admin.url + "audit").status_code == 404  # the aggregator has no log
 
 
+def test_admin_port_serves_the_hosts_own_registry(space: dict[str, Any]) -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from trustspace.admin.server import node_admin
+
+    reg = CollectorRegistry()
+    Counter("trustspace_host_total", "a host's counter", registry=reg).inc()
+    node = space["nodes"]["n1"]
+    node.metrics = SimpleNamespace(registry=reg)  # type: ignore[attr-defined]
+    try:
+        server = node_admin(node).start()
+        try:
+            text = httpx.get(server.url + "metrics").text
+        finally:
+            server.stop()
+    finally:
+        del node.metrics  # type: ignore[attr-defined]
+    assert "trustspace_host_total 1.0" in text
+    with pytest.raises(httpx.ConnectError):  # stopped means closed
+        httpx.get(server.url + "healthz", timeout=2)
+
+
 def test_port_in_use_is_refused(
     tmp_path: Path, pki: Path, partitions: dict[str, Path], space: dict[str, Any]
 ) -> None:

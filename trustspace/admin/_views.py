@@ -350,7 +350,7 @@ class NodeView(HostView):
             "rows": rows,
             "older": last if more and isinstance(last, int) else None,
             "unreadable": unreadable,
-            "analysts": self._known("analyst"),
+            "analysts": self._analysts(),
         }
 
     def _stat_key(self, path: Path) -> tuple[int, ...]:
@@ -461,8 +461,15 @@ class NodeView(HostView):
             self._usage[by] = (key, out)
         return out
 
-    def _known(self, by: str) -> list[str]:
-        return [str(r[by]) for r in self.usage(by)["rows"] if r[by] != "-"]
+    def _analysts(self) -> list[str]:
+        """Analyst names for the filter's suggestions: the policy's, and those of the last
+        usage computed (not recomputed here: that would read the whole log at every page)."""
+        named = {a for r in self.service.policy.config.rules for a in r.analysts if a != "*"}
+        with self._lock:
+            cached = self._usage.get("analyst")
+        if cached is not None:
+            named |= {str(r["analyst"]) for r in cached[1]["rows"] if r["analyst"] != "-"}
+        return sorted(named)
 
     def budgets(self) -> dict[str, Any]:
         """Each analyst's DP budget per dataset from the node's ledger: spent and remaining."""

@@ -325,10 +325,10 @@ def node_admin(node: Node, registry: CollectorRegistry | None = None) -> AdminSe
     )
     return AdminServer(
         config.admin,
-        create_app(view, registry, hosts=_hosts(config.admin)),
+        create_app(view, _registry_of(node, registry), hosts=_hosts(config.admin)),
         name=f"node {config.name}",
         tls=config.tls,
-        revoked=lambda pem: revocation_check(node.service.config.tls.revoked)(pem),
+        revoked=_revocation_of(node),
     )
 
 
@@ -345,11 +345,29 @@ def aggregator_admin(agg: Aggregator, registry: CollectorRegistry | None = None)
     )
     return AdminServer(
         config.admin,
-        create_app(view, registry, hosts=_hosts(config.admin)),
+        create_app(view, _registry_of(agg, registry), hosts=_hosts(config.admin)),
         name=f"aggregator {config.name}",
         tls=config.tls,
         revoked=revocation_check(config.tls.revoked),
     )
+
+
+def _registry_of(host: Any, given: CollectorRegistry | None) -> CollectorRegistry | None:
+    """``given``, else the host's own metrics registry (``host.metrics.registry``) if any."""
+    if given is not None:
+        return given
+    registry = getattr(getattr(host, "metrics", None), "registry", None)
+    return registry if isinstance(registry, CollectorRegistry) else None
+
+
+def _revocation_of(node: Node) -> Callable[[bytes], str]:
+    """The node's revocation check, read at each connection: its service's own checker when
+    it has one (it follows live reloads and CRLs), else ``[tls] revoked`` of its current
+    config."""
+    own = getattr(node.service, "revocation", None)
+    if callable(own):
+        return lambda pem: str(own(pem))
+    return lambda pem: revocation_check(node.service.config.tls.revoked)(pem)
 
 
 def _hosts(config: AdminConfig) -> tuple[str, ...]:
