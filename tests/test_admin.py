@@ -30,6 +30,7 @@ from trustspace.aggregator.config import load_aggregator_config
 from trustspace.aggregator.server import Aggregator
 from trustspace.api import Credentials, Federation
 from trustspace.errors import ConfigError, PolicyError
+from trustspace.node.audit import read_checkpoint
 from trustspace.node.config import load_node_config
 from trustspace.node.server import Node
 from trustspace.transport.ca import issue
@@ -303,33 +304,53 @@ def test_markup_from_analysts_is_rendered_inert(client: TestClient, space: dict[
     assert client.get("/api/audit", params={"q": SCRIPT}).json()["rows"][0]["purpose"] == SCRIPT
 
 
-def test_chain_status_and_tampering(
-    tmp_path: Path, client: TestClient, space: dict[str, Any]
-) -> None:
-    chain = client.get("/api/audit").json()["chain"]
-    assert chain["state"] == "intact" and "chain intact" in chain["text"]
-    assert "tail matches the checkpoint" in chain["text"]
-    # the same node's log, copied and edited: a second view over the copy sees it
+def _view_over_copy(space: dict[str, Any], path: Path, lines: list[str]) -> NodeView:
+    """A view of node n1 whose audit log is a copy at ``path`` with ``lines``."""
     node = space["nodes"]["n1"]
-    log = node.service.audit.path
-    lines = log.read_text().splitlines(keepends=True)
-    rec = json.loads(lines[1])
-    rec["requester"] = "someone-else"
-    lines[1] = json.dumps(rec) + "\n"
+    path.write_text("".join(lines))
 
     class Copy:
-        def __init__(self, path: Path) -> None:
+        def __init__(self) -> None:
             self.path, self.lines, self.head = path, len(lines), ""
 
     fake = type("S", (), {})()
     fake.__dict__.update(node.service.__dict__)
-    fake.audit = Copy(tmp_path / "copy.jsonl")
-    (tmp_path / "copy.jsonl").write_text("".join(lines))
-    view = NodeView(fake, serving=lambda: True, address=lambda: "x:1", ca_pem=b"")
+    fake.audit = Copy()
+    ca_pem = (space["ca"] / "ca.pem").read_bytes()
+    return NodeView(fake, serving=lambda: True, address=lambda: "x:1", ca_pem=ca_pem)
+
+
+def test_chain_status_and_tampering(
+    tmp_path: Path, client: TestClient, space: dict[str, Any]
+) -> None:
+    import shutil
+
+    chain = client.get("/api/audit").json()["chain"]
+    assert chain["state"] == "intact" and "chain intact" in chain["text"]
+    assert "tail matches the checkpoint" in chain["text"]
+    log = space["nodes"]["n1"].service.audit.path
+    lines = log.read_text().splitlines(keepends=True)
+    # a copy of the log with one line edited: the chain names the line
+    rec = json.loads(lines[1])
+    rec["requester"] = "someone-else"
+    edited = [*lines[:1], json.dumps(rec) + "\n", *lines[2:]]
+    view = _view_over_copy(space, tmp_path / "edited.jsonl", edited)
     status = view.chain()
-    assert status["state"] == "tampered" and "copy.jsonl:2" in status["text"]
+    assert status["state"] == "tampered" and "edited.jsonl:2" in status["text"]
     with TestClient(create_app(view), base_url=LOCAL) as c:
         assert 'class="chain tampered"' in c.get("/audit").text
+    # a copy cut short beside the node's signed checkpoint: the chain is fine, the tail is not
+    cp = log.with_name(log.name + ".checkpoint")
+    signed_lines = read_checkpoint(cp).checkpoint.lines
+    shutil.copy(cp, tmp_path / "cut.jsonl.checkpoint")
+    status = _view_over_copy(space, tmp_path / "cut.jsonl", lines[: signed_lines - 3]).chain()
+    assert status["state"] == "tampered" and "behind its checkpoint" in status["text"]
+    assert "3 line(s) are missing" in status["text"]
+    # a forged checkpoint (another node's) cannot vouch for the log
+    n2 = space["nodes"]["n2"].service.audit.path
+    shutil.copy(n2.with_name(n2.name + ".checkpoint"), tmp_path / "forged.jsonl.checkpoint")
+    status = _view_over_copy(space, tmp_path / "forged.jsonl", lines).chain()
+    assert status["state"] == "tampered" and "cannot be trusted" in status["text"]
 
 
 def test_usage_per_analyst_and_purpose(client: TestClient) -> None:
