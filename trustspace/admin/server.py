@@ -328,7 +328,7 @@ def node_admin(node: Node, registry: CollectorRegistry | None = None) -> AdminSe
         create_app(view, _registry_of(node, registry), hosts=_hosts(config.admin)),
         name=f"node {config.name}",
         tls=config.tls,
-        revoked=_revocation_of(node),
+        revoked=_revocation_of(node.service, lambda: node.service.config.tls.revoked),
     )
 
 
@@ -348,7 +348,7 @@ def aggregator_admin(agg: Aggregator, registry: CollectorRegistry | None = None)
         create_app(view, _registry_of(agg, registry), hosts=_hosts(config.admin)),
         name=f"aggregator {config.name}",
         tls=config.tls,
-        revoked=revocation_check(config.tls.revoked),
+        revoked=_revocation_of(agg, lambda: config.tls.revoked),
     )
 
 
@@ -360,14 +360,22 @@ def _registry_of(host: Any, given: CollectorRegistry | None) -> CollectorRegistr
     return registry if isinstance(registry, CollectorRegistry) else None
 
 
-def _revocation_of(node: Node) -> Callable[[bytes], str]:
-    """The node's revocation check, read at each connection: its service's own checker when
-    it has one (it follows live reloads and CRLs), else ``[tls] revoked`` of its current
-    config."""
-    own = getattr(node.service, "revocation", None)
-    if callable(own):
-        return lambda pem: str(own(pem))
-    return lambda pem: revocation_check(node.service.config.tls.revoked)(pem)
+def _revocation_of(owner: Any, listed: Callable[[], tuple[str, ...]]) -> Callable[[bytes], str]:
+    """The revocation check of ``owner`` (a node's service, or the aggregator), looked up at
+    each connection: its own checker when it has one (``revocations.check`` or
+    ``revocation``: these follow live reloads and CRLs), else the deny list ``listed()``
+    (``[tls] revoked`` of the current config)."""
+
+    def check(pem: bytes) -> str:
+        checker = getattr(owner, "revocations", None)
+        if checker is not None and callable(getattr(checker, "check", None)):
+            return str(checker.check(pem))
+        own = getattr(owner, "revocation", None)
+        if callable(own):
+            return str(own(pem))
+        return revocation_check(listed())(pem)
+
+    return check
 
 
 def _hosts(config: AdminConfig) -> tuple[str, ...]:
