@@ -6,6 +6,7 @@ the config file's directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from trustspace.errors import ConfigError
 __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "AdminConfig",
     "LoggingConfig",
     "Table",
     "TlsConfig",
     "check_address",
+    "is_loopback",
     "read_toml",
 ]
 
@@ -249,3 +252,90 @@ class LoggingConfig:
                 '(e.g. file = "node.log") or remove the table'
             )
         return cls(file, fmt, level.upper(), rotate, max_bytes, backups)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address, ``[::1]`` or ``localhost``) names this machine only.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "[::1]", "localhost", "0.0.0.0", "node-a")]
+    [True, True, True, False, False]
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to any interface
+        return False
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The ``[admin]`` table: the admin port (operator console, ``/healthz``, ``/metrics``).
+
+    ``listen = "127.0.0.1:PORT"``; absent table: no admin port. ``tls = true``: HTTPS with a
+    client certificate required, issued by the data space CA (the server's own ``[tls]``
+    identity serves it) with role ``operator`` and a name listed in ``operators``. Without
+    ``tls`` the port must be a loopback address: the console shows who asked what (analysts,
+    purposes, refusals), which is for this organisation's operators only. ``hosts``: extra
+    names the console may be reached by (the ``Host`` header; loopback names and the listen
+    host are always allowed), against DNS rebinding.
+    """
+
+    listen: str
+    tls: bool = False
+    operators: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @classmethod
+    def parse(cls, t: Table, serving: str = "") -> AdminConfig:
+        """Parse an ``[admin]`` table (only called when the table is present); ``serving`` is
+        the gRPC listen address, whose port the admin port must not take.
+
+        Raises:
+            ConfigError: no ``listen``; a non-loopback ``listen`` without ``tls = true``;
+                ``tls = true`` without ``operators``.
+        """
+        if "listen" not in t.data:
+            raise ConfigError(
+                f"{t.where('listen')} is missing: give the admin port's address, e.g. "
+                '"127.0.0.1:9464", or remove the [admin] table to turn the admin port off'
+            )
+        listen = check_address(t, "listen", t.get("listen", str))
+        tls = t.get("tls", bool, False)
+        operators = t.str_list("operators", [])
+        hosts = t.str_list("hosts", [])
+        t.check_unknown()
+        host, _, port = listen.rpartition(":")
+        if port != "0" and serving.rpartition(":")[2] == port:
+            raise ConfigError(
+                f"{t.where('listen')} = {listen!r} takes the port of the gRPC listen address "
+                f"{serving!r}; give the admin port a port of its own, e.g. 9464"
+            )
+        if not tls and not is_loopback(host):
+            raise ConfigError(
+                f"{t.where('listen')} = {listen!r} is reachable from other machines, but "
+                f"{t.where('tls')} is not true: the console shows the audit log (who asked "
+                "what, for which purpose) and must not be open to the network. Listen on "
+                "127.0.0.1 (and reach it through an ssh tunnel) or set tls = true and list the "
+                "operators allowed (client certificates of the data space CA, role operator)"
+            )
+        if tls and not operators:
+            raise ConfigError(
+                f"{t.where('tls')} = true needs {t.where('operators')}: the certificate names "
+                "(role operator, `trustspace ca issue DIR NAME --role operator`) allowed to "
+                "open the console; any other certificate of the data space is refused"
+            )
+        if operators and not tls:
+            raise ConfigError(
+                f"{t.where('operators')} is only checked with tls = true (client "
+                "certificates); set tls = true or remove operators"
+            )
+        return cls(listen, tls, operators, hosts)

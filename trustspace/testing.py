@@ -87,6 +87,8 @@ class NodeSpec:
     datasets: Mapping[str, Mapping[str, Any]]
     policy: Mapping[str, Any] = field(default_factory=dict)
     rules: Sequence[Mapping[str, Any]] = ()
+    #: the ``[admin]`` table (``listen``, ``tls``, ...); None: no admin port
+    admin: Mapping[str, Any] | None = None
 
 
 class LocalSpace:
@@ -103,6 +105,8 @@ class LocalSpace:
         self.procs: dict[str, subprocess.Popen[str]] = {}
         #: node name -> the address it listens on, filled in as each node starts
         self.addresses: dict[str, str] = {}
+        #: process name -> its ready line (e.g. a node's "...; admin console URL")
+        self.ready: dict[str, str] = {}
         self._logs: list[IO[str]] = []
 
     def __enter__(self) -> LocalSpace:
@@ -145,6 +149,8 @@ class LocalSpace:
             "datasets": spec.datasets,
             "policy": policy,
         }
+        if spec.admin is not None:
+            doc["admin"] = spec.admin
         (self.root / "audit").mkdir(parents=True, exist_ok=True)
         return _write_toml(self.root / f"{spec.name}.toml", doc)
 
@@ -202,6 +208,7 @@ class LocalSpace:
                 f"{self.root / (name + '.log')} says:\n"
                 + (self.root / f"{name}.log").read_text()[-2000:]
             )
+        self.ready[name] = line.strip()
         if command == "node":
             self.addresses[name] = m.group(1)
         return m.group(1)

@@ -10,7 +10,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustspace._config import LoggingConfig, Table, TlsConfig, check_address, read_toml
+from trustspace._config import (
+    AdminConfig,
+    LoggingConfig,
+    Table,
+    TlsConfig,
+    check_address,
+    read_toml,
+)
 from trustspace.errors import ConfigError
 
 __all__ = [
@@ -50,6 +57,8 @@ class AggregatorConfig:
     witness_log: Path | None = None
     #: [logging]: the log file (JSON lines, rotated); default: stderr only
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: [admin]: the admin port (/healthz, /metrics, an overview page); None: no admin port
+    admin: AdminConfig | None = None
 
 
 def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
@@ -97,6 +106,7 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
             f"{agg.where('threshold')} = {threshold}: must be between 1 and {len(nodes)} nodes"
         )
     logging = LoggingConfig.parse(root.table("logging"), p.parent)
+    admin = AdminConfig.parse(root.table("admin"), listen) if "admin" in data else None
     root.check_unknown()
     return AggregatorConfig(
         name=name,
@@ -110,4 +120,5 @@ def load_aggregator_config(path: str | os.PathLike[str]) -> AggregatorConfig:
         drain_grace_s=float(grace),
         witness_log=witness_log,
         logging=logging,
+        admin=admin,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Self
+
 from trustspace.aggregator._observed import Observed
 from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
@@ -13,6 +15,9 @@ from trustspace.transport.revocation import Revocations
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import AGGREGATOR_SERVICE, add_aggregator_servicer
 
+if TYPE_CHECKING:
+    from trustspace.admin.server import AdminServer
+
 
 class Aggregator(ServerHost):
     """A running aggregator: ``start()``, ``address``, ``stop(grace)``."""
@@ -23,6 +28,7 @@ class Aggregator(ServerHost):
         )
         self.config = config
         self.credentials = creds
+        self.admin: AdminServer | None = None  # [admin]: opened by start()
         self.drain_grace_s = config.drain_grace_s
         #: the aggregator's one revocation checker ([tls] revoked and crl), for the callers
         #: and the signers of their queries; ``check`` picks up a changed CRL file by itself
@@ -66,6 +72,23 @@ class Aggregator(ServerHost):
             self.witness.close()
             raise
 
+    def start(self) -> Self:
+        """Serve gRPC, and the admin port if ``[admin]`` is set (bound first)."""
+        if self.config.admin is not None and self.admin is None:
+            from trustspace.admin.server import aggregator_admin
+
+            self.admin = aggregator_admin(self)
+        super().start()
+        if self.admin is not None:
+            try:
+                self.admin.start()
+            except BaseException:
+                self.server.stop(0)
+                raise
+        return self
+
     def close(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
         self.service.close()
         self.witness.close()

@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         f"aggregator {config.name}: serving on {agg.address} (mutual TLS) for "
         f"{len(config.nodes)} node(s): {', '.join(n.name for n in config.nodes)}{down}"
     )
+    if agg.admin is not None:
+        ready += f"; admin port {agg.admin.url}"
     what = f"aggregator {config.name}"
 
     def on_hup() -> None:  # the revocation list (tls.crl); a bad file keeps the old one

@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             f"node {config.name}: serving {', '.join(d.name for d in config.datasets)} on "
             f"{node.address} (mutual TLS); audit log {config.audit_path}"
         )
+        if node.admin is not None:
+            ready += f"; admin console {node.admin.url}"
         return serve_until_signal(
             _Stopping(node, watch),
             f"node {config.name}",

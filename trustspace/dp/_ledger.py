@@ -517,7 +517,8 @@ class Ledger:
         self._settle(reservation, "released", "releasing a reservation")
 
     def budgets(self) -> list[Budget]:
-        """Every budget set in this ledger, with its use (for metrics: one read)."""
+        """Every budget set in this ledger, with its use, by analyst then dataset (one read:
+        the metrics scrape and the console call it)."""
         with self._op("listing budgets") as db:
             limits = db.execute(
                 "SELECT analyst, dataset, epsilon, delta, rho_limit FROM budgets "

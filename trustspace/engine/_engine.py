@@ -106,6 +106,17 @@ class Engine:
         """The public schema (column types, declared domains) of dataset ``name``."""
         return self.spec(name).schema
 
+    def row_count(self, name: str) -> int | None:
+        """Rows of dataset ``name`` in its loaded snapshot (cheap: DuckDB keeps the count);
+        None when the engine reads the file at every round (``load=False``) or before
+        ``validate()``, where counting would mean reading the whole file."""
+        table = self._loaded.get(self.spec(name).name)
+        if table is None:
+            return None
+        with self._cursor() as cur:
+            row = cur.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - quoted
+        return int(row[0]) if row is not None else None
+
     def _source(self, spec: DatasetSpec) -> tuple[str, list[Any]]:
         """A parameterised FROM source: the loaded snapshot, or the file read with types."""
         table = self._loaded.get(spec.name)

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustspace._config import LoggingConfig, Table, TlsConfig, check_address, read_toml
+from trustspace._config import (
+    AdminConfig,
+    LoggingConfig,
+    Table,
+    TlsConfig,
+    check_address,
+    read_toml,
+)
 from trustspace.engine import ColumnType, DatasetSpec
 from trustspace.errors import ConfigError
 from trustspace.node.audit import CHECKPOINT_EVERY
@@ -178,6 +185,9 @@ class NodeConfig:
         if self.pid_file is not None:
             return self.pid_file
         return self.audit_path.with_name(self.audit_path.name + ".pid")
+
+    #: [admin]: the admin port (operator console, /healthz, /metrics); None: no admin port
+    admin: AdminConfig | None = None
 
     @property
     def dp_ledger_path(self) -> Path:
@@ -411,6 +421,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         raise ConfigError(f"{p}: [datasets] declares no dataset; add [datasets.NAME]")
     policy = parse_policy(root.table("policy", required=True))
     logging = LoggingConfig.parse(root.table("logging"), base)
+    admin = AdminConfig.parse(root.table("admin"), listen) if "admin" in data else None
     root.check_unknown()
     return NodeConfig(
         name=name,
@@ -428,4 +439,5 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         logging=logging,
         pid_file=pid_file,
         watch_s=float(watch_s),
+        admin=admin,
     )

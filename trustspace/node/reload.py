@@ -62,6 +62,9 @@ _RESTART: tuple[tuple[str, Callable[[NodeConfig], Any]], ...] = (
     ("audit.path", lambda c: str(c.audit_path)),
     ("audit.dp_ledger", lambda c: str(c.dp_ledger_path)),
     ("audit.checkpoint_every", lambda c: c.checkpoint_every),
+    # the admin port and the log file are opened once, at start
+    ("admin", lambda c: None if c.admin is None else repr(c.admin)),
+    ("logging", lambda c: repr(c.logging)),
 )
 
 #: The [node] keys that do change live.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from trustspace.dp import Ledger
 from trustspace.engine import Engine
@@ -19,6 +19,9 @@ from trustspace.transport.ca import Credentials
 from trustspace.transport.checkpoint import CHECKPOINT_KEY
 from trustspace.transport.server import CallHooks, ServerHost, TlsServer
 from trustspace.transport.servicers import NODE_SERVICE, add_node_servicer
+
+if TYPE_CHECKING:
+    from trustspace.admin.server import AdminServer
 
 log = logging.getLogger("trustspace.node")
 
@@ -61,6 +64,7 @@ class Node(ServerHost):
     def __init__(self, config: NodeConfig, *, credentials: Credentials | None = None) -> None:
         creds = credentials or load_credentials(config)
         self.config = config
+        self.admin: AdminServer | None = None  # [admin]: opened by start()
         self.drain_grace_s = config.drain_grace_s
         self._creds = creds
         self._reload_lock = threading.Lock()
@@ -148,6 +152,22 @@ class Node(ServerHost):
             handled=audit.written_since_mark,
             trailing=trailing,
         )
+
+    def start(self) -> Self:
+        """Serve gRPC, and the admin port if ``[admin]`` is set (bound first: a port in use
+        is refused before the node serves)."""
+        if self.config.admin is not None and self.admin is None:
+            from trustspace.admin.server import node_admin  # uvicorn only when configured
+
+            self.admin = node_admin(self)
+        super().start()
+        if self.admin is not None:
+            try:
+                self.admin.start()
+            except BaseException:
+                self.server.stop(0)
+                raise
+        return self
 
     # ------------------------------------------------------------------ live reload
     def reload(self, new_config: NodeConfig | None = None, *, trigger: str = "api") -> ReloadReport:
@@ -274,5 +294,7 @@ class Node(ServerHost):
             log.warning("node %s: %s", self.config.name, note)
 
     def close(self) -> None:
+        if self.admin is not None:  # after the drain: /healthz said "draining" meanwhile
+            self.admin.stop()
         self.service.close()
         self.engine.close()

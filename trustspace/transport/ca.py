@@ -51,7 +51,9 @@ from trustspace._files import write_atomic
 from trustspace.errors import AuthenticationError, ConfigError
 from trustspace.transport._ca_index import CRL, INDEX, Entry, Index, locked
 
-ROLES = ("node", "aggregator", "analyst")
+#: ``operator``: a person who may open a node's admin console over mTLS ([admin] tls = true);
+#: no gRPC service accepts it
+ROLES = ("node", "aggregator", "analyst", "operator")
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
 CERT = "cert.pem"

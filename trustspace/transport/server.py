@@ -256,6 +256,11 @@ class TlsServer:
     def wait(self) -> None:
         self._server.wait_for_termination()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop`` was called (draining or stopped): health checks say not serving."""
+        return self._stopped.is_set()
+
 
 class ServerHost:
     """What ``Node`` and ``Aggregator`` share: a ``TlsServer`` in ``self.server``, started,
