@@ -527,3 +527,37 @@ def test_mtls_admin_port_needs_a_listed_operator(space: dict[str, Any], pki: Pat
         _tls_get(node.admin.url + "healthz", pki / "other" / "eve", ca)
     with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port
         httpx.get(node.admin.url.replace("https", "http") + "healthz", timeout=5)
+
+
+def test_a_live_reload_shows_in_the_console_and_its_audit_page(space: dict[str, Any]) -> None:
+    """An operator edits the policy file, reloads the running node, and sees the new policy
+    and the reload's audit line on the admin port (the real server, not a test client)."""
+    node = space["nodes"]["n1"]
+    assert node.admin is not None
+    url, cfg = node.admin.url, node.config.source
+    text = cfg.read_text()
+    assert "min_group_size = 5\n" in text
+    try:
+        cfg.write_text(text.replace("min_group_size = 5\n", "min_group_size = 9\n", 1))
+        report = node.reload(trigger="SIGHUP")
+        assert report.applied, report.error
+        assert httpx.get(url + "api/policy").json()["settings"]["min_group_size"] == 9
+        assert "reloaded" in httpx.get(url + "api/policy").json()["loaded"]
+        page = httpx.get(url + "policy").text
+        assert ">9<" in page.replace(" ", "")
+        audit = httpx.get(url + "api/audit", params={"operation": "config.reload"}).text
+        assert "policy.min_group_size" in audit and "SIGHUP" in audit
+        assert (
+            "config.reload" in httpx.get(url + "audit", params={"operation": "config.reload"}).text
+        )
+        # a broken edit is refused, shown as denied, and the console keeps the policy in force
+        cfg.write_text(text.replace("min_group_size = 5\n", "min_group_size = -1\n", 1))
+        assert not node.reload(trigger="SIGHUP").applied
+        assert httpx.get(url + "api/policy").json()["settings"]["min_group_size"] == 9
+        denied = httpx.get(
+            url + "api/audit", params={"operation": "config.reload", "decision": "deny"}
+        ).text
+        assert "min_group_size" in denied
+    finally:
+        cfg.write_text(text)
+        assert node.reload().applied
