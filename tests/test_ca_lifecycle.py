@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
@@ -477,7 +478,7 @@ def test_a_cached_query_is_refused_once_its_signer_is_revoked(ca: Path) -> None:
     q = new_query(alice, "count", "default")
     runs.verify(q)
     deny.add("alice")
-    with pytest.raises(PolicyError, match="revoked at this node"):
+    with pytest.raises(PolicyError, match=r"revoked (here|at this node)"):
         runs.verify(q)
 
 
@@ -548,7 +549,8 @@ def test_revoking_by_name_reaches_running_nodes(live: dict[str, Any]) -> None:
         try:
             _count(live, "carol")
         except PolicyError as exc:
-            assert "revoked at this node" in str(exc) and "revoked by the CA" in str(exc)
+            assert re.search("revoked (here|at this node)", str(exc))
+            assert "revoked by the CA" in str(exc)
             return True
         return False
 

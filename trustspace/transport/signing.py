@@ -398,7 +398,7 @@ def verify_query(
     why = check(signed.certificate)
     if why:
         raise AuthenticationError(
-            f"{where}: the query's signer {ident.name!r} is revoked at this node ({why})"
+            f"{where}: the query's signer {ident.name!r} is revoked here ({why})"
         )
     pub = cert.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey):
