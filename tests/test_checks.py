@@ -326,13 +326,17 @@ def test_aggregator_check_as_an_analyst_sees_the_datasets_rules_name(
         out = capsys.readouterr().out
         assert "datasets none visible (the node shows a schema only to analysts" in out
         assert "same schema" not in out
+        # nothing was compared: the summary must not claim that every schema agrees
+        assert "every schema agrees" not in out
+        assert "summary: 2 of 2 node(s) OK; no schema compared (no node showed a dataset" in out
         alice = str(pki / "ca" / "alice")
         assert main(["aggregator", str(cfg), "--check", "--analyst", alice]) == 0
         out = capsys.readouterr().out
         assert "dataset 'default': same schema at n1, n2" in out
         bob_only = str(pki / "ca" / "bob")
         assert main(["aggregator", str(cfg), "--check", "--analyst", bob_only]) == 0
-        assert "none visible to bob" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "none visible to bob" in out and "no schema compared (no node showed bob" in out
         assert main(["aggregator", str(cfg), "--check", "--analyst", str(pki / "ca" / "n1")]) == 1
         assert "role 'node'" in capsys.readouterr().err
     finally:

@@ -231,8 +231,16 @@ def check_aggregator(
     bad = [c for c in checks if not c.ok]
     n_ok = len(checks) - len(bad)
     problems = len(bad) + len(schema_problems)
+    seen = any(c.ok and c.description is not None and c.description.datasets for c in checks)
+    agree = (
+        "every schema agrees"
+        if seen
+        else "no schema compared (no node showed a dataset; give --analyst DIR to compare them)"
+        if analyst is None
+        else f"no schema compared (no node showed {analyst.name} a dataset)"
+    )
     lines.append(
         f"summary: {n_ok} of {len(checks)} node(s) OK"
-        + (f"; {problems} problem(s)" if problems else "; every schema agrees")
+        + (f"; {problems} problem(s)" if problems else f"; {agree}")
     )
     return lines, problems == 0
