@@ -360,3 +360,54 @@ def test_node_check_points_out_a_certificate_about_to_expire(
     )
     assert main(["node", str(cfg), "--check"]) == 0
     assert "renew it soon" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["missing", "foreign", "garbage"])
+def test_checks_load_the_revocation_list_a_start_would_refuse(
+    tmp_path: Path, partitions: dict[str, Path], capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """``node --check`` and ``aggregator --check`` said OK (exit 0) over a ``[tls] crl`` that
+    is missing, from another data space or not a CRL, and the start then refused it."""
+    from trustspace.transport.ca import init_ca, issue, write_crl
+
+    init_ca(tmp_path / "ca", name="crl-space")
+    issue(tmp_path / "ca", "n1", "node")
+    issue(tmp_path / "ca", "agg", "aggregator")
+    write_crl(tmp_path / "ca")
+    node_cfg = write_node_config(
+        tmp_path / "n1.toml",
+        name="n1",
+        identity=tmp_path / "ca" / "n1",
+        data=partitions["n1"],
+        audit=tmp_path / "n1.jsonl",
+    )
+    node_cfg.write_text(node_cfg.read_text().replace("[tls]\n", '[tls]\ncrl = "crl.pem"\n'))
+    agg_cfg = tmp_path / "aggregator.toml"
+    agg_cfg.write_text(
+        '[aggregator]\nlisten = "127.0.0.1:0"\n'
+        f'[tls]\ndir = "{tmp_path / "ca" / "agg"}"\ncrl = "crl.pem"\n'
+        '[[nodes]]\nname = "n1"\naddress = "127.0.0.1:1"\n'
+    )
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes((tmp_path / "ca" / "crl.pem").read_bytes())
+    assert main(["node", str(node_cfg), "--check"]) == 0
+    listed = r"revocation: .*CRL \S*crl\.pem number 1, 0 serial\(s\)"
+    assert re.search(listed, capsys.readouterr().out)
+    assert main(["aggregator", str(agg_cfg), "--check"]) == 1  # n1 is not up
+    assert re.search(listed, capsys.readouterr().out)
+    if kind == "missing":
+        crl.unlink()
+        want = "crl.pem: revocation list (tls.crl) not readable"
+    elif kind == "foreign":
+        init_ca(tmp_path / "other", name="other-space")
+        crl.write_bytes(write_crl(tmp_path / "other").read_bytes())
+        want = "crl.pem: this revocation list is not signed by the data space CA"
+    else:
+        crl.write_text("not a revocation list\n")
+        want = "crl.pem: not an X.509 revocation list"
+    assert main(["node", str(node_cfg), "--check"]) == 2
+    assert want in capsys.readouterr().err
+    assert main(["aggregator", str(agg_cfg), "--check"]) == 2
+    assert want in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=re.escape(want)):  # what a start says
+        Node(load_node_config(node_cfg))

@@ -18,6 +18,7 @@ from trustspace.errors import ConfigError
 from trustspace.node.audit import verify
 from trustspace.node.config import NodeConfig
 from trustspace.node.server import build_engine, load_credentials
+from trustspace.transport.revocation import Revocations
 
 __all__ = ["RENEW_DAYS", "check_node"]
 
@@ -61,6 +62,9 @@ def check_node(config: NodeConfig) -> list[str]:
         + ("; renew it soon: an expired certificate stops the node" if days < RENEW_DAYS else "")
         + ")"
     ]
+    line = Revocations.load(config.tls, creds.ca_pem).check_line()  # a start refuses it too
+    if line:
+        out.append(line)
     engine = build_engine(config)
     try:
         for d in config.datasets:
