@@ -411,3 +411,19 @@ def test_checks_load_the_revocation_list_a_start_would_refuse(
     assert want in capsys.readouterr().err
     with pytest.raises(ConfigError, match=re.escape(want)):  # what a start says
         Node(load_node_config(node_cfg))
+
+
+def test_node_check_says_whether_the_admin_port_is_free(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--check`` said nothing of ``[admin] listen``; a start then refused a port in use."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = _node_config(tmp_path, pki, partitions["n1"])
+        cfg.write_text(cfg.read_text() + f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+        assert main(["node", str(cfg), "--check"]) == 0
+        assert f"admin 127.0.0.1:{port}: in use now" in capsys.readouterr().out
+    assert main(["node", str(cfg), "--check"]) == 0
+    assert f"admin 127.0.0.1:{port}: free" in capsys.readouterr().out

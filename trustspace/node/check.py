@@ -100,4 +100,9 @@ def check_node(config: NodeConfig) -> list[str]:
         )
     else:
         out.append(f"listen {config.listen}: free")
+    if config.admin is not None:
+        state = "free"
+        if _port_in_use(config.admin.listen):
+            state = "in use now (fine if this node is running; a second start would be refused)"
+        out.append(f"admin {config.admin.listen}: {state}")
     return out
