@@ -427,3 +427,27 @@ def test_node_check_says_whether_the_admin_port_is_free(
         assert f"admin 127.0.0.1:{port}: in use now" in capsys.readouterr().out
     assert main(["node", str(cfg), "--check"]) == 0
     assert f"admin 127.0.0.1:{port}: free" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_second_node_on_the_same_files_leaves_their_log_file_alone(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path]
+) -> None:
+    """A node started twice on one config was refused by the pid file only after it had
+    opened the first one's ``[logging] file`` and written a line to it."""
+    cfg = _node_config(tmp_path, pki, partitions["n1"])
+    cfg.write_text(cfg.read_text() + '\n[logging]\nfile = "logs/n1.log"\n')
+    cmd = [sys.executable, "-m", "trustspace.cli.main", "node", str(cfg)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        assert "serving" in first.stdout.readline()
+        log = tmp_path / "logs" / "n1.log"
+        before = log.read_bytes()
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another node (pid" in second.stderr
+        assert log.read_bytes() == before
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0
