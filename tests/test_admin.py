@@ -11,6 +11,7 @@ an operator not listed, a revoked operator and a foreign CA's certificate (all r
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import ssl
 import time
@@ -235,6 +236,39 @@ def test_policy_is_read_at_request_time(client: TestClient, space: dict[str, Any
         assert "reloaded" in p["loaded"]
     finally:
         policy.config = old
+
+
+def test_policy_is_dated_by_its_reload_not_by_the_first_view(space: dict[str, Any]) -> None:
+    """The console dated a reloaded policy by when it first saw it, so a reload shown later
+    looked recent, and a file edited after the reload (not applied) but before that first
+    view raised no warning."""
+    node = space["nodes"]["n3"]
+    view = NodeView(
+        node.service,
+        serving=lambda: True,
+        address=lambda: node.address,
+        ca_pem=(space["ca"] / "ca.pem").read_bytes(),
+    )
+    cfg = node.config.source
+    text = cfg.read_text()
+    try:
+        cfg.write_text(text.replace("min_group_size = 5", "min_group_size = 6"))
+        before = time.time()
+        assert node.reload().applied
+        time.sleep(1.6)
+        # edited again, not reloaded: the policy in force is not the file's
+        cfg.write_text(text.replace("min_group_size = 5", "min_group_size = 7"))
+        time.sleep(0.2)
+        with TestClient(create_app(view), base_url=LOCAL) as c:  # the first view, later
+            p = c.get("/api/policy").json()
+        assert p["settings"]["min_group_size"] == 6
+        assert p["loaded"].endswith(" reloaded")
+        loaded = dt.datetime.fromisoformat(p["loaded"].split()[0]).timestamp()
+        assert before - 1 <= loaded <= before + 1  # the reload's time, not the view's
+        assert p["file_newer"] is True
+    finally:
+        cfg.write_text(text)
+        assert node.reload().applied
 
 
 def test_audit_lists_newest_first_and_filters(client: TestClient, space: dict[str, Any]) -> None:

@@ -581,6 +581,9 @@ def test_revoking_by_name_reaches_running_nodes(live: dict[str, Any]) -> None:
     assert rec["decision"] == "allow" and "tls.crl" in rec["changed"]
     before, after = rec["changed"]["tls.crl"]
     assert "number 1, 0 serial(s)" in before and "number 2, 1 serial(s)" in after
+    # taken up already: a later reload (of a policy edit, say) does not report it again
+    report = live["nodes"]["n1"].reload()
+    assert report.applied and "tls.crl" not in report.changed, report.changed
 
 
 def test_revoking_by_serial_reaches_the_running_aggregator(live: dict[str, Any]) -> None:

@@ -326,13 +326,17 @@ def test_aggregator_check_as_an_analyst_sees_the_datasets_rules_name(
         out = capsys.readouterr().out
         assert "datasets none visible (the node shows a schema only to analysts" in out
         assert "same schema" not in out
+        # nothing was compared: the summary must not claim that every schema agrees
+        assert "every schema agrees" not in out
+        assert "summary: 2 of 2 node(s) OK; no schema compared (no node showed a dataset" in out
         alice = str(pki / "ca" / "alice")
         assert main(["aggregator", str(cfg), "--check", "--analyst", alice]) == 0
         out = capsys.readouterr().out
         assert "dataset 'default': same schema at n1, n2" in out
         bob_only = str(pki / "ca" / "bob")
         assert main(["aggregator", str(cfg), "--check", "--analyst", bob_only]) == 0
-        assert "none visible to bob" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "none visible to bob" in out and "no schema compared (no node showed bob" in out
         assert main(["aggregator", str(cfg), "--check", "--analyst", str(pki / "ca" / "n1")]) == 1
         assert "role 'node'" in capsys.readouterr().err
     finally:
@@ -356,3 +360,94 @@ def test_node_check_points_out_a_certificate_about_to_expire(
     )
     assert main(["node", str(cfg), "--check"]) == 0
     assert "renew it soon" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["missing", "foreign", "garbage"])
+def test_checks_load_the_revocation_list_a_start_would_refuse(
+    tmp_path: Path, partitions: dict[str, Path], capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """``node --check`` and ``aggregator --check`` said OK (exit 0) over a ``[tls] crl`` that
+    is missing, from another data space or not a CRL, and the start then refused it."""
+    from trustspace.transport.ca import init_ca, issue, write_crl
+
+    init_ca(tmp_path / "ca", name="crl-space")
+    issue(tmp_path / "ca", "n1", "node")
+    issue(tmp_path / "ca", "agg", "aggregator")
+    write_crl(tmp_path / "ca")
+    node_cfg = write_node_config(
+        tmp_path / "n1.toml",
+        name="n1",
+        identity=tmp_path / "ca" / "n1",
+        data=partitions["n1"],
+        audit=tmp_path / "n1.jsonl",
+    )
+    node_cfg.write_text(node_cfg.read_text().replace("[tls]\n", '[tls]\ncrl = "crl.pem"\n'))
+    agg_cfg = tmp_path / "aggregator.toml"
+    agg_cfg.write_text(
+        '[aggregator]\nlisten = "127.0.0.1:0"\n'
+        f'[tls]\ndir = "{tmp_path / "ca" / "agg"}"\ncrl = "crl.pem"\n'
+        '[[nodes]]\nname = "n1"\naddress = "127.0.0.1:1"\n'
+    )
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes((tmp_path / "ca" / "crl.pem").read_bytes())
+    assert main(["node", str(node_cfg), "--check"]) == 0
+    listed = r"revocation: .*CRL \S*crl\.pem number 1, 0 serial\(s\)"
+    assert re.search(listed, capsys.readouterr().out)
+    assert main(["aggregator", str(agg_cfg), "--check"]) == 1  # n1 is not up
+    assert re.search(listed, capsys.readouterr().out)
+    if kind == "missing":
+        crl.unlink()
+        want = "crl.pem: revocation list (tls.crl) not readable"
+    elif kind == "foreign":
+        init_ca(tmp_path / "other", name="other-space")
+        crl.write_bytes(write_crl(tmp_path / "other").read_bytes())
+        want = "crl.pem: this revocation list is not signed by the data space CA"
+    else:
+        crl.write_text("not a revocation list\n")
+        want = "crl.pem: not an X.509 revocation list"
+    assert main(["node", str(node_cfg), "--check"]) == 2
+    assert want in capsys.readouterr().err
+    assert main(["aggregator", str(agg_cfg), "--check"]) == 2
+    assert want in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=re.escape(want)):  # what a start says
+        Node(load_node_config(node_cfg))
+
+
+def test_node_check_says_whether_the_admin_port_is_free(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--check`` said nothing of ``[admin] listen``; a start then refused a port in use."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = _node_config(tmp_path, pki, partitions["n1"])
+        cfg.write_text(cfg.read_text() + f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+        assert main(["node", str(cfg), "--check"]) == 0
+        assert f"admin 127.0.0.1:{port}: in use now" in capsys.readouterr().out
+    assert main(["node", str(cfg), "--check"]) == 0
+    assert f"admin 127.0.0.1:{port}: free" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_second_node_on_the_same_files_leaves_their_log_file_alone(
+    tmp_path: Path, pki: Path, partitions: dict[str, Path]
+) -> None:
+    """A node started twice on one config was refused by the pid file only after it had
+    opened the first one's ``[logging] file`` and written a line to it."""
+    cfg = _node_config(tmp_path, pki, partitions["n1"])
+    cfg.write_text(cfg.read_text() + '\n[logging]\nfile = "logs/n1.log"\n')
+    cmd = [sys.executable, "-m", "trustspace.cli.main", "node", str(cfg)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        assert "serving" in first.stdout.readline()
+        log = tmp_path / "logs" / "n1.log"
+        before = log.read_bytes()
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another node (pid" in second.stderr
+        assert log.read_bytes() == before
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert first.returncode == 0

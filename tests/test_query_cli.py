@@ -159,3 +159,34 @@ def test_federated_anonymize_builder_needs_a_declared_domain(
     assert "datasets.default.domains.sex" in err
     assert main([*_base(fed), "anonymize", "default"]) == 2
     assert "at least one --qi" in capsys.readouterr().err
+
+
+def test_a_warning_is_one_line_naming_the_command(
+    fed: Federation, parts: dict[str, pd.DataFrame]
+) -> None:
+    """A suppressed figure's warning printed Python's ``.../cli/main.py:64: UserWarning:
+    ...`` and the source line ``code: int = args._run(args)``; it is one line, like errors.
+    A real process: under pytest warnings are recorded, not printed."""
+    import os
+    import subprocess
+    import sys
+
+    union = pd.concat(parts.values())
+    sizes = union.age.value_counts()
+    age = int(sizes[(sizes > 0) & (sizes < 3)].index[0])  # fewer than min_group_size (3)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("PYTHONWARNINGS", None)
+    query = ["count", "default", "--where", f"age = {age}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "trustspace.cli.main", *_base(fed), *query],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "NaN\n"
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("trustspace query: warning: count: some figures were suppressed")
+    assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr
+    assert "args._run" not in proc.stderr

@@ -285,17 +285,19 @@ class NodeView(HostView):
 
     # -- policy ------------------------------------------------------------------------
     def _policy_since(self) -> float:
-        """When the policy in effect was loaded: the node's start, or when the console first
-        saw it changed (a live reload replaces the policy object)."""
+        """When the policy in effect was loaded: the node's start, or the time of the live
+        reload that swapped it in (``NodeService.reloaded_at``; a policy replaced otherwise is
+        dated when the console first saw it)."""
         current = id(self.service.policy.config)
         with self._lock:
             if self._policy_seen[0] != current:
-                self._policy_seen = (current, time.time())
+                at = self.service.reloaded_at
+                self._policy_seen = (current, at if at is not None else time.time())
             return self._policy_seen[1]
 
     def _policy_loaded(self) -> str:
         seen = self._policy_since()
-        how = "at start" if seen == self.started else "reloaded (first seen by the console)"
+        how = "at start" if seen == self.started else "reloaded"
         return f"{_iso(seen)} {how}"
 
     def policy(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from trustspace.aggregator.config import AggregatorConfig, NodeAddress
 from trustspace.errors import ConfigError, NodeError, TrustspaceError
 from trustspace.transport.ca import Credentials
 from trustspace.transport.clients import DESCRIBE_TIMEOUT_S, NodeClient
+from trustspace.transport.revocation import Revocations
 from trustspace.transport.signing import SignedQuery, new_query
 from trustspace.transport.tls import preflight
 from trustspace.transport.types import NodeDescription
@@ -187,8 +188,11 @@ def check_aggregator(
     lines = [
         f"certificate {config.tls.cert}: {creds.name!r} (role {creds.role}), valid until "
         f"{creds.identity.not_after:%Y-%m-%d}",
-        f"listen {config.listen}: {_port_state(config.listen)}",
     ]
+    crl = Revocations.load(config.tls, creds.ca_pem).check_line()  # a start refuses it too
+    if crl:
+        lines.append(crl)
+    lines.append(f"listen {config.listen}: {_port_state(config.listen)}")
     if config.witness_log is not None:
         w = config.witness_log
         here: Path = w.parent
@@ -231,8 +235,16 @@ def check_aggregator(
     bad = [c for c in checks if not c.ok]
     n_ok = len(checks) - len(bad)
     problems = len(bad) + len(schema_problems)
+    seen = any(c.ok and c.description is not None and c.description.datasets for c in checks)
+    agree = (
+        "every schema agrees"
+        if seen
+        else "no schema compared (no node showed a dataset; give --analyst DIR to compare them)"
+        if analyst is None
+        else f"no schema compared (no node showed {analyst.name} a dataset)"
+    )
     lines.append(
         f"summary: {n_ok} of {len(checks)} node(s) OK"
-        + (f"; {problems} problem(s)" if problems else "; every schema agrees")
+        + (f"; {problems} problem(s)" if problems else f"; {agree}")
     )
     return lines, problems == 0

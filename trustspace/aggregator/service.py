@@ -214,9 +214,13 @@ class AggregatorService:
         for node_name, desc in answers.items():
             found = {d.name: d for d in desc.datasets}
             if dataset not in found:
+                # a node describes only the datasets its policy lets this analyst use, so
+                # "not served" and "not allowed" look the same from here: say both
                 raise ConfigError(
-                    f"node {node_name} serves no dataset {dataset!r} (it serves "
-                    f"{', '.join(sorted(found)) or 'nothing'})"
+                    f"node {node_name} serves no dataset {dataset!r} to analyst "
+                    f"{body.analyst!r} (it shows them: {', '.join(sorted(found)) or 'none'}): "
+                    f"either it does not serve that dataset, or no rule of its policy lets "
+                    f"{body.analyst!r} use it; check the name, or ask that node's operator"
                 )
             try:
                 s = TableSchema.from_dict(found[dataset].schema)

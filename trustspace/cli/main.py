@@ -13,7 +13,8 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 from trustspace import __version__
 from trustspace.cli import aggregator, anonymize, audit, ca, demo, health, node, query, usage
@@ -38,6 +39,23 @@ def _pipe_closed() -> int:
     return EXIT_PIPE_CLOSED
 
 
+def _warning_line(command: str) -> Callable[..., str]:
+    """How a warning is printed on stderr: one line naming the command, as errors are
+    (``trustspace query: warning: count: some figures were suppressed ...``), not Python's
+    ``FILE:LINE: UserWarning: ...`` with the line of source that raised it."""
+
+    def formatwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        return f"trustspace {command}: warning: {message}\n"
+
+    return formatwarning
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trustspace",
@@ -60,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _warning_line(args.command)
     try:
         code: int = args._run(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
@@ -71,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"trustspace {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
     return code
 
 

@@ -69,15 +69,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"node {config.name}: {line}")
         print(f"node {config.name}: config, certificate and {len(config.datasets)} dataset(s) OK")
         return 0
-    setup_logging(  # after --check, which writes nothing, not even the log file
-        args.log_level, config.logging, role="node", name=config.name, where=str(config.source)
-    )
     # `node reload` may signal as soon as the pid file exists: a SIGHUP while the node starts
     # (checking its data can take a while) must not kill it; it reloads once serving
     early: list[int] = []
     previous = signal.signal(signal.SIGHUP, lambda signum, _frame: early.append(signum))
-    pid = PidFile(config.pid_path).acquire()  # refuses a second node on the same files
+    # refuses a second node on the same files, before it writes to (or rotates) their log file
+    pid = PidFile(config.pid_path).acquire()
     try:
+        setup_logging(  # after --check, which writes nothing, not even the log file
+            args.log_level, config.logging, role="node", name=config.name, where=str(config.source)
+        )
         node = Node(config)
         node.start()
 

@@ -18,6 +18,7 @@ from trustspace.errors import ConfigError
 from trustspace.node.audit import verify
 from trustspace.node.config import NodeConfig
 from trustspace.node.server import build_engine, load_credentials
+from trustspace.transport.revocation import Revocations
 
 __all__ = ["RENEW_DAYS", "check_node"]
 
@@ -61,6 +62,9 @@ def check_node(config: NodeConfig) -> list[str]:
         + ("; renew it soon: an expired certificate stops the node" if days < RENEW_DAYS else "")
         + ")"
     ]
+    line = Revocations.load(config.tls, creds.ca_pem).check_line()  # a start refuses it too
+    if line:
+        out.append(line)
     engine = build_engine(config)
     try:
         for d in config.datasets:
@@ -96,4 +100,9 @@ def check_node(config: NodeConfig) -> list[str]:
         )
     else:
         out.append(f"listen {config.listen}: free")
+    if config.admin is not None:
+        state = "free"
+        if _port_in_use(config.admin.listen):
+            state = "in use now (fine if this node is running; a second start would be refused)"
+        out.append(f"admin {config.admin.listen}: {state}")
     return out

@@ -256,6 +256,9 @@ class Node(ServerHost):
         it is not counted as the audit line of the call that noticed the change."""
         source = str(self.config.tls.crl)
         if applied:
+            crl, known = self.service.revocations.crl, self._file_digests.get("tls.crl")
+            if crl is not None and known is not None:  # in force: not a change a reload reports
+                self._file_digests = {**self._file_digests, "tls.crl": (known[0], crl.digest)}
             report = ReloadReport(True, {"tls.crl": [before, after_or_error]}, "crl-file", source)
         else:
             report = ReloadReport(False, {}, "crl-file", source, after_or_error)

@@ -250,6 +250,9 @@ class NodeService:
         #: through this attribute, so reloading or replacing it takes effect everywhere
         self.revocations = Revocations.load(config.tls, credentials.ca_pem)
         self.policy = Policy(config.name, config.policy)
+        #: wall-clock time the configuration in force was swapped in by a live reload
+        #: (``reconfigure``), None while it is the one the node started with
+        self.reloaded_at: float | None = None
         self.audit = (
             audit
             if audit is not None
@@ -340,6 +343,7 @@ class NodeService:
             if engine is not None:
                 replaced, self.engine = self.engine, engine
             self.config = config
+            self.reloaded_at = time.time()  # before the policy: a reader never sees it older
             self.policy = self.policy.successor(config.policy)
             self._datasets = {d.name for d in config.datasets}
             self._anon.reconfigure(config, self.engine, self._datasets, stale, why)

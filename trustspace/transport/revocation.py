@@ -205,6 +205,22 @@ class Revocations:
         """The CRL in force (None without ``tls.crl``)."""
         return self._state.crl
 
+    def check_line(self) -> str:
+        """What ``node --check`` and ``aggregator --check`` say of ``[tls] revoked`` and
+        ``crl`` ("" when neither is set). A missing, foreign or broken CRL raised already, in
+        ``load``, as at a start."""
+        s = self._state
+        if s.empty:
+            return ""
+        line = f"revocation: {self.describe()}"
+        nxt = s.crl.next_update if s.crl is not None else None
+        if nxt is not None and nxt < dt.datetime.now(dt.UTC):
+            line += (
+                " (past its next update: still applied, but re-sign it with `trustspace ca "
+                "crl` and copy it here)"
+            )
+        return line
+
     def describe(self) -> str:
         """One line for logs: what is in force."""
         s = self._state

@@ -214,8 +214,9 @@ def _explain_verify(
                 "--server-name); otherwise fix the address"
             )
         return (
+            # the address may be in a config ([[nodes]]) or on a command line (health)
             f"the server at {target} presented {got}, but {name!r} was expected: the "
-            f"address in the configuration probably points to the wrong server (or the "
+            f"address probably points to the wrong server (or the "
             f"certificate of {name!r} does not carry that name); fix the address. Do not "
             "re-issue a certificate to make the names match: the check is what tells you "
             "that you reached the right server"
