@@ -183,8 +183,10 @@ def run(args: argparse.Namespace) -> int:
             "(their [tls] crl); they apply it within seconds, no restart"
         )
         return 0
+    existed = (Path(args.dir) / "crl.pem").exists()
     path = write_crl(args.dir, days=args.days)
-    print(f"re-signed {path}, valid {args.days} days; copy it to every node and the aggregator")
+    verb = "re-signed" if existed else "signed the first revocation list"
+    print(f"{verb} {path}, valid {args.days} days; copy it to every node and the aggregator")
     return 0
 
 
