@@ -245,19 +245,24 @@ def test_a_forged_round_asking_for_other_cells_is_refused(fed: Federation) -> No
     query = Query("crosstab", "default", ("sex", "race"), "age >= 70")
     honest = start(query, TableSchema.from_dict(_schema(fed)), K).next_round()
     assert honest is not None
+    (sexes, races) = honest.terms[0].levels
     forged = (
+        # one small cell alone
         Round("default", "age >= 70", (Term.cells("sex", "race", ["Female"], ["Other"]),)),
-        Round(
-            "default",
-            "age >= 70",
-            (Term.cells("sex", "workclass", honest.terms[0].levels[0], ["Private"]),),
-        ),
-        Round("default", "age >= 70 and age < 71", honest.terms),
+        # another column than signed
+        Round("default", "age >= 70", (Term.cells("sex", "workclass", sexes, ["Private"]),)),
+        # the signed cells in another order (the answer would be read as other cells)
+        Round("default", "age >= 70", (Term.cells("sex", "race", sexes[::-1], races),)),
     )
     for rnd in forged:
         signed = fed._sign_query(query, "paillier", pk.fingerprint)
-        with pytest.raises(ProtocolError, match="not"):
+        with pytest.raises(ProtocolError, match="is not the one this node derives"):
             fed._client.run_round(types.RoundRequest(signed, int(pk.n), rnd, K))
+    # a finer filter than signed: the aggregator refuses it already
+    finer = Round("default", "age >= 70 and age < 71", honest.terms)
+    signed = fed._sign_query(query, "paillier", pk.fingerprint)
+    with pytest.raises(ProtocolError, match="does not belong to the query"):
+        fed._client.run_round(types.RoundRequest(signed, int(pk.n), finer, K))
     signed = fed._sign_query(query, "paillier", pk.fingerprint)
     rr = fed._client.run_round(types.RoundRequest(signed, int(pk.n), honest, K))
     assert len(rr.count_totals) == honest.size

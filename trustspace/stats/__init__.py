@@ -17,7 +17,10 @@ Map:
   refinement round, default 1024), ``cov`` (``ddof``) and ``corr`` (pairwise-complete rows,
   as pandas), ``describe`` (``percentiles``, ``precision``, ``grid_bins``), ``group_by``
   (``by``, ``agg={column: [size|count|sum|mean|var|std]}``, ``values``: the public group
-  values, else the schema's declared domain).
+  values, else the schema's declared domain), ``crosstab`` (two columns; ``values``:
+  ``{column: [levels]}``, else the declared domains; ``margins``; one round of a ``cells``
+  term), ``ttest`` (one column, ``by``, ``values``: two levels; group_by's count/mean/var;
+  ``_tests`` computes chi-square and t from the released figures with scipy).
 - ``start(query, schema, min_group_size) -> Computation``: the state machine.
   ``next_round() -> Round | None`` (the same round until fed), ``feed(total,
   suppressed=())`` (the decoded element-wise sum over the nodes; ``suppressed``: indices

@@ -269,8 +269,9 @@ class Query:
             ``DataFrame.cov`` ignores ddof when the frame holds NaN, we never do), ``bins`` and
             ``range`` (histogram), ``q``, ``precision`` and ``grid_bins`` (quantile),
             ``percentiles``, ``precision`` and ``grid_bins`` (describe), ``by``, ``agg`` and
-            ``values`` (group_by). ``grid_bins`` (a power of two, 16..4096, default 1024) trades
-            vector length against rounds.
+            ``values`` (group_by), ``values`` ({column: [levels]}) and ``margins`` (crosstab),
+            ``by`` and ``values`` (two levels; ttest). ``grid_bins`` (a power of two, 16..4096,
+            default 1024) trades vector length against rounds.
 
     >>> q = Query("mean", "adult", "age", where="sex = 'Male'")
     >>> q.columns
