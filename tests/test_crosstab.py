@@ -21,7 +21,7 @@ import scipy.stats as st
 from trustspace.api import Federation
 from trustspace.cli.main import main
 from trustspace.engine import DatasetSpec, Engine
-from trustspace.errors import ConfigError, DisclosureError, ProtocolError
+from trustspace.errors import ConfigError, DisclosureError, PolicyError, ProtocolError
 from trustspace.stats import Query, Round, TableSchema, Term, replay, start
 from trustspace.transport import serde, types
 
@@ -386,3 +386,25 @@ def test_cli_crosstab_chi2_and_ttest(
     assert main([*_cli(fed), "ttest", "default", "age", "--by", "sex", "--equal-var"]) == 0
     out = capsys.readouterr().out
     assert "df         30160" in out
+
+
+def test_node_policies_allow_crosstab_and_ttest_by_name(
+    partitions: dict[str, Path], union: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A rule naming only ``crosstab`` on sex and age: the table is served, a t-test (or a
+    group_by giving the same counts) is not, nor a table over another column."""
+    rule = {"analysts": ["*"], "operations": ["crosstab"], "columns": ["sex", "age"]}
+    policy = {"min_group_size": 1, "rules": [rule]}
+    parts = {k: str(v) for k, v in partitions.items()}
+    with Federation.local(parts, policy, domains={"sex": ["F", "M"]}, workdir=tmp_path) as f:
+        both = pd.crosstab(union.age, union.sex).min(axis=1)
+        ages = [int(a) for a in both[both > 0].index[:3]]  # no empty (suppressed) cell
+        got = f.crosstab("default", "age", "sex", values={"age": ages})
+        sub = union[union.age.isin(ages)]
+        pd.testing.assert_frame_equal(got, pd.crosstab(sub.age, sub.sex))
+        with pytest.raises(PolicyError, match="may not run 'ttest'"):
+            f.ttest("default", "age", "sex")
+        with pytest.raises(PolicyError, match="may not run 'group_by'"):
+            f.group_by("default", "sex", {"age": "count"})
+        with pytest.raises(PolicyError, match="may not read column"):
+            f.crosstab("default", "sex", "age", "income > 0", values={"age": [30]})

@@ -75,7 +75,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--agg", action="append", default=[], metavar="COL=F1,F2", help="group_by aggregations"
     )
-    p.add_argument("--values", nargs="+", default=None, help="group_by: the public group values")
+    p.add_argument(
+        "--values", nargs="+", default=None, help="group_by, ttest: the public group values"
+    )
     t = p.add_argument_group("crosstab ROWS COLS, chi2 ROWS COLS, ttest COLUMN --by GROUP")
     t.add_argument("--margins", action="store_true", help="crosstab: add the 'All' margins")
     t.add_argument(
