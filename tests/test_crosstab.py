@@ -304,6 +304,12 @@ def test_bad_input_is_refused_with_what_to_do(fed: Federation) -> None:
         fed.crosstab("default", "sex", "education")
     with pytest.raises(ConfigError, match="3 cannot be a level of 'sex', which is str"):
         fed.crosstab("default", "sex", "race", values={"sex": ["Male", 3]})
+    with pytest.raises(
+        ConfigError, match=r"'Whte' is not a level of 'race' \(did you mean 'White'"
+    ):
+        fed.crosstab("default", "sex", "race", values={"race": ["Black", "Whte"]})
+    with pytest.raises(ConfigError, match="'Men' is not a level of 'sex'"):
+        fed.ttest("default", "age", "sex", ("Men", "Female"))
     with pytest.raises(ConfigError, match="'occupation' is not one of the table's columns"):
         fed.crosstab("default", "sex", "race", values={"occupation": ["x"]})
     with pytest.raises(ConfigError, match=r"12000 cells, more than the limit of 10000"):

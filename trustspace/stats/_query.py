@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
@@ -252,6 +253,18 @@ def levels_of(
         if not isinstance(v, kinds[typ]) or (typ is ColumnType.INT and isinstance(v, bool)):
             raise ConfigError(
                 f"{where}[{i}]: {v!r} cannot be a level of {column!r}, which is {typ.value}"
+            )
+    domain = schema.domains.get(column)
+    if given is not None and domain is not None:
+        known = {(type(d), d) for d in domain}
+        unknown = [v for v in values if (type(v), v) not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), [str(d) for d in domain], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            shown = ", ".join(map(repr, domain[:10])) + (", ..." if len(domain) > 10 else "")
+            raise ConfigError(
+                f"{where}: {unknown[0]!r} is not a level of {column!r}{hint}; its declared "
+                f"domain is {shown}"
             )
     return values
 
