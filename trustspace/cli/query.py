@@ -21,9 +21,9 @@ from trustspace.errors import ConfigError
 
 OPS = (
     "count", "sum", "mean", "var", "std", "skew", "kurt", "histogram", "quantile", "cov",
-    "corr", "describe", "group_by", "crosstab",
+    "corr", "describe", "group_by", "crosstab", "ttest",
 )  # fmt: skip
-#: Hypothesis tests on released figures (``fed.chi2_test``, ``fed.ttest``).
+#: Hypothesis tests on released figures: ``fed.chi2_test`` (over a crosstab) and ``fed.ttest``.
 TESTS = ("chi2", "ttest")
 
 
@@ -42,7 +42,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--server-name", help="name on the aggregator's certificate (default: host)")
     p.add_argument(
         "op",
-        choices=(*OPS, *TESTS, "anonymize", "status", "budget"),
+        choices=(*dict.fromkeys((*OPS, *TESTS)), "anonymize", "status", "budget"),
         help="the statistic, 'anonymize' (federated k-anonymization), 'status', or 'budget' "
         "(this analyst's DP budget on DATASET)",
     )
