@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from trustspace.anon.federated import FederatedRelease
     from trustspace.anon.spec import AnonSpec
     from trustspace.paillier import PrivateKey
-    from trustspace.stats._tests import Chi2Result, TTestResult
+    from trustspace.stats import Chi2Result, TTestResult
 
 log = logging.getLogger("trustspace.api")
 DEFAULT_DATASET = "default"
@@ -868,7 +868,7 @@ class Federation:
             DisclosureError: a cell is suppressed (under ``min_group_size``): coarsen the
                 levels or restrict the rows with ``where=``.
         """
-        from trustspace.stats._tests import chi2_from_table
+        from trustspace.stats import chi2_from_table
 
         params: dict[str, Any] = {"margins": False}
         if values is not None:
@@ -900,7 +900,7 @@ class Federation:
             DisclosureError: a group holds fewer than ``min_group_size`` values.
             ConfigError: ``by`` has other than two levels and no ``values`` are given.
         """
-        from trustspace.stats._tests import ttest_from_groups
+        from trustspace.stats import ttest_from_groups
 
         params: dict[str, Any] = {"by": by}
         if values is not None:

@@ -133,6 +133,7 @@ from trustspace.stats._round import (
     octave_key,
 )
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema, python_value_for
+from trustspace.stats._tests import Chi2Result, TTestResult, chi2_from_table, ttest_from_groups
 
 __all__ = [
     "DP_BITS",
@@ -150,6 +151,7 @@ __all__ = [
     "PAILLIER_WORD_VALUE_BITS",
     "WORD_BITS",
     "And",
+    "Chi2Result",
     "ColumnType",
     "Compare",
     "Computation",
@@ -164,11 +166,13 @@ __all__ = [
     "Query",
     "Result",
     "Round",
+    "TTestResult",
     "TableSchema",
     "Term",
     "Totals",
     "add_noise",
     "check_filter",
+    "chi2_from_table",
     "filter_columns",
     "join_words",
     "noise_plan",
@@ -183,4 +187,5 @@ __all__ = [
     "share_variance",
     "split_words",
     "start",
+    "ttest_from_groups",
 ]
