@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from trustspace.anon.federated import FederatedRelease
     from trustspace.anon.spec import AnonSpec
     from trustspace.paillier import PrivateKey
+    from trustspace.stats import Chi2Result, TTestResult
 
 log = logging.getLogger("trustspace.api")
 DEFAULT_DATASET = "default"
@@ -809,6 +810,112 @@ class Federation:
             self._value(
                 Query("group_by", dataset, tuple(aggs), where, params), method, epsilon, delta
             ),
+        )
+
+    # ------------------------------------------------------------------ tables and tests
+    def crosstab(
+        self,
+        dataset: str,
+        rows: str,
+        cols: str,
+        where: str | None = None,
+        *,
+        margins: bool = False,
+        values: Mapping[str, Sequence[Any]] | None = None,
+        method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
+    ) -> pd.DataFrame:
+        """The two-way table of counts, like ``pd.crosstab(df[rows], df[cols], margins=...)``
+        on the union of the data, in one round (operation ``crosstab``).
+
+        The levels must be public: ``values={column: [levels]}`` or the dataset's declared
+        domains (a bool column needs neither); rows with another level are not counted, so the
+        margins (``"All"``) add up the listed levels. A cell under ``min_group_size`` is NaN
+        (``fed.last_result.suppressed``), and so is every margin that adds up a suppressed
+        cell (docs/security.md). Integers when exact and nothing is suppressed; with
+        ``epsilon=`` noisy cells (floats) and margins summed from them.
+        """
+        params: dict[str, Any] = {"margins": bool(margins)}
+        if values is not None:
+            params["values"] = {c: list(v) for c, v in values.items()}
+        table = cast(
+            "pd.DataFrame",
+            self._value(
+                Query("crosstab", dataset, (rows, cols), where, params), method, epsilon, delta
+            ),
+        )
+        if epsilon is None and not table.isna().to_numpy().any():
+            table = table.astype("int64")
+        return table
+
+    def chi2_test(
+        self,
+        dataset: str,
+        rows: str,
+        cols: str,
+        where: str | None = None,
+        correction: bool = True,
+        *,
+        values: Mapping[str, Sequence[Any]] | None = None,
+        method: str = "secagg",
+    ) -> Chi2Result:
+        """Pearson's chi-square test of independence of ``rows`` and ``cols``, as
+        ``scipy.stats.chi2_contingency(pd.crosstab(...), correction=correction)`` on the union
+        (``statistic``, ``pvalue``, ``dof``, ``expected_freq``, ``observed``).
+
+        Raises:
+            DisclosureError: a cell is suppressed (under ``min_group_size``): coarsen the
+                levels or restrict the rows with ``where=``.
+        """
+        from trustspace.stats import chi2_from_table
+
+        params: dict[str, Any] = {"margins": False}
+        if values is not None:
+            params["values"] = {c: list(v) for c, v in values.items()}
+        query = Query("crosstab", dataset, (rows, cols), where, params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a suppressed cell is an error here, not a warning
+            result = self.run(query, method)
+        return chi2_from_table(result, int(self.last_info.get("min_group_size") or 0), correction)
+
+    def ttest(
+        self,
+        dataset: str,
+        column: str,
+        by: str,
+        values: Sequence[Any] | None = None,
+        *,
+        equal_var: bool = False,
+        where: str | None = None,
+        method: str = "secagg",
+    ) -> TTestResult:
+        """Two-sample t-test of ``column`` between the groups ``values = (a, b)`` of ``by``
+        (default: the two levels of its declared domain, sorted, as ``groupby`` orders them), as
+        ``scipy.stats.ttest_ind(a, b, equal_var=equal_var)`` on the union: Welch's test by
+        default, Student's pooled test with ``equal_var=True``. Computed from the groups'
+        secure counts, sums and centred sums of squares (operation ``ttest``).
+
+        Raises:
+            DisclosureError: a group holds fewer than ``min_group_size`` values.
+            ConfigError: ``by`` has other than two levels and no ``values`` are given.
+        """
+        from trustspace.stats import ttest_from_groups
+
+        params: dict[str, Any] = {"by": by}
+        if values is not None:
+            params["values"] = list(values)
+        query = Query("ttest", dataset, column, where, params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a suppressed group is an error here
+            result = self.run(query, method)
+        levels = list(values) if values is not None else list(result.value.index)
+        return ttest_from_groups(
+            result,
+            column,
+            levels,
+            int(self.last_info.get("min_group_size") or 0),
+            equal_var,
         )
 
     def anonymize(

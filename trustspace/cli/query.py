@@ -21,8 +21,10 @@ from trustspace.errors import ConfigError
 
 OPS = (
     "count", "sum", "mean", "var", "std", "skew", "kurt", "histogram", "quantile", "cov",
-    "corr", "describe", "group_by",
+    "corr", "describe", "group_by", "crosstab", "ttest",
 )  # fmt: skip
+#: Hypothesis tests on released figures: ``fed.chi2_test`` (over a crosstab) and ``fed.ttest``.
+TESTS = ("chi2", "ttest")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -40,7 +42,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--server-name", help="name on the aggregator's certificate (default: host)")
     p.add_argument(
         "op",
-        choices=(*OPS, "anonymize", "status", "budget"),
+        choices=(*dict.fromkeys((*OPS, *TESTS)), "anonymize", "status", "budget"),
         help="the statistic, 'anonymize' (federated k-anonymization), 'status', or 'budget' "
         "(this analyst's DP budget on DATASET)",
     )
@@ -73,7 +75,24 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--agg", action="append", default=[], metavar="COL=F1,F2", help="group_by aggregations"
     )
-    p.add_argument("--values", nargs="+", default=None, help="group_by: the public group values")
+    p.add_argument(
+        "--values", nargs="+", default=None, help="group_by, ttest: the public group values"
+    )
+    t = p.add_argument_group("crosstab ROWS COLS, chi2 ROWS COLS, ttest COLUMN --by GROUP")
+    t.add_argument("--margins", action="store_true", help="crosstab: add the 'All' margins")
+    t.add_argument(
+        "--levels",
+        action="append",
+        default=[],
+        metavar="COL=V1,V2",
+        help="crosstab/chi2: the public levels of a column (default: its declared domain)",
+    )
+    t.add_argument(
+        "--no-correction", action="store_true", help="chi2: without Yates' continuity correction"
+    )
+    t.add_argument(
+        "--equal-var", action="store_true", help="ttest: Student's pooled test (default Welch's)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--epsilon",
@@ -160,6 +179,10 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         params["q"] = args.q or [0.5]
     if args.op == "describe" and args.percentiles:
         params["percentiles"] = args.percentiles
+    if args.op == "crosstab":
+        params["margins"] = bool(args.margins)
+        if args.levels:
+            params["values"] = _levels(args.levels)
     if args.op == "group_by":
         if not args.by or not args.agg:
             raise ConfigError("group_by needs --by COLUMN and at least one --agg COL=F1,F2")
@@ -174,6 +197,71 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
             params["values"] = [_literal(v) for v in args.values]
         args.columns = list(aggs)
     return params
+
+
+def _levels(specs: list[str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for spec in specs:
+        col, sep, vals = spec.partition("=")
+        if not sep or not col or not vals:
+            raise ConfigError(f"--levels {spec!r}: expected COLUMN=V1,V2 (e.g. sex=Female,Male)")
+        out[col] = [_literal(v) for v in vals.split(",")]
+    return out
+
+
+def _two(args: argparse.Namespace, what: str) -> tuple[str, str]:
+    if len(args.columns) != 2:
+        raise ConfigError(f"{what} needs two columns: {what} DATASET ROWS COLS")
+    return args.columns[0], args.columns[1]
+
+
+def _hypothesis_test(fed: Any, args: argparse.Namespace) -> int:
+    """``chi2`` and ``ttest``: the statistic, p-value, degrees of freedom and the figures."""
+    from trustspace.cli._format import format_result, number
+
+    if args.op == "chi2":
+        rows, cols = _two(args, "chi2")
+        values = _levels(args.levels) if args.levels else None
+        chi = fed.chi2_test(
+            args.dataset,
+            rows,
+            cols,
+            args.where,
+            correction=not args.no_correction,
+            values=values,
+            method=args.method,
+        )
+        out: dict[str, Any] = {"statistic": chi.statistic, "pvalue": chi.pvalue, "dof": chi.dof}
+        table = chi.expected_freq
+    else:
+        if len(args.columns) != 1 or not args.by:
+            raise ConfigError("ttest needs one column and its groups: ttest DATASET COLUMN --by G")
+        tt = fed.ttest(
+            args.dataset,
+            args.columns[0],
+            args.by,
+            [_literal(v) for v in args.values] if args.values else None,
+            equal_var=args.equal_var,
+            where=args.where,
+            method=args.method,
+        )
+        out = {"statistic": tt.statistic, "pvalue": tt.pvalue, "df": tt.df}
+        table = pd_frame({"count": tt.count, "mean": tt.mean, "var": tt.var})
+    if args.json:
+        out["table"] = json.loads(table.to_json(orient="split"))
+        json.dump(out, sys.stdout, indent=2)
+        print()
+        return 0
+    for key, value in out.items():
+        print(f"{key:10} {number(value)}")
+    print(format_result(table))
+    return 0
+
+
+def pd_frame(columns: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(columns)
 
 
 def _literal(text: str) -> Any:
@@ -214,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.op == "anonymize":
             return _anonymize(fed, args)
+        if args.op in TESTS:
+            return _hypothesis_test(fed, args)
         params = _params(args)
         try:
             query = Query(args.op, args.dataset, tuple(args.columns), args.where, params)

@@ -272,6 +272,13 @@ class Engine:
         for t in rnd.terms:
             for c in t.columns:
                 typ = schema.column_type(c, f"round {rnd.index}")
+                if t.kind == "cells":
+                    if typ in (ColumnType.FLOAT, ColumnType.DATE):
+                        raise ConfigError(
+                            f"round {rnd.index}: column {c!r} is {typ.value}; a table's "
+                            "columns are str, int or bool"
+                        )
+                    continue
                 if not typ.is_numeric and not (t.kind == "moment" and not any(t.powers)):
                     raise ConfigError(
                         f"round {rnd.index}: column {c!r} is {typ.value}, not numeric"
@@ -419,9 +426,12 @@ class _Plan:
         if t.kind == "moment":
             self._moment(t, off)
             return
+        tid = len(self.keyed)
+        if t.kind == "cells":
+            self._cells(t, off, tid)
+            return
         col = t.columns[0]
         x = _num(col, self.schema, t.clamp)
-        tid = len(self.keyed)
         if t.kind == "octaves":
             # key = sign(x) * (floor(log2|x|) + 2000): no CASE (several times slower in
             # DuckDB); |floor(log2|x|)| <= 1075 keeps the sign recoverable. Clamping to the
@@ -481,6 +491,32 @@ class _Plan:
             out[off + nb + 1] = row[above] or 0
 
         self.fillers.append(fill_outer)
+
+    def _cells(self, t: Term, off: int, tid: int) -> None:
+        """A two-way table: key = row level index * columns + column level index, the levels
+        bound as ``?`` parameters; rows with an unlisted or null value are not counted."""
+        (a, b), (la, lb) = t.columns, t.levels
+        ncols, size = len(lb), t.size
+        key_sql, key_params, cond_sql, cond_params = [], [], [], []
+        for col, levels in ((a, la), (b, lb)):
+            q = quote_ident(col)
+            whens = " ".join(f"WHEN {q} = ? THEN {i}" for i in range(len(levels)))
+            key_sql.append(f"(CASE {whens} END)")
+            key_params += list(levels)
+            cond_sql.append(f"{q} IN ({', '.join('?' for _ in levels)})")
+            cond_params += list(levels)
+        key = f"{key_sql[0]} * {ncols} + {key_sql[1]}"
+        self.keyed.append((tid, key, key_params, " AND ".join(cond_sql), cond_params))
+
+        def fill_cells(
+            k: npt.NDArray[np.float64], n: npt.NDArray[np.float64], out: npt.NDArray[np.float64]
+        ) -> None:
+            idx = k.astype(np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= size):  # pragma: no cover - SQL keys
+                raise DataError("a table cell's key is out of range")
+            np.add.at(out, off + idx, n)
+
+        self._keyed_fill[tid] = fill_cells
 
     def _moment(self, t: Term, off: int) -> None:
         if not t.columns:

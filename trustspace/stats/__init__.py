@@ -17,7 +17,10 @@ Map:
   refinement round, default 1024), ``cov`` (``ddof``) and ``corr`` (pairwise-complete rows,
   as pandas), ``describe`` (``percentiles``, ``precision``, ``grid_bins``), ``group_by``
   (``by``, ``agg={column: [size|count|sum|mean|var|std]}``, ``values``: the public group
-  values, else the schema's declared domain).
+  values, else the schema's declared domain), ``crosstab`` (two columns; ``values``:
+  ``{column: [levels]}``, else the declared domains; ``margins``; one round of a ``cells``
+  term), ``ttest`` (one column, ``by``, ``values``: two levels; group_by's count/mean/var;
+  ``_tests`` computes chi-square and t from the released figures with scipy).
 - ``start(query, schema, min_group_size) -> Computation``: the state machine.
   ``next_round() -> Round | None`` (the same round until fed), ``feed(total,
   suppressed=())`` (the decoded element-wise sum over the nodes; ``suppressed``: indices
@@ -130,6 +133,7 @@ from trustspace.stats._round import (
     octave_key,
 )
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema, python_value_for
+from trustspace.stats._tests import Chi2Result, TTestResult, chi2_from_table, ttest_from_groups
 
 __all__ = [
     "DP_BITS",
@@ -147,6 +151,7 @@ __all__ = [
     "PAILLIER_WORD_VALUE_BITS",
     "WORD_BITS",
     "And",
+    "Chi2Result",
     "ColumnType",
     "Compare",
     "Computation",
@@ -161,11 +166,13 @@ __all__ = [
     "Query",
     "Result",
     "Round",
+    "TTestResult",
     "TableSchema",
     "Term",
     "Totals",
     "add_noise",
     "check_filter",
+    "chi2_from_table",
     "filter_columns",
     "join_words",
     "noise_plan",
@@ -180,4 +187,5 @@ __all__ = [
     "share_variance",
     "split_words",
     "start",
+    "ttest_from_groups",
 ]

@@ -76,7 +76,18 @@ __all__ = [
 DP_BITS = 8
 _UNIT = 2**DP_BITS
 #: The DP statistics (the others need data-dependent rounds or unbounded products).
-DP_OPS = ("count", "sum", "mean", "var", "std", "histogram", "quantile", "describe", "group_by")
+DP_OPS = (
+    "count",
+    "sum",
+    "mean",
+    "var",
+    "std",
+    "histogram",
+    "quantile",
+    "describe",
+    "group_by",
+    "crosstab",
+)
 #: Equal-width bins over the bounds from which quantiles (and describe's) are read.
 DP_QUANTILE_BINS = 64
 #: Largest epsilon a query may ask for (beyond it a "DP" answer is nearly exact).
@@ -257,7 +268,8 @@ class _Figure:
 
     fn: Callable[[Vec], float]
     entries: tuple[int, ...]
-    kind: str = "smooth"  # "smooth": delta method; "quantile": from the CDF (see _quantile)
+    #: "smooth": delta method; "sum": a sum of entries; "quantile": from the CDF (_quantile)
+    kind: str = "smooth"
     extra: Any = None
 
 
@@ -405,6 +417,8 @@ class DPComputation:
             ]
             wants = [row(c) for row in rows for c in cols]
             layout = _frame(labels, list(cols))
+        elif op == "crosstab":
+            wants, layout = _crosstab_plan(q, s)
         else:  # group_by
             by: str = q.params["by"]
             if "values" in q.params:
@@ -515,6 +529,46 @@ def _extreme_want(term: Term, *, low: bool) -> _Want:
     return _Want((term,), lambda rnd, g, sd: _extreme_figure(rnd, term, low=low, sd=sd))
 
 
+def _crosstab_plan(q: Query, s: TableSchema) -> tuple[list[_Want], Callable[[Any], Any]]:
+    """A noisy two-way table: one cells term (a record adds 1 to one cell: sensitivity one
+    count); the margins are sums of the noisy cells (post-processing), with their own error."""
+    from trustspace.stats._machine import _sorted_levels
+    from trustspace.stats._query import levels_of
+
+    a, b = tuple(q.columns)
+    values = q.params.get("values", {})
+    la = _sorted_levels(levels_of(s, a, values.get(a), "values", "crosstab"))
+    lb = _sorted_levels(levels_of(s, b, values.get(b), "values", "crosstab"))
+    term = replace(Term.cells(a, b, la, lb), frac_bits=DP_BITS)
+    nb = len(lb)
+    cell = [[i * nb + j for j in range(nb)] for i in range(len(la))]
+    margins = bool(q.params.get("margins", False))
+    groups: list[list[list[int]]] = [[[e] for e in row] for row in cell]
+    if margins:
+        for i, row in enumerate(cell):
+            groups[i].append(list(row))
+        groups.append(
+            [[row[j] for row in cell] for j in range(nb)] + [[e for r in cell for e in r]]
+        )
+        la, lb = (*la, "All"), (*lb, "All")
+    flat = [entries for row in groups for entries in row]
+    wants = [_sum_of_want(term, entries) for entries in flat]
+    index, columns = pd.Index(list(la), name=a), pd.Index(list(lb), name=b)
+    return wants, _frame(index, columns)
+
+
+def _sum_of_want(term: Term, offsets: list[int]) -> _Want:
+    """The sum of some entries of ``term`` (a cell, or a margin of cells)."""
+
+    def make(rnd: Round, g: int, _: float) -> _Figure:
+        start = _at(rnd, term, g)
+        entries = tuple(start + o for o in offsets)
+        idx = np.asarray(entries, dtype=np.int64)
+        return _Figure(lambda x: float(np.sum(x[idx])), entries, "sum")
+
+    return _Want((term,), make)
+
+
 def _per_column(cols: tuple[str, ...]) -> Callable[[Any], Any]:
     """A scalar for one column (or ``count(*)``), else a Series by column."""
     if len(cols) <= 1:
@@ -613,6 +667,8 @@ def _figure_std(f: _Figure, x: Vec, var: Vec, value: float) -> float:
     """The standard deviation of a figure's error due to the noise (an accuracy statement)."""
     if not math.isfinite(value):
         return math.nan
+    if f.kind == "sum":  # a sum of entries with independent noise
+        return math.sqrt(float(np.sum(var[np.asarray(f.entries, dtype=np.int64)])))
     if f.kind == "smooth":
         grad2 = 0.0
         for i in f.entries:

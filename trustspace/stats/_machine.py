@@ -43,7 +43,7 @@ import pandas as pd
 from trustspace.errors import ConfigError, EncodingOverflow, ProtocolError
 from trustspace.stats._dp import DPComputation, DPSpec
 from trustspace.stats._quantile import GRID_BINS, UNKNOWN_SMALL, Quantiles, ValueRange
-from trustspace.stats._query import Query
+from trustspace.stats._query import TTEST_AGGS, Query, levels_of
 from trustspace.stats._round import (
     OCTAVE_HALF,
     OCTAVE_MAX_EXP,
@@ -179,6 +179,14 @@ def _percent_label(p: float) -> str:
         return str(fmt.format_percentiles([p])[0])  # type: ignore[attr-defined]
     except (ImportError, AttributeError):  # pragma: no cover - pandas internals moved
         return f"{100 * p:g}%"
+
+
+def _sorted_levels(levels: Sequence[GroupValue]) -> tuple[GroupValue, ...]:
+    """Levels in pandas' order (sorted), or as declared when they do not sort (mixed types)."""
+    try:
+        return tuple(sorted(levels, key=lambda v: (v,)))
+    except TypeError:
+        return tuple(levels)
 
 
 _MOMENT_NEED = {"count": 0, "sum": 1, "mean": 1, "var": 2, "std": 2, "skew": 3, "kurt": 4}
@@ -353,9 +361,47 @@ class Computation:
         op = self.query.op
         if op == "histogram":
             return (yield from self._histogram())
-        if op == "group_by":
+        if op in ("group_by", "ttest"):
             return (yield from self._group_by())
+        if op == "crosstab":
+            return (yield from self._crosstab())
         return (yield from self._moments())
+
+    def _crosstab(self) -> _Gen:
+        """A two-way table of counts in one round (``Term.cells``), laid out like
+        ``pd.crosstab(df[rows], df[cols], margins=...)``.
+
+        Disclosure control: a cell under k is suppressed (NaN); a margin is released only if
+        every cell it adds up is (a row margin minus the row's other cells would give a
+        suppressed cell back), the grand total only if no cell is suppressed. Every released
+        margin is then a sum of released cells: nothing suppressed can be recovered from the
+        table by differencing (docs/security.md, "Contingency tables").
+        """
+        q = self.query
+        a, b = tuple(q.columns)
+        values = q.params.get("values", {})
+        la = _sorted_levels(levels_of(self.schema, a, values.get(a), "values", "crosstab"))
+        lb = _sorted_levels(levels_of(self.schema, b, values.get(b), "values", "crosstab"))
+        term = Term.cells(a, b, la, lb)
+        totals = yield from self._ask([term])
+        cells = totals[term].reshape(len(la), len(lb)).copy()
+        small = ~(cells >= self.k) | (cells < 0)  # UNKNOWN_SMALL: withheld upstream
+        cells[small] = math.nan
+        table, mask = cells, small
+        if q.params.get("margins", False):
+            rows_ok, cols_ok = ~small.any(axis=1), ~small.any(axis=0)
+            row_sums = np.where(rows_ok, np.nansum(cells, axis=1), math.nan)
+            col_sums = np.where(cols_ok, np.nansum(cells, axis=0), math.nan)
+            grand = float(np.nansum(cells)) if not small.any() else math.nan
+            table = np.block([[cells, row_sums[:, None]], [col_sums[None, :], np.array([[grand]])]])
+            mask = np.isnan(table)
+            la, lb = (*la, "All"), (*lb, "All")
+        index = pd.Index(list(la), name=a)
+        columns = pd.Index(list(lb), name=b)
+        return self._result_of(
+            pd.DataFrame(table, index=index, columns=columns),
+            pd.DataFrame(mask, index=index, columns=columns),
+        )
 
     def _histogram(self) -> _Gen:
         q = self.query
@@ -663,7 +709,10 @@ class Computation:
     def _group_by(self) -> _Gen:
         q, k = self.query, self.k
         by: str = q.params["by"]
-        agg: dict[str, list[str]] = {c: list(v) for c, v in q.params["agg"].items()}
+        if q.op == "ttest":  # a t-test's figures: count, mean and variance of the two groups
+            agg = {q.columns[0]: list(TTEST_AGGS)}
+        else:
+            agg = {c: list(v) for c, v in q.params["agg"].items()}
         if "values" in q.params:
             values = tuple(q.params["values"])
         elif by in self.schema.domains:

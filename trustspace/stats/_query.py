@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
@@ -12,9 +13,10 @@ from typing import Any
 
 from trustspace.errors import ConfigError
 from trustspace.stats._filter import check_filter, parse_filter
-from trustspace.stats._schema import ColumnType, TableSchema, _check_group_value
+from trustspace.stats._round import MAX_CELLS
+from trustspace.stats._schema import ColumnType, GroupValue, TableSchema, _check_group_value
 
-__all__ = ["GROUP_AGGS", "OPS", "Query"]
+__all__ = ["GROUP_AGGS", "OPS", "TTEST_AGGS", "Query", "levels_of"]
 
 #: The statistics a Query may ask for.
 OPS = (
@@ -31,6 +33,8 @@ OPS = (
     "corr",
     "describe",
     "group_by",
+    "crosstab",
+    "ttest",
 )
 #: The aggregations group_by(...).agg({...}) accepts (pandas names).
 GROUP_AGGS = ("size", "count", "sum", "mean", "var", "std")
@@ -54,7 +58,11 @@ _PARAMS: dict[str, set[str]] = {
     "corr": set(),
     "describe": {"percentiles", "precision", "grid_bins", "bounds"},
     "group_by": {"by", "agg", "values", "bounds"},
+    "crosstab": {"values", "margins"},
+    "ttest": {"by", "values"},
 }
+#: The per-group aggregations a t-test is computed from (``group_by``'s machinery).
+TTEST_AGGS = ("count", "mean", "var")
 
 
 def _number(x: object, where: str) -> float:
@@ -170,7 +178,95 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
                 _check_group_value(v, f"query 'params.values[{i}]'")
             if len(set(vals)) != len(vals):
                 raise ConfigError("query 'params.values': values must be distinct")
+    if op == "crosstab":
+        _check_crosstab(p, columns)
+    if op == "ttest":
+        if len(columns) != 1:
+            raise ConfigError("query 'columns': ttest takes exactly one (numeric) column")
+        by = p.get("by")
+        if not isinstance(by, str) or not by:
+            raise ConfigError("query 'params.by': ttest needs the name of the group column")
+        if by == columns[0]:
+            raise ConfigError("query 'params.by': the group column is the tested column")
+        if "values" in p:
+            _check_levels(p["values"], "query 'params.values'", exactly=2)
     return p
+
+
+def _check_levels(vals: object, where: str, exactly: int | None = None) -> list[Any]:
+    """A JSON list of distinct public levels (group values)."""
+    if exactly is not None and (not isinstance(vals, list) or len(vals) != exactly):
+        raise ConfigError(f"{where}: expected a list of exactly {exactly} values, got {vals!r}")
+    if not isinstance(vals, list) or not vals or len(vals) > MAX_GROUPS:
+        raise ConfigError(f"{where}: expected a list of 1..{MAX_GROUPS} values")
+    for i, v in enumerate(vals):
+        _check_group_value(v, f"{where}[{i}]")
+    if len({(type(v), v) for v in vals}) != len(vals):
+        raise ConfigError(f"{where}: values must be distinct")
+    return vals
+
+
+def _check_crosstab(p: dict[str, Any], columns: tuple[str, ...]) -> None:
+    if len(columns) != 2:
+        raise ConfigError(
+            "query 'columns': crosstab takes exactly two columns (the rows' and the columns')"
+        )
+    if "margins" in p and not isinstance(p["margins"], bool):
+        raise ConfigError(f"query 'params.margins': expected true or false, got {p['margins']!r}")
+    values = p.get("values", {})
+    if not isinstance(values, dict):
+        raise ConfigError("query 'params.values': expected {column: [levels]}")
+    for col, vals in values.items():
+        if col not in columns:
+            raise ConfigError(
+                f"query 'params.values.{col}': {col!r} is not one of the table's columns "
+                f"{list(columns)}"
+            )
+        _check_levels(vals, f"query 'params.values.{col}'")
+
+
+def levels_of(
+    schema: TableSchema, column: str, given: Any, where: str, op: str
+) -> tuple[GroupValue, ...]:
+    """The public levels of a categorical ``column``: ``given`` (a query's values), else the
+    schema's declared domain, else (False, True) for a bool column; ConfigError otherwise or
+    when a level is not of the column's type."""
+    typ = schema.column_type(column, where)
+    if typ in (ColumnType.FLOAT, ColumnType.DATE):
+        raise ConfigError(
+            f"{where}: {op} cannot use {column!r} of type {typ.value} as a category; use a "
+            "str, int or bool column"
+        )
+    if given is not None:
+        values = tuple(given)
+    elif column in schema.domains:
+        values = tuple(schema.domains[column])
+    elif typ is ColumnType.BOOL:
+        values = (False, True)
+    else:
+        raise ConfigError(
+            f"{where}: {op} needs the public levels of {column!r}: declare a domain for "
+            f"{column!r} in the dataset spec ([datasets.NAME.domains]) or pass values="
+        )
+    kinds = {ColumnType.STR: (str,), ColumnType.INT: (int,), ColumnType.BOOL: (bool,)}
+    for i, v in enumerate(values):
+        if not isinstance(v, kinds[typ]) or (typ is ColumnType.INT and isinstance(v, bool)):
+            raise ConfigError(
+                f"{where}[{i}]: {v!r} cannot be a level of {column!r}, which is {typ.value}"
+            )
+    domain = schema.domains.get(column)
+    if given is not None and domain is not None:
+        known = {(type(d), d) for d in domain}
+        unknown = [v for v in values if (type(v), v) not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), [str(d) for d in domain], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            shown = ", ".join(map(repr, domain[:10])) + (", ..." if len(domain) > 10 else "")
+            raise ConfigError(
+                f"{where}: {unknown[0]!r} is not a level of {column!r}{hint}; its declared "
+                f"domain is {shown}"
+            )
+    return values
 
 
 @dataclass(frozen=True)
@@ -186,8 +282,9 @@ class Query:
             ``DataFrame.cov`` ignores ddof when the frame holds NaN, we never do), ``bins`` and
             ``range`` (histogram), ``q``, ``precision`` and ``grid_bins`` (quantile),
             ``percentiles``, ``precision`` and ``grid_bins`` (describe), ``by``, ``agg`` and
-            ``values`` (group_by). ``grid_bins`` (a power of two, 16..4096, default 1024) trades
-            vector length against rounds.
+            ``values`` (group_by), ``values`` ({column: [levels]}) and ``margins`` (crosstab),
+            ``by`` and ``values`` (two levels; ttest). ``grid_bins`` (a power of two, 16..4096,
+            default 1024) trades vector length against rounds.
 
     >>> q = Query("mean", "adult", "age", where="sex = 'Male'")
     >>> q.columns
@@ -247,6 +344,33 @@ class Query:
         Raises:
             ConfigError: naming the column and the known columns, or the filter's position.
         """
+        if self.op == "crosstab":
+            values = self.params.get("values", {})
+            cells = 1
+            for c in self.columns:
+                cells *= len(
+                    levels_of(schema, c, values.get(c), f"query 'params.values.{c}'", "crosstab")
+                )
+            if cells > MAX_CELLS:
+                a, b = tuple(self.columns)
+                raise ConfigError(
+                    f"query 'columns': crosstab({a!r}, {b!r}) would have {cells} cells, more "
+                    f"than the limit of {MAX_CELLS}; coarsen the levels or list fewer (values=)"
+                )
+            if self.where is not None:
+                check_filter(parse_filter(self.where), schema, self.where)
+            return
+        if self.op == "ttest":
+            by = self.params["by"]
+            levels = levels_of(
+                schema, by, self.params.get("values"), "query 'params.values'", "ttest"
+            )
+            if len(levels) != 2:
+                raise ConfigError(
+                    f"query 'params.values': ttest compares two groups, but {by!r} has "
+                    f"{len(levels)} levels ({', '.join(map(repr, levels[:5]))}"
+                    f"{', ...' if len(levels) > 5 else ''}); pass values=(a, b)"
+                )
         numeric = self.op not in ("count",)
         for c in self.columns:
             typ = schema.column_type(c, "query 'columns'")

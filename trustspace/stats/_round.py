@@ -77,10 +77,12 @@ def octave_key(x: float) -> int:
     return int(math.copysign(e + OCTAVE_OFFSET, x))
 
 
-TermKind = Literal["moment", "octaves", "grid", "bins"]
-_KINDS = ("moment", "octaves", "grid", "bins")
+TermKind = Literal["moment", "octaves", "grid", "bins", "cells"]
+_KINDS = ("moment", "octaves", "grid", "bins", "cells")
 #: Most entries a round may hold (a guard against absurd queries, e.g. 10^7 histogram bins).
 MAX_ROUND_SIZE = 5_000_000
+#: Most cells a ``cells`` term (a contingency table) may count.
+MAX_CELLS = 10_000
 
 
 def _finite(x: object, where: str) -> float:
@@ -104,6 +106,10 @@ class Term:
       [start + i*width, start + (i+1)*width), then values >= start + nbins*width.
     - ``bins``: len(edges) + 1 record counts with numpy.histogram's semantics: values below
       edges[0], then bins [e_i, e_i+1) (the last one closed), then values above edges[-1].
+    - ``cells``: the record counts of a two-way contingency table, row-major: entry
+      ``i * len(levels[1]) + j`` counts the rows whose ``columns[0]`` equals ``levels[0][i]``
+      and whose ``columns[1]`` equals ``levels[1][j]`` (bound as ``?`` parameters). Rows with
+      another value, or a null, in either column are not counted anywhere.
 
     ``frac_bits`` is the fixed-point precision of the moment entries (counts use 0, except in
     differentially private rounds, whose counts carry ``stats._dp.DP_BITS`` so that one record
@@ -125,6 +131,8 @@ class Term:
     #: > 0: a moment is encoded as ``round(v * scale)`` instead of ``round(v * 2^frac_bits)``
     #: (DP rounds: one record then moves every term by the same 2^8 units, see stats._dp)
     scale: float = 0.0
+    #: ``cells``: the public levels of each of the two columns, in the table's order
+    levels: tuple[tuple[GroupValue, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -159,6 +167,11 @@ class Term:
             for center in self.centers:
                 _finite(center, "term 'centers'")
             return
+        if self.levels and self.kind != "cells":
+            raise ConfigError("term 'levels': only a cells term lists levels")
+        if self.kind == "cells":
+            self._check_cells()
+            return
         if len(self.columns) != 1:
             raise ConfigError(f"term: a {self.kind} term reads exactly one column")
         if self.kind == "grid":
@@ -177,7 +190,43 @@ class Term:
             if any(b <= a for a, b in itertools.pairwise(e)):
                 raise ConfigError("term 'edges': must be strictly increasing")
 
+    def _check_cells(self) -> None:
+        if len(self.columns) != 2 or self.columns[0] == self.columns[1]:
+            raise ConfigError("term: a cells term reads exactly two distinct columns")
+        if len(self.levels) != 2:
+            raise ConfigError("term 'levels': a cells term lists the levels of both columns")
+        levels = []
+        for col, values in zip(self.columns, self.levels, strict=True):
+            if not isinstance(values, tuple | list) or not values:
+                raise ConfigError(f"term 'levels' of {col!r}: expected a non-empty list")
+            vals = tuple(
+                _check_group_value(v, f"term 'levels' of {col!r} [{i}]")
+                for i, v in enumerate(values)
+            )
+            # True == 1 in Python: compare with the type, so [1, True] are two levels
+            if len({(type(v), v) for v in vals}) != len(vals):
+                raise ConfigError(f"term 'levels' of {col!r}: levels must be distinct")
+            levels.append(vals)
+        object.__setattr__(self, "levels", tuple(levels))
+        cells = len(levels[0]) * len(levels[1])
+        if cells > MAX_CELLS:
+            raise ConfigError(
+                f"term: a table of {len(levels[0])} x {len(levels[1])} = {cells} cells exceeds "
+                f"the limit of {MAX_CELLS}; coarsen the levels or list fewer (values=)"
+            )
+
     # --- constructors -------------------------------------------------------------------
+    @classmethod
+    def cells(
+        cls,
+        rows: str,
+        cols: str,
+        row_levels: Sequence[GroupValue],
+        col_levels: Sequence[GroupValue],
+    ) -> Term:
+        """Counts of the rows in each cell of the two-way table of ``rows`` x ``cols``."""
+        return cls("cells", (rows, cols), levels=(tuple(row_levels), tuple(col_levels)))
+
     @classmethod
     def rows(cls) -> Term:
         """The number of rows that pass the filter."""
@@ -230,6 +279,8 @@ class Term:
             return OCTAVE_SIZE
         if self.kind == "grid":
             return self.nbins + 2
+        if self.kind == "cells":
+            return len(self.levels[0]) * len(self.levels[1])
         return len(self.edges) + 1
 
     @property
@@ -246,6 +297,8 @@ class Term:
             d.update(start=self.start, width=self.width, nbins=self.nbins)
         elif self.kind == "bins":
             d.update(edges=list(self.edges))
+        elif self.kind == "cells":
+            d.update(levels=[list(v) for v in self.levels])
         if self.kind != "moment" and self.frac_bits:
             d["frac_bits"] = self.frac_bits  # DP rounds scale their counts (stats._dp)
         if self.clamp:
@@ -267,6 +320,7 @@ class Term:
             "octaves": {"kind", "columns"},
             "grid": {"kind", "columns", "start", "width", "nbins"},
             "bins": {"kind", "columns", "edges"},
+            "cells": {"kind", "columns", "levels"},
         }[kind]
         optional = ({"frac_bits"} if kind != "moment" else {"scale"}) | {"clamp"}
         extra = set(data) - allowed - optional
@@ -281,6 +335,11 @@ class Term:
                 if not isinstance(data[key], list | tuple):
                     raise ConfigError(f"term {key!r}: expected a list")
                 kw[key] = tuple(data[key])
+        if "levels" in data:
+            lv = data["levels"]
+            if not isinstance(lv, list | tuple) or not all(isinstance(v, list | tuple) for v in lv):
+                raise ConfigError("term 'levels': expected a list of two lists of levels")
+            kw["levels"] = tuple(tuple(v) for v in lv)
         for key in ("start", "width", "scale"):
             if key in data:
                 kw[key] = _finite(data[key], f"term {key!r}")

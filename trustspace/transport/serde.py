@@ -180,7 +180,12 @@ def description_from_proto(msg: node_pb2.DescribeDatasetsResponse) -> NodeDescri
 # ---------------------------------------------------------------------- rounds
 def term_to_proto(t: Term) -> common_pb2.Term:
     d = t.to_dict()
-    return common_pb2.Term(**d)
+    levels = d.pop("levels", None)
+    msg = common_pb2.Term(**d)
+    if levels is not None:
+        msg.row_levels.extend(value_to_proto(v) for v in levels[0])
+        msg.col_levels.extend(value_to_proto(v) for v in levels[1])
+    return msg
 
 
 def term_from_proto(msg: common_pb2.Term) -> Term:
@@ -191,6 +196,11 @@ def term_from_proto(msg: common_pb2.Term) -> Term:
         d.update(start=msg.start, width=msg.width, nbins=msg.nbins)
     elif msg.kind == "bins":
         d.update(edges=list(msg.edges))
+    elif msg.kind == "cells":
+        d["levels"] = [
+            [value_from_proto(v, "term level") for v in msg.row_levels],
+            [value_from_proto(v, "term level") for v in msg.col_levels],
+        ]
     if msg.kind != "moment" and msg.frac_bits:
         d["frac_bits"] = msg.frac_bits
     if msg.clamp:

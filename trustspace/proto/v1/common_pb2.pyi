@@ -402,6 +402,8 @@ class Term(_message.Message):
     EDGES_FIELD_NUMBER: _builtins.int
     CLAMP_FIELD_NUMBER: _builtins.int
     SCALE_FIELD_NUMBER: _builtins.int
+    ROW_LEVELS_FIELD_NUMBER: _builtins.int
+    COL_LEVELS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     frac_bits: _builtins.int
     start: _builtins.float
@@ -421,6 +423,14 @@ class Term(_message.Message):
     def clamp(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """[low, high]: values clamped to it first (DP bounds); or empty"""
 
+    @_builtins.property
+    def row_levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]:
+        """cells: the levels of columns[0] (a table's rows)"""
+
+    @_builtins.property
+    def col_levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]:
+        """cells: the levels of columns[1] (a table's columns)"""
+
     def __init__(
         self,
         *,
@@ -435,10 +445,12 @@ class Term(_message.Message):
         edges: _abc.Iterable[_builtins.float] | None = ...,
         clamp: _abc.Iterable[_builtins.float] | None = ...,
         scale: _builtins.float = ...,
+        row_levels: _abc.Iterable[Global___Value] | None = ...,
+        col_levels: _abc.Iterable[Global___Value] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "col_levels", b"col_levels", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "row_levels", b"row_levels", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
