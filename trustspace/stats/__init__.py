@@ -106,6 +106,7 @@ from trustspace.stats._filter import (
     filter_columns,
     parse_filter,
 )
+from trustspace.stats._glm import Design, GLMResults, parse_design
 from trustspace.stats._machine import Computation, Result, replay, start
 from trustspace.stats._paillier import (
     MAX_PAILLIER_HEADROOM,
@@ -152,7 +153,9 @@ __all__ = [
     "Computation",
     "DPComputation",
     "DPSpec",
+    "Design",
     "Expr",
+    "GLMResults",
     "GroupValue",
     "InList",
     "IsNull",
@@ -173,6 +176,7 @@ __all__ = [
     "octave_key",
     "paillier_noise_plan",
     "paillier_round_total",
+    "parse_design",
     "parse_filter",
     "python_value_for",
     "replay",

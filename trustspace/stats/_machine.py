@@ -230,6 +230,9 @@ class Computation:
         self._gen: _Gen = self._run()
         self._started = False
         self._last: Vec | None = None
+        #: a glm/ols query: (the model's records, its parameters) once round 0 is fed (a
+        #: node checks ``glm_min_records_per_parameter`` against it)
+        self.model_size: tuple[float, int] | None = None
 
     # --- driver interface -----------------------------------------------------------------
     def next_round(self) -> Round | None:
@@ -351,6 +354,10 @@ class Computation:
     # --- plans ----------------------------------------------------------------------------
     def _run(self) -> _Gen:
         op = self.query.op
+        if op in ("glm", "ols"):
+            from trustspace.stats._glm import glm_plan
+
+            return (yield from glm_plan(self))
         if op == "histogram":
             return (yield from self._histogram())
         if op == "group_by":

@@ -31,6 +31,8 @@ OPS = (
     "corr",
     "describe",
     "group_by",
+    "glm",
+    "ols",
 )
 #: The aggregations group_by(...).agg({...}) accepts (pandas names).
 GROUP_AGGS = ("size", "count", "sum", "mean", "var", "std")
@@ -54,6 +56,8 @@ _PARAMS: dict[str, set[str]] = {
     "corr": set(),
     "describe": {"percentiles", "precision", "grid_bins", "bounds"},
     "group_by": {"by", "agg", "values", "bounds"},
+    "glm": {"formula", "family", "weights", "offset", "max_iter", "tol"},
+    "ols": {"formula", "weights"},
 }
 
 
@@ -140,6 +144,8 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
         gb = p["grid_bins"]
         if isinstance(gb, bool) or not isinstance(gb, int) or gb not in GRID_BIN_CHOICES:
             raise ConfigError(f"query 'params.grid_bins': {gb!r} is not a power of two in 16..4096")
+    if op in ("glm", "ols"):
+        _check_model_params(p)
     if op == "group_by":
         by = p.get("by")
         if not isinstance(by, str) or not by:
@@ -171,6 +177,26 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
             if len(set(vals)) != len(vals):
                 raise ConfigError("query 'params.values': values must be distinct")
     return p
+
+
+def _check_model_params(p: Mapping[str, Any]) -> None:
+    """The parameters of a glm/ols query (the formula itself is parsed against the schema)."""
+    if not isinstance(p.get("formula"), str) or "~" not in p["formula"]:
+        raise ConfigError("query 'params.formula': expected a formula 'y ~ x1 + C(x2)'")
+    fam = p.get("family", "gaussian")
+    if fam not in ("gaussian", "binomial", "poisson"):
+        raise ConfigError(
+            f"query 'params.family': {fam!r}; use 'gaussian', 'binomial' or 'poisson'"
+        )
+    for key in ("weights", "offset"):
+        if key in p and p[key] is not None and (not isinstance(p[key], str) or not p[key]):
+            raise ConfigError(f"query 'params.{key}': expected a column name")
+    mi = p.get("max_iter", 100)
+    if isinstance(mi, bool) or not isinstance(mi, int) or not 1 <= mi <= 10_000:
+        raise ConfigError(f"query 'params.max_iter': expected an integer 1..10000, got {mi!r}")
+    tol = p.get("tol", 1e-8)
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
+        raise ConfigError(f"query 'params.tol': expected a number in (0, 1), got {tol!r}")
 
 
 @dataclass(frozen=True)
@@ -247,6 +273,13 @@ class Query:
         Raises:
             ConfigError: naming the column and the known columns, or the filter's position.
         """
+        if self.op in ("glm", "ols"):
+            from trustspace.stats._glm import query_design
+
+            query_design(self, schema)
+            if self.where is not None:
+                check_filter(parse_filter(self.where), schema, self.where)
+            return
         numeric = self.op not in ("count",)
         for c in self.columns:
             typ = schema.column_type(c, "query 'columns'")

@@ -402,6 +402,7 @@ class Term(_message.Message):
     EDGES_FIELD_NUMBER: _builtins.int
     CLAMP_FIELD_NUMBER: _builtins.int
     SCALE_FIELD_NUMBER: _builtins.int
+    GLM_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     frac_bits: _builtins.int
     start: _builtins.float
@@ -409,6 +410,10 @@ class Term(_message.Message):
     nbins: _builtins.int
     scale: _builtins.float
     """> 0: a moment encoded as round(v * scale), not v * 2^frac_bits (DP)"""
+    glm: _builtins.str
+    """kind "glm": the model's fields of Term.to_dict (family, design, beta, weights, offset,
+    mode, bits) as JSON; the design's levels are str, int or bool, beta exact as repr floats
+    """
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -435,10 +440,11 @@ class Term(_message.Message):
         edges: _abc.Iterable[_builtins.float] | None = ...,
         clamp: _abc.Iterable[_builtins.float] | None = ...,
         scale: _builtins.float = ...,
+        glm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "glm", b"glm", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
