@@ -568,9 +568,9 @@ def glm_plan(comp: Computation) -> Generator[Round, Vec, Result]:
         if not comp._safe(float(cc[1 + i])) or cc[1 + i] == 0:
             raise DataError(
                 f"{q.op}: {design.cell_name(cell)} holds fewer than min_group_size ({k}) of "
-                "the model's records, so its parameter would describe too few people; merge "
-                "the level with another in the data, or exclude it with where= "
-                "(refused, not suppressed)"
+                "the model's records, so its parameter would describe too few people (refused, "
+                "not suppressed); merge the level with another in the data and its declared "
+                "domain, drop the term, or widen the filter"
             )
     if cv[p + 1] > 0:
         what = "values other than 0 and 1" if fam == "binomial" else "negative values"
@@ -698,8 +698,8 @@ def _check_separation(e: _Entries, design: Design, counts: Vec) -> None:
             raise DataError(
                 f"glm: perfect or quasi separation at {design.names[j]!r} (term "
                 f"{design.terms[j]!r}): the fitted probabilities of its records are all 0 "
-                "or 1, so its coefficient diverges; merge the level with another, exclude "
-                "its records with where=, or drop the term"
+                "or 1, so its coefficient diverges; merge the level with another (in the "
+                "data and its declared domain) or drop the term"
             )
 
 
@@ -956,9 +956,10 @@ class GLMResults:
                 ("Pseudo R-squ. (CS):", f"{cs:#6.4g}"),
             ]
         lines = [title.center(width), "=" * width]
-        for (lk, lv), (rk, rv) in zip(
-            left, right + [("", "")] * (len(left) - len(right)), strict=False
-        ):
+        rows = max(len(left), len(right))
+        left += [("", "")] * (rows - len(left))
+        right += [("", "")] * (rows - len(right))
+        for (lk, lv), (rk, rv) in zip(left, right, strict=True):
             lines.append(f"{lk:<20}{lv:>18}   {rk:<20}{rv:>17}")
         lines.append("=" * width)
         stat = "t" if self.ols else "z"
