@@ -282,3 +282,25 @@ def test_rounds_replay_and_terms_round_trip(adult: pd.DataFrame) -> None:
     with pytest.raises(ConfigError, match="one coefficient per design column"):
         dataclasses.replace(t, beta=(0.1,))
     assert math.isfinite(float(len(design.cells)))
+
+
+def test_columns_and_domains_are_checked(adult: pd.DataFrame, tmp_path: Any) -> None:
+    """A glm query must list exactly the columns its formula reads (what a node's policy
+    checks), and a value outside a column's declared domain is not silently coded as the
+    reference level."""
+    from trustspace.stats._schema import TableSchema
+
+    schema = TableSchema(
+        {"high": "int", "age": "int", "sex": "str"}, domains={"sex": ["Female", "Male"]}
+    )
+    params = {"formula": "high ~ age + C(sex)", "family": "binomial"}
+    with pytest.raises(ConfigError, match="lists exactly the columns its formula"):
+        start(Query("glm", "default", ("high", "age"), None, params), schema, 10)
+    df = adult[["high", "age", "sex"]]
+    parts = {f"n{i}": df.iloc[i::3] for i in range(3)}
+    cols = {"high": "int", "age": "int", "sex": "str"}
+    with (
+        Federation.local(parts, columns=cols, domains={"sex": ["Male"]}, workdir=tmp_path) as f,
+        pytest.raises(DataError, match="'sex' holds values outside its declared domain"),
+    ):
+        f.glm("default", "high ~ age + C(sex)", family="binomial")

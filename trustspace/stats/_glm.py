@@ -564,6 +564,14 @@ def glm_plan(comp: Computation) -> Generator[Round, Vec, Result]:
             "record than parameters is needed); simplify the formula"
         )
     cc = scan[cell_term]
+    for var, lvs in design.levels.items():
+        listed = sum(float(cc[1 + cells.index(((var, lv),))]) for lv in lvs)
+        if listed != n:
+            raise DataError(
+                f"{q.op}: column {var!r} holds values outside its declared domain in the "
+                "model's records (they would be coded as the reference level); add them to "
+                "the dataset's domain or exclude them with where="
+            )
     for i, cell in enumerate(cells):
         if not comp._safe(float(cc[1 + i])) or cc[1 + i] == 0:
             raise DataError(
