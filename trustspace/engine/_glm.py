@@ -127,10 +127,15 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
         dev = f"2 * (__y * ln(greatest(__y / __p, {eps})) - (__y - __mu))"
         llf = "__w * (__y * ln(__p) - __mu - lgamma(__y + 1))"
     layer3 = f"SELECT *, {pclip} AS __p FROM ({layer2})"  # noqa: S608
-    layer4 = (
-        f"SELECT *, {weight} AS __iw, {weight} * (__eta - __o) + __w * (__y - __mu) AS __wz "  # noqa: S608
-        f"FROM ({layer3})"
+    # W z = W (eta - offset) + w (y - mu) (canonical links: W g'(mu) = w); the identity link's
+    # is w (y - offset) itself, the same at every beta (so the fit repeats bit for bit once it
+    # has converged, as statsmodels' does)
+    wz = (
+        "__w * (__y - __o)"
+        if fam == "gaussian"
+        else f"{weight} * (__eta - __o) + __w * (__y - __mu)"
     )
+    layer4 = f"SELECT *, {weight} AS __iw, {wz} AS __wz FROM ({layer3})"  # noqa: S608
     aggs = [f"sum(__iw * __x{i} * __x{j})" for i in range(p) for j in range(i, p)]
     aggs += [f"sum(__wz * __x{j})" for j in range(p)]
     aggs += [

@@ -17,7 +17,9 @@ Map:
   refinement round, default 1024), ``cov`` (``ddof``) and ``corr`` (pairwise-complete rows,
   as pandas), ``describe`` (``percentiles``, ``precision``, ``grid_bins``), ``group_by``
   (``by``, ``agg={column: [size|count|sum|mean|var|std]}``, ``values``: the public group
-  values, else the schema's declared domain).
+  values, else the schema's declared domain), ``glm`` (``formula``, ``family``, ``weights``,
+  ``offset``, ``max_iter``, ``tol``; IRLS rounds, see ``_glm``) and ``ols`` (``formula``,
+  ``weights``); their columns are exactly the ones the formula reads.
 - ``start(query, schema, min_group_size) -> Computation``: the state machine.
   ``next_round() -> Round | None`` (the same round until fed), ``feed(total,
   suppressed=())`` (the decoded element-wise sum over the nodes; ``suppressed``: indices

@@ -454,7 +454,8 @@ def _glm_term(
         pearson = by * by / max(m_lo, _EPS) + m
         llf = by * (abs(e) + min(abs(math.log(max(m_lo, 1e-300))), 700.0)) + m
         llf += by * math.log(by + 2) + 1
-    wz = wmax * eta_minus_off + bw * (by + m)
+    # gaussian: W z = w (y - offset), whatever beta is (the same bits at every iteration)
+    wz = bw * (by + bo) if fam == "gaussian" else wmax * eta_minus_off + bw * (by + m)
     p = len(cols)
     bits = [_bits(n * wmax * bx[i] * bx[j], "X'WX") for i in range(p) for j in range(i, p)]
     bits += [_bits(n * bx[j] * wz, "X'Wz") for j in range(p)]

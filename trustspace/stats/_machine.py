@@ -78,7 +78,10 @@ class Result:
         suppressed: same shape as ``value`` (bool, Series or DataFrame of bools): True where a
             figure was withheld because it would describe fewer than ``min_group_size`` records.
         precision: absolute precision of the figures found by bin refinement (quantiles,
-            describe's min/percentiles/max), keyed ``"column/label"``.
+            describe's min/percentiles/max), keyed ``"column/label"``; for ``glm``/``ols``
+            the model's scalar figures (deviance, log-likelihood, nobs, ...), keyed
+            ``"model/name"`` (``value`` then holds the coefficients and their unscaled
+            covariance; ``stats.GLMResults`` reads both).
         rounds: the number of rounds the computation took.
         dp: for a differentially private answer, its privacy and accuracy: ``epsilon``,
             ``delta``, ``mechanism``, ``noise_std`` (of a count, in records), ``nodes`` (noise
