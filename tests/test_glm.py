@@ -304,3 +304,25 @@ def test_columns_and_domains_are_checked(adult: pd.DataFrame, tmp_path: Any) -> 
         pytest.raises(DataError, match="'sex' holds values outside its declared domain"),
     ):
         f.glm("default", "high ~ age + C(sex)", family="binomial")
+
+
+def test_cli_glm_and_ols(
+    fed: Federation, adult: pd.DataFrame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from trustspace.cli.main import main
+
+    assert fed.workdir is not None
+    base = ["query", "-a", fed.aggregator.address, "-c", str(fed.workdir / "ca" / "analyst")]
+    base += ["--server-name", "aggregator"]
+    formula = "high ~ age + C(sex)"
+    args = [*base, "glm", "default", "--formula", formula, "--family", "binomial", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = _sm_glm(formula, adult, "binomial")
+    assert _rel(pd.Series(out["params"])[ref.params.index], ref.params) < REL
+    assert main([*base, "ols", "default", "--formula", "age ~ high"]) == 0
+    assert "OLS Regression Results" in capsys.readouterr().out
+    assert main([*base, "ols", "default"]) == 2
+    assert "needs --formula" in capsys.readouterr().err
