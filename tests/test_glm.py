@@ -326,3 +326,44 @@ def test_cli_glm_and_ols(
     assert "OLS Regression Results" in capsys.readouterr().out
     assert main([*base, "ols", "default"]) == 2
     assert "needs --formula" in capsys.readouterr().err
+
+
+def test_a_malicious_aggregator_cannot_choose_beta(fed: Federation) -> None:
+    """The secure-aggregation path: the aggregator (its own certificate, talking to the
+    nodes directly) runs the honest rounds of alice's signed glm by hand, then asks for an
+    IRLS round at a beta of its choosing: the first node refuses at the advertise stage."""
+    from test_enforcement import Session
+
+    from trustspace.transport.ca import Credentials
+    from trustspace.transport.clients import NodeClient
+
+    assert fed.workdir is not None
+    agg = Credentials.from_dir(fed.workdir / "ca" / "aggregator")
+    clients = {n: NodeClient(n, node.address, agg) for n, node in fed.nodes.items()}
+    try:
+        formula = "high ~ age + C(sex)"
+        schema, k = fed._schema("default")
+        design = parse_design(formula, schema)
+        params = {"formula": formula, "family": "binomial", "max_iter": 100, "tol": 1e-8}
+        signed = new_query(fed._client.credentials, "glm", "default", design.used, None, params)
+        comp = start(Query("glm", "default", design.used, None, params), schema, k)
+        space = {"clients": clients}
+        previous = None
+        while (rnd := comp.next_round()) is not None:
+            model = [t for t in rnd.terms if t.kind == "glm" and len(t.beta) == 3]
+            if model:
+                forged = dataclasses.replace(model[0], beta=(-40.0, 0.0, 1.0))
+                terms = tuple(forged if t == model[0] else t for t in rnd.terms)
+                rnd = Round(rnd.dataset, rnd.where, terms, index=rnd.index)
+                refs = dict.fromkeys(clients, types.RoundRef(rnd.index, k, previous, rnd))
+                with pytest.raises(ProtocolError, match="not the one this node derives"):
+                    Session(space, dict.fromkeys(clients, signed), refs, rnd.size).run()
+                return
+            refs = dict.fromkeys(clients, types.RoundRef(rnd.index, k, previous, rnd))
+            total = Session(space, dict.fromkeys(clients, signed), refs, rnd.size).run()
+            comp.feed(rnd.decode(total))
+            previous = types.RoundTotal(rnd.index, tuple(int(x) for x in total))
+        pytest.fail("the fit finished without an IRLS round of the model")
+    finally:
+        for c in clients.values():
+            c.close()
