@@ -534,11 +534,13 @@ def glm_plan(comp: Computation) -> Generator[Round, Vec, Result]:
     tol = float(q.params.get("tol", 1e-8))
     p = len(design.columns)
     # Round 0: counts and octave bounds
+    # the records of each design column's cell (its indicator factors; all records for a
+    # column without any), the bad responses and the bad weights
     counts = Term(
         "glm",
         design.used,
         family=fam,
-        design=design.columns,
+        design=tuple(tuple(f for f in col if f[1] is not None) for col in design.columns),
         weights=design.weights,
         offset=design.offset,
         mode="counts",
