@@ -24,6 +24,7 @@ SCRIPTS = [
     "contention.py",
     "dp_sampler.py",
     "dp.py",
+    "regression.py",
 ]
 
 

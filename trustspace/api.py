@@ -39,12 +39,14 @@ from trustspace.errors import ConfigError, DataError, TrustspaceError
 from trustspace.stats import (
     DPComputation,
     DPSpec,
+    GLMResults,
     Query,
     Result,
     Round,
     TableSchema,
     paillier_noise_plan,
     paillier_round_total,
+    parse_design,
     share_variance,
     start,
 )
@@ -917,6 +919,88 @@ class Federation:
             int(self.last_info.get("min_group_size") or 0),
             equal_var,
         )
+
+    # ------------------------------------------------------------------ regression
+    def glm(
+        self,
+        dataset: str,
+        formula: str,
+        family: str = "gaussian",
+        where: str | None = None,
+        weights: str | None = None,
+        offset: str | None = None,
+        *,
+        method: str = "secagg",
+        max_iter: int = 100,
+        tol: float = 1e-8,
+        epsilon: float | None = None,
+    ) -> GLMResults:
+        """A generalised linear model fitted by IRLS over every node, as statsmodels'
+        ``smf.glm(formula, union, family=...).fit()`` gives on the union of the partitions.
+
+        Args:
+            formula: R/patsy style, ``"y ~ age + C(sex) + age:C(race)"`` (parsed by formulaic;
+                categorical levels from the dataset's declared ``domains``).
+            family: ``"gaussian"`` (identity link), ``"binomial"`` (logit; a 0/1 response) or
+                ``"poisson"`` (log; counts >= 0).
+            where: a filter; rows with a null in any column the model reads are dropped.
+            weights: a numeric column of positive prior weights (statsmodels' var_weights).
+            offset: a numeric column added to the linear predictor.
+            max_iter, tol: statsmodels' IRLS stopping rule (deviance change <= tol).
+
+        Returns:
+            GLMResults: ``params``, ``bse``, ``pvalues``, ``conf_int()``, ``summary()``, ...
+
+        Raises:
+            ConfigError: a formula that does not parse, an unknown column or a categorical
+                column without declared levels; DataError: a level or interaction cell
+                with fewer than ``min_group_size`` records, a bad response, a singular
+                design, separation, or no convergence (each names the term and what to do).
+        """
+        self._no_dp(epsilon, "glm")
+        if family not in ("gaussian", "binomial", "poisson"):
+            raise ConfigError(f"glm: family {family!r}; use 'gaussian', 'binomial' or 'poisson'")
+        schema, _ = self._schema(dataset)
+        design = parse_design(formula, schema, weights or "", offset or "")
+        params: dict[str, Any] = {"formula": formula, "family": family, "max_iter": max_iter}
+        params["tol"] = tol
+        if weights:
+            params["weights"] = weights
+        if offset:
+            params["offset"] = offset
+        result = self.run(Query("glm", dataset, design.used, where, params), method)
+        return GLMResults(result, design, family)
+
+    def ols(
+        self,
+        dataset: str,
+        formula: str,
+        where: str | None = None,
+        weights: str | None = None,
+        *,
+        method: str = "secagg",
+        epsilon: float | None = None,
+    ) -> GLMResults:
+        """Least squares (WLS with ``weights``) in one round of X'X, X'y and y'y over every
+        node, as statsmodels' ``smf.ols(formula, union).fit()``: with ``rsquared``,
+        ``rsquared_adj``, ``fvalue``, ``f_pvalue`` and Student's t (see ``glm``)."""
+        self._no_dp(epsilon, "ols")
+        schema, _ = self._schema(dataset)
+        design = parse_design(formula, schema, weights or "")
+        params: dict[str, Any] = {"formula": formula}
+        if weights:
+            params["weights"] = weights
+        result = self.run(Query("ols", dataset, design.used, where, params), method)
+        return GLMResults(result, design, "gaussian", ols=True)
+
+    @staticmethod
+    def _no_dp(epsilon: float | None, op: str) -> None:
+        if epsilon is not None:
+            raise ConfigError(
+                f"{op}: epsilon= (a differentially private regression) is not supported yet; "
+                "fit the exact model (the nodes' min_group_size and "
+                "glm_min_records_per_parameter apply) or ask for DP means and variances"
+            )
 
     def anonymize(
         self,

@@ -21,7 +21,7 @@ from trustspace.errors import ConfigError
 
 OPS = (
     "count", "sum", "mean", "var", "std", "skew", "kurt", "histogram", "quantile", "cov",
-    "corr", "describe", "group_by", "crosstab", "ttest",
+    "corr", "describe", "group_by", "crosstab", "ttest", "glm", "ols",
 )  # fmt: skip
 #: Hypothesis tests on released figures: ``fed.chi2_test`` (over a crosstab) and ``fed.ttest``.
 TESTS = ("chi2", "ttest")
@@ -93,6 +93,13 @@ def add_parser(subparsers: Any) -> None:
     t.add_argument(
         "--equal-var", action="store_true", help="ttest: Student's pooled test (default Welch's)"
     )
+    p.add_argument("--formula", help='glm/ols: the model, e.g. "high ~ age + C(sex)"')
+    p.add_argument(
+        "--family", choices=("gaussian", "binomial", "poisson"), default="gaussian", help="glm"
+    )
+    p.add_argument("--weights", help="glm/ols: a column of prior weights")
+    p.add_argument("--offset", help="glm: a column added to the linear predictor")
+    p.add_argument("--max-iter", type=int, default=100, help="glm: IRLS iterations (100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--epsilon",
@@ -304,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
             return _anonymize(fed, args)
         if args.op in TESTS:
             return _hypothesis_test(fed, args)
+        if args.op in ("glm", "ols"):
+            return _model(fed, args)
         params = _params(args)
         try:
             query = Query(args.op, args.dataset, tuple(args.columns), args.where, params)
@@ -329,6 +338,38 @@ def run(args: argparse.Namespace) -> int:
             )
         if result.any_suppressed:
             print("(NaN: suppressed, fewer records than min_group_size)", file=sys.stderr)
+    return 0
+
+
+def _model(fed: Any, args: argparse.Namespace) -> int:
+    """``glm`` / ``ols``: the fitted model's summary (or, with --json, its figures)."""
+    if not args.formula:
+        raise ConfigError(f'{args.op} needs --formula, e.g. --formula "high ~ age + C(sex)"')
+    if args.op == "glm":
+        res = fed.glm(
+            args.dataset, args.formula, args.family, args.where, args.weights, args.offset,
+            method=args.method, max_iter=args.max_iter, epsilon=args.epsilon,
+        )  # fmt: skip
+    else:
+        res = fed.ols(
+            args.dataset, args.formula, args.where, args.weights, method=args.method,
+            epsilon=args.epsilon,
+        )  # fmt: skip
+    if args.json:
+        ci = res.conf_int()
+        out = {
+            "params": res.params.to_dict(),
+            "bse": res.bse.to_dict(),
+            "pvalues": res.pvalues.to_dict(),
+            "conf_int": {k: [ci.loc[k, 0], ci.loc[k, 1]] for k in ci.index},
+            "nobs": res.nobs,
+            "llf": res.llf,
+            "aic": res.aic,
+        }
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    else:
+        print(res.summary())
     return 0
 
 

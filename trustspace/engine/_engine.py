@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from trustspace.engine._check import check_format, check_header, locate_bad_field
+from trustspace.engine._glm import fill_glm, glm_sql
 from trustspace.engine._spec import DatasetSpec
 from trustspace.engine._sql import quote_ident, where_clause
 from trustspace.errors import ConfigError, DataError
@@ -279,6 +280,8 @@ class Engine:
                             "columns are str, int or bool"
                         )
                     continue
+                if t.kind == "glm":
+                    continue  # glm_sql checks its own columns (categorical factors are fine)
                 if not typ.is_numeric and not (t.kind == "moment" and not any(t.powers)):
                     raise ConfigError(
                         f"round {rnd.index}: column {c!r} is {typ.value}, not numeric"
@@ -288,9 +291,19 @@ class Engine:
         where, wparams = where_clause(rnd.where, schema)
         src, sparams = self._source(spec)
 
+        out = np.zeros(rnd.size, dtype=np.float64)
         plan = _Plan(schema)
         for t, off in zip(rnd.terms, rnd.offsets(), strict=True):
-            plan.add(t, off)
+            if t.kind == "glm":  # one statement per model term (rounds with one are ungrouped)
+                gsql, gparams, size = glm_sql(t, schema, src, where)
+                with self._cursor() as cur:
+                    grow = cur.execute(gsql, gparams + sparams + wparams).fetchone()
+                assert grow is not None
+                fill_glm(grow, out[off : off + size])
+            else:
+                plan.add(t, off)
+        if not plan.selects and not plan.keyed:
+            return out
         selects, params, fillers = plan.selects, plan.params, plan.fillers
         if plan.keyed:
             # Histogram-like terms: one GROUP BY over (term, key) of the in-range rows, as a
@@ -310,7 +323,6 @@ class Engine:
             params = params + kparams
             fillers.append(plan.keyed_filler(len(selects) - 1))
 
-        out = np.zeros(rnd.size, dtype=np.float64)
         block = rnd.term_size
         if rnd.group_column is None:
             sql = f"SELECT {', '.join(selects)} FROM {src} AS t {where}"  # noqa: S608 - schema identifiers quoted, values are ? params

@@ -148,6 +148,9 @@ class PolicyConfig:
     exact_requires_all: bool = False
     #: ``[policy.dp]``; None: this node answers no differentially private query
     dp: DPPolicy | None = None
+    #: ``glm_min_records_per_parameter``: a glm/ols model with fewer records per parameter is
+    #: refused (DataSHIELD's nfilter.glm; a saturated model reproduces its records)
+    glm_min_records_per_parameter: int = 10
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,12 @@ def parse_policy(t: Table) -> PolicyConfig:
         rt.check_unknown()
         rate = RateLimit(float(per_minute), burst)
     dp = _parse_dp(t.table("dp")) if "dp" in t.data else None
+    glm_rpp = t.get("glm_min_records_per_parameter", int, 10)
+    if glm_rpp < 1:
+        raise ConfigError(
+            f"{t.where('glm_min_records_per_parameter')} = {glm_rpp}: must be at least 1 "
+            "(records of a regression model per parameter it estimates)"
+        )
     raw_rules = t.get("rules", list, [])
     rules = []
     for i, raw in enumerate(raw_rules):
@@ -268,6 +277,7 @@ def parse_policy(t: Table) -> PolicyConfig:
         tuple(members),
         exact_all,
         dp,
+        glm_rpp,
     )
 
 

@@ -84,6 +84,7 @@ _POLICY_KEYS = (
     "min_k",
     "members",
     "exact_requires_all",
+    "glm_min_records_per_parameter",
 )
 
 #: The fields of a dataset declaration (``[datasets.NAME]``), in the order they are reported.

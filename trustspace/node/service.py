@@ -728,7 +728,24 @@ class NodeService:
             rnd = run.derive(
                 ref.index, ref.min_group_size, ref.previous, self.engine.schema(q.dataset), where
             )
+        self._check_model_size(run)
         return run, rnd
+
+    def _check_model_size(self, run: Run) -> None:
+        """A regression's parameters against its records (``glm_min_records_per_parameter``),
+        once round 0 has given the record count."""
+        size = getattr(run.comp, "model_size", None)
+        if size is None:
+            return
+        n, p = size
+        need = self.policy.config.glm_min_records_per_parameter
+        if n < need * p:
+            raise PolicyRefused(
+                self.config.name,
+                "glm_min_records_per_parameter",
+                f"the model estimates {p} parameters from fewer than {need} records each; "
+                "simplify the formula or widen the filter",
+            )
 
     def _refuse_mismatch(self, ref: types.RoundRef, what: str) -> NoReturn:
         raise ProtocolError(

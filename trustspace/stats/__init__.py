@@ -20,7 +20,10 @@ Map:
   values, else the schema's declared domain), ``crosstab`` (two columns; ``values``:
   ``{column: [levels]}``, else the declared domains; ``margins``; one round of a ``cells``
   term), ``ttest`` (one column, ``by``, ``values``: two levels; group_by's count/mean/var;
-  ``_tests`` computes chi-square and t from the released figures with scipy).
+  ``_tests`` computes chi-square and t from the released figures with scipy), ``glm``
+  (``formula``, ``family``, ``weights``, ``offset``, ``max_iter``, ``tol``; IRLS rounds, see
+  ``_glm``) and ``ols`` (``formula``, ``weights``); their columns are exactly the ones the
+  formula reads.
 - ``start(query, schema, min_group_size) -> Computation``: the state machine.
   ``next_round() -> Round | None`` (the same round until fed), ``feed(total,
   suppressed=())`` (the decoded element-wise sum over the nodes; ``suppressed``: indices
@@ -109,6 +112,7 @@ from trustspace.stats._filter import (
     filter_columns,
     parse_filter,
 )
+from trustspace.stats._glm import Design, GLMResults, parse_design
 from trustspace.stats._machine import Computation, Result, replay, start
 from trustspace.stats._paillier import (
     MAX_PAILLIER_HEADROOM,
@@ -157,7 +161,9 @@ __all__ = [
     "Computation",
     "DPComputation",
     "DPSpec",
+    "Design",
     "Expr",
+    "GLMResults",
     "GroupValue",
     "InList",
     "IsNull",
@@ -180,6 +186,7 @@ __all__ = [
     "octave_key",
     "paillier_noise_plan",
     "paillier_round_total",
+    "parse_design",
     "parse_filter",
     "python_value_for",
     "replay",

@@ -78,7 +78,10 @@ class Result:
         suppressed: same shape as ``value`` (bool, Series or DataFrame of bools): True where a
             figure was withheld because it would describe fewer than ``min_group_size`` records.
         precision: absolute precision of the figures found by bin refinement (quantiles,
-            describe's min/percentiles/max), keyed ``"column/label"``.
+            describe's min/percentiles/max), keyed ``"column/label"``; for ``glm``/``ols``
+            the model's scalar figures (deviance, log-likelihood, nobs, ...), keyed
+            ``"model/name"`` (``value`` then holds the coefficients and their unscaled
+            covariance; ``stats.GLMResults`` reads both).
         rounds: the number of rounds the computation took.
         dp: for a differentially private answer, its privacy and accuracy: ``epsilon``,
             ``delta``, ``mechanism``, ``noise_std`` (of a count, in records), ``nodes`` (noise
@@ -238,6 +241,9 @@ class Computation:
         self._gen: _Gen = self._run()
         self._started = False
         self._last: Vec | None = None
+        #: a glm/ols query: (the model's records, its parameters) once round 0 is fed (a
+        #: node checks ``glm_min_records_per_parameter`` against it)
+        self.model_size: tuple[float, int] | None = None
 
     # --- driver interface -----------------------------------------------------------------
     def next_round(self) -> Round | None:
@@ -359,6 +365,10 @@ class Computation:
     # --- plans ----------------------------------------------------------------------------
     def _run(self) -> _Gen:
         op = self.query.op
+        if op in ("glm", "ols"):
+            from trustspace.stats._glm import glm_plan
+
+            return (yield from glm_plan(self))
         if op == "histogram":
             return (yield from self._histogram())
         if op in ("group_by", "ttest"):

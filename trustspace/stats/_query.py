@@ -35,6 +35,8 @@ OPS = (
     "group_by",
     "crosstab",
     "ttest",
+    "glm",
+    "ols",
 )
 #: The aggregations group_by(...).agg({...}) accepts (pandas names).
 GROUP_AGGS = ("size", "count", "sum", "mean", "var", "std")
@@ -60,6 +62,8 @@ _PARAMS: dict[str, set[str]] = {
     "group_by": {"by", "agg", "values", "bounds"},
     "crosstab": {"values", "margins"},
     "ttest": {"by", "values"},
+    "glm": {"formula", "family", "weights", "offset", "max_iter", "tol"},
+    "ols": {"formula", "weights"},
 }
 #: The per-group aggregations a t-test is computed from (``group_by``'s machinery).
 TTEST_AGGS = ("count", "mean", "var")
@@ -148,6 +152,8 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
         gb = p["grid_bins"]
         if isinstance(gb, bool) or not isinstance(gb, int) or gb not in GRID_BIN_CHOICES:
             raise ConfigError(f"query 'params.grid_bins': {gb!r} is not a power of two in 16..4096")
+    if op in ("glm", "ols"):
+        _check_model_params(p)
     if op == "group_by":
         by = p.get("by")
         if not isinstance(by, str) or not by:
@@ -269,6 +275,26 @@ def levels_of(
     return values
 
 
+def _check_model_params(p: Mapping[str, Any]) -> None:
+    """The parameters of a glm/ols query (the formula itself is parsed against the schema)."""
+    if not isinstance(p.get("formula"), str) or "~" not in p["formula"]:
+        raise ConfigError("query 'params.formula': expected a formula 'y ~ x1 + C(x2)'")
+    fam = p.get("family", "gaussian")
+    if fam not in ("gaussian", "binomial", "poisson"):
+        raise ConfigError(
+            f"query 'params.family': {fam!r}; use 'gaussian', 'binomial' or 'poisson'"
+        )
+    for key in ("weights", "offset"):
+        if key in p and p[key] is not None and (not isinstance(p[key], str) or not p[key]):
+            raise ConfigError(f"query 'params.{key}': expected a column name")
+    mi = p.get("max_iter", 100)
+    if isinstance(mi, bool) or not isinstance(mi, int) or not 1 <= mi <= 10_000:
+        raise ConfigError(f"query 'params.max_iter': expected an integer 1..10000, got {mi!r}")
+    tol = p.get("tol", 1e-8)
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
+        raise ConfigError(f"query 'params.tol': expected a number in (0, 1), got {tol!r}")
+
+
 @dataclass(frozen=True)
 class Query:
     """A statistics query: ``op`` over ``columns`` of ``dataset`` restricted by ``where``.
@@ -371,6 +397,13 @@ class Query:
                     f"{len(levels)} levels ({', '.join(map(repr, levels[:5]))}"
                     f"{', ...' if len(levels) > 5 else ''}); pass values=(a, b)"
                 )
+        if self.op in ("glm", "ols"):
+            from trustspace.stats._glm import query_design
+
+            query_design(self, schema)
+            if self.where is not None:
+                check_filter(parse_filter(self.where), schema, self.where)
+            return
         numeric = self.op not in ("count",)
         for c in self.columns:
             typ = schema.column_type(c, "query 'columns'")

@@ -36,11 +36,13 @@ from trustspace.errors import ConfigError, DataError, EncodingOverflow
 from trustspace.stats._schema import GroupValue, _check_group_value
 
 __all__ = [
+    "GLM_FAMILIES",
     "MAX_NODES",
     "OCTAVE_MAX_EXP",
     "OCTAVE_MIN_EXP",
     "OCTAVE_OFFSET",
     "OCTAVE_SIZE",
+    "GLMColumn",
     "Round",
     "Term",
     "TermKind",
@@ -77,8 +79,14 @@ def octave_key(x: float) -> int:
     return int(math.copysign(e + OCTAVE_OFFSET, x))
 
 
-TermKind = Literal["moment", "octaves", "grid", "bins", "cells"]
-_KINDS = ("moment", "octaves", "grid", "bins", "cells")
+TermKind = Literal["moment", "octaves", "grid", "bins", "cells", "glm"]
+_KINDS = ("moment", "octaves", "grid", "bins", "cells", "glm")
+#: What a ``glm`` term computes (see ``Term`` and ``stats._glm``).
+GLM_MODES = ("counts", "sums", "start", "irls")
+GLM_FAMILIES = ("gaussian", "binomial", "poisson")
+#: A design column of a glm term: the product of its factors, each ``(column, level)``: the
+#: value of a numeric column (level None) or the indicator ``column = level``; () is 1.
+GLMColumn = tuple[tuple[str, GroupValue | None], ...]
 #: Most entries a round may hold (a guard against absurd queries, e.g. 10^7 histogram bins).
 MAX_ROUND_SIZE = 5_000_000
 #: Most cells a ``cells`` term (a contingency table) may count.
@@ -133,10 +141,25 @@ class Term:
     scale: float = 0.0
     #: ``cells``: the public levels of each of the two columns, in the table's order
     levels: tuple[tuple[GroupValue, ...], ...] = ()
+    #: glm terms (``stats._glm``): the family, the design columns (``mode`` counts: the cells
+    #: to count), the coefficients the linear predictor uses (``mode`` irls), the weights and
+    #: offset columns ("" for none), what the term computes, and each entry's frac_bits
+    family: str = ""
+    design: tuple[GLMColumn, ...] = ()
+    beta: tuple[float, ...] = ()
+    weights: str = ""
+    offset: str = ""
+    mode: str = ""
+    bits: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ConfigError(f"term 'kind': {self.kind!r} is not one of {', '.join(_KINDS)}")
+        if self.kind == "glm":
+            self._check_glm()
+            return
+        if self.family or self.design or self.beta or self.mode or self.bits:
+            raise ConfigError("term: only a glm term has family, design, beta, mode or bits")
         if self.scale:
             sc = _finite(self.scale, "term 'scale'")
             if sc <= 0 or self.kind != "moment" or self.is_count or self.frac_bits:
@@ -215,6 +238,59 @@ class Term:
                 f"the limit of {MAX_CELLS}; coarsen the levels or list fewer (values=)"
             )
 
+    def _check_glm(self) -> None:
+        if self.mode not in GLM_MODES:
+            raise ConfigError(f"term 'mode': {self.mode!r} is not one of {', '.join(GLM_MODES)}")
+        if self.family not in GLM_FAMILIES:
+            raise ConfigError(
+                f"term 'family': {self.family!r} is not one of {', '.join(GLM_FAMILIES)}"
+            )
+        if not self.columns:
+            raise ConfigError("term 'columns': a glm term reads its response column first")
+        for c in self.columns:
+            if not isinstance(c, str) or not c:
+                raise ConfigError(f"term 'columns': {c!r} is not a column name")
+        design = []
+        for col in self.design:
+            if not isinstance(col, list | tuple):
+                raise ConfigError("term 'design': expected a list of columns (lists of factors)")
+            factors = []
+            for f in col:
+                if not isinstance(f, list | tuple) or len(f) != 2 or f[0] not in self.columns:
+                    raise ConfigError(
+                        f"term 'design': factor {f!r} is not [column, level] of a term column"
+                    )
+                lvl = None if f[1] is None else _check_group_value(f[1], "term 'design' level")
+                factors.append((str(f[0]), lvl))
+            design.append(tuple(factors))
+        object.__setattr__(self, "design", tuple(design))
+        if not self.design and self.mode != "sums":
+            raise ConfigError("term 'design': a glm term needs at least one design column")
+        object.__setattr__(self, "beta", tuple(_finite(b, "term 'beta'") for b in self.beta))
+        if self.mode == "irls" and len(self.beta) != len(self.design):
+            raise ConfigError("term 'beta': one coefficient per design column")
+        if self.mode != "irls" and self.beta:
+            raise ConfigError("term 'beta': only an irls glm term has coefficients")
+        for name in (self.weights, self.offset):
+            if name and name not in self.columns:
+                raise ConfigError(f"term: weights/offset column {name!r} is not a term column")
+        _finite(self.start, "term 'start'")
+        if self.mode == "counts":
+            if self.bits:
+                raise ConfigError("term 'bits': a glm counts term is exact (no bits)")
+        elif len(self.bits) != self.size:
+            raise ConfigError(f"term 'bits': expected {self.size} entries")
+        for b in self.bits:
+            if isinstance(b, bool) or not isinstance(b, int) or not -1100 <= b <= 1100:
+                raise ConfigError(f"term 'bits': {b!r} out of range")
+        if self.clamp or self.scale or self.frac_bits or self.powers or self.edges:
+            raise ConfigError("term: a glm term takes no clamp, scale, frac_bits, powers, edges")
+
+    @property
+    def glm_p(self) -> int:
+        """The number of design columns of a glm term."""
+        return len(self.design)
+
     # --- constructors -------------------------------------------------------------------
     @classmethod
     def cells(
@@ -281,16 +357,37 @@ class Term:
             return self.nbins + 2
         if self.kind == "cells":
             return len(self.levels[0]) * len(self.levels[1])
+        if self.kind == "glm":
+            p = len(self.design)
+            if self.mode == "counts":
+                return p + 3
+            if self.mode == "sums":
+                return 3
+            return p * (p + 1) // 2 + p + 5
         return len(self.edges) + 1
 
     @property
     def is_count(self) -> bool:
         """True if every entry is a record count (governs disclosure, encoded exactly)."""
+        if self.kind == "glm":
+            return self.mode == "counts"
         return self.kind != "moment" or all(p == 0 for p in self.powers)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict holding only the fields this kind uses."""
         d: dict[str, Any] = {"kind": self.kind, "columns": list(self.columns)}
+        if self.kind == "glm":
+            d.update(
+                family=self.family,
+                design=[[list(f) for f in col] for col in self.design],
+                beta=list(self.beta),
+                weights=self.weights,
+                offset=self.offset,
+                mode=self.mode,
+                bits=list(self.bits),
+                start=self.start,
+            )
+            return d
         if self.kind == "moment":
             d.update(powers=list(self.powers), centers=list(self.centers), frac_bits=self.frac_bits)
         elif self.kind == "grid":
@@ -321,8 +418,14 @@ class Term:
             "grid": {"kind", "columns", "start", "width", "nbins"},
             "bins": {"kind", "columns", "edges"},
             "cells": {"kind", "columns", "levels"},
+            "glm": {"kind", "columns", "family", "design", "beta", "weights", "offset", "mode"}
+            | {"bits", "start"},
         }[kind]
-        optional = ({"frac_bits"} if kind != "moment" else {"scale"}) | {"clamp"}
+        optional = (
+            set()
+            if kind == "glm"
+            else ({"frac_bits"} if kind != "moment" else {"scale"}) | {"clamp"}
+        )
         extra = set(data) - allowed - optional
         if extra:
             raise ConfigError(f"term: unknown key(s) {sorted(extra)} for kind {kind!r}")
@@ -330,7 +433,7 @@ class Term:
         if missing:
             raise ConfigError(f"term: missing key(s) {sorted(missing)} for kind {kind!r}")
         kw: dict[str, Any] = {}
-        for key in ("columns", "powers", "centers", "edges", "clamp"):
+        for key in ("columns", "powers", "centers", "edges", "clamp", "design", "beta", "bits"):
             if key in data:
                 if not isinstance(data[key], list | tuple):
                     raise ConfigError(f"term {key!r}: expected a list")
@@ -343,6 +446,13 @@ class Term:
         for key in ("start", "width", "scale"):
             if key in data:
                 kw[key] = _finite(data[key], f"term {key!r}")
+        for key in ("family", "weights", "offset", "mode"):
+            if key in data:
+                if not isinstance(data[key], str):
+                    raise ConfigError(f"term {key!r}: expected a string")
+                kw[key] = data[key]
+        if kind == "glm":
+            kw["bits"] = tuple(kw.get("bits", ()))
         for key in ("nbins", "frac_bits"):
             if key in data:
                 v = data[key]
@@ -405,6 +515,8 @@ class Round:
                 )
         if self.group_column is None and self.group_values:
             raise ConfigError("round 'group_values': given without 'group_column'")
+        if self.group_column is not None and any(t.kind == "glm" for t in self.terms):
+            raise ConfigError("round 'terms': a grouped round holds no glm terms")
         if self.group_column is not None:
             if any(t.kind != "moment" for t in self.terms):
                 raise ConfigError("round 'terms': a grouped round holds moment terms only")
@@ -533,7 +645,14 @@ class Round:
     @property
     def frac_bits(self) -> npt.NDArray[np.int64]:
         """The fixed-point fractional bits of every entry."""
-        block = np.concatenate([np.full(t.size, t.frac_bits, dtype=np.int64) for t in self.terms])
+        block = np.concatenate(
+            [
+                np.asarray(t.bits, dtype=np.int64)
+                if t.bits
+                else np.full(t.size, t.frac_bits, dtype=np.int64)
+                for t in self.terms
+            ]
+        )
         return np.tile(block, self.n_groups)
 
     @property

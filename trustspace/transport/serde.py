@@ -178,8 +178,14 @@ def description_from_proto(msg: node_pb2.DescribeDatasetsResponse) -> NodeDescri
 
 
 # ---------------------------------------------------------------------- rounds
+_GLM_KEYS = ("family", "design", "beta", "weights", "offset", "mode", "bits")
+
+
 def term_to_proto(t: Term) -> common_pb2.Term:
     d = t.to_dict()
+    if t.kind == "glm":
+        glm = {k: d.pop(k) for k in _GLM_KEYS}
+        d["glm"] = json.dumps(glm, sort_keys=True, allow_nan=False)
     levels = d.pop("levels", None)
     msg = common_pb2.Term(**d)
     if levels is not None:
@@ -201,7 +207,15 @@ def term_from_proto(msg: common_pb2.Term) -> Term:
             [value_from_proto(v, "term level") for v in msg.row_levels],
             [value_from_proto(v, "term level") for v in msg.col_levels],
         ]
-    if msg.kind != "moment" and msg.frac_bits:
+    elif msg.kind == "glm":
+        try:
+            glm = json.loads(msg.glm)
+        except ValueError:
+            raise ProtocolError("malformed round: a glm term's model is not JSON") from None
+        if not isinstance(glm, dict) or set(glm) != set(_GLM_KEYS):
+            raise ProtocolError(f"malformed round: a glm term's model needs {list(_GLM_KEYS)}")
+        d.update(glm, start=msg.start)
+    if msg.kind not in ("moment", "glm") and msg.frac_bits:
         d["frac_bits"] = msg.frac_bits
     if msg.clamp:
         d["clamp"] = list(msg.clamp)

@@ -404,6 +404,7 @@ class Term(_message.Message):
     SCALE_FIELD_NUMBER: _builtins.int
     ROW_LEVELS_FIELD_NUMBER: _builtins.int
     COL_LEVELS_FIELD_NUMBER: _builtins.int
+    GLM_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     frac_bits: _builtins.int
     start: _builtins.float
@@ -411,6 +412,10 @@ class Term(_message.Message):
     nbins: _builtins.int
     scale: _builtins.float
     """> 0: a moment encoded as round(v * scale), not v * 2^frac_bits (DP)"""
+    glm: _builtins.str
+    """kind "glm": the model's fields of Term.to_dict (family, design, beta, weights, offset,
+    mode, bits) as JSON; the design's levels are str, int or bool, beta exact as repr floats
+    """
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -447,10 +452,11 @@ class Term(_message.Message):
         scale: _builtins.float = ...,
         row_levels: _abc.Iterable[Global___Value] | None = ...,
         col_levels: _abc.Iterable[Global___Value] | None = ...,
+        glm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "col_levels", b"col_levels", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "row_levels", b"row_levels", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "col_levels", b"col_levels", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "glm", b"glm", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "row_levels", b"row_levels", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
