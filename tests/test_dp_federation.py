@@ -120,8 +120,10 @@ def test_differencing_attack_under_dp_has_the_accounted_error(tmp_path: Path) ->
         reported = fed.last_result.dp if fed.last_result else None
     sigma = _sum_sigma(3, 3) * math.sqrt(2)  # two independent noisy sums
     assert reported is not None and reported["std"] == pytest.approx(sigma / math.sqrt(2), rel=1e-3)
-    # the error's standard deviation is the accounted one (within 15%: 200 trials give ~5%)
-    assert np.std(errors, ddof=1) == pytest.approx(sigma, rel=0.15)
+    # the error's standard deviation is the accounted one: 200 trials estimate it to ~5% (one
+    # standard error), so 25% is 5 standard errors (a false alarm about once in 10^6 runs) and
+    # still fails a noise off by sqrt(2) (41%), e.g. one of the two sums left without noise
+    assert np.std(errors, ddof=1) == pytest.approx(sigma, rel=0.25)
     assert abs(np.mean(errors)) < 4 * sigma / math.sqrt(trials)  # unbiased
     assert np.mean(np.abs(errors) < 1.0) < 0.01  # the value is no longer recovered
 
