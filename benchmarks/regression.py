@@ -43,6 +43,7 @@ ADULT_FORMULA = "high ~ age + C(sex) + C(race) + C(marital_status) + C(workclass
 OLS_ADULT = "age ~ C(sex) + C(race) + high"
 FEATURES = [f"x{i}" for i in range(10)]
 WIDE = "y ~ " + " + ".join(FEATURES)
+WIDE_LOGIT = "hit ~ " + " + ".join(FEATURES)
 
 
 def timed(fn: Any, reps: int) -> tuple[float, Any]:
@@ -152,21 +153,25 @@ def generated(root: Path, rows: int, reps: int) -> dict[str, Any]:
         rng = np.random.default_rng(100 + i)  # benchmark data only
         x = rng.normal(0, 1, (rows, len(FEATURES))).round(4)
         y = (x @ beta + 2 + rng.normal(0, 1, rows)).round(4)
-        f = pd.DataFrame(x, columns=FEATURES).assign(y=y)
+        hit = (rng.random(rows) < 1 / (1 + np.exp(-(x @ beta - 0.5)))).astype(int)
+        f = pd.DataFrame(x, columns=FEATURES).assign(y=y, hit=hit)
         parts[n] = root / "gen" / f"{n}.csv"
         f.to_csv(parts[n], index=False)
         frames.append(f)
     union = pd.concat(frames, ignore_index=True)
-    types = dict.fromkeys([*FEATURES, "y"], "float")
+    types = {**dict.fromkeys([*FEATURES, "y"], "float"), "hit": "int"}
     sm_ols, ref_ols = timed(lambda: smf.ols(WIDE, union).fit(), reps)
     xmat = sm.add_constant(union[FEATURES].to_numpy())
     sm_arr, _ = timed(lambda: sm.OLS(union.y.to_numpy(), xmat).fit(), reps)
     sm_glm, ref_glm = timed(lambda: smf.glm(WIDE, union).fit(), reps)
+    binomial = sm.families.Binomial()
+    sm_logit, ref_logit = timed(lambda: smf.glm(WIDE_LOGIT, union, family=binomial).fit(), reps)
     space, fed = space_for(root / "gen-space", parts, types, {})
     try:
         fed.count("t")
         t_ols, res_ols = timed(lambda: fed.ols("t", WIDE), reps)
         t_glm, res_glm = timed(lambda: fed.glm("t", WIDE), reps)
+        t_logit, res_logit = timed(lambda: fed.glm("t", WIDE_LOGIT, family="binomial"), reps)
     finally:
         fed.close()
         space.stop()
@@ -191,6 +196,16 @@ def generated(root: Path, rows: int, reps: int) -> dict[str, Any]:
             "iterations": res_glm.iterations,
             "statsmodels_iterations": int(ref_glm.fit_history["iteration"]),
             "max_rel_diff_params": rel(res_glm.params, ref_glm.params),
+        },
+        "glm_binomial": {
+            "secagg_s": t_logit,
+            "statsmodels_s": sm_logit,
+            "ratio": t_logit / sm_logit,
+            "target_ratio": 1.0,
+            "iterations": res_logit.iterations,
+            "statsmodels_iterations": int(ref_logit.fit_history["iteration"]),
+            "max_rel_diff_params": rel(res_logit.params, ref_logit.params),
+            "max_rel_diff_bse": rel(res_logit.bse, ref_logit.bse),
         },
     }
     print(json.dumps(out, indent=1), flush=True)

@@ -80,7 +80,7 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
         sql = f"SELECT {', '.join(aggs)} FROM ({base})"  # noqa: S608 - generated
         return sql, params, p + 3
     if t.mode == "sums":
-        sql = f"SELECT sum(__y), sum(__w), sum(__w * __y) FROM ({base})"  # noqa: S608
+        sql = f"SELECT fsum(__y), fsum(__w), fsum(__w * __y) FROM ({base})"  # noqa: S608
         return sql, params, 3
     fam = t.family
     if t.mode == "start":
@@ -136,14 +136,17 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
         else f"{weight} * (__eta - __o) + __w * (__y - __mu)"
     )
     layer4 = f"SELECT *, {weight} AS __iw, {wz} AS __wz FROM ({layer3})"  # noqa: S608
-    aggs = [f"sum(__iw * __x{i} * __x{j})" for i in range(p) for j in range(i, p)]
-    aggs += [f"sum(__wz * __x{j})" for j in range(p)]
+    # fsum (compensated summation): a sum that does not depend on the order DuckDB's threads
+    # add the rows in, so an iteration's totals, and so the convergence test and the number of
+    # iterations, repeat from run to run (a plain sum differs in its last bits between runs)
+    aggs = [f"fsum(__iw * __x{i} * __x{j})" for i in range(p) for j in range(i, p)]
+    aggs += [f"fsum(__wz * __x{j})" for j in range(p)]
     aggs += [
-        f"sum(__w * {dev})",
-        f"sum(__w * (__y - __mu) * (__y - __mu) / {var})",
-        f"sum({llf})",
-        "sum(__w)",
-        "sum(__w * __y)",
+        f"fsum(__w * {dev})",
+        f"fsum(__w * (__y - __mu) * (__y - __mu) / {var})",
+        f"fsum({llf})",
+        "fsum(__w)",
+        "fsum(__w * __y)",
     ]
     sql = f"SELECT {', '.join(aggs)} FROM ({layer4})"  # noqa: S608 - generated
     return sql, params, p * (p + 1) // 2 + p + 5
