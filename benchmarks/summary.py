@@ -2,7 +2,8 @@
 
     python benchmarks/summary.py
 
-Reads whatever results exist (paillier, secagg, stats, anon, load, contention, dp); each row states
+Reads whatever results exist (paillier, secagg, stats, anon, load, contention, dp,
+regression); each row states
 our figure, the anchor's, the ratio and the target, with the machine and versions the figures
 came from.
 """
@@ -332,6 +333,63 @@ def dp_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def regression_rows(d: dict[str, Any]) -> list[Row]:
+    def row(what: str, ours: float, anchor: str, ref: float, target: float) -> Row:
+        ratio = ours / ref
+        return (what, f"{ours:.3f} s", f"{anchor} {ref:.3f} s", f"{ratio:.2f}x", f"<= {target:g}x",
+                _verdict(ratio <= target))  # fmt: skip
+
+    a, g = d["adult"], d["generated"]
+    rows = [
+        row(
+            f"Adult logistic GLM ({a['parameters']} params, {a['rows']} rows), secagg, "
+            f"{a['glm_binomial']['iterations']} iterations",
+            a["glm_binomial"]["secagg_s"],
+            "statsmodels GLM on the union",
+            a["glm_binomial"]["statsmodels_s"],
+            a["glm_binomial"]["target_ratio"],
+        ),
+        row(
+            "Adult logistic GLM, Paillier",
+            a["glm_binomial"]["paillier_s"],
+            "statsmodels GLM on the union",
+            a["glm_binomial"]["statsmodels_s"],
+            a["glm_binomial"]["target_ratio"],
+        ),
+        row(
+            "Adult OLS",
+            a["ols"]["secagg_s"],
+            "statsmodels OLS on the union",
+            a["ols"]["statsmodels_s"],
+            a["ols"]["target_ratio"],
+        ),
+    ]
+    n = f"3 x {g['rows_per_node']:,} rows, {g['features']} features"
+    for key, label in (("glm_gaussian", "gaussian GLM"), ("glm_binomial", "logistic GLM")):
+        if key in g:
+            r = g[key]
+            rows.append(
+                row(
+                    f"{label}, {n}, {r['iterations']} iterations "
+                    f"(statsmodels {r['statsmodels_iterations']})",
+                    r["secagg_s"],
+                    "statsmodels GLM on the union",
+                    r["statsmodels_s"],
+                    r["target_ratio"],
+                )
+            )
+    rows.append(
+        row(
+            f"OLS, {n}",
+            g["ols"]["secagg_s"],
+            "statsmodels smf.ols on the union",
+            g["ols"]["statsmodels_formula_s"],
+            g["ols"]["target_ratio"],
+        )
+    )
+    return rows
+
+
 def charts(data: dict[str, dict[str, Any]]) -> list[str]:
     try:
         import matplotlib
@@ -434,6 +492,7 @@ def main() -> int:
         "load": load_rows,
         "contention": contention_rows,
         "dp": dp_rows,
+        "regression": regression_rows,
     }
     data = {name: d for name in builders if (d := _load(name)) is not None}
     if not data:
