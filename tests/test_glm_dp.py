@@ -224,3 +224,35 @@ def test_a_forged_dp_round_is_refused_by_the_node(fed: Federation) -> None:
                 client.secagg_step(step, 10)
     finally:
         client.close()
+
+
+def test_dp_ols_on_the_paillier_path(fed: Federation, adult: pd.DataFrame) -> None:
+    """Every node adds the whole central noise to its encrypted statistics (no threshold bounds
+    how many ciphertexts the aggregator sums): the fit agrees with the clamped union within the
+    noise it reports, which is larger than the secure-aggregation fit's."""
+    formula = "hours ~ age + C(sex)"
+    res = fed.ols("default", formula, epsilon=20.0, delta=1e-6, method="paillier")
+    ref = smf.ols(formula, adult).fit()
+    assert res.dp is not None and res.dp["nodes"] == 3
+    assert ((res.params - ref.params).abs() <= 6 * res.dp["std"] + 1e-9).all()
+
+
+def test_cli_dp_ols(
+    fed: Federation, adult: pd.DataFrame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from trustspace.cli.main import main
+
+    assert fed.workdir is not None
+    base = ["query", "-a", fed.aggregator.address, "-c", str(fed.workdir / "ca" / "analyst")]
+    base += ["--server-name", "aggregator", "--epsilon", "20", "--delta", "1e-7"]
+    assert main([*base, "ols", "default", "--formula", "hours ~ age", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["dp"]["epsilon"], out["dp"]["delta"], out["dp"]["nodes"]) == (20.0, 1e-7, 3)
+    ref = smf.ols("hours ~ age", adult).fit()
+    err = (pd.Series(out["params"]) - ref.params).abs()
+    assert (err <= 6 * pd.Series(out["dp"]["std"])).all()
+    assert main([*base, "ols", "default", "--formula", "hours ~ age"]) == 0
+    cap = capsys.readouterr()
+    assert "OLS Regression Results" in cap.out and "differentially private" in cap.err
