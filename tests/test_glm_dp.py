@@ -256,3 +256,21 @@ def test_cli_dp_ols(
     assert main([*base, "ols", "default", "--formula", "hours ~ age"]) == 0
     cap = capsys.readouterr()
     assert "OLS Regression Results" in cap.out and "differentially private" in cap.err
+
+
+def test_the_reported_noise_is_the_accounted_noise(fed: Federation, adult: pd.DataFrame) -> None:
+    """The noise std of every released statistic, recomputed here from ``noise_plan`` (the
+    nodes' shares for threshold 2 of 3) and the round's encoding, is the one reported; and the
+    fit is not exact (the noise is there)."""
+    from trustspace.dp import discrete_gaussian_variance
+
+    schema = fed.nodes["n1"].engine.schema("default")
+    eps, delta = 10.0, 1e-6
+    res = fed.ols("default", "hours ~ age + C(sex)", epsilon=eps, delta=delta)
+    assert res.dp is not None
+    rnd = _dp_round(schema, eps)
+    share = noise_plan(rnd, schema, DPSpec(eps, delta), t=2, n=3).node_sigma2
+    entry = np.sqrt(3 * discrete_gaussian_variance(share)) / rnd.units
+    assert np.allclose(res.dp["statistics_std"].to_numpy(), entry, rtol=1e-9)
+    ref = smf.ols("hours ~ age + C(sex)", adult).fit()
+    assert (res.params - ref.params).abs().max() > 1e-6
