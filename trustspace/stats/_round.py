@@ -144,6 +144,8 @@ class Term:
     #: glm terms (``stats._glm``): the family, the design columns (``mode`` counts: the cells
     #: to count), the coefficients the linear predictor uses (``mode`` irls), the weights and
     #: offset columns ("" for none), what the term computes, and each entry's frac_bits
+    #: (mode ``dp``, DP OLS: X'X, X'y, y'y and n with every column clamped to its pair of
+    #: ``clamp``, one ``[low, high]`` per column; see stats._dp)
     family: str = ""
     design: tuple[GLMColumn, ...] = ()
     beta: tuple[float, ...] = ()
