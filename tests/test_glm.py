@@ -203,8 +203,8 @@ def test_bad_input_is_a_clear_error(fed: Federation) -> None:
         fed.ols("default", "age ~ np.log(kids)")
     with pytest.raises(DataError, match="'age' holds values other than 0 and 1"):
         fed.glm("default", "age ~ kids", family="binomial")
-    with pytest.raises(ConfigError, match="not supported yet"):
-        fed.ols("default", "age ~ kids", epsilon=1.0)
+    with pytest.raises(ConfigError, match="column 'age' has no public bounds"):
+        fed.ols("default", "age ~ kids", epsilon=1.0)  # DP OLS: tests/test_glm_dp.py
     with pytest.raises(DataError, match=r"columns 'kids', 'kids_x2' are collinear"):
         fed.ols("default", "age ~ kids + kids_x2 + C(sex)")
     with pytest.raises(DataError, match=r"'kids' hold no variation"):

@@ -980,26 +980,41 @@ class Federation:
         *,
         method: str = "secagg",
         epsilon: float | None = None,
+        delta: float | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> GLMResults:
         """Least squares (WLS with ``weights``) in one round of X'X, X'y and y'y over every
         node, as statsmodels' ``smf.ols(formula, union).fit()``: with ``rsquared``,
-        ``rsquared_adj``, ``fvalue``, ``f_pvalue`` and Student's t (see ``glm``)."""
-        self._no_dp(epsilon, "ols")
+        ``rsquared_adj``, ``fvalue``, ``f_pvalue`` and Student's t (see ``glm``).
+
+        With ``epsilon`` (and ``delta``): differentially private OLS from noisy sufficient
+        statistics in one DP round (docs/dp.md): every numeric column of the model clamped to
+        its public bounds (the dataset's, or ``bounds``), no weights. ``bse`` then includes
+        the noise's contribution; ``result.dp`` holds the noise std of the coefficients
+        (``std``) and of each released statistic (``statistics_std``)."""
+        dp = _dp_spec(epsilon, delta)
         schema, _ = self._schema(dataset)
         design = parse_design(formula, schema, weights or "")
         params: dict[str, Any] = {"formula": formula}
         if weights:
             params["weights"] = weights
-        result = self.run(Query("ols", dataset, design.used, where, params), method)
-        return GLMResults(result, design, "gaussian", ols=True)
+        if bounds is not None:
+            if dp is None:
+                raise ConfigError("ols: bounds= clamps a DP fit's values; give epsilon= too")
+            params.update(_bounds(bounds))
+        query = Query("ols", dataset, design.used, where, params)
+        result = self.run(query, method, epsilon=epsilon, delta=delta)
+        fit = GLMResults(result, design, "gaussian", ols=True)
+        return fit
 
     @staticmethod
     def _no_dp(epsilon: float | None, op: str) -> None:
         if epsilon is not None:
             raise ConfigError(
-                f"{op}: epsilon= (a differentially private regression) is not supported yet; "
-                "fit the exact model (the nodes' min_group_size and "
-                "glm_min_records_per_parameter apply) or ask for DP means and variances"
+                f"{op}: epsilon= is not supported for a GLM: IRLS needs one noisy round per "
+                "iteration (each spending budget, its noise steering the next), so it is not "
+                "offered; use fed.ols(..., epsilon=) for a DP linear model, or fit the exact "
+                "model (the nodes' min_group_size and glm_min_records_per_parameter apply)"
             )
 
     def anonymize(

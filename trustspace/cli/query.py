@@ -353,7 +353,7 @@ def _model(fed: Any, args: argparse.Namespace) -> int:
     else:
         res = fed.ols(
             args.dataset, args.formula, args.where, args.weights, method=args.method,
-            epsilon=args.epsilon,
+            epsilon=args.epsilon, delta=args.delta,
         )  # fmt: skip
     if args.json:
         ci = res.conf_int()
@@ -366,10 +366,19 @@ def _model(fed: Any, args: argparse.Namespace) -> int:
             "llf": res.llf,
             "aic": res.aic,
         }
+        if res.dp is not None:  # DP OLS: the privacy and each coefficient's noise std
+            out["dp"] = {k: res.dp[k] for k in ("epsilon", "delta", "nodes")}
+            out["dp"]["std"] = res.dp["std"].to_dict()
         json.dump(out, sys.stdout, indent=2)
         print()
     else:
         print(res.summary())
+        if res.dp is not None:
+            print(
+                f"(differentially private: epsilon {res.dp['epsilon']:g}, delta "
+                f"{res.dp['delta']:g}; std err includes the noise)",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -47,13 +47,25 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
             raise ConfigError(f"glm term: column {c!r} is {schema.columns[c].value}, not numeric")
     params: list[Any] = []
     xs: list[str] = []
+    # a dp term (DP OLS, stats._dp) clamps every numeric value to its column's public bounds
+    clamp: dict[str, tuple[float, float]] = {}
+    if t.mode == "dp":
+        pairs = zip(t.clamp[::2], t.clamp[1::2], strict=True)
+        clamp = dict(zip(t.columns, pairs, strict=True))
+
+    def number(c: str) -> str:
+        if c not in clamp:
+            return _value(c, schema)
+        lo, hi = clamp[c]
+        return f"least(greatest({_value(c, schema)}, {_lit(lo)}), {_lit(hi)})"
+
     for col in t.design:
         factors = []
         for c, level in col:
             if level is None:
                 if not schema.columns[c].is_numeric:
                     raise ConfigError(f"glm term: column {c!r} is not numeric")
-                factors.append(_value(c, schema))
+                factors.append(number(c))
             else:
                 factors.append(f"CAST({quote_ident(c)} = ? AS DOUBLE)")
                 params.append(level)
@@ -61,7 +73,7 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
     complete = " AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in t.columns)
     cond = f"WHERE {complete}" + (f" AND ({where[6:]})" if where else "")
     base_cols = [f"{x} AS __x{j}" for j, x in enumerate(xs)]
-    base_cols.append(f"{_value(y, schema)} AS __y")
+    base_cols.append(f"{number(y)} AS __y")
     base_cols.append(f"{_value(t.weights, schema)} AS __w" if t.weights else f"{_lit(1.0)} AS __w")
     base_cols.append(f"{_value(t.offset, schema)} AS __o" if t.offset else f"{_lit(0.0)} AS __o")
     base = f"SELECT {', '.join(base_cols)} FROM {src} AS t {cond}"  # noqa: S608 - quoted, ? values
@@ -79,6 +91,12 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
         aggs.append("count_if(__w <= 0)" if t.weights else "0")
         sql = f"SELECT {', '.join(aggs)} FROM ({base})"  # noqa: S608 - generated
         return sql, params, p + 3
+    if t.mode == "dp":  # the sufficient statistics of OLS over the clamped values
+        aggs = [f"sum(__x{i} * __x{j})" for i in range(p) for j in range(i, p)]
+        aggs += [f"sum(__x{j} * __y)" for j in range(p)]
+        aggs += ["sum(__y * __y)", "count(*)"]
+        sql = f"SELECT {', '.join(aggs)} FROM ({base})"  # noqa: S608 - generated
+        return sql, params, p * (p + 1) // 2 + p + 2
     if t.mode == "sums":
         sql = f"SELECT fsum(__y), fsum(__w), fsum(__w * __y) FROM ({base})"  # noqa: S608
         return sql, params, 3

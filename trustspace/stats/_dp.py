@@ -64,6 +64,7 @@ __all__ = [
     "DPComputation",
     "DPSpec",
     "add_noise",
+    "glm_dp_bounds",
     "noise_plan",
     "noise_variance",
     "paillier_noise_plan",
@@ -87,6 +88,7 @@ DP_OPS = (
     "describe",
     "group_by",
     "crosstab",
+    "ols",
 )
 #: Equal-width bins over the bounds from which quantiles (and describe's) are read.
 DP_QUANTILE_BINS = 64
@@ -197,6 +199,14 @@ def round_sensitivity(rnd: Round, schema: TableSchema) -> tuple[float, float]:
             if t.frac_bits != DP_BITS:
                 raise ConfigError(f"DP round: count term {t.to_dict()} is not on the DP scale")
             s = Fraction(_UNIT)
+        elif t.kind == "glm" and t.mode == "dp":
+            # each entry a sum over records of a product of clamped values (indicators 0/1):
+            # one record moves entry e by at most m_e (data units), m_e 2^bits_e encoded
+            for m, b in zip(glm_dp_bounds(t), t.bits, strict=True):
+                s = m * Fraction(2) ** b + 1
+                squares += s * s
+                total += s
+            continue
         elif t.kind == "moment" and len(t.columns) == 1 and t.clamp:
             lo, hi = t.clamp  # the node clamps to these: they bound what one record adds
             c, p = Fraction(t.centers[0]), t.powers[0]
@@ -209,6 +219,40 @@ def round_sensitivity(rnd: Round, schema: TableSchema) -> tuple[float, float]:
         total += s
     l2 = math.sqrt(squares) * (1 + 1e-12)  # rounded up
     return l2, float(total)
+
+
+def glm_dp_bounds(t: Term) -> list[Fraction]:
+    """The most one record adds to each entry of a glm ``dp`` term (DP OLS), in data units:
+    ``B_i B_j`` for X'X, ``B_j B_y`` for X'y, ``B_y^2`` for y'y and 1 for n, where ``B`` of a
+    design column is the product of ``max(|low|, |high|)`` over its numeric factors (an
+    indicator of a level is 0 or 1; the intercept is 1)."""
+    lows, highs = t.clamp[::2], t.clamp[1::2]
+    bound = {
+        c: max(abs(Fraction(lo)), abs(Fraction(hi)))
+        for c, lo, hi in zip(t.columns, lows, highs, strict=True)
+    }
+    cols = []
+    for design_col in t.design:
+        m = Fraction(1)
+        for c, level in design_col:
+            if level is None:
+                m *= bound[c]
+        cols.append(m)
+    by = bound[t.columns[0]]
+    p = len(cols)
+    out = [cols[i] * cols[j] for i in range(p) for j in range(i, p)]
+    return [*out, *(c * by for c in cols), by * by, Fraction(1)]
+
+
+def _dp_bits(m: Fraction) -> int:
+    """The largest f with ``m 2^f <= 2^DP_BITS``: one record then moves the entry by at most
+    2^8 encoded units (+1 for rounding), as it moves a count."""
+    f = DP_BITS
+    while m * Fraction(2) ** f > _UNIT:
+        f -= 1
+    while m * Fraction(2) ** (f + 1) <= _UNIT:
+        f += 1
+    return f
 
 
 def noise_plan(
@@ -303,6 +347,7 @@ class DPComputation:
         self._variance = 0.0
         self.nodes = 0
         self._order: list[int] = []
+        self._ols: tuple[Any, Term] | None = None
         self.round, self._layout, self._wants, self._grouped = self._plan()
 
     # --- driver interface -----------------------------------------------------------------
@@ -337,6 +382,8 @@ class DPComputation:
             raise ProtocolError("result(): the DP round has not been fed")
         x = self._total
         var = self._variance / self.round.units**2  # per entry, in the entry's own units
+        if self._ols is not None:
+            return _ols_result(self, x, var, Result)
         layout = self._layout
         values, stds = [], []
         for f in self._figures():
@@ -417,6 +464,10 @@ class DPComputation:
             ]
             wants = [row(c) for row in rows for c in cols]
             layout = _frame(labels, list(cols))
+        elif op == "ols":
+            self._ols = _ols_plan(q, s)
+            rnd = Round(q.dataset, q.where, (self._ols[1],), None, (), 0)
+            return rnd, layout, [], False
         elif op == "crosstab":
             wants, layout = _crosstab_plan(q, s)
         else:  # group_by
@@ -555,6 +606,112 @@ def _crosstab_plan(q: Query, s: TableSchema) -> tuple[list[_Want], Callable[[Any
     wants = [_sum_of_want(term, entries) for entries in flat]
     index, columns = pd.Index(list(la), name=a), pd.Index(list(lb), name=b)
     return wants, _frame(index, columns)
+
+
+def _ols_plan(q: Query, s: TableSchema) -> tuple[Any, Term]:
+    """DP OLS: one glm ``dp`` term, X'X, X'y, y'y and n over the rows with every numeric
+    column clamped to its public bounds, each entry on the scale where one record moves it by
+    at most 2^8 encoded units (``glm_dp_bounds``, ``_dp_bits``)."""
+    from trustspace.stats._glm import query_design
+
+    design = query_design(q, s)
+    if design.weights:
+        raise ConfigError(
+            "ols: weights= with epsilon= is not supported (a weight has no public bound on "
+            "what one record adds); fit without weights, or without epsilon"
+        )
+    numeric = {design.response, *design.numeric}
+    clamp: list[float] = []
+    for c in design.used:  # response first, as a glm term reads it
+        clamp.extend(_bounds(s, c) if c in numeric else (0.0, 1.0))  # indicators are 0/1
+    term = Term(
+        "glm",
+        design.used,
+        family="gaussian",
+        design=design.columns,
+        mode="dp",
+        clamp=tuple(clamp),
+        bits=tuple(1 for _ in range(len(design.columns) * (len(design.columns) + 3) // 2 + 2)),
+    )
+    term = replace(term, bits=tuple(_dp_bits(m) for m in glm_dp_bounds(term)))
+    return design, term
+
+
+def _ols_result(comp: DPComputation, x: Vec, var: Vec, result_cls: Any) -> Any:
+    """The OLS fit from the noisy sufficient statistics (post-processing), with standard errors
+    from them plus the noise's contribution (the delta method on ``beta = A^-1 b``)."""
+    from trustspace.errors import DataError
+
+    assert comp._ols is not None
+    design, _ = comp._ols
+    names = list(design.names)
+    p = len(names)
+    iu = np.triu_indices(p)
+    k = len(iu[0])
+    a = np.zeros((p, p))
+    a[iu] = x[:k]
+    a = a + np.triu(a, 1).T
+    b, yy, n = x[k : k + p], float(x[k + p]), float(x[k + p + 1])
+    d = np.diag(a)
+    w = np.linalg.eigvalsh(a / np.sqrt(np.outer(np.abs(d), np.abs(d)))) if np.all(d > 0) else None
+    if w is None or w[0] <= 1e-8 or n <= p + 1:
+        raise DataError(
+            "ols with epsilon: the noisy X'X is not positive definite (the noise outweighs "
+            "the variation of some design column); raise epsilon, or coarsen the model (fewer "
+            "terms, merged levels, narrower bounds)"
+        )
+    sd = np.sqrt(d)
+    beta = np.linalg.solve(a / np.outer(sd, sd), b / sd) / sd
+    inv = np.asarray(np.linalg.inv(a), dtype=np.float64)
+    ssr = yy - 2 * float(beta @ b) + float(beta @ a @ beta)
+    if not ssr > 0:
+        raise DataError(
+            "ols with epsilon: the noisy residual sum of squares is not positive; raise epsilon "
+            "or coarsen the model"
+        )
+    # d beta / d entry: A^-1 (d b - d A beta); the noise of the entries is independent
+    jac = np.zeros((p, x.size))
+    for e, (i, j) in enumerate(zip(*iu, strict=True)):
+        da = np.zeros(p)
+        da[i] += beta[j]
+        if i != j:
+            da[j] += beta[i]
+        jac[:, e] = -inv @ da
+    jac[:, k : k + p] = inv
+    noise_cov = (jac * var) @ jac.T
+    scale = ssr / (n - p)
+    i0 = [c for c in design.columns].index(()) if design.intercept else -1
+    centered = yy - float(b[i0]) ** 2 / n if i0 >= 0 else yy
+    figures = {
+        "ssr": ssr,
+        "centered_tss": max(centered, ssr),
+        "uncentered_tss": max(yy, ssr),
+        "sum_log_w": 0.0,
+        "nobs": n,
+        "df_resid": n - p,
+        "df_model": p - 1 if design.intercept else p,
+        "scale": scale,
+        "iterations": 0.0,
+        "converged": 1.0,
+    }
+    cov = inv + noise_cov / scale  # bse = sqrt(diag(scale A^-1 + noise covariance))
+    value = pd.DataFrame(np.column_stack([beta, cov]), index=names, columns=["coef", *names])
+    suppressed = pd.DataFrame(False, index=names, columns=["coef", *names])
+    labels = [f"X'X[{names[i]}, {names[j]}]" for i, j in zip(*iu, strict=True)]
+    labels += [f"X'y[{nm}]" for nm in names] + ["y'y", "n"]
+    std = pd.Series(np.sqrt(np.diag(noise_cov)), index=names)
+    info = {
+        "epsilon": comp.dp.epsilon,
+        "delta": comp.dp.delta,
+        "mechanism": "distributed discrete Gaussian (KLS21), added by every node",
+        "noise_std": math.sqrt(comp._variance) / _UNIT,
+        "nodes": comp.nodes,
+        "std": std,
+        "ci95": _Z95 * std,
+        "statistics_std": pd.Series(np.sqrt(var), index=labels),
+    }
+    precision = {f"model/{key}": float(v) for key, v in figures.items()}
+    return result_cls("ols", value, suppressed, precision, 1, info)
 
 
 def _sum_of_want(term: Term, offsets: list[int]) -> _Want:

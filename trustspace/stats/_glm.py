@@ -844,6 +844,8 @@ class GLMResults:
         self.iterations = int(f["iterations"])
         self.converged = bool(f["converged"])
         self.rounds = result.rounds
+        #: a DP fit (``fed.ols(..., epsilon=)``): privacy and the noise (``Result.dp``); else None
+        self.dp = result.dp
         if ols:
             self.ssr = f["ssr"]
             n = self.nobs

@@ -63,7 +63,7 @@ _PARAMS: dict[str, set[str]] = {
     "crosstab": {"values", "margins"},
     "ttest": {"by", "values"},
     "glm": {"formula", "family", "weights", "offset", "max_iter", "tol"},
-    "ols": {"formula", "weights"},
+    "ols": {"formula", "weights", "bounds"},
 }
 #: The per-group aggregations a t-test is computed from (``group_by``'s machinery).
 TTEST_AGGS = ("count", "mean", "var")

@@ -82,7 +82,7 @@ def octave_key(x: float) -> int:
 TermKind = Literal["moment", "octaves", "grid", "bins", "cells", "glm"]
 _KINDS = ("moment", "octaves", "grid", "bins", "cells", "glm")
 #: What a ``glm`` term computes (see ``Term`` and ``stats._glm``).
-GLM_MODES = ("counts", "sums", "start", "irls")
+GLM_MODES = ("counts", "sums", "start", "irls", "dp")
 GLM_FAMILIES = ("gaussian", "binomial", "poisson")
 #: A design column of a glm term: the product of its factors, each ``(column, level)``: the
 #: value of a numeric column (level None) or the indicator ``column = level``; () is 1.
@@ -144,6 +144,8 @@ class Term:
     #: glm terms (``stats._glm``): the family, the design columns (``mode`` counts: the cells
     #: to count), the coefficients the linear predictor uses (``mode`` irls), the weights and
     #: offset columns ("" for none), what the term computes, and each entry's frac_bits
+    #: (mode ``dp``, DP OLS: X'X, X'y, y'y and n with every column clamped to its pair of
+    #: ``clamp``, one ``[low, high]`` per column; see stats._dp)
     family: str = ""
     design: tuple[GLMColumn, ...] = ()
     beta: tuple[float, ...] = ()
@@ -283,8 +285,20 @@ class Term:
         for b in self.bits:
             if isinstance(b, bool) or not isinstance(b, int) or not -1100 <= b <= 1100:
                 raise ConfigError(f"term 'bits': {b!r} out of range")
-        if self.clamp or self.scale or self.frac_bits or self.powers or self.edges:
-            raise ConfigError("term: a glm term takes no clamp, scale, frac_bits, powers, edges")
+        if self.mode == "dp":
+            # differentially private OLS: every column clamped to its (low, high), 2 per column
+            if self.family != "gaussian" or self.weights or self.offset:
+                raise ConfigError("term: a glm dp term is gaussian, without weights or offset")
+            if len(self.clamp) != 2 * len(self.columns):
+                raise ConfigError("term 'clamp': a glm dp term gives [low, high] per column")
+            cl = tuple(_finite(v, "term 'clamp'") for v in self.clamp)
+            if any(not lo < hi for lo, hi in zip(cl[::2], cl[1::2], strict=True)):
+                raise ConfigError("term 'clamp': low must be below high")
+            object.__setattr__(self, "clamp", cl)
+        elif self.clamp:
+            raise ConfigError("term 'clamp': only a glm dp term clamps its columns")
+        if self.scale or self.frac_bits or self.powers or self.edges:
+            raise ConfigError("term: a glm term takes no scale, frac_bits, powers, edges")
 
     @property
     def glm_p(self) -> int:
@@ -363,6 +377,8 @@ class Term:
                 return p + 3
             if self.mode == "sums":
                 return 3
+            if self.mode == "dp":  # X'X (upper triangle), X'y, y'y, n (stats._dp)
+                return p * (p + 1) // 2 + p + 2
             return p * (p + 1) // 2 + p + 5
         return len(self.edges) + 1
 
@@ -387,6 +403,8 @@ class Term:
                 bits=list(self.bits),
                 start=self.start,
             )
+            if self.clamp:
+                d["clamp"] = list(self.clamp)
             return d
         if self.kind == "moment":
             d.update(powers=list(self.powers), centers=list(self.centers), frac_bits=self.frac_bits)
@@ -422,7 +440,7 @@ class Term:
             | {"bits", "start"},
         }[kind]
         optional = (
-            set()
+            {"clamp"}
             if kind == "glm"
             else ({"frac_bits"} if kind != "moment" else {"scale"}) | {"clamp"}
         )

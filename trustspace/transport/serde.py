@@ -570,7 +570,7 @@ def result_to_dict(result: Any) -> dict[str, Any]:
     }
 
 
-_DP_TABLES = ("std", "ci95")
+_DP_TABLES = ("std", "ci95", "statistics_std")  # statistics_std: DP OLS
 
 
 def _dp_to(dp: Mapping[str, Any] | None) -> dict[str, Any] | None:
