@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from trustspace.transport.ca import init_ca, issue
+
+if TYPE_CHECKING:
+    from trustspace.api import Federation
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +108,40 @@ sex = "str"
 {policy}"""
     )
     return path
+
+
+#: the ready line ``trustspace node`` / ``aggregator`` prints once it listens
+READY = re.compile(r"on (127\.0\.0\.1:\d+)")
+
+
+def start_cli(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start ``trustspace ARGS`` (a node or aggregator) as a process; it and its address once
+    it printed its ready line (AssertionError with its stderr if it did not)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trustspace.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = READY.search(line)
+    if m is None:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"{args} did not start: {line!r} {err}")
+    return proc, m.group(1)
+
+
+def query_cli_args(fed: Federation) -> list[str]:
+    """``trustspace query`` arguments reaching ``fed``'s aggregator as its analyst."""
+    assert fed.workdir is not None
+    return [
+        "query",
+        "-a",
+        fed.aggregator.address,
+        "-c",
+        str(fed.workdir / "ca" / "analyst"),
+        "--server-name",
+        "aggregator",
+    ]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats as st
+from conftest import query_cli_args as _cli
 
 from trustspace.api import Federation
 from trustspace.cli.main import main
@@ -364,19 +365,6 @@ def test_engine_counts_int_bool_and_str_cells_with_nulls(tmp_path: Path) -> None
 
 
 # ---------------------------------------------------------------------- command line
-def _cli(fed: Federation) -> list[str]:
-    assert fed.workdir is not None
-    return [
-        "query",
-        "-a",
-        fed.aggregator.address,
-        "-c",
-        str(fed.workdir / "ca" / "analyst"),
-        "--server-name",
-        "aggregator",
-    ]
-
-
 def test_cli_crosstab_chi2_and_ttest(
     fed: Federation, adult: pd.DataFrame, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import query_cli_args
 from scipy import stats as sps
 
 from trustspace.api import Federation
@@ -390,15 +391,7 @@ def test_trustspace_query_epsilon_and_budget(
     from trustspace.cli.main import main
 
     with _local(tmp_path, {"epsilon": 5.0, "delta": 1e-5}) as fed:
-        base = [
-            "query",
-            "-a",
-            fed.aggregator.address,
-            "-c",
-            str(fed.workdir / "ca" / "analyst"),
-            "--server-name",
-            "aggregator",
-        ]
+        base = query_cli_args(fed)
         assert main([*base, "mean", "default", "age", "--epsilon", "0.5", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["dp"]["epsilon"] == 0.5 and out["dp"]["delta"] == 1e-6

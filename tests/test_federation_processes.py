@@ -4,16 +4,14 @@ processes, queries from the CLI and from Python, a refusal in the audit log, aud
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_node_config
+from conftest import start_cli, write_node_config
 
 from trustspace.api import Credentials, Federation
 from trustspace.cli.main import main
@@ -28,24 +26,6 @@ analysts = ["bob"]
 operations = ["count"]
 columns = ["sex", "age"]
 """
-READY = re.compile(r"on (127\.0\.0\.1:\d+)")
-
-
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trustspace.cli.main", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = READY.search(line)
-    if m is None:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-        raise AssertionError(f"{args} did not start: {line!r} {err}")
-    return proc, m.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +56,7 @@ def space(
                 audit=root / "audit" / f"{name}.jsonl",
                 policy=POLICY,
             )
-            proc, addr = _start(["node", str(cfg)])
+            proc, addr = start_cli(["node", str(cfg)])
             procs.append(proc)
             nodes[name] = addr
         agg_cfg = root / "aggregator.toml"
@@ -85,7 +65,7 @@ def space(
             f'[tls]\ndir = "{ca / "op"}"\n'
             + "".join(f'[[nodes]]\nname = "{n}"\naddress = "{a}"\n' for n, a in nodes.items())
         )
-        proc, agg = _start(["aggregator", str(agg_cfg)])
+        proc, agg = start_cli(["aggregator", str(agg_cfg)])
         procs.append(proc)
         yield {"root": root, "ca": ca, "aggregator": agg, "procs": procs}
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import query_cli_args as _base
 
 from trustspace.anon import Hierarchy, anonymize
 from trustspace.api import Federation
@@ -47,19 +48,6 @@ def fed_open(parts: dict[str, pd.DataFrame]) -> Iterator[Federation]:
     policy = {"min_group_size": 3, "release_rows": True, "rules": [ALLOW_ALL]}
     with Federation.local(parts, policy=policy, domains={"age": list(range(100))}) as f:
         yield f
-
-
-def _base(fed: Federation) -> list[str]:
-    assert fed.workdir is not None
-    return [
-        "query",
-        "-a",
-        fed.aggregator.address,
-        "-c",
-        str(fed.workdir / "ca" / "analyst"),
-        "--server-name",
-        "aggregator",
-    ]
 
 
 def test_count_prints_an_integer(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_node_config
+from conftest import start_cli, write_node_config
 
 from trustspace.aggregator.config import load_aggregator_config
 from trustspace.aggregator.server import Aggregator
@@ -604,26 +604,6 @@ def test_pid_file_refuses_a_second_holder(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ real processes
-READY = re.compile(r"on (127\.0\.0\.1:\d+)")
-
-
-def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trustspace.cli.main", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = READY.search(line)
-    if m is None:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-        raise AssertionError(f"{args} did not start: {line!r} {err}")
-    return proc, m.group(1)
-
-
 @pytest.mark.slow
 def test_reload_a_running_node_process(
     tmp_path: Path,
@@ -649,7 +629,7 @@ def test_reload_a_running_node_process(
                 audit=tmp_path / "audit" / f"{name}.jsonl",
                 policy=POLICY,
             )
-            proc, addrs[name] = _start(["node", str(cfgs[name])])
+            proc, addrs[name] = start_cli(["node", str(cfgs[name])])
             procs.append(proc)
         agg_cfg = tmp_path / "agg.toml"
         agg_cfg.write_text(
@@ -657,7 +637,7 @@ def test_reload_a_running_node_process(
             f'[tls]\ndir = "{ca / "agg"}"\n'
             + "".join(f'[[nodes]]\nname = "{n}"\naddress = "{a}"\n' for n, a in addrs.items())
         )
-        agg_proc, agg = _start(["aggregator", str(agg_cfg)])
+        agg_proc, agg = start_cli(["aggregator", str(agg_cfg)])
         procs.append(agg_proc)
         bob = Credentials.from_dir(ca / "bob")
         with Federation.connect(agg, credentials=bob, server_name="agg") as fed:
