@@ -34,7 +34,7 @@ from trustspace._config import AdminConfig, TlsConfig
 from trustspace.admin._views import HostView, NodeView
 from trustspace.admin.app import PEER_KEY, ASGIApp, Message, Scope, create_app
 from trustspace.errors import ConfigError
-from trustspace.transport.ca import identity_from_pem, revocation_check
+from trustspace.transport.ca import identity_from_pem
 
 if TYPE_CHECKING:
     from trustspace.aggregator.server import Aggregator
@@ -328,7 +328,8 @@ def node_admin(node: Node, registry: CollectorRegistry | None = None) -> AdminSe
         create_app(view, _registry_of(node, registry), hosts=_hosts(config.admin)),
         name=f"node {config.name}",
         tls=config.tls,
-        revoked=_revocation_of(node.service, lambda: node.service.config.tls.revoked),
+        # looked up at each connection: a live reload replaces the service's checker
+        revoked=lambda pem: node.service.revocations.check(pem),
     )
 
 
@@ -348,7 +349,7 @@ def aggregator_admin(agg: Aggregator, registry: CollectorRegistry | None = None)
         create_app(view, _registry_of(agg, registry), hosts=_hosts(config.admin)),
         name=f"aggregator {config.name}",
         tls=config.tls,
-        revoked=_revocation_of(agg, lambda: config.tls.revoked),
+        revoked=lambda pem: agg.revocations.check(pem),
     )
 
 
@@ -358,24 +359,6 @@ def _registry_of(host: Any, given: CollectorRegistry | None) -> CollectorRegistr
         return given
     registry = getattr(getattr(host, "metrics", None), "registry", None)
     return registry if isinstance(registry, CollectorRegistry) else None
-
-
-def _revocation_of(owner: Any, listed: Callable[[], tuple[str, ...]]) -> Callable[[bytes], str]:
-    """The revocation check of ``owner`` (a node's service, or the aggregator), looked up at
-    each connection: its own checker when it has one (``revocations.check`` or
-    ``revocation``: these follow live reloads and CRLs), else the deny list ``listed()``
-    (``[tls] revoked`` of the current config)."""
-
-    def check(pem: bytes) -> str:
-        checker = getattr(owner, "revocations", None)
-        if checker is not None and callable(getattr(checker, "check", None)):
-            return str(checker.check(pem))
-        own = getattr(owner, "revocation", None)
-        if callable(own):
-            return str(own(pem))
-        return revocation_check(listed())(pem)
-
-    return check
 
 
 def _hosts(config: AdminConfig) -> tuple[str, ...]:
