@@ -325,7 +325,11 @@ def node_admin(node: Node, registry: CollectorRegistry | None = None) -> AdminSe
     )
     return AdminServer(
         config.admin,
-        create_app(view, _registry_of(node, registry), hosts=_hosts(config.admin)),
+        create_app(
+            view,
+            node.metrics.registry if registry is None else registry,
+            hosts=_hosts(config.admin),
+        ),
         name=f"node {config.name}",
         tls=config.tls,
         # looked up at each connection: a live reload replaces the service's checker
@@ -346,19 +350,13 @@ def aggregator_admin(agg: Aggregator, registry: CollectorRegistry | None = None)
     )
     return AdminServer(
         config.admin,
-        create_app(view, _registry_of(agg, registry), hosts=_hosts(config.admin)),
+        create_app(
+            view, agg.metrics.registry if registry is None else registry, hosts=_hosts(config.admin)
+        ),
         name=f"aggregator {config.name}",
         tls=config.tls,
         revoked=lambda pem: agg.revocations.check(pem),
     )
-
-
-def _registry_of(host: Any, given: CollectorRegistry | None) -> CollectorRegistry | None:
-    """``given``, else the host's own metrics registry (``host.metrics.registry``) if any."""
-    if given is not None:
-        return given
-    registry = getattr(getattr(host, "metrics", None), "registry", None)
-    return registry if isinstance(registry, CollectorRegistry) else None
 
 
 def _hosts(config: AdminConfig) -> tuple[str, ...]:
