@@ -257,8 +257,6 @@ class NodeView(HostView):
                 size, modified = None, ""
             try:
                 rows = engine.row_count(spec.name) if hasattr(engine, "row_count") else None
-            except TrustspaceError:
-                rows = None
             except Exception:  # a count is a nicety; the page must show all the same
                 rows = None
             schema = spec.schema
