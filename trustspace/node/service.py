@@ -47,7 +47,7 @@ from trustspace.node import _fault
 from trustspace.node._anon import AnonJobs
 from trustspace.node._runs import Run, Runs, query_of
 from trustspace.node.audit import AuditLog
-from trustspace.node.config import ALL, NodeConfig, TlsConfig
+from trustspace.node.config import ALL, NodeConfig
 from trustspace.node.policy import Policy, PolicyRefused, Request, work_units
 from trustspace.obs import NodeMetrics
 from trustspace.obs.metrics import reason_of
@@ -291,23 +291,6 @@ class NodeService:
         )
 
     # ------------------------------------------------------------------ live reload
-    def revocation_for(self, tls: TlsConfig) -> Revocations:
-        """The revocation checker of ``tls`` (``[tls] revoked`` and ``crl``), built and
-        validated before anything is swapped (ConfigError when it cannot be, e.g. a CRL not
-        signed by the data space CA or older than the one in force: the reload is refused)."""
-        return self.revocations.successor(tls)
-
-    def apply_tls_revocation(self, tls: TlsConfig, check: Revocations | None = None) -> None:
-        """Take the revocation list of ``tls`` (``check``: ``revocation_for(tls)``, made
-        already) into ``self.revocations``: the one place every revocation check of this node
-        comes from (the gRPC gate on the caller, the analyst of every signed query, and every
-        node of a secure-aggregation roster). Signatures verified before are checked again
-        (the cache of verified queries is cleared)."""
-        new = check if check is not None else self.revocation_for(tls)
-        new.listener = self.revocations.listener  # who is told of a CRL taken up by itself
-        self.revocations = new
-        self.runs.reverify()
-
     def reconfigure(
         self,
         config: NodeConfig,
@@ -337,7 +320,10 @@ class NodeService:
         (a reload hands out no fresh burst) and take a changed limit now.
         """
         why = "the dataset was changed by a configuration reload; run it again"
-        check = self.revocation_for(config.tls)  # may fail: before anything is swapped
+        # [tls] revoked and crl, built and validated before anything is swapped (ConfigError
+        # when it cannot be, e.g. a CRL not signed by the data space CA or older than the one
+        # in force: the reload is refused)
+        revocations = self.revocations.successor(config.tls)
         with self._config_lock.write():
             replaced = None
             if engine is not None:
@@ -351,7 +337,12 @@ class NodeService:
             if ledger is not None and self.ledger is None:
                 self.ledger = ledger
             self._synced.clear()
-            self.apply_tls_revocation(config.tls, check)
+            # the one place every revocation check of this node comes from (the gRPC gate,
+            # the analyst of every signed query, every node of a roster); signatures verified
+            # before are checked again (the cache of verified queries is cleared)
+            revocations.listener = self.revocations.listener  # told of a CRL taken up itself
+            self.revocations = revocations
+            self.runs.reverify()
         return replaced
 
     # ------------------------------------------------------------------ audit + policy

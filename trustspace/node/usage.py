@@ -109,6 +109,14 @@ def _key(rec: dict[str, Any], by: str) -> str:
     return str(rec.get(field) or "-")
 
 
+def _rho_spent(rec: dict[str, Any]) -> float:
+    """The zCDP rho one audit line records as spent (its ``params``; 0 if none)."""
+    params = rec.get("params") or {}
+    if isinstance(params, dict) and params.get("dp_charge") == "spent":
+        return float(params.get("dp_rho") or 0.0)
+    return 0.0
+
+
 def _decision(seen: set[Any]) -> str:
     """A query's decision from its lines': any refusal is a refusal, then any error."""
     return next((d for d in ("deny", "error", "allow") if d in seen), "-")
@@ -162,9 +170,7 @@ def queries(
             dp = query.get("dp")
             if isinstance(dp, dict) and "epsilon" in dp:
                 row["epsilon"] = float(dp["epsilon"])
-            params = rec.get("params") or {}
-            if isinstance(params, dict) and params.get("dp_charge") == "spent":
-                row["rho"] += float(params.get("dp_rho") or 0.0)
+            row["rho"] += _rho_spent(rec)
             if decision == "allow" and rec.get("operation") != PLANNING:  # as in ``usage``
                 row["ms"] += float(rec.get("ms") or 0.0)
     out = [
@@ -243,9 +249,7 @@ def usage(
                 dp = (rec.get("query") or {}).get("dp") or {}
                 if isinstance(dp, dict) and "epsilon" in dp:
                     row["epsilon"][rid] = float(dp["epsilon"])
-                params = rec.get("params") or {}
-                if isinstance(params, dict) and params.get("dp_charge") == "spent":
-                    row["rho"] += float(params.get("dp_rho") or 0.0)
+                row["rho"] += _rho_spent(rec)
             elif rec.get("decision") == "deny":
                 if rid:
                     row["refused"].add(rid)

@@ -257,6 +257,31 @@ class _Budget(Protocol):
     def epsilon_remaining(self) -> float: ...
 
 
+#: the DP ledger's figures, one gauge per budget (analyst, dataset): name, help, value
+_BUDGET_GAUGES: tuple[tuple[str, str, Callable[[_Budget], float]], ...] = (
+    (
+        "trustspace_node_dp_epsilon_limit",
+        "An analyst's DP budget on a dataset at this node (epsilon at its delta)",
+        lambda b: b.epsilon,
+    ),
+    (
+        "trustspace_node_dp_epsilon_spent",
+        "Epsilon spent or reserved by an analyst on a dataset (zCDP, at its delta)",
+        lambda b: b.epsilon_spent,
+    ),
+    (
+        "trustspace_node_dp_epsilon_remaining",
+        "The largest epsilon one more query of the analyst on the dataset may have",
+        lambda b: b.epsilon_remaining,
+    ),
+    (
+        "trustspace_node_dp_rho_spent",
+        "zCDP rho spent or reserved by an analyst on a dataset (the ledger's unit)",
+        lambda b: b.rho_spent + b.rho_reserved,
+    ),
+)
+
+
 class _ReadAtScrape(Collector):
     """Figures that live elsewhere (the audit log's length, the DP ledger), read at scrape."""
 
@@ -284,40 +309,19 @@ class _ReadAtScrape(Collector):
             budgets = list(self.budgets())
         except Exception:  # a closed or locked ledger: no budget figures this scrape
             return
-        labels = ["analyst", "dataset"]
-        fams = {
-            "limit": GaugeMetricFamily(
-                "trustspace_node_dp_epsilon_limit",
-                "An analyst's DP budget on a dataset at this node (epsilon at its delta)",
-                labels=labels,
-            ),
-            "spent": GaugeMetricFamily(
-                "trustspace_node_dp_epsilon_spent",
-                "Epsilon spent or reserved by an analyst on a dataset (zCDP, at its delta)",
-                labels=labels,
-            ),
-            "remaining": GaugeMetricFamily(
-                "trustspace_node_dp_epsilon_remaining",
-                "The largest epsilon one more query of the analyst on the dataset may have",
-                labels=labels,
-            ),
-            "rho": GaugeMetricFamily(
-                "trustspace_node_dp_rho_spent",
-                "zCDP rho spent or reserved by an analyst on a dataset (the ledger's unit)",
-                labels=labels,
-            ),
-        }
+        fams = [
+            (GaugeMetricFamily(name, doc, labels=["analyst", "dataset"]), value)
+            for name, doc, value in _BUDGET_GAUGES
+        ]
         seen: set[tuple[str, str]] = set()
         for b in budgets:
             key = (self.analyst(b.analyst), self.dataset(b.dataset))
             if OTHER in key or key in seen:
                 continue  # never merge two budgets into one series
             seen.add(key)
-            fams["limit"].add_metric(list(key), b.epsilon)
-            fams["spent"].add_metric(list(key), b.epsilon_spent)
-            fams["remaining"].add_metric(list(key), b.epsilon_remaining)
-            fams["rho"].add_metric(list(key), b.rho_spent + b.rho_reserved)
-        yield from fams.values()
+            for fam, value in fams:
+                fam.add_metric(list(key), value(b))
+        yield from (fam for fam, _ in fams)
 
 
 class _HostMetrics:
