@@ -133,6 +133,14 @@ def _bounds(bounds: Mapping[str, tuple[float, float]] | None) -> dict[str, Any]:
     return {"bounds": {c: list(pair) for c, pair in bounds.items()}}
 
 
+def _crosstab_params(margins: bool, values: Mapping[str, Sequence[Any]] | None) -> dict[str, Any]:
+    """``params`` of a ``crosstab`` query: ``margins`` and the public levels given per column."""
+    params: dict[str, Any] = {"margins": bool(margins)}
+    if values is not None:
+        params["values"] = {c: list(v) for c, v in values.items()}
+    return params
+
+
 def _dp_spec(epsilon: float | None, delta: float | None) -> dict[str, float] | None:
     """The signed ``dp`` of a query (None: exact), checked here before anything is sent."""
     if epsilon is None:
@@ -838,9 +846,7 @@ class Federation:
         cell (docs/security.md). Integers when exact and nothing is suppressed; with
         ``epsilon=`` noisy cells (floats) and margins summed from them.
         """
-        params: dict[str, Any] = {"margins": bool(margins)}
-        if values is not None:
-            params["values"] = {c: list(v) for c, v in values.items()}
+        params = _crosstab_params(margins, values)
         table = cast(
             "pd.DataFrame",
             self._value(
@@ -872,10 +878,7 @@ class Federation:
         """
         from trustspace.stats import chi2_from_table
 
-        params: dict[str, Any] = {"margins": False}
-        if values is not None:
-            params["values"] = {c: list(v) for c, v in values.items()}
-        query = Query("crosstab", dataset, (rows, cols), where, params)
+        query = Query("crosstab", dataset, (rows, cols), where, _crosstab_params(False, values))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a suppressed cell is an error here, not a warning
             result = self.run(query, method)
