@@ -960,7 +960,13 @@ class Federation:
                 with fewer than ``min_group_size`` records, a bad response, a singular
                 design, separation, or no convergence (each names the term and what to do).
         """
-        self._no_dp(epsilon, "glm")
+        if epsilon is not None:
+            raise ConfigError(
+                "glm: epsilon= is not supported for a GLM: IRLS needs one noisy round per "
+                "iteration (each spending budget, its noise steering the next), so it is not "
+                "offered; use fed.ols(..., epsilon=) for a DP linear model, or fit the exact "
+                "model (the nodes' min_group_size and glm_min_records_per_parameter apply)"
+            )
         if family not in ("gaussian", "binomial", "poisson"):
             raise ConfigError(f"glm: family {family!r}; use 'gaussian', 'binomial' or 'poisson'")
         schema, _ = self._schema(dataset)
@@ -1007,18 +1013,7 @@ class Federation:
             params.update(_bounds(bounds))
         query = Query("ols", dataset, design.used, where, params)
         result = self.run(query, method, epsilon=epsilon, delta=delta)
-        fit = GLMResults(result, design, "gaussian", ols=True)
-        return fit
-
-    @staticmethod
-    def _no_dp(epsilon: float | None, op: str) -> None:
-        if epsilon is not None:
-            raise ConfigError(
-                f"{op}: epsilon= is not supported for a GLM: IRLS needs one noisy round per "
-                "iteration (each spending budget, its noise steering the next), so it is not "
-                "offered; use fed.ols(..., epsilon=) for a DP linear model, or fit the exact "
-                "model (the nodes' min_group_size and glm_min_records_per_parameter apply)"
-            )
+        return GLMResults(result, design, "gaussian", ols=True)
 
     def anonymize(
         self,
