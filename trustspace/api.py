@@ -133,6 +133,14 @@ def _bounds(bounds: Mapping[str, tuple[float, float]] | None) -> dict[str, Any]:
     return {"bounds": {c: list(pair) for c, pair in bounds.items()}}
 
 
+def _crosstab_params(margins: bool, values: Mapping[str, Sequence[Any]] | None) -> dict[str, Any]:
+    """``params`` of a ``crosstab`` query: ``margins`` and the public levels given per column."""
+    params: dict[str, Any] = {"margins": bool(margins)}
+    if values is not None:
+        params["values"] = {c: list(v) for c, v in values.items()}
+    return params
+
+
 def _dp_spec(epsilon: float | None, delta: float | None) -> dict[str, float] | None:
     """The signed ``dp`` of a query (None: exact), checked here before anything is sent."""
     if epsilon is None:
@@ -547,6 +555,13 @@ class Federation:
         result: Result = comp.result()
         return result
 
+    def _run_strict(self, query: Query, method: str) -> Result:
+        """``run`` without its warnings: for a test, whose caller raises DisclosureError on a
+        suppressed figure instead of warning about it."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.run(query, method)
+
     def _value(
         self, query: Query, method: str, epsilon: float | None = None, delta: float | None = None
     ) -> Any:
@@ -838,9 +853,7 @@ class Federation:
         cell (docs/security.md). Integers when exact and nothing is suppressed; with
         ``epsilon=`` noisy cells (floats) and margins summed from them.
         """
-        params: dict[str, Any] = {"margins": bool(margins)}
-        if values is not None:
-            params["values"] = {c: list(v) for c, v in values.items()}
+        params = _crosstab_params(margins, values)
         table = cast(
             "pd.DataFrame",
             self._value(
@@ -872,13 +885,8 @@ class Federation:
         """
         from trustspace.stats import chi2_from_table
 
-        params: dict[str, Any] = {"margins": False}
-        if values is not None:
-            params["values"] = {c: list(v) for c, v in values.items()}
-        query = Query("crosstab", dataset, (rows, cols), where, params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a suppressed cell is an error here, not a warning
-            result = self.run(query, method)
+        query = Query("crosstab", dataset, (rows, cols), where, _crosstab_params(False, values))
+        result = self._run_strict(query, method)
         return chi2_from_table(result, int(self.last_info.get("min_group_size") or 0), correction)
 
     def ttest(
@@ -908,9 +916,7 @@ class Federation:
         if values is not None:
             params["values"] = list(values)
         query = Query("ttest", dataset, column, where, params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a suppressed group is an error here
-            result = self.run(query, method)
+        result = self._run_strict(query, method)
         levels = list(values) if values is not None else list(result.value.index)
         return ttest_from_groups(
             result,
@@ -957,7 +963,13 @@ class Federation:
                 with fewer than ``min_group_size`` records, a bad response, a singular
                 design, separation, or no convergence (each names the term and what to do).
         """
-        self._no_dp(epsilon, "glm")
+        if epsilon is not None:
+            raise ConfigError(
+                "glm: epsilon= is not supported for a GLM: IRLS needs one noisy round per "
+                "iteration (each spending budget, its noise steering the next), so it is not "
+                "offered; use fed.ols(..., epsilon=) for a DP linear model, or fit the exact "
+                "model (the nodes' min_group_size and glm_min_records_per_parameter apply)"
+            )
         if family not in ("gaussian", "binomial", "poisson"):
             raise ConfigError(f"glm: family {family!r}; use 'gaussian', 'binomial' or 'poisson'")
         schema, _ = self._schema(dataset)
@@ -1004,18 +1016,7 @@ class Federation:
             params.update(_bounds(bounds))
         query = Query("ols", dataset, design.used, where, params)
         result = self.run(query, method, epsilon=epsilon, delta=delta)
-        fit = GLMResults(result, design, "gaussian", ols=True)
-        return fit
-
-    @staticmethod
-    def _no_dp(epsilon: float | None, op: str) -> None:
-        if epsilon is not None:
-            raise ConfigError(
-                f"{op}: epsilon= is not supported for a GLM: IRLS needs one noisy round per "
-                "iteration (each spending budget, its noise steering the next), so it is not "
-                "offered; use fed.ols(..., epsilon=) for a DP linear model, or fit the exact "
-                "model (the nodes' min_group_size and glm_min_records_per_parameter apply)"
-            )
+        return GLMResults(result, design, "gaussian", ols=True)
 
     def anonymize(
         self,

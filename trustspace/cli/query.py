@@ -253,7 +253,9 @@ def _hypothesis_test(fed: Any, args: argparse.Namespace) -> int:
             method=args.method,
         )
         out = {"statistic": tt.statistic, "pvalue": tt.pvalue, "df": tt.df}
-        table = pd_frame({"count": tt.count, "mean": tt.mean, "var": tt.var})
+        import pandas as pd
+
+        table = pd.DataFrame({"count": tt.count, "mean": tt.mean, "var": tt.var})
     if args.json:
         out["table"] = json.loads(table.to_json(orient="split"))
         json.dump(out, sys.stdout, indent=2)
@@ -263,12 +265,6 @@ def _hypothesis_test(fed: Any, args: argparse.Namespace) -> int:
         print(f"{key:10} {number(value)}")
     print(format_result(table))
     return 0
-
-
-def pd_frame(columns: dict[str, Any]) -> Any:
-    import pandas as pd
-
-    return pd.DataFrame(columns)
 
 
 def _literal(text: str) -> Any:

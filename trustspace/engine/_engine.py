@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from trustspace.engine._check import check_format, check_header, locate_bad_field
-from trustspace.engine._glm import fill_glm, glm_sql
+from trustspace.engine._glm import fill_glm, glm_sql, num_sql
 from trustspace.engine._spec import DatasetSpec
 from trustspace.engine._sql import quote_ident, where_clause
 from trustspace.errors import ConfigError, DataError
@@ -390,15 +390,6 @@ class Engine:
         return cols
 
 
-def _num(col: str, schema: TableSchema, clamp: tuple[float, ...] = ()) -> str:
-    q = quote_ident(col)
-    x = f"CAST({q} AS DOUBLE)" if schema.columns[col] is not ColumnType.FLOAT else q
-    if clamp:  # finite floats (Term checks them), written as SQL number literals
-        lo, hi = (repr(float(v)) for v in clamp)
-        x = f"least(greatest({x}, CAST({lo} AS DOUBLE)), CAST({hi} AS DOUBLE))"
-    return x
-
-
 class _Plan:
     """The SELECT list of one round: aggregate expressions with their ``?`` parameters and a
     filler per term writing its entries; histogram-like terms become keyed counts."""
@@ -443,7 +434,7 @@ class _Plan:
             self._cells(t, off, tid)
             return
         col = t.columns[0]
-        x = _num(col, self.schema, t.clamp)
+        x = num_sql(col, self.schema, t.clamp)
         if t.kind == "octaves":
             # key = sign(x) * (floor(log2|x|) + 2000): no CASE (several times slower in
             # DuckDB); |floor(log2|x|)| <= 1075 keeps the sign recoverable. Clamping to the
@@ -540,7 +531,7 @@ class _Plan:
             factors, params = [], []
             for c, p, center in zip(t.columns, t.powers, t.centers, strict=True):
                 for _ in range(p):
-                    factors.append(f"({_num(c, self.schema, t.clamp)} - ?)")
+                    factors.append(f"({num_sql(c, self.schema, t.clamp)} - ?)")
                     params.append(center)
             product = " * ".join(factors)
             # A NULL factor makes the product NULL (skipped by fsum); columns with power 0

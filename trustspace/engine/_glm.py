@@ -31,9 +31,15 @@ def _lit(x: float) -> str:
     return f"CAST({float(x)!r} AS DOUBLE)"
 
 
-def _value(col: str, schema: TableSchema) -> str:
+def num_sql(col: str, schema: TableSchema, clamp: Sequence[float] = ()) -> str:
+    """Column ``col`` as a DOUBLE, clamped to ``clamp = (low, high)`` when given (finite floats,
+    which Term checks, written as SQL number literals)."""
     q = quote_ident(col)
-    return q if schema.columns[col] is ColumnType.FLOAT else f"CAST({q} AS DOUBLE)"
+    x = q if schema.columns[col] is ColumnType.FLOAT else f"CAST({q} AS DOUBLE)"
+    if clamp:
+        lo, hi = clamp
+        x = f"least(greatest({x}, {_lit(lo)}), {_lit(hi)})"
+    return x
 
 
 def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, list[Any], int]:
@@ -54,10 +60,7 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
         clamp = dict(zip(t.columns, pairs, strict=True))
 
     def number(c: str) -> str:
-        if c not in clamp:
-            return _value(c, schema)
-        lo, hi = clamp[c]
-        return f"least(greatest({_value(c, schema)}, {_lit(lo)}), {_lit(hi)})"
+        return num_sql(c, schema, clamp.get(c, ()))
 
     for col in t.design:
         factors = []
@@ -74,8 +77,8 @@ def glm_sql(t: Term, schema: TableSchema, src: str, where: str) -> tuple[str, li
     cond = f"WHERE {complete}" + (f" AND ({where[6:]})" if where else "")
     base_cols = [f"{x} AS __x{j}" for j, x in enumerate(xs)]
     base_cols.append(f"{number(y)} AS __y")
-    base_cols.append(f"{_value(t.weights, schema)} AS __w" if t.weights else f"{_lit(1.0)} AS __w")
-    base_cols.append(f"{_value(t.offset, schema)} AS __o" if t.offset else f"{_lit(0.0)} AS __o")
+    base_cols.append(f"{num_sql(t.weights, schema)} AS __w" if t.weights else f"{_lit(1.0)} AS __w")
+    base_cols.append(f"{num_sql(t.offset, schema)} AS __o" if t.offset else f"{_lit(0.0)} AS __o")
     base = f"SELECT {', '.join(base_cols)} FROM {src} AS t {cond}"  # noqa: S608 - quoted, ? values
     p = len(xs)
     eps = _lit(_EPS)

@@ -198,25 +198,23 @@ def round_sensitivity(rnd: Round, schema: TableSchema) -> tuple[float, float]:
         if t.is_count:
             if t.frac_bits != DP_BITS:
                 raise ConfigError(f"DP round: count term {t.to_dict()} is not on the DP scale")
-            s = Fraction(_UNIT)
+            entries = [Fraction(_UNIT)]
         elif t.kind == "glm" and t.mode == "dp":
             # each entry a sum over records of a product of clamped values (indicators 0/1):
             # one record moves entry e by at most m_e (data units), m_e 2^bits_e encoded
-            for m, b in zip(glm_dp_bounds(t), t.bits, strict=True):
-                s = m * Fraction(2) ** b + 1
-                squares += s * s
-                total += s
-            continue
+            entries = [
+                m * Fraction(2) ** b + 1 for m, b in zip(glm_dp_bounds(t), t.bits, strict=True)
+            ]
         elif t.kind == "moment" and len(t.columns) == 1 and t.clamp:
             lo, hi = t.clamp  # the node clamps to these: they bound what one record adds
             c, p = Fraction(t.centers[0]), t.powers[0]
             m = max(abs(Fraction(lo) - c), abs(Fraction(hi) - c)) ** p
             unit = Fraction(t.scale) if t.scale else Fraction(2) ** t.frac_bits
-            s = m * unit + 1
+            entries = [m * unit + 1]
         else:
             raise ConfigError(f"DP round: term {t.to_dict()} has no bounded sensitivity")
-        squares += s * s
-        total += s
+        squares += sum(s * s for s in entries)
+        total += sum(entries)
     l2 = math.sqrt(squares) * (1 + 1e-12)  # rounded up
     return l2, float(total)
 

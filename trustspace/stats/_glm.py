@@ -56,9 +56,8 @@ from trustspace.stats._schema import ColumnType, GroupValue, TableSchema
 if TYPE_CHECKING:
     from trustspace.stats._machine import Computation, Result
 
-__all__ = ["FAMILIES", "Design", "GLMResults", "parse_design"]
+__all__ = ["Design", "GLMResults", "parse_design"]
 
-FAMILIES = ("gaussian", "binomial", "poisson")
 _LINKS = {"gaussian": "Identity", "binomial": "Logit", "poisson": "Log"}
 #: Below this mean IRLS weight per record, a binomial level (or the whole model) is separated:
 #: its fitted probabilities are all 0 or 1 and its coefficient diverges.

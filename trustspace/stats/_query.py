@@ -13,7 +13,7 @@ from typing import Any
 
 from trustspace.errors import ConfigError
 from trustspace.stats._filter import check_filter, parse_filter
-from trustspace.stats._round import MAX_CELLS
+from trustspace.stats._round import GLM_FAMILIES, MAX_CELLS
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema, _check_group_value
 
 __all__ = ["GROUP_AGGS", "OPS", "TTEST_AGGS", "Query", "levels_of"]
@@ -280,7 +280,7 @@ def _check_model_params(p: Mapping[str, Any]) -> None:
     if not isinstance(p.get("formula"), str) or "~" not in p["formula"]:
         raise ConfigError("query 'params.formula': expected a formula 'y ~ x1 + C(x2)'")
     fam = p.get("family", "gaussian")
-    if fam not in ("gaussian", "binomial", "poisson"):
+    if fam not in GLM_FAMILIES:
         raise ConfigError(
             f"query 'params.family': {fam!r}; use 'gaussian', 'binomial' or 'poisson'"
         )
