@@ -50,6 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from trustspace._files import write_atomic
 from trustspace.errors import AuthenticationError, ConfigError
 from trustspace.transport._ca_index import CRL, INDEX, Entry, Index, locked
+from trustspace.transport.revocation import parse_revoked
 
 #: ``operator``: a person who may open a node's admin console over mTLS ([admin] tls = true);
 #: no gRPC service accepts it
@@ -977,8 +978,7 @@ def revocation_check(revoked: tuple[str, ...]) -> Callable[[bytes], str]:
     >>> check(b"not a certificate")
     'unreadable certificate'
     """
-    names = {r for r in revoked if not r.lower().startswith("serial:")}
-    serials = {int(r.split(":", 1)[1], 16) for r in revoked if r.lower().startswith("serial:")}
+    names, serials = parse_revoked(revoked)
 
     def check(pem: bytes) -> str:
         if not revoked:
