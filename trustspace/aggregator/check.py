@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from trustspace.errors import ConfigError, NodeError, TrustspaceError
 from trustspace.transport.ca import Credentials
 from trustspace.transport.clients import DESCRIBE_TIMEOUT_S, NodeClient
 from trustspace.transport.revocation import Revocations
+from trustspace.transport.server import bind_error
 from trustspace.transport.signing import SignedQuery, new_query
 from trustspace.transport.tls import preflight
 from trustspace.transport.types import NodeDescription
@@ -155,19 +155,14 @@ def _schemas(checks: Sequence[NodeCheck]) -> tuple[list[str], list[str]]:
 
 
 def _port_state(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if int(port) == 0:
+    if int(listen.rpartition(":")[2]) == 0:
         return "an ephemeral port"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, int(port)))  # bound, never listened on
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                return "in use now (fine if this aggregator is running; a second start fails)"
-            return f"cannot be bound: {err.strerror}"
-    return "free"
+    err = bind_error(listen)
+    if err is None:
+        return "free"
+    if err.errno == errno.EADDRINUSE:
+        return "in use now (fine if this aggregator is running; a second start fails)"
+    return f"cannot be bound: {err.strerror}"
 
 
 def check_aggregator(

@@ -37,9 +37,7 @@ def format_result(value: Any) -> str:
     layout, every cell through ``number`` with 6 decimals), or anything else by ``str``."""
     import pandas as pd
 
-    if isinstance(value, pd.DataFrame):
-        return value.map(lambda v: number(v, 6)).to_string()
-    if isinstance(value, pd.Series):
+    if isinstance(value, pd.DataFrame | pd.Series):
         return value.map(lambda v: number(v, 6)).to_string()
     if isinstance(value, np.ndarray):
         return "[" + ", ".join(number(v) for v in value.ravel().tolist()) + "]"

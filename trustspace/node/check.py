@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
-import socket
 from pathlib import Path
 
 from trustspace.errors import ConfigError
@@ -19,6 +18,7 @@ from trustspace.node.audit import verify
 from trustspace.node.config import NodeConfig
 from trustspace.node.server import build_engine, load_credentials
 from trustspace.transport.revocation import Revocations
+from trustspace.transport.server import bind_error
 
 __all__ = ["RENEW_DAYS", "check_node"]
 
@@ -35,17 +35,10 @@ def _writable_dir(path: Path) -> Path | None:
 
 
 def _port_in_use(listen: str) -> bool:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if int(port) == 0:
+    if int(listen.rpartition(":")[2]) == 0:
         return False
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, int(port)))  # bound, never listened on: nobody sees it
-        except OSError as err:
-            return err.errno == errno.EADDRINUSE
-    return False
+    err = bind_error(listen)
+    return err is not None and err.errno == errno.EADDRINUSE
 
 
 def check_node(config: NodeConfig) -> list[str]:

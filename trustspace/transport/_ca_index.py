@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustspace._files import write_atomic
 from trustspace.errors import ConfigError
+from trustspace.transport.revocation import crl_number
 
 INDEX = "index.json"
 CRL = "crl.pem"
@@ -194,10 +195,7 @@ class Index:
             raise ConfigError(f"{crl_path}: not a PEM CRL; re-sign it with `ca crl`") from None
         if not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
             raise ConfigError(f"{crl_path}: not signed by this CA")
-        try:
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        except x509.ExtensionNotFound:
-            number = 0
+        number = crl_number(crl)
         revoked = {e.serial for e in self.entries if e.status == "revoked"}
         missing = [f"{r.serial_number:x}" for r in crl if f"{r.serial_number:x}" not in revoked]
         if number > self.crl_number or missing:

@@ -50,6 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from trustspace._files import write_atomic
 from trustspace.errors import AuthenticationError, ConfigError
 from trustspace.transport._ca_index import CRL, INDEX, Entry, Index, locked
+from trustspace.transport.revocation import parse_revoked
 
 #: ``operator``: a person who may open a node's admin console over mTLS ([admin] tls = true);
 #: no gRPC service accepts it
@@ -236,6 +237,17 @@ def key_fingerprint(public_key: Any) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _subject_name(name: str, role: str) -> x509.Name:
+    """The subject of ``name``'s certificate (and request): O = the data space, OU = role."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+
+
 def _sign_certificate(
     root: Path,
     name: str,
@@ -283,15 +295,7 @@ def _sign_certificate(
             )
         cert = (
             x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
-                        x509.NameAttribute(NameOID.COMMON_NAME, name),
-                    ]
-                )
-            )
+            .subject_name(_subject_name(name, role))
             .issuer_name(ca_cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -440,15 +444,7 @@ def make_request(
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
-                    x509.NameAttribute(NameOID.COMMON_NAME, name),
-                ]
-            )
-        )
+        .subject_name(_subject_name(name, role))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -982,8 +978,7 @@ def revocation_check(revoked: tuple[str, ...]) -> Callable[[bytes], str]:
     >>> check(b"not a certificate")
     'unreadable certificate'
     """
-    names = {r for r in revoked if not r.lower().startswith("serial:")}
-    serials = {int(r.split(":", 1)[1], 16) for r in revoked if r.lower().startswith("serial:")}
+    names, serials = parse_revoked(revoked)
 
     def check(pem: bytes) -> str:
         if not revoked:

@@ -33,7 +33,7 @@ from cryptography import x509
 from trustspace._config import TlsConfig
 from trustspace.errors import ConfigError
 
-__all__ = ["RECHECK_S", "CrlInfo", "Revocations", "parse_revoked"]
+__all__ = ["RECHECK_S", "CrlInfo", "Revocations", "crl_number", "parse_revoked"]
 
 log = logging.getLogger("trustspace.transport")
 RECHECK_S = 2.0  # a replaced CRL file is in force within this long; a stat() per period
@@ -81,6 +81,14 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    """The CRL's number (its CRLNumber extension; 0 without one): a higher one is newer."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
+
+
 def read_crl(path: Path, ca_pem: bytes) -> CrlInfo:
     """Read ``path`` and check it is a CRL of the data space CA ``ca_pem``.
 
@@ -113,13 +121,9 @@ def read_crl(path: Path, ca_pem: bytes) -> CrlInfo:
             f"{ca.subject.rfc4514_string()} (it names {crl.issuer.rfc4514_string()}); use the "
             "crl.pem of this data space's CA"
         )
-    try:
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound:
-        number = 0
     return CrlInfo(
         path,
-        number,
+        crl_number(crl),
         crl.last_update_utc,
         crl.next_update_utc,
         frozenset(r.serial_number for r in crl),

@@ -176,15 +176,34 @@ class _Gate(grpc.ServerInterceptor):  # type: ignore[misc]
             log.exception("%s: could not record the refused %s call", self._name, method)
 
 
+def bind_error(listen: str) -> OSError | None:
+    """Why ``listen`` (HOST:PORT) cannot be bound now, None if it can (``--check``s, errors).
+
+    Bound, never listened on, and closed at once: nobody sees the probe.
+
+    Raises:
+        OSError: no socket of the address family can be made on this machine.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError as err:
+            return err
+    return None
+
+
 def _listen_error(name: str, listen: str, key: str, grpc_reason: str) -> str:
     """Why ``listen`` (at ``key``, e.g. ``node.toml: key node.listen``) cannot be bound."""
-    host, _, port = listen.rpartition(":")
+    port = listen.rpartition(":")[2]
     reason = grpc_reason.split(";")[0].strip()
     try:  # gRPC's own text is vague ("Failed to bind"): ask the OS which it is
-        family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host.strip("[]"), int(port)))
-    except OSError as err:
+        err = bind_error(listen)
+    except OSError as exc:  # no socket of that family on this machine
+        err = exc
+    if err is not None:
         if err.errno == errno.EADDRINUSE:
             return (
                 f"{name}: cannot listen on {listen!r} ({key}): port {port} is already in use: "
