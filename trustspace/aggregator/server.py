@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from trustspace.aggregator._observed import Observed
 from trustspace.aggregator.config import AggregatorConfig
@@ -72,23 +72,13 @@ class Aggregator(ServerHost):
             self.witness.close()
             raise
 
-    def start(self) -> Self:
-        """Serve gRPC, and the admin port if ``[admin]`` is set (bound first)."""
-        if self.config.admin is not None and self.admin is None:
-            from trustspace.admin.server import aggregator_admin
+    def _admin_port(self) -> AdminServer | None:
+        if self.config.admin is None:
+            return None
+        from trustspace.admin.server import aggregator_admin
 
-            self.admin = aggregator_admin(self)
-        super().start()
-        if self.admin is not None:
-            try:
-                self.admin.start()
-            except BaseException:
-                self.server.stop(0)
-                raise
-        return self
+        return aggregator_admin(self)
 
     def close(self) -> None:
-        if self.admin is not None:
-            self.admin.stop()
         self.service.close()
         self.witness.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from trustspace.dp import Ledger
 from trustspace.engine import Engine
@@ -153,21 +153,12 @@ class Node(ServerHost):
             trailing=trailing,
         )
 
-    def start(self) -> Self:
-        """Serve gRPC, and the admin port if ``[admin]`` is set (bound first: a port in use
-        is refused before the node serves)."""
-        if self.config.admin is not None and self.admin is None:
-            from trustspace.admin.server import node_admin  # uvicorn only when configured
+    def _admin_port(self) -> AdminServer | None:
+        if self.config.admin is None:
+            return None
+        from trustspace.admin.server import node_admin  # uvicorn only when configured
 
-            self.admin = node_admin(self)
-        super().start()
-        if self.admin is not None:
-            try:
-                self.admin.start()
-            except BaseException:
-                self.server.stop(0)
-                raise
-        return self
+        return node_admin(self)
 
     # ------------------------------------------------------------------ live reload
     def reload(self, new_config: NodeConfig | None = None, *, trigger: str = "api") -> ReloadReport:
@@ -297,7 +288,5 @@ class Node(ServerHost):
             log.warning("node %s: %s", self.config.name, note)
 
     def close(self) -> None:
-        if self.admin is not None:  # after the drain: /healthz said "draining" meanwhile
-            self.admin.stop()
         self.service.close()
         self.engine.close()

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -281,12 +281,22 @@ class TlsServer:
         return self._stopped.is_set()
 
 
+class AdminPort(Protocol):
+    """A host's admin port (``trustspace.admin.server.AdminServer``), bound when it is made."""
+
+    def start(self) -> Any: ...
+    def stop(self) -> None: ...
+
+
 class ServerHost:
-    """What ``Node`` and ``Aggregator`` share: a ``TlsServer`` in ``self.server``, started,
-    waited on and drained the same way; ``close()`` releases what the subclass owns."""
+    """What ``Node`` and ``Aggregator`` share: a ``TlsServer`` in ``self.server`` and the
+    admin port (``[admin]``), started, waited on and drained the same way; ``close()``
+    releases what the subclass owns."""
 
     server: TlsServer
     drain_grace_s: float
+    #: the admin port, made by ``_admin_port`` at the first ``start()`` (None: no [admin])
+    admin: AdminPort | None = None
 
     @property
     def address(self) -> str:
@@ -296,14 +306,30 @@ class ServerHost:
     def port(self) -> int:
         return int(self.server.port)
 
+    def _admin_port(self) -> AdminPort | None:
+        """This host's admin port, bound (a port in use is refused here, before gRPC serves);
+        None: the config has no [admin] table."""
+        return None
+
     def start(self) -> Self:
+        """Serve gRPC, then the admin port if there is one (gRPC stops if it cannot start)."""
+        if self.admin is None:
+            self.admin = self._admin_port()
         self.server.start()
+        if self.admin is not None:
+            try:
+                self.admin.start()
+            except BaseException:
+                self.server.stop(0)
+                raise
         return self
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to ``grace`` or the configured
-        ``drain_grace_s``), then close."""
+        ``drain_grace_s``), stop the admin port, then close."""
         self.server.stop(self.drain_grace_s if grace is None else grace)
+        if self.admin is not None:  # after the drain: /healthz said "draining" meanwhile
+            self.admin.stop()
         self.close()
 
     def wait(self) -> None:
