@@ -19,6 +19,19 @@ from typing import IO, Any
 log = logging.getLogger("trustspace")
 
 
+def unwritable_ancestor(path: str | os.PathLike[str]) -> Path | None:
+    """The nearest existing ancestor of ``path`` (``path`` itself if it exists) when this user
+    cannot create files in it; None when it can (what a later write there would meet).
+
+    >>> unwritable_ancestor("/") is None or unwritable_ancestor("/") == Path("/")
+    True
+    """
+    here = Path(path)
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return None if os.access(here, os.W_OK | os.X_OK) else here
+
+
 def write_atomic(
     path: str | os.PathLike[str],
     data: bytes | Callable[[IO[Any]], object],

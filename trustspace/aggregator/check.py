@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from trustspace._files import unwritable_ancestor
 from trustspace.aggregator.config import AggregatorConfig, NodeAddress
 from trustspace.errors import ConfigError, NodeError, TrustspaceError
 from trustspace.transport.ca import Credentials
@@ -190,10 +189,8 @@ def check_aggregator(
     lines.append(f"listen {config.listen}: {_port_state(config.listen)}")
     if config.witness_log is not None:
         w = config.witness_log
-        here: Path = w.parent
-        while not here.exists() and here != here.parent:
-            here = here.parent
-        if not os.access(here, os.W_OK | os.X_OK):
+        here = unwritable_ancestor(w.parent)
+        if here is not None:
             raise ConfigError(
                 f"{config.source}: the witness log {w} cannot be written: {here} is not "
                 "writable by this user"

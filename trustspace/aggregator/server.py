@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trustspace.aggregator._observed import Observed
+from trustspace.aggregator.check import load_aggregator_credentials
 from trustspace.aggregator.config import AggregatorConfig
 from trustspace.aggregator.service import AggregatorService
 from trustspace.aggregator.witness import Witness
@@ -23,9 +24,7 @@ class Aggregator(ServerHost):
     """A running aggregator: ``start()``, ``address``, ``stop(grace)``."""
 
     def __init__(self, config: AggregatorConfig, *, credentials: Credentials | None = None) -> None:
-        creds = credentials or Credentials.from_files(
-            config.tls.ca, config.tls.cert, config.tls.key, expected_role="aggregator"
-        )
+        creds = credentials or load_aggregator_credentials(config)
         self.config = config
         self.credentials = creds
         self.admin: AdminServer | None = None  # [admin]: opened by start()

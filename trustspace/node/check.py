@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import os
-from pathlib import Path
 
+from trustspace._files import unwritable_ancestor
 from trustspace.errors import ConfigError
 from trustspace.node.audit import verify
 from trustspace.node.config import NodeConfig
@@ -24,14 +23,6 @@ __all__ = ["RENEW_DAYS", "check_node"]
 
 #: a certificate expiring within this many days is pointed out (time to issue the next one)
 RENEW_DAYS = 30
-
-
-def _writable_dir(path: Path) -> Path | None:
-    """The nearest existing ancestor of ``path`` if it is not writable (None: fine)."""
-    here = path
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    return None if os.access(here, os.W_OK | os.X_OK) else here
 
 
 def _port_in_use(listen: str) -> bool:
@@ -80,7 +71,7 @@ def check_node(config: NodeConfig) -> list[str]:
     else:
         out.append(f"audit log {audit}: absent (the node creates it at start)")
     for what, path in (("audit log", audit), ("DP ledger", config.dp_ledger_path)):
-        bad = _writable_dir(path.parent)
+        bad = unwritable_ancestor(path.parent)
         if bad is not None:
             raise ConfigError(
                 f"{config.source}: the {what} {path} cannot be created: {bad} is not writable "

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from trustspace._files import write_atomic
+from trustspace._files import unwritable_ancestor, write_atomic
 from trustspace.errors import AuthenticationError, ConfigError
 from trustspace.transport._ca_index import CRL, INDEX, Entry, Index, locked
 from trustspace.transport.revocation import parse_revoked
@@ -343,8 +343,8 @@ def _check_writable(out: Path) -> None:
     """Refuse before signing, so no certificate is recorded that could not be written."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: not a directory; choose another output (--out)")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
+    existing = unwritable_ancestor(out)
+    if existing is not None:
         raise ConfigError(f"{out}: cannot write there ({existing} is not writable); use --out")
 
 
