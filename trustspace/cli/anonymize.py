@@ -56,29 +56,38 @@ def add_parser(subparsers: Any) -> None:
             "'interval:5,10,20', 'mask', 'dates' (repeat for each quasi-identifier)"
         ),
     )
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"minimum class size ({DEFAULT_K})")
-    p.add_argument(
+    add_release_options(
+        p, (("method", METHODS, "globally optimal generalization or Mondrian local recoding"),)
+    )
+    p.add_argument("-o", "--output", required=True, help="where to write the anonymized CSV")
+    p.add_argument("--sep", default=None, help="field separator (default: ';' or ',' sniffed)")
+
+
+def add_release_options(g: Any, extra: tuple[tuple[str, tuple[str, ...], str], ...] = ()) -> None:
+    """The options of a k-anonymous release that ``trustspace anonymize`` and ``trustspace
+    query ... anonymize`` share (k, suppression, l-diversity, t-closeness, metric, report);
+    ``extra``: further (name, choices, what) choices with AnonSpec defaults."""
+    g.add_argument("--k", type=int, default=DEFAULT_K, help=f"minimum class size ({DEFAULT_K})")
+    g.add_argument(
         "--suppression",
         type=float,
         default=DEFAULT_SUPPRESSION,
         help=f"fraction of records that may be suppressed, 0..1 ({DEFAULT_SUPPRESSION})",
     )
-    p.add_argument("-o", "--output", required=True, help="where to write the anonymized CSV")
-    p.add_argument("--report", help="write a JSON report here")
-    p.add_argument("--sep", default=None, help="field separator (default: ';' or ',' sniffed)")
-    p.add_argument("--hierarchy-sep", default=";", help="hierarchy files' separator (';')")
-    p.add_argument("--sensitive", help="the sensitive attribute (for --l and --t)")
-    p.add_argument("--l", type=float, default=None, help="l-diversity of --sensitive")
-    p.add_argument("--c", type=float, default=None, help="c of recursive (c,l)-diversity")
-    p.add_argument("--t", type=float, default=None, help="t-closeness of --sensitive")
+    g.add_argument("--report", help="write a JSON report here")
+    g.add_argument("--hierarchy-sep", default=";", help="hierarchy files' separator (';')")
+    g.add_argument("--sensitive", help="the sensitive attribute (for --l and --t)")
+    g.add_argument("--l", type=float, default=None, help="l-diversity of --sensitive")
+    g.add_argument("--c", type=float, default=None, help="c of recursive (c,l)-diversity")
+    g.add_argument("--t", type=float, default=None, help="t-closeness of --sensitive")
     for name, choices, what in (
         ("diversity", DIVERSITIES, "l-diversity variant"),
         ("metric", METRICS, "information loss to minimize"),
-        ("method", METHODS, "globally optimal generalization or Mondrian local recoding"),
+        *extra,
     ):
         default = default_of(name)
-        p.add_argument(f"--{name}", choices=choices, default=default, help=f"{what} ({default})")
-    p.add_argument(
+        g.add_argument(f"--{name}", choices=choices, default=default, help=f"{what} ({default})")
+    g.add_argument(
         "--keep-suppressed",
         action="store_true",
         help="keep suppressed records with '*' quasi-identifiers (default: drop them)",

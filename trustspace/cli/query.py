@@ -120,8 +120,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _add_anonymize_options(g: Any) -> None:
-    from trustspace.anon.search import METRICS
-    from trustspace.anon.spec import DEFAULT_K, DEFAULT_SUPPRESSION, DIVERSITIES, default_of
+    from trustspace.cli.anonymize import add_release_options
 
     g.add_argument(
         "--qi",
@@ -131,37 +130,14 @@ def _add_anonymize_options(g: Any) -> None:
         help="a quasi-identifier and its hierarchy: an ARX hierarchy CSV, or a builder "
         "('interval:5,10,20', 'mask', 'dates') over the column's declared domain (repeat)",
     )
-    g.add_argument("--k", type=int, default=DEFAULT_K, help=f"minimum class size ({DEFAULT_K})")
-    g.add_argument(
-        "--suppression",
-        type=float,
-        default=DEFAULT_SUPPRESSION,
-        help=f"fraction of records that may be suppressed, 0..1 ({DEFAULT_SUPPRESSION})",
-    )
+    add_release_options(g)
     g.add_argument("-o", "--output", help="ask for the released rows and write them here (CSV)")
-    g.add_argument("--report", help="write a JSON report here")
-    g.add_argument("--hierarchy-sep", default=";", help="hierarchy files' separator (';')")
-    g.add_argument("--sensitive", help="the sensitive attribute (for --l and --t)")
-    g.add_argument("--l", type=float, default=None, help="l-diversity of --sensitive")
-    g.add_argument("--c", type=float, default=None, help="c of recursive (c,l)-diversity")
-    g.add_argument("--t", type=float, default=None, help="t-closeness of --sensitive")
-    for name, choices, what in (
-        ("diversity", DIVERSITIES, "l-diversity variant"),
-        ("metric", METRICS, "information loss to minimize"),
-    ):
-        default = default_of(name)
-        g.add_argument(f"--{name}", choices=choices, default=default, help=f"{what} ({default})")
     g.add_argument(
         "--disclosure",
         choices=("visited", "base"),
         default="visited",
         help="what the aggregator may learn: the visited lattice nodes' histograms (default) "
         "or the base histogram once (faster; every node must allow it)",
-    )
-    g.add_argument(
-        "--keep-suppressed",
-        action="store_true",
-        help="keep suppressed records with '*' quasi-identifiers (default: drop them)",
     )
 
 
