@@ -54,6 +54,7 @@ from trustspace.transport import serde, types
 from trustspace.transport.ca import Credentials, init_ca, issue
 from trustspace.transport.clients import AggregatorClient
 from trustspace.transport.signing import SignedQuery, new_query
+from trustspace.vertical.view import ViewRef
 
 __all__ = ["Credentials", "Federation", "GroupBy"]
 
@@ -122,6 +123,35 @@ def infer_columns(path: str | os.PathLike[str], delimiter: str = ",") -> dict[st
     for name, typ, *_ in rows:
         base = str(typ).split("(")[0]
         out[str(name)] = "float" if base == "DECIMAL" else _DUCKDB_TYPES.get(base, "str")
+    return out
+
+
+def _local_ids(
+    per_cols: Mapping[str, Mapping[str, str]], id_column: str | Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Each local partition's identifier column (``IdSpec``), see ``Federation.local``."""
+    if id_column is None:
+        sets = [set(c) for c in per_cols.values()]
+        if all(s == sets[0] for s in sets):
+            return {}  # horizontal: the same columns everywhere
+        common = set.intersection(*sets)
+        if len(common) != 1:
+            return {}  # ambiguous: the analyst names it (id_column=)
+        id_column = common.pop()
+    from trustspace.vertical.ids import IdSpec
+
+    table = {"column": id_column} if isinstance(id_column, str) else dict(id_column)
+    out = {}
+    for name, cols in per_cols.items():
+        col = table.get("column")
+        if col not in cols:
+            raise ConfigError(
+                f"Federation.local: partition {name!r} has no id column {col!r} (its columns: "
+                f"{', '.join(cols)})"
+            )
+        t = dict(table)
+        t.setdefault("type", cols[col] if cols[col] in ("int", "str") else "str")
+        out[name] = IdSpec.from_table(t, f"Federation.local id_column of {name!r}")
     return out
 
 
@@ -235,6 +265,7 @@ class Federation:
         workdir: str | os.PathLike[str] | None = None,
         analyst: str = LOCAL_ANALYST,
         purpose: str | None = None,
+        id_column: str | Mapping[str, Any] | None = None,
     ) -> Federation:
         """Start an aggregator and one node per partition here, over mutual TLS on 127.0.0.1.
 
@@ -243,7 +274,9 @@ class Federation:
             policy: a dict shaped like a node's ``[policy]`` table for every node, or node name
                 -> such a dict. Default: every operation allowed, ``min_group_size`` 10.
             dataset: the dataset name the partitions are served as.
-            columns: column name -> type; inferred from the first partition when omitted.
+            columns: column name -> type; inferred when omitted, from each partition on its
+                own (partitions holding different columns make a vertical federation: each
+                node serves its own columns, for ``intersect`` and its views).
             domains: column -> its public group values (so ``group_by`` needs no ``values``).
             bounds: numeric column -> public ``(low, high)`` holding every value (checked at
                 start-up; saves the range-finding round and its disclosure).
@@ -253,6 +286,10 @@ class Federation:
                 directory removed on ``close()``); audit logs are ``audit/<node>.jsonl``.
             analyst: the analyst identity (certificate name) this session uses.
             purpose: the declared purpose signed with every query (see ``connect``).
+            id_column: the identifier column of every partition, for ``intersect``: a name,
+                or a table like a node's ``id_column`` (``{"column": "cid", "case":
+                "lower", "trim": True, "hashed": "sha256"}``). Default: when the partitions'
+                columns differ and exactly one column is common to all, that column.
 
         Raises:
             ConfigError, DataError: a bad partition, policy or data file (names it).
@@ -285,9 +322,11 @@ class Federation:
                     paths[name] = p
                 else:
                     paths[name] = Path(part)
-            cols = (
-                dict(columns) if columns else infer_columns(next(iter(paths.values())), delimiter)
-            )
+            per_cols = {
+                n: dict(columns) if columns else infer_columns(p, delimiter)
+                for n, p in paths.items()
+            }
+            ids = _local_ids(per_cols, id_column)
             per_node = (
                 policy is not None
                 and bool(policy)
@@ -295,6 +334,7 @@ class Federation:
             )
             nodes: list[Node] = []
             for name, path in paths.items():
+                cols = per_cols[name]
                 ident = issue(ca_dir, name, "node")
                 pol_raw = (
                     policy.get(name) if per_node and policy else policy
@@ -314,10 +354,15 @@ class Federation:
                             "parquet" if path.suffix.lower() == ".parquet" else "csv",
                             cols,
                             delimiter,
-                            domains={c: tuple(v) for c, v in (domains or {}).items()},
-                            bounds={
-                                c: (float(lo), float(hi)) for c, (lo, hi) in (bounds or {}).items()
+                            domains={
+                                c: tuple(v) for c, v in (domains or {}).items() if c in cols
                             },
+                            bounds={
+                                c: (float(lo), float(hi))
+                                for c, (lo, hi) in (bounds or {}).items()
+                                if c in cols
+                            },
+                            id=ids.get(name),
                         ),
                     ),
                     policy=pol,
@@ -393,6 +438,7 @@ class Federation:
         paillier_key: str | None = None,
         *,
         dp: Mapping[str, float] | None = None,
+        view: Mapping[str, Any] | None = None,
     ) -> SignedQuery:
         return self._sign(
             query.op,
@@ -403,6 +449,7 @@ class Federation:
             method=method,
             paillier_key=paillier_key,
             dp=dp,
+            view=view,
         )
 
     def budget(self, dataset: str = DEFAULT_DATASET) -> pd.DataFrame:
@@ -449,6 +496,7 @@ class Federation:
         *,
         epsilon: float | None = None,
         delta: float | None = None,
+        view: ViewRef | None = None,
     ) -> Result:
         """Run any ``stats.Query``; returns the full ``Result`` (value, suppressed, ...).
 
@@ -458,8 +506,15 @@ class Federation:
         ``Result.dp`` reports the privacy, the noise and each figure's 95% interval.
         """
         dp = _dp_spec(epsilon, delta)
+        if view is not None and method != "secagg":
+            raise ConfigError(
+                f"method {method!r}: statistics over a vertical view run by secure aggregation "
+                "(their cross-node products use the nodes' own Paillier keys); leave method out"
+            )
         if method == "secagg":
-            signed = self._sign_query(query, "secagg", dp=dp)
+            signed = self._sign_query(
+                query, "secagg", dp=dp, view=None if view is None else view.to_dict()
+            )
             data = self._client.run_query(signed)
             result: Result = serde.result_from_dict(data)
             self.last_info = {k: data.get(k) for k in ("nodes", "excluded", "min_group_size")}
@@ -484,6 +539,56 @@ class Federation:
                 stacklevel=3,
             )
         return result
+
+    # ------------------------------------------------------------------ vertical partitions
+    def intersect(
+        self,
+        dataset: str = DEFAULT_DATASET,
+        *,
+        on: str,
+        nodes: Sequence[str] | None = None,
+        mode: str = "align",
+    ) -> Any:
+        """A private set intersection of the nodes' identifier columns (``id_column``).
+
+        ``mode="cardinality"`` returns the size of the intersection (an int) and nothing
+        else; ``mode="align"`` (the default) leaves at every node its own rows of the
+        intersection, in one order common to all of them, and returns a ``VerticalView`` for
+        joint statistics over it (columns named ``node.column``). The analyst and the
+        aggregator learn only the size (docs/security.md, "Private set intersection").
+
+        Args:
+            dataset: the dataset every named node serves (each with its own columns).
+            on: the identifier column's name (each node's ``id_column``).
+            nodes: the nodes to intersect, in order (the first leads); default every node.
+            mode: ``"align"`` or ``"cardinality"``.
+
+        Raises:
+            ConfigError: a node has no id column, names it otherwise, or normalises it
+                differently from the others.
+            PolicyError: the intersection is smaller than the strictest node's
+                ``min_group_size`` (nothing is released, no view is kept), or a node's
+                policy does not allow ``intersect``.
+        """
+        from trustspace.view import VerticalView
+
+        if mode not in ("align", "cardinality"):
+            raise ConfigError(f"intersect: mode {mode!r} is not 'align' or 'cardinality'")
+        if not isinstance(on, str) or not on:
+            raise ConfigError("intersect: on= names the identifier column")
+        names = list(nodes) if nodes is not None else [n.name for n in self.status()]
+        params = {"on": on, "nodes": names, "mode": mode}
+        signed = self._sign("intersect", dataset, (on,), None, params)
+        data = self._client.run_query(signed)
+        info = data["intersect"]
+        self.last_info = {
+            "nodes": data.get("nodes"),
+            "min_group_size": data.get("min_group_size"),
+            "request_id": signed.unverified_body().request_id,
+        }
+        if mode == "cardinality":
+            return int(info["size"])
+        return VerticalView(self, ViewRef.from_dict(info["view"]))
 
     def _keys(self) -> tuple[Any, Any]:
         if self._keypair is None:

@@ -20,10 +20,11 @@ Paillier request keeps it between its rounds until it expires (``PLAN_CACHE_S``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -35,10 +36,12 @@ from trustspace.aggregator._anon import run_anonymization
 from trustspace.aggregator._host import Plan
 from trustspace.aggregator._paillier import PaillierRounds
 from trustspace.aggregator._secure_sum import secure_sum
+from trustspace.aggregator._vertical import relay, vertical_plan
 from trustspace.errors import (
     AuthenticationError,
     ConfigError,
     NodeError,
+    PolicyError,
     ProtocolError,
     ThresholdError,
     TrustspaceError,
@@ -54,6 +57,7 @@ from trustspace.transport.clients import (
     NodeClient,
 )
 from trustspace.transport.signing import QueryBody, SignedQuery, data_space_name, verify_query
+from trustspace.vertical.view import MAX_VIEW_NODES, ViewRef
 
 log = logging.getLogger("trustspace.aggregator")
 T = TypeVar("T")
@@ -333,8 +337,24 @@ class AggregatorService:
                 f"method {body.method!r}: the aggregator runs only method='secagg' queries "
                 "whole; Paillier queries run round by round from the analyst (RunRound)"
             )
+        if body.operation == "intersect":
+            return self._run_intersect(signed, body)
         query = _query_of(body)
-        with self.planned(signed, body) as plan:
+        view: ViewRef | None = None
+        if body.view is not None:
+            view = ViewRef.from_dict(body.view)
+            plan, schemas, _ = vertical_plan(self, signed, body, view.nodes)
+            for name in view.nodes:
+                if schemas[name] != view.schemas[name]:
+                    raise ConfigError(
+                        f"node {name}'s schema of dataset {body.dataset!r} changed since the "
+                        "view was made; intersect again"
+                    )
+            plan = replace(plan, schema=view.union_schema())
+            planned: Any = contextlib.nullcontext(plan)
+        else:
+            planned = self.planned(signed, body)
+        with planned as plan:
             try:
                 comp = start(query, plan.schema, plan.min_group_size, body.dp)
             except ValueError as exc:
@@ -343,8 +363,11 @@ class AggregatorService:
             while (rnd := comp.next_round()) is not None:
                 ref = types.RoundRef(rnd.index, plan.min_group_size, previous, rnd, "all")
                 bindings: dict[str, bytes] = {}
+                if view is not None:  # the round's secure products first: shares at the nodes
+                    product = replace(ref, part="vertical.product")
+                    relay(self, signed, "vertical.product", plan.nodes, product)
                 total, plan = self.sum_round(
-                    signed, ref, plan, first=rnd.index == 0, bindings=bindings
+                    signed, ref, plan, first=rnd.index == 0 and view is None, bindings=bindings
                 )
                 if isinstance(comp, DPComputation):
                     comp.feed(
@@ -360,6 +383,70 @@ class AggregatorService:
         out["excluded"] = list(plan.excluded)
         out["min_group_size"] = plan.min_group_size
         return out
+
+    def _run_intersect(self, signed: SignedQuery, body: QueryBody) -> dict[str, Any]:
+        """A private set intersection of the signed nodes' id columns (``fed.intersect``)."""
+        from trustspace.vertical.ids import IdSpec
+
+        p = body.params
+        names, mode, on = p.get("nodes"), p.get("mode"), p.get("on")
+        if (
+            not isinstance(names, list)
+            or not 2 <= len(names) <= MAX_VIEW_NODES
+            or len(set(names)) != len(names)
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise ConfigError(
+                f"intersect: nodes must list 2 to {MAX_VIEW_NODES} distinct node names"
+            )
+        if mode not in ("cardinality", "align"):
+            raise ConfigError(f"intersect: mode {mode!r} is not 'cardinality' or 'align'")
+        plan, schemas, ids = vertical_plan(self, signed, body, names)
+        digests: dict[str, str] = {}
+        for name in names:
+            d = ids[name]
+            if d is None:
+                raise ConfigError(
+                    f"node {name}: dataset {body.dataset!r} declares no id_column, so it "
+                    "cannot be intersected; its operator adds id_column to the dataset"
+                )
+            spec = IdSpec.from_dict(d)
+            if spec.column != on:
+                raise ConfigError(
+                    f"node {name}: the id column of dataset {body.dataset!r} is "
+                    f"{spec.column!r}, not {on!r}"
+                )
+            digests[name] = spec.digest
+        if len(set(digests.values())) > 1:
+            described = "; ".join(f"{n}: {_normalisation(ids[n])}" for n in names)
+            raise ConfigError(
+                f"intersect on {on!r}: the nodes normalise their identifiers differently "
+                f"({described}); the same person would not match. The operators must declare "
+                "the same type, trimming and case"
+            )
+        results = relay(self, signed, "intersect", plan.nodes)
+        sizes = {int(r.get("size", -1)) for r in results.values()}
+        if len(sizes) != 1:
+            raise ProtocolError("intersect: the nodes found different intersection sizes")
+        size = sizes.pop()
+        k = plan.min_group_size
+        if size < k:
+            raise PolicyError(
+                f"intersect: the intersection of {', '.join(names)} holds fewer records than "
+                f"the strictest node's min_group_size = {k}; nothing is released and no view "
+                "is kept"
+            )
+        out: dict[str, Any] = {
+            "size": size,
+            "mode": mode,
+            "dataset": body.dataset,
+            "nodes": list(names),
+        }
+        if mode == "align":
+            out["view"] = ViewRef(
+                body.request_id, body.dataset, tuple(names), schemas, size
+            ).to_dict()
+        return {"intersect": out, "nodes": list(names), "excluded": [], "min_group_size": k}
 
     def run_round(self, caller: Identity, req: types.RoundRequest) -> types.RoundResult:
         """Paillier path: one round, the encrypted total with suppressed entries zeroed."""
@@ -418,6 +505,11 @@ class AggregatorService:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for n in self.nodes:
             n.close()
+
+
+def _normalisation(spec: Mapping[str, Any]) -> str:
+    """How a node's id column is normalised, for an error (the declaration, never values)."""
+    return ", ".join(f"{k}={spec[k]!r}" for k in sorted(spec) if k != "column")
 
 
 def _no_nodes_message(failed: dict[str, TrustspaceError]) -> str:

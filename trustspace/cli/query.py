@@ -42,9 +42,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--server-name", help="name on the aggregator's certificate (default: host)")
     p.add_argument(
         "op",
-        choices=(*dict.fromkeys((*OPS, *TESTS)), "anonymize", "status", "budget"),
-        help="the statistic, 'anonymize' (federated k-anonymization), 'status', or 'budget' "
-        "(this analyst's DP budget on DATASET)",
+        choices=(
+            *dict.fromkeys((*OPS, *TESTS)), "woe_iv", "intersect", "anonymize", "status", "budget"
+        ),
+        help="the statistic, 'intersect' (a private set intersection of --nodes on --on), "
+        "'woe_iv' (over a --view), 'anonymize' (federated k-anonymization), 'status', or "
+        "'budget' (this analyst's DP budget on DATASET)",
     )
     p.add_argument("dataset", nargs="?", default="default")
     p.add_argument("columns", nargs="*", default=[])
@@ -116,6 +119,22 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="what the query is for; signed with it and recorded in every node's audit log",
     )
+    v = p.add_argument_group(
+        "vertical partitions: intersect --on ID --nodes A,B [--save-view FILE]; then any "
+        "statistic with --view FILE over columns named node.column"
+    )
+    v.add_argument("--on", help="intersect: the identifier column (each node's id_column)")
+    v.add_argument("--nodes", help="intersect: the nodes, comma-separated (default: all)")
+    v.add_argument(
+        "--mode", choices=("align", "cardinality"), default="align", help="intersect mode"
+    )
+    v.add_argument(
+        "--save-view", metavar="FILE", help="intersect: write the view (its id and schemas) here"
+    )
+    v.add_argument(
+        "--view", metavar="FILE", help="run the statistic over the view saved by intersect"
+    )
+    v.add_argument("--label", help="woe_iv: the binary label column (node.column)")
     _add_anonymize_options(p.add_argument_group("anonymize (federated k-anonymization)"))
 
 
@@ -279,6 +298,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(table.to_string())
             return 0
+        if args.op == "intersect":
+            return _intersect(fed, args)
+        if args.view is not None:
+            return _over_view(fed, args)
+        if args.op == "woe_iv":
+            raise ConfigError("woe_iv runs over a vertical view: give --view FILE (intersect)")
         if args.op == "anonymize":
             return _anonymize(fed, args)
         if args.op in TESTS:
@@ -310,6 +335,75 @@ def run(args: argparse.Namespace) -> int:
             )
         if result.any_suppressed:
             print("(NaN: suppressed, fewer records than min_group_size)", file=sys.stderr)
+    return 0
+
+
+def _intersect(fed: Any, args: argparse.Namespace) -> int:
+    if not args.on:
+        raise ConfigError("intersect: give --on, the identifier column")
+    nodes = [n for n in args.nodes.split(",") if n] if args.nodes else None
+    out = fed.intersect(args.dataset, on=args.on, nodes=nodes, mode=args.mode)
+    if args.mode == "cardinality":
+        print(json.dumps({"size": out}) if args.json else out)
+        return 0
+    if args.save_view:
+        from trustspace._files import write_atomic
+
+        text = json.dumps(out.ref.to_dict(), indent=2) + "\n"
+        write_atomic(args.save_view, text.encode(), mode=0o600)
+    if args.json:
+        print(json.dumps({"size": out.size, "view": out.id, "nodes": list(out.nodes)}))
+    else:
+        print(f"{out.size} people in the intersection of {', '.join(out.nodes)} (view {out.id})")
+        if args.save_view:
+            print(f"view saved to {args.save_view}; use --view {args.save_view}", file=sys.stderr)
+    return 0
+
+
+def _load_view(fed: Any, path: str) -> Any:
+    from trustspace.errors import TrustspaceError
+    from trustspace.vertical.view import ViewRef
+    from trustspace.view import VerticalView
+
+    try:
+        data = json.loads(Path(path).read_text())
+        ref = ViewRef.from_dict(data)
+    except OSError as exc:
+        raise ConfigError(f"--view {path}: cannot read it ({exc.strerror})") from None
+    except (ValueError, TrustspaceError) as exc:
+        raise ConfigError(
+            f"--view {path}: not a view saved by `query intersect --save-view` ({exc})"
+        ) from None
+    return VerticalView(fed, ref)
+
+
+def _over_view(fed: Any, args: argparse.Namespace) -> int:
+    from trustspace.cli._format import format_result
+    from trustspace.stats import Query
+
+    view = _load_view(fed, args.view)
+    if args.op == "woe_iv":
+        if not args.label or not args.columns:
+            raise ConfigError("woe_iv: give --label node.column and the feature columns")
+        table = view.woe_iv(args.label, args.columns, bins=args.bins or 10, where=args.where)
+        print(table.to_json(orient="table") if args.json else table.to_string())
+        return 0
+    if args.op == "ols":
+        if len(args.columns) < 2:
+            raise ConfigError("ols over a view: give the response then the regressors")
+        fit = view.ols(args.columns[0], args.columns[1:], where=args.where)
+        print(fit.to_json(orient="table") if args.json else fit.to_string())
+        return 0
+    if args.op in TESTS or args.op in ("glm", "anonymize", "status", "budget"):
+        raise ConfigError(f"{args.op} does not run over a vertical view")
+    try:
+        query = Query(args.op, view.dataset, tuple(args.columns), args.where, _params(args))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    result = view.run(query, epsilon=args.epsilon, delta=args.delta)
+    print(format_result(result.value))
+    if result.any_suppressed:
+        print("(NaN: suppressed, fewer records than min_group_size)", file=sys.stderr)
     return 0
 
 

@@ -380,6 +380,24 @@ class Engine:
             df: pd.DataFrame = cur.execute(sql, sparams + wparams).df()
         return df
 
+    def column_frame(self, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
+        """Whole columns of ``dataset`` in the file's row order (every row, nulls kept), for
+        the vertical jobs that need this node's rows aligned with other nodes'. The id column
+        is readable here (only here) when the dataset declares one."""
+        spec = self.spec(dataset)
+        allowed = set(spec.schema.columns) | ({spec.id.column} if spec.id is not None else set())
+        for c in columns:
+            if c not in allowed:
+                raise ConfigError(f"dataset {dataset!r}: no column {c!r}")
+        src, sparams = self._source(spec)
+        q = ", ".join(quote_ident(c) for c in columns)
+        with self._cursor() as cur:
+            # DuckDB keeps the insertion (file) order of a plain scan (preserve_insertion_order
+            # is on by default and never turned off here)
+            sql = f"SELECT {q} FROM {src} AS t"  # noqa: S608 - quoted names
+            df: pd.DataFrame = cur.execute(sql, sparams).df()
+        return df
+
     @staticmethod
     def _columns(spec: DatasetSpec, columns: Sequence[str]) -> list[str]:
         cols = [columns] if isinstance(columns, str) else list(columns)

@@ -20,7 +20,7 @@ class LocalEngine(Protocol):
     """The engine a node computes with, typed structurally.
 
     ``trustspace.engine.Engine`` (DuckDB over the node's files) is the implementation; a
-    test may pass any object with these four methods. They are exactly what the node's
+    test may pass any object with these five methods. They are exactly what the node's
     statistics and anonymization handlers call. Start-up and lifetime (``validate``,
     ``close``) are left out on purpose: the node server that builds the ``Engine`` owns
     them, the handlers never call them.
@@ -44,6 +44,10 @@ class LocalEngine(Protocol):
         self, dataset: str, columns: Sequence[str] | None = None, where: str | None = None
     ) -> pd.DataFrame:
         """This node's own rows of ``dataset`` (optionally some columns, filtered)."""
+        ...
+
+    def column_frame(self, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
+        """Whole columns in file row order (the id column included), for vertical jobs."""
         ...
 
 

@@ -6,10 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from trustspace.errors import ConfigError
 from trustspace.stats import ColumnType, GroupValue, TableSchema
+
+if TYPE_CHECKING:
+    from trustspace.vertical.ids import IdSpec
 
 __all__ = ["DUCKDB_TYPES", "DatasetSpec"]
 
@@ -40,6 +43,9 @@ class DatasetSpec:
         domains: optional public group values per column (see ``TableSchema``).
         bounds: optional public ``(low, high)`` per numeric column; ``Engine.validate()``
             checks every value lies within (see ``TableSchema``).
+        id: the identifier column for vertical jobs (``trustspace.vertical.ids.IdSpec``): it
+            is read only to intersect with other nodes, never published in the schema nor
+            usable in a statistic or filter.
 
     >>> spec = DatasetSpec("adult", "adult.csv", columns={"age": "int", "sex": "str"},
     ...                    delimiter=";")
@@ -60,6 +66,7 @@ class DatasetSpec:
     null_values: tuple[str, ...] = ("",)
     domains: Mapping[str, tuple[GroupValue, ...]] = field(default_factory=dict)
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    id: IdSpec | None = None
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}"
@@ -95,7 +102,34 @@ class DatasetSpec:
         object.__setattr__(self, "columns", schema.columns)
         object.__setattr__(self, "domains", schema.domains)
         object.__setattr__(self, "bounds", schema.bounds)
+        if self.id is not None:
+            schema = self._public(schema, where)
         object.__setattr__(self, "_schema", schema)
+
+    def _public(self, schema: TableSchema, where: str) -> TableSchema:
+        """The schema without the identifier column (checked against its declaration)."""
+        assert self.id is not None
+        col = self.id.column
+        typ = schema.columns.get(col)
+        if typ is None:
+            raise ConfigError(
+                f"{where}: id_column {col!r} is not one of the declared columns "
+                f"({', '.join(schema.columns)}); declare it under columns too"
+            )
+        if typ.value != self.id.type:
+            raise ConfigError(
+                f"{where}: id_column {col!r} is declared {self.id.type!r} but the column is "
+                f"{typ.value!r}; make them agree (an identifier is 'str' or 'int')"
+            )
+        if col in schema.domains or col in schema.bounds:
+            raise ConfigError(
+                f"{where}: id_column {col!r} may not have domains or bounds: an identifier "
+                "is never published"
+            )
+        rest = {c: t for c, t in schema.columns.items() if c != col}
+        if not rest:
+            raise ConfigError(f"{where}: the dataset has only its id_column; declare its columns")
+        return TableSchema(rest, domains=schema.domains, bounds=schema.bounds)
 
     @property
     def schema(self) -> TableSchema:

@@ -68,6 +68,9 @@ class Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: a Paillier DP round's one budget reservation (its counts and sums parts share it)
     dp_reservation: Reservation | None = None
+    #: over a vertical view: this node's additive share of each round's vector (uint64), left
+    #: by the round's secure product until its secure-aggregation session takes it
+    shares: dict[int, np.ndarray[Any, Any]] = field(default_factory=dict)
 
     def claim(self, index: int, part: str, where: str) -> None:
         """Mark (round, part) as computed; a second time is refused (a replay)."""

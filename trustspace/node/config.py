@@ -58,7 +58,9 @@ ANON_STEPS = ("anonymize.histogram", "anonymize.apply", "anonymize.release")
 #: Every operation a ``[[policy.rules]]`` table may name: the statistics, the anonymization
 #: steps, a family ``"anonymize.*"`` and ``"*"`` (any). Anything else is a typo that would
 #: never match, so the config is refused.
-OPERATIONS = (*STAT_OPS, *ANON_STEPS, "anonymize.*", ALL)
+#: The vertical operations: a private set intersection (``fed.intersect``).
+VERTICAL_OPS = ("intersect",)
+OPERATIONS = (*STAT_OPS, *ANON_STEPS, "anonymize.*", *VERTICAL_OPS, ALL)
 
 
 def _check_operations(t: Table, ops: tuple[str, ...]) -> tuple[str, ...]:
@@ -371,6 +373,7 @@ def _parse_dataset(parent: Table, name: str, base: Path) -> DatasetSpec:
         bounds[col] = (float(pair[0]), float(pair[1]))
     path = t.path_value("path", base)
     header = t.get("header", bool, True)
+    id_spec = _parse_id_column(t, cols)
     t.check_unknown()
     try:
         return DatasetSpec(
@@ -383,11 +386,27 @@ def _parse_dataset(parent: Table, name: str, base: Path) -> DatasetSpec:
             null_values=nulls,
             domains=domains,
             bounds=bounds,
+            id=id_spec,
         )
     except ConfigError as exc:
         # DatasetSpec names the dataset and its key, not the file: put both in front
         detail = str(exc).removeprefix(f"dataset {name!r}: ")
         raise ConfigError(f"{parent.where(name)}: {detail}") from None
+
+
+def _parse_id_column(t: Table, cols: Mapping[str, str]) -> Any:
+    """``id_column = "cid"`` or ``id_column = {column = "cid", case = "lower", ...}``: the
+    identifier a vertical job intersects on (``trustspace.vertical.ids.IdSpec``)."""
+    raw = t.get("id_column", (str, dict), None)
+    if raw is None:
+        return None
+    from trustspace.vertical.ids import IdSpec
+
+    table = {"column": raw} if isinstance(raw, str) else dict(raw)
+    col = table.get("column")
+    if isinstance(col, str) and col in cols and "type" not in table and cols[col] in ("str", "int"):
+        table["type"] = cols[col]  # the identifier's type defaults to its column's
+    return IdSpec.from_table(table, t.where("id_column"))
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:

@@ -46,6 +46,7 @@ from trustspace.errors import (
 from trustspace.node import _fault
 from trustspace.node._anon import AnonJobs
 from trustspace.node._runs import Run, Runs, query_of
+from trustspace.node._vertical import VerticalJobs
 from trustspace.node.audit import AuditLog
 from trustspace.node.config import ALL, NodeConfig
 from trustspace.node.policy import Policy, PolicyRefused, Request, work_units
@@ -58,6 +59,7 @@ from trustspace.stats import (
     PAILLIER_WORD_VALUE_BITS,
     DPSpec,
     Round,
+    TableSchema,
     add_noise,
     filter_columns,
     noise_plan,
@@ -79,6 +81,7 @@ from trustspace.transport.signing import (
     canonical_json,
     data_space_name,
 )
+from trustspace.vertical.view import ViewRef
 
 if TYPE_CHECKING:
     from trustspace.engine import LocalEngine
@@ -289,6 +292,8 @@ class NodeService:
             revoked=lambda pem: self.revocations.check(pem),
             now=wall_clock,
         )
+        #: private set intersections, secure products and the views they leave
+        self.vertical = VerticalJobs(self)
 
     # ------------------------------------------------------------------ live reload
     def reconfigure(
@@ -500,6 +505,18 @@ class NodeService:
             cols.append(by)
         if q.where:
             cols.extend(filter_columns(parse_filter(q.where)))
+        if vq.body.view is not None:  # a view's columns are node.column: check our own
+            if vq.body.method != "secagg":
+                raise ProtocolError(
+                    f"{self._where}: statistics over a vertical view run by secure aggregation only"
+                )
+            ref = ViewRef.from_dict(vq.body.view)
+            mine = []
+            for c in dict.fromkeys(cols):
+                node, col = ref.owner(c, f"{self._where}: query")
+                if node == self.name:
+                    mine.append(col)
+            return q.op, q.dataset, tuple(mine)
         return q.op, q.dataset, tuple(dict.fromkeys(cols))
 
     def _run(self, vq: VerifiedQuery) -> Run:
@@ -518,6 +535,7 @@ class NodeService:
                         d.name,
                         self.engine.schema(d.name).to_dict(),
                         self._budget(analyst, d.name) if vq is not None else None,
+                        None if d.id is None else d.id.to_dict(),
                     )
                     for d in self.config.datasets
                     if self.policy.may_see(analyst, d.name)
@@ -637,6 +655,7 @@ class NodeService:
         vq: VerifiedQuery,
         rnd: Round,
         params: dict[str, Any],
+        run: Run | None = None,
     ) -> tuple[Callable[[], np.ndarray[Any, Any]], dict[str, Any], Reservation]:
         """Size this node's noise for a DP round from the signed query, the session's
         threshold and size and this node's ``colluders``; reserve its budget; return the noisy
@@ -646,7 +665,7 @@ class NodeService:
         spec = DPSpec.of(b.dp)
         assert spec is not None
         cfg = step.setup.config()
-        schema = self.engine.schema(rnd.dataset)
+        schema = self._query_schema(vq, rnd.dataset)
         noise = noise_plan(rnd, schema, spec, t=cfg.t, n=cfg.n, colluders=dp.colluders)
         key = f"{b.request_id}/{rnd.index}/{step.setup.session_id.hex()[:16]}"
         reservation = self._reserve(
@@ -655,7 +674,7 @@ class NodeService:
         s2 = noise.node_sigma2
 
         def local() -> np.ndarray[Any, Any]:
-            return add_noise(self._local(rnd).view(np.uint64), s2)
+            return add_noise(self._local(rnd, run).view(np.uint64), s2)
 
         return local, {"sigma2": f"{s2.numerator}/{s2.denominator}", "rho": noise.rho}, reservation
 
@@ -687,8 +706,19 @@ class NodeService:
             self.ledger.release(r)
 
     # ------------------------------------------------------------------ local vectors
-    def _local(self, rnd: Round) -> np.ndarray[Any, Any]:
-        """The round's local vector, fixed-point encoded as int64 (two's complement)."""
+    def _local(self, rnd: Round, run: Run | None = None) -> np.ndarray[Any, Any]:
+        """The round's local vector, fixed-point encoded as int64 (two's complement); for a
+        statistic over a vertical view, this node's additive share of the round's vector (left
+        in ``run.shares`` by the round's secure product)."""
+        if run is not None and run.query.body.view is not None:
+            with run.lock:
+                share = run.shares.pop(rnd.index, None)
+            if share is None or share.shape != (rnd.size,):
+                raise ProtocolError(
+                    f"{self._where}: round {rnd.index} over a vertical view has no secure "
+                    "product here (it did not run, or was summed already); refusing"
+                )
+            return share.view(np.int64)
         if rnd.size > MAX_ROUND_ENTRIES:
             raise ProtocolError(
                 f"{self._where}: round {rnd.index} has {rnd.size} entries, more than the "
@@ -715,12 +745,19 @@ class NodeService:
         if q is None:
             raise ProtocolError(f"{self._where}: the signed query is not a statistic")
         where = f"{self._where}: request {vq.body.request_id}"
+        schema = self._query_schema(vq, q.dataset)
         with run.lock:
-            rnd = run.derive(
-                ref.index, ref.min_group_size, ref.previous, self.engine.schema(q.dataset), where
-            )
+            rnd = run.derive(ref.index, ref.min_group_size, ref.previous, schema, where)
         self._check_model_size(run)
         return run, rnd
+
+    def _query_schema(self, vq: VerifiedQuery, dataset: str) -> TableSchema:
+        """The schema a signed statistic plans on: the dataset's, or for a statistic over a
+        vertical view the view's union schema (``node.column``), its part for this node
+        checked against this node's schema."""
+        if vq.body.view is not None:
+            return self.vertical.schema_of(vq)
+        return self.engine.schema(dataset)
 
     def _check_model_size(self, run: Run) -> None:
         """A regression's parameters against its records (``glm_min_records_per_parameter``),
@@ -847,10 +884,10 @@ class NodeService:
         digest = round_digest(vq.digest, ref.part, ref.index, ref.min_group_size, vector.to_dict())
         if vq.body.dp is None:
             return self._open_session(
-                step, lambda: self._local(vector).view(np.uint64), ref.index, vq, digest, run
+                step, lambda: self._local(vector, run).view(np.uint64), ref.index, vq, digest, run
             )
         if ref.part == "all":
-            local, dp_binding, reservation = self._dp_session(step, vq, vector, params)
+            local, dp_binding, reservation = self._dp_session(step, vq, vector, params, run)
         else:  # a Paillier DP round's record counts: the Paillier share, one reservation
             s2, reservation = self._paillier_dp(vq, run, rnd, params)
 
@@ -1282,6 +1319,11 @@ class NodeService:
         )
 
     @_one_config
+    @_one_config
+    def vertical_step(self, caller: Identity, step: types.VerticalStep) -> types.VerticalReply:
+        """One step of a vertical protocol (``node._vertical``)."""
+        return self.vertical.step(caller, step)
+
     def anon_release(self, caller: Identity, signed: SignedQuery) -> bytes:
         """The rows written by ``anon_apply``, if ``policy.release_rows`` allows it."""
 

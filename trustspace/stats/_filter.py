@@ -109,7 +109,8 @@ _TOKEN = re.compile(
   | (?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
   | (?P<str>'(?:[^']|'')*')
   | (?P<qname>"(?:[^"]|"")*")
-  | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:-[A-Za-z_][A-Za-z0-9_]*)*)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:-[A-Za-z_][A-Za-z0-9_]*)*
+        (?:\.[A-Za-z_][A-Za-z0-9_]*(?:-[A-Za-z_][A-Za-z0-9_]*)*)?)  # node.column in a view
   | (?P<op><=|>=|!=|<>|==|=|<|>)
   | (?P<punct>[(),])
     """,

@@ -375,6 +375,10 @@ class Computation:
             return (yield from self._group_by())
         if op == "crosstab":
             return (yield from self._crosstab())
+        if op == "woe_iv":
+            from trustspace.stats._woe import woe_plan
+
+            return (yield from woe_plan(self))
         return (yield from self._moments())
 
     def _crosstab(self) -> _Gen:

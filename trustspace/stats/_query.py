@@ -37,6 +37,7 @@ OPS = (
     "ttest",
     "glm",
     "ols",
+    "woe_iv",
 )
 #: The aggregations group_by(...).agg({...}) accepts (pandas names).
 GROUP_AGGS = ("size", "count", "sum", "mean", "var", "std")
@@ -64,6 +65,7 @@ _PARAMS: dict[str, set[str]] = {
     "ttest": {"by", "values"},
     "glm": {"formula", "family", "weights", "offset", "max_iter", "tol"},
     "ols": {"formula", "weights", "bounds"},
+    "woe_iv": {"label", "labels", "bins", "values"},
 }
 #: The per-group aggregations a t-test is computed from (``group_by``'s machinery).
 TTEST_AGGS = ("count", "mean", "var")
@@ -186,6 +188,8 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
                 raise ConfigError("query 'params.values': values must be distinct")
     if op == "crosstab":
         _check_crosstab(p, columns)
+    if op == "woe_iv":
+        _check_woe(p, columns)
     if op == "ttest":
         if len(columns) != 1:
             raise ConfigError("query 'columns': ttest takes exactly one (numeric) column")
@@ -210,6 +214,42 @@ def _check_levels(vals: object, where: str, exactly: int | None = None) -> list[
     if len({(type(v), v) for v in vals}) != len(vals):
         raise ConfigError(f"{where}: values must be distinct")
     return vals
+
+
+def _check_woe(p: dict[str, Any], columns: tuple[str, ...]) -> None:
+    """woe_iv: features (columns), a binary ``label`` with its two ``labels`` (negative,
+    positive), ``bins`` (numeric feature -> edges) and ``values`` (categorical -> levels)."""
+    if not columns:
+        raise ConfigError("query 'columns': woe_iv needs one or more feature columns")
+    label = p.get("label")
+    if not isinstance(label, str) or not label:
+        raise ConfigError("query 'params.label': woe_iv needs the binary label column")
+    if label in columns:
+        raise ConfigError(f"query 'params.label': {label!r} is also a feature")
+    if "labels" in p:
+        _check_levels(p["labels"], "query 'params.labels'", exactly=2)
+    bins = p.get("bins", {})
+    values = p.get("values", {})
+    if not isinstance(bins, dict) or not isinstance(values, dict):
+        raise ConfigError("query 'params.bins'/'values': expected {feature: [...]}")
+    for f, edges in bins.items():
+        if f not in columns:
+            raise ConfigError(f"query 'params.bins.{f}': {f!r} is not a feature")
+        if f in values:
+            raise ConfigError(f"query 'params.bins.{f}': give bins or values, not both")
+        e = (
+            [_number(v, f"query 'params.bins.{f}'") for v in edges]
+            if isinstance(edges, list)
+            else []
+        )
+        if len(e) < 2 or len(e) > MAX_BINS + 1 or any(b <= a for a, b in itertools.pairwise(e)):
+            raise ConfigError(
+                f"query 'params.bins.{f}': expected 2..{MAX_BINS + 1} strictly increasing edges"
+            )
+    for f, vals in values.items():
+        if f not in columns:
+            raise ConfigError(f"query 'params.values.{f}': {f!r} is not a feature")
+        _check_levels(vals, f"query 'params.values.{f}'")
 
 
 def _check_crosstab(p: dict[str, Any], columns: tuple[str, ...]) -> None:
@@ -383,6 +423,13 @@ class Query:
                     f"query 'columns': crosstab({a!r}, {b!r}) would have {cells} cells, more "
                     f"than the limit of {MAX_CELLS}; coarsen the levels or list fewer (values=)"
                 )
+            if self.where is not None:
+                check_filter(parse_filter(self.where), schema, self.where)
+            return
+        if self.op == "woe_iv":
+            from trustspace.stats._woe import woe_plan_check
+
+            woe_plan_check(self, schema)
             if self.where is not None:
                 check_filter(parse_filter(self.where), schema, self.where)
             return

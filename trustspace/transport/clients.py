@@ -150,6 +150,18 @@ class NodeClient(_Client):
         )
         return [bytes(p) for p in resp.payloads]
 
+    def vertical_step(
+        self, step: types.VerticalStep, timeout: float = PAILLIER_TIMEOUT_S
+    ) -> types.VerticalReply:
+        """One step of a vertical protocol (PSI, secure product) at this node."""
+        resp = self._call(
+            f"vertical {step.part} step {step.step} ({step.action})",
+            self._stub.VerticalStep,
+            serde.vertical_to_proto(step),
+            timeout,
+        )
+        return serde.vertical_reply_from_proto(resp)
+
     def paillier_stats(
         self, req: types.PaillierRequest, timeout: float = PAILLIER_TIMEOUT_S
     ) -> bytes:

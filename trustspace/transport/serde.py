@@ -16,6 +16,7 @@ from trustspace.errors import ConfigError, ProtocolError
 from trustspace.proto.v1 import aggregator_pb2, common_pb2, node_pb2
 from trustspace.secagg import Stage
 from trustspace.stats import MAX_PAILLIER_HEADROOM, MAX_PAILLIER_KEY_BITS, Round, Term
+from trustspace.transport import types
 from trustspace.transport.signing import MAX_BODY_BYTES, SignedQuery
 from trustspace.transport.types import (
     DP_BUDGET_FIELDS,
@@ -143,6 +144,8 @@ def dataset_to_proto(d: DatasetDescription) -> common_pb2.DatasetInfo:
     msg = common_pb2.DatasetInfo(name=d.name, schema=schema_to_proto(d.schema))
     if d.dp_budget is not None:
         msg.dp_budget.CopyFrom(common_pb2.DPBudget(**{k: d.dp_budget[k] for k in DP_BUDGET_FIELDS}))
+    if d.id is not None:
+        msg.id_json = dumps(dict(d.id))
     return msg
 
 
@@ -152,8 +155,16 @@ def dataset_from_proto(msg: common_pb2.DatasetInfo) -> DatasetDescription:
         if msg.HasField("dp_budget")
         else None
     )
+    ident = None
+    if msg.id_json:
+        try:
+            ident = json.loads(msg.id_json)
+        except ValueError:
+            raise ProtocolError(f"dataset {msg.name!r}: malformed id column description") from None
+        if not isinstance(ident, dict):
+            raise ProtocolError(f"dataset {msg.name!r}: malformed id column description")
     return DatasetDescription(
-        msg.name, schema_from_proto(msg.schema, f"dataset {msg.name!r}"), budget
+        msg.name, schema_from_proto(msg.schema, f"dataset {msg.name!r}"), budget, ident
     )
 
 
@@ -366,6 +377,91 @@ def step_from_proto(msg: node_pb2.SecAggStepRequest) -> SecAggStep:
         payloads=tuple(bytes(p) for p in msg.payloads),
         round=ref,
         client_id=_int(msg.client_id, "client_id"),
+    )
+
+
+# ---------------------------------------------------------------------- vertical jobs
+#: Most envelopes one VerticalStep call may carry (each at most a few MiB; see the channel).
+MAX_ENVELOPES = 4096
+VERTICAL_PARTS = ("intersect", "vertical.product")
+VERTICAL_ACTIONS = ("deliver", "run", "pull")
+
+
+def _envelopes(items: Any, what: str) -> tuple[types.Envelope, ...]:
+    if len(items) > MAX_ENVELOPES:
+        raise ProtocolError(f"{what}: more than {MAX_ENVELOPES} envelopes in one call")
+    return tuple(types.Envelope(str(e.sender), str(e.recipient), bytes(e.body)) for e in items)
+
+
+def vertical_to_proto(step: types.VerticalStep) -> node_pb2.VerticalStepRequest:
+    msg = node_pb2.VerticalStepRequest(
+        query=signed_to_proto(step.query),
+        session=step.session,
+        part=step.part,
+        step=step.step,
+        action=step.action,
+        inbox=[
+            node_pb2.Envelope(sender=e.sender, recipient=e.recipient, body=e.body)
+            for e in step.inbox
+        ],
+        nodes=list(step.nodes),
+        hellos=list(step.hellos),
+    )
+    if step.round is not None:
+        msg.round.CopyFrom(ref_to_proto(step.round))
+    return msg
+
+
+def vertical_from_proto(msg: node_pb2.VerticalStepRequest) -> types.VerticalStep:
+    if msg.part not in VERTICAL_PARTS:
+        raise ProtocolError(f"VerticalStep: part {msg.part!r} is not one of {VERTICAL_PARTS}")
+    if msg.action not in VERTICAL_ACTIONS:
+        raise ProtocolError(f"VerticalStep: action {msg.action!r} is not one of {VERTICAL_ACTIONS}")
+    if len(msg.session) != 32:
+        raise ProtocolError("VerticalStep: the session id must be 32 bytes")
+    if len(msg.nodes) > 64 or len(msg.hellos) > 64:
+        raise ProtocolError("VerticalStep: too many nodes")
+    return types.VerticalStep(
+        query=signed_from_proto(msg.query, "VerticalStep"),
+        session=bytes(msg.session),
+        part=msg.part,
+        step=int(msg.step),
+        action=msg.action,
+        inbox=_envelopes(msg.inbox, "VerticalStep"),
+        nodes=tuple(str(n) for n in msg.nodes),
+        hellos=tuple(bytes(h) for h in msg.hellos),
+        round=ref_from_proto(msg.round) if msg.HasField("round") else None,
+    )
+
+
+def vertical_reply_to_proto(reply: types.VerticalReply) -> node_pb2.VerticalStepResponse:
+    return node_pb2.VerticalStepResponse(
+        outbox=[
+            node_pb2.Envelope(sender=e.sender, recipient=e.recipient, body=e.body)
+            for e in reply.outbox
+        ],
+        more=reply.more,
+        done=reply.done,
+        result_json="" if reply.result is None else dumps(dict(reply.result)),
+        hello=reply.hello,
+    )
+
+
+def vertical_reply_from_proto(msg: node_pb2.VerticalStepResponse) -> types.VerticalReply:
+    result = None
+    if msg.result_json:
+        try:
+            result = json.loads(msg.result_json)
+        except ValueError:
+            raise ProtocolError("VerticalStep: the node's result is not JSON") from None
+        if not isinstance(result, dict):
+            raise ProtocolError("VerticalStep: the node's result is not an object")
+    return types.VerticalReply(
+        outbox=_envelopes(msg.outbox, "VerticalStep reply"),
+        more=bool(msg.more),
+        done=bool(msg.done),
+        result=result,
+        hello=bytes(msg.hello),
     )
 
 

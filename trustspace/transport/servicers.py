@@ -59,6 +59,8 @@ class NodeHandler(Protocol):
 
     def anon_release(self, caller: Identity, query: SignedQuery) -> bytes: ...
 
+    def vertical_step(self, caller: Identity, step: types.VerticalStep) -> types.VerticalReply: ...
+
 
 class AggregatorHandler(Protocol):
     name: str
@@ -139,8 +141,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             ),
         }
 
+        self._vertical = g(
+            lambda req, who: serde.vertical_reply_to_proto(
+                h.vertical_step(who, parse(serde.vertical_from_proto, req))
+            ),
+            "VerticalStep",
+        )
+
     def DescribeDatasets(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._describe(request, context)
+
+    def VerticalStep(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._vertical(request, context)
 
     def SecAggStep(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._secagg(request, context)

@@ -137,6 +137,10 @@ class QueryBody:
     purpose: str | None = None
     #: differential privacy asked for: ``{"epsilon": e, "delta": d}``, or None for exact
     dp: Mapping[str, float] | None = None
+    #: a statistic over a vertical view (``trustspace.vertical.view.ViewRef.to_dict()``): the
+    #: view's id, nodes and each node's schema; None for a horizontal query (and then absent
+    #: from the canonical body, so earlier bodies and signatures are unchanged)
+    view: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not _REQUEST_ID.match(self.request_id):
@@ -166,13 +170,17 @@ class QueryBody:
                 if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                     raise ProtocolError(f"signed query 'dp.{k}': expected a finite number")
             object.__setattr__(self, "dp", MappingProxyType(dict(self.dp)))
+        if self.view is not None:
+            if not isinstance(self.view, Mapping):
+                raise ProtocolError("signed query 'view': expected an object")
+            object.__setattr__(self, "view", MappingProxyType(dict(self.view)))
 
     @property
     def expires(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.expires_at, dt.UTC)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "v": VERSION,
             "analyst": self.analyst,
             "audience": self.audience,
@@ -189,14 +197,17 @@ class QueryBody:
             "purpose": self.purpose,
             "dp": None if self.dp is None else dict(self.dp),
         }
+        if self.view is not None:
+            out["view"] = json.loads(json.dumps(dict(self.view)))
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> QueryBody:
         """Parse a body strictly: ``ProtocolError`` naming an unknown, missing or bad key."""
         if not isinstance(data, dict):
             raise ProtocolError("signed query: the body is not a JSON object")
-        if set(data) != _KEYS:
-            extra, missing = sorted(set(data) - _KEYS), sorted(_KEYS - set(data))
+        if set(data) - {"view"} != _KEYS:
+            extra, missing = sorted(set(data) - _KEYS - {"view"}), sorted(_KEYS - set(data))
             raise ProtocolError(f"signed query: unknown key(s) {extra} / missing key(s) {missing}")
         if data["v"] != VERSION:
             raise ProtocolError(f"signed query: version {data['v']!r} is not {VERSION}")
@@ -225,7 +236,14 @@ class QueryBody:
             paillier_key=_text(data["paillier_key"], "paillier_key", optional=True),
             purpose=_text(data["purpose"], "purpose", optional=True, limit=200),
             dp=data["dp"],
+            view=_view(data["view"]) if "view" in data else None,
         )
+
+
+def _view(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError("signed query 'view': expected an object")
+    return value
 
 
 _KEYS = frozenset(
@@ -316,6 +334,7 @@ def new_query(
     paillier_key: str | None = None,
     purpose: str | None = None,
     dp: Mapping[str, float] | None = None,
+    view: Mapping[str, Any] | None = None,
     lifetime_s: float = DEFAULT_LIFETIME_S,
     request_id: str | None = None,
     now: float | None = None,
@@ -338,6 +357,7 @@ def new_query(
         paillier_key=paillier_key,
         purpose=purpose,
         dp=dp,
+        view=view,
     )
     return sign_query(creds, body)
 

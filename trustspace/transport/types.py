@@ -20,6 +20,7 @@ __all__ = [
     "PARTS",
     "AnonVector",
     "DatasetDescription",
+    "Envelope",
     "NodeDescription",
     "NodeStatus",
     "PaillierRequest",
@@ -29,12 +30,14 @@ __all__ = [
     "RoundTotal",
     "SecAggSetup",
     "SecAggStep",
+    "VerticalReply",
+    "VerticalStep",
 ]
 
 #: What a secure-aggregation session sums at a node: a statistics round's vector ("all"), the
 #: record counts that govern a Paillier round's entries ("paillier.counts"), or
 #: ("anon.histogram") an anonymization vector request of the job prepared by AnonHistogram.
-PARTS = ("all", "paillier.counts", "anon.histogram")
+PARTS = ("all", "paillier.counts", "anon.histogram", "vertical.product")
 
 
 #: The figures of an analyst's DP budget at a node (``DatasetDescription.dp_budget``).
@@ -59,6 +62,8 @@ class DatasetDescription:
     #: ``epsilon_spent``, ``epsilon_remaining``, ``rho_spent``, ``rho_remaining``,
     #: ``required``); None: the node has no ``[policy.dp]``, or the request was not signed
     dp_budget: Mapping[str, Any] | None = None
+    #: the identifier column for vertical jobs (``IdSpec.to_dict()``), or None
+    id: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,41 @@ class SecAggStep:
     #: what the session sums (advertise stage only; None at the later stages)
     round: RoundRef | None
     client_id: int
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A sealed node-to-node message chunk, as the aggregator relays it (it cannot read it)."""
+
+    sender: str
+    recipient: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class VerticalStep:
+    """One step of a vertical protocol at one node (``VerticalStepRequest``)."""
+
+    query: SignedQuery
+    session: bytes
+    part: str
+    step: int
+    action: str
+    inbox: tuple[Envelope, ...] = ()
+    nodes: tuple[str, ...] = ()
+    hellos: tuple[bytes, ...] = ()
+    round: RoundRef | None = None
+
+
+@dataclass(frozen=True)
+class VerticalReply:
+    """A node's answer to a ``VerticalStep``."""
+
+    outbox: tuple[Envelope, ...] = ()
+    more: bool = False
+    done: bool = False
+    result: Mapping[str, Any] | None = None
+    hello: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -315,7 +315,12 @@ class DatasetInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SCHEMA_FIELD_NUMBER: _builtins.int
     DP_BUDGET_FIELD_NUMBER: _builtins.int
+    ID_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    id_json: _builtins.str
+    """the identifier column for vertical jobs (trustspace.vertical.ids.IdSpec.to_dict() as
+    JSON: column, type, normalisation; never values), or empty when the dataset has none
+    """
     @_builtins.property
     def schema(self) -> Global___TableSchema: ...
     @_builtins.property
@@ -330,10 +335,11 @@ class DatasetInfo(_message.Message):
         name: _builtins.str = ...,
         schema: Global___TableSchema | None = ...,
         dp_budget: Global___DPBudget | None = ...,
+        id_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dp_budget", b"dp_budget", "schema", b"schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dp_budget", b"dp_budget", "name", b"name", "schema", b"schema"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dp_budget", b"dp_budget", "id_json", b"id_json", "name", b"name", "schema", b"schema"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -462,3 +462,126 @@ class AnonReleaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnonReleaseResponse: _TypeAlias = AnonReleaseResponse  # noqa: Y015
+
+@_typing.final
+class Envelope(_message.Message):
+    """A sealed node-to-node message chunk (trustspace.vertical.channel.Envelope)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    recipient: _builtins.str
+    body: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "recipient", b"recipient", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
+
+@_typing.final
+class VerticalStepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    INBOX_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    HELLOS_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    session: _builtins.bytes
+    """32 bytes chosen by the driver, one per protocol run"""
+    part: _builtins.str
+    """"intersect" or "vertical.product" """
+    step: _builtins.int
+    """0: the hello; then 1, 2, ..."""
+    action: _builtins.str
+    """"deliver" (buffer inbox), "run" (run the step), "pull" (more out)"""
+    @_builtins.property
+    def query(self) -> _common_pb2.SignedQuery:
+        """operation "intersect", or a statistic over a vertical view"""
+
+    @_builtins.property
+    def inbox(self) -> _containers.RepeatedCompositeFieldContainer[Global___Envelope]: ...
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """step 0: the participants, in protocol order"""
+
+    @_builtins.property
+    def hellos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """step 1 "run": every participant's hello, in node order"""
+
+    @_builtins.property
+    def round(self) -> Global___RoundRef:
+        """part "vertical.product", step 0: the round the driver expects"""
+
+    def __init__(
+        self,
+        *,
+        query: _common_pb2.SignedQuery | None = ...,
+        session: _builtins.bytes = ...,
+        part: _builtins.str = ...,
+        step: _builtins.int = ...,
+        action: _builtins.str = ...,
+        inbox: _abc.Iterable[Global___Envelope] | None = ...,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+        hellos: _abc.Iterable[_builtins.bytes] | None = ...,
+        round: Global___RoundRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "round", b"round"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hellos", b"hellos", "inbox", b"inbox", "nodes", b"nodes", "part", b"part", "query", b"query", "round", b"round", "session", b"session", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerticalStepRequest: _TypeAlias = VerticalStepRequest  # noqa: Y015
+
+@_typing.final
+class VerticalStepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTBOX_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
+    HELLO_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """more envelopes of this step wait: call again with "pull" """
+    done: _builtins.bool
+    """this node's part of the protocol has finished"""
+    result_json: _builtins.str
+    """when done: the public result (e.g. {"size": 1234})"""
+    hello: _builtins.bytes
+    """step 0: this node's signed hello"""
+    @_builtins.property
+    def outbox(self) -> _containers.RepeatedCompositeFieldContainer[Global___Envelope]: ...
+    def __init__(
+        self,
+        *,
+        outbox: _abc.Iterable[Global___Envelope] | None = ...,
+        more: _builtins.bool = ...,
+        done: _builtins.bool = ...,
+        result_json: _builtins.str = ...,
+        hello: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "hello", b"hello", "more", b"more", "outbox", b"outbox", "result_json", b"result_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerticalStepResponse: _TypeAlias = VerticalStepResponse  # noqa: Y015

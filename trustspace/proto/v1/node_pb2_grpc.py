@@ -64,6 +64,11 @@ class NodeServiceStub:
                 request_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseRequest.SerializeToString,
                 response_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseResponse.FromString,
                 _registered_method=True)
+        self.VerticalStep = channel.unary_unary(
+                '/trustspace.proto.v1.NodeService/VerticalStep',
+                request_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.VerticalStepRequest.SerializeToString,
+                response_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.VerticalStepResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -112,6 +117,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerticalStep(self, request, context):
+        """Vertical jobs (private set intersection, secure products of two nodes' columns): one step
+        of a node-to-node protocol. The nodes' messages are sealed end to end (AES-GCM under keys
+        agreed by certificate-signed X25519 hellos); the aggregator only relays the envelopes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +158,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.AnonRelease,
                     request_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseRequest.FromString,
                     response_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseResponse.SerializeToString,
+            ),
+            'VerticalStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerticalStep,
+                    request_deserializer=trustspace_dot_proto_dot_v1_dot_node__pb2.VerticalStepRequest.FromString,
+                    response_serializer=trustspace_dot_proto_dot_v1_dot_node__pb2.VerticalStepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +327,33 @@ class NodeService:
             '/trustspace.proto.v1.NodeService/AnonRelease',
             trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseRequest.SerializeToString,
             trustspace_dot_proto_dot_v1_dot_node__pb2.AnonReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerticalStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trustspace.proto.v1.NodeService/VerticalStep',
+            trustspace_dot_proto_dot_v1_dot_node__pb2.VerticalStepRequest.SerializeToString,
+            trustspace_dot_proto_dot_v1_dot_node__pb2.VerticalStepResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,11 @@ class NodeServiceStub:
     """Anonymization: apply the chosen transformation to the local rows and write them locally."""
     AnonRelease: _grpc.UnaryUnaryMultiCallable[_node_pb2.AnonReleaseRequest, _node_pb2.AnonReleaseResponse]
     """Anonymization: release the rows written by AnonApply to the analyst, if policy allows."""
+    VerticalStep: _grpc.UnaryUnaryMultiCallable[_node_pb2.VerticalStepRequest, _node_pb2.VerticalStepResponse]
+    """Vertical jobs (private set intersection, secure products of two nodes' columns): one step
+    of a node-to-node protocol. The nodes' messages are sealed end to end (AES-GCM under keys
+    agreed by certificate-signed X25519 hellos); the aggregator only relays the envelopes.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -69,6 +74,11 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Anonymization: apply the chosen transformation to the local rows and write them locally."""
     AnonRelease: _aio.UnaryUnaryMultiCallable[_node_pb2.AnonReleaseRequest, _node_pb2.AnonReleaseResponse]  # type: ignore[assignment]
     """Anonymization: release the rows written by AnonApply to the analyst, if policy allows."""
+    VerticalStep: _aio.UnaryUnaryMultiCallable[_node_pb2.VerticalStepRequest, _node_pb2.VerticalStepResponse]  # type: ignore[assignment]
+    """Vertical jobs (private set intersection, secure products of two nodes' columns): one step
+    of a node-to-node protocol. The nodes' messages are sealed end to end (AES-GCM under keys
+    agreed by certificate-signed X25519 hellos); the aggregator only relays the envelopes.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -120,5 +130,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.AnonReleaseResponse, _abc.Awaitable[_node_pb2.AnonReleaseResponse]]:
         """Anonymization: release the rows written by AnonApply to the analyst, if policy allows."""
+
+    @_abc_1.abstractmethod
+    def VerticalStep(
+        self,
+        request: _node_pb2.VerticalStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.VerticalStepResponse, _abc.Awaitable[_node_pb2.VerticalStepResponse]]:
+        """Vertical jobs (private set intersection, secure products of two nodes' columns): one step
+        of a node-to-node protocol. The nodes' messages are sealed end to end (AES-GCM under keys
+        agreed by certificate-signed X25519 hellos); the aggregator only relays the envelopes.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Vertical partitions: nodes holding different columns about the same people."""
