@@ -641,3 +641,18 @@ def test_non_node_credentials_cannot_make_a_channel(space: dict[str, Credentials
     with pytest.raises(ConfigError, match="named twice"):
         Channel(ident, ("n1", "n2", "n2"), os.urandom(32), CONTEXT)
     assert "key" not in repr(ident).lower()
+
+
+def test_session_runs_steps_in_order_and_stays_aborted(space: dict[str, Credentials]) -> None:
+    sessions = _sessions(space, {})
+    hellos = {n: t.hello() for n, t in sessions.items()}
+    with pytest.raises(ProtocolError, match="before the hellos were accepted"):
+        sessions["n1"].channel.seal([])
+    for s in sessions.values():
+        s.accept(hellos)
+    with pytest.raises(ProtocolError, match="asked to run step 2, the next is 1"):
+        sessions["n1"].run(2)
+    with pytest.raises(ProtocolError, match=r"after the session was aborted \(ProtocolError\)"):
+        sessions["n1"].run(1)
+    with pytest.raises(ProtocolError, match="aborted"):
+        sessions["n1"].deliver([])

@@ -44,6 +44,7 @@ import hmac
 import json
 import os
 import struct
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -63,6 +64,7 @@ from trustspace.vertical._party import KIND_MAX, Message, Party
 __all__ = [
     "CHUNK_BYTES",
     "ENVELOPE_MAX",
+    "ENVELOPE_OVERHEAD",
     "HELLO_DOMAIN",
     "Channel",
     "Envelope",
@@ -593,6 +595,7 @@ class Session:
     aggregator ``deliver``s the envelopes addressed to it (in as many calls as it likes;
     bounded by the channel's ``max_bytes`` and ``max_envelopes``), and ``run(index)`` opens
     them, steps the party and seals its output. Any error aborts the session for good.
+    ``deliver`` and ``run`` may be called from different threads (they take a lock).
     """
 
     def __init__(
@@ -612,6 +615,7 @@ class Session:
         self.done = False
         self.result: Mapping[str, Any] | None = None
         self._failed = ""
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -628,12 +632,13 @@ class Session:
         return self.channel.hello()
 
     def accept(self, hellos: Mapping[str, bytes]) -> None:
-        self._check("accept")
-        try:
-            self.channel.accept(hellos)
-        except (ProtocolError, AuthenticationError) as e:
-            self._abort(e)
-            raise
+        with self._lock:
+            self._check("accept")
+            try:
+                self.channel.accept(hellos)
+            except (ProtocolError, AuthenticationError) as e:
+                self._abort(e)
+                raise
 
     def _abort(self, error: Exception) -> None:
         self._failed = type(error).__name__
@@ -642,6 +647,10 @@ class Session:
 
     def deliver(self, envelopes: Sequence[Envelope]) -> None:
         """Buffer envelopes for the next ``run``; refuses (and aborts) beyond the bounds."""
+        with self._lock:
+            self._deliver(envelopes)
+
+    def _deliver(self, envelopes: Sequence[Envelope]) -> None:
         self._check("deliver")
         where = self.channel._where
         try:
@@ -678,6 +687,10 @@ class Session:
 
     def run(self, index: int) -> tuple[list[Envelope], bool, Mapping[str, Any] | None]:
         """Open the buffered envelopes of step ``index - 1``, step the party, seal its output."""
+        with self._lock:
+            return self._run(index)
+
+    def _run(self, index: int) -> tuple[list[Envelope], bool, Mapping[str, Any] | None]:
         self._check(f"run step {index}")
         inbox, self._buffer, self._bytes = self._buffer, [], 0
         try:
