@@ -24,7 +24,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -167,11 +167,11 @@ def _is_null(v: Any) -> bool:
 
 def _as_list(values: Sequence[Any] | np.ndarray | pd.Series) -> list[Any]:
     if isinstance(values, pd.Series | pd.Index):
-        return cast(list[Any], values.astype(object).tolist())
+        return list(values.astype(object).tolist())
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise DataError(f"identifier values must be one-dimensional, got shape {values.shape}")
-        return cast(list[Any], values.tolist())
+        return list(values.tolist())
     return list(values)
 
 

@@ -114,9 +114,8 @@ def _blind_serial(scalar: bytes, data: bytes, hash_first: bool) -> tuple[bytes, 
     try:
         if hash_first:
             for i in range(0, len(data), POINT_BYTES):
-                d = bytearray(sha512(DOMAIN + mv[i : i + POINT_BYTES]).digest()[:32])
-                d[31] &= 0x7F
-                append(exchange(load(bytes(d))))
+                # X25519 ignores the top bit of u itself (RFC 7748), so this equals hash_to_u
+                append(exchange(load(sha512(DOMAIN + mv[i : i + POINT_BYTES]).digest()[:32])))
         else:
             for i in range(0, len(data), POINT_BYTES):
                 append(exchange(load(mv[i : i + POINT_BYTES].tobytes())))
@@ -435,11 +434,12 @@ class PsiParty:
                 messages=(self._msg(self._leader, "psi.sorted", np.sort(tags).tobytes()),)
             )
         if index == n + 2 and leader:
-            got = self._expect(inbox, dict.fromkeys(others, "psi.sorted"))
+            sorted_sets = self._expect(inbox, dict.fromkeys(others, "psi.sorted"))
             assert self._tags is not None
             common = np.sort(self._tags)
             for p in others:
-                common = np.intersect1d(common, _points(got[p], "psi.sorted"), assume_unique=True)
+                theirs = _points(sorted_sets[p], "psi.sorted")
+                common = np.intersect1d(common, theirs, assume_unique=True)
             self._mark(common)
             body = common.tobytes()
             msgs = tuple(self._msg(p, "psi.common", body) for p in others)
@@ -463,8 +463,8 @@ class PsiParty:
         n = self._n
         others = [p for p in self.nodes if p != self.name]
         if self.name == self._leader and index == n + 1:
-            got = self._expect(inbox, dict.fromkeys(others, "psi.final"))
-            sets = self._finals + [_points(got[p], "psi.final") for p in others]
+            finals = self._expect(inbox, dict.fromkeys(others, "psi.final"))
+            sets = self._finals + [_points(finals[p], "psi.final") for p in others]
             common = sets[0]
             for s in sets[1:]:
                 common = np.intersect1d(common, s, assume_unique=True)
