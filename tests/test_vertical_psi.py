@@ -241,3 +241,20 @@ def test_bad_construction() -> None:
     with pytest.raises(DataError, match="duplicates"):
         PsiParty("a", ["a", "b"], "align", [e, e])
     assert np.asarray(PsiParty("a", ["a", "b"], "align", []).nodes).size == 2
+
+
+def test_multi_buffer_backend_equals_openssl() -> None:
+    from trustspace.vertical import _x25519_mb
+    from trustspace.vertical.psi import _blind_serial
+
+    if _x25519_mb.mb8 is None:
+        pytest.skip("ipp-crypto multi-buffer X25519 not available (no wheel or no AVX-512 IFMA)")
+    k = os.urandom(32)
+    for n in (0, 1, 7, 8, 9, 1001):
+        data = os.urandom(32 * n)
+        for hash_first in (True, False):
+            fast = _blind_serial(k, data, hash_first)
+            slow = _blind_serial(k, data, hash_first, accel=False)
+            assert fast == slow
+    small = os.urandom(64) + bytes(32) + os.urandom(32)
+    assert _blind_serial(k, small, False)[1] == 2 == _blind_serial(k, small, False, accel=False)[1]

@@ -68,6 +68,7 @@ __all__ = [
     "MODES",
     "POINT_BYTES",
     "PsiParty",
+    "backend",
     "blind",
     "hash_to_u",
     "shutdown_pool",
@@ -98,8 +99,24 @@ def hash_to_u(element: bytes) -> bytes:
     return bytes(d)
 
 
-def _blind_serial(scalar: bytes, data: bytes, hash_first: bool) -> tuple[bytes, int]:
-    """(products joined, index of the first all-zero product or -1). Runs in workers too."""
+def _blind_serial(
+    scalar: bytes, data: bytes, hash_first: bool, accel: bool = True
+) -> tuple[bytes, int]:
+    """(products joined, index of the first all-zero product or -1). Runs in workers too.
+
+    Uses the multi-buffer X25519 of ``ipp-crypto`` where it loads (``BACKEND``), else OpenSSL.
+    """
+    from trustspace.vertical._x25519_mb import mb8
+
+    sha512 = hashlib.sha512
+    mv = memoryview(data)
+    if mb8 is not None and accel:
+        if hash_first:
+            data = b"".join(
+                sha512(DOMAIN + mv[i : i + POINT_BYTES]).digest()[:32]
+                for i in range(0, len(data), POINT_BYTES)
+            )
+        return mb8(scalar, data)
     from cryptography.hazmat.primitives.asymmetric.x25519 import (
         X25519PrivateKey,
         X25519PublicKey,
@@ -107,10 +124,8 @@ def _blind_serial(scalar: bytes, data: bytes, hash_first: bool) -> tuple[bytes, 
 
     exchange = X25519PrivateKey.from_private_bytes(scalar).exchange
     load = X25519PublicKey.from_public_bytes
-    sha512 = hashlib.sha512
     out: list[bytes] = []
     append = out.append
-    mv = memoryview(data)
     try:
         if hash_first:
             for i in range(0, len(data), POINT_BYTES):
@@ -122,6 +137,13 @@ def _blind_serial(scalar: bytes, data: bytes, hash_first: bool) -> tuple[bytes, 
     except ValueError:  # OpenSSL refuses an all-zero shared value (a small-order input)
         return b"", len(out)
     return b"".join(out), -1
+
+
+def backend() -> str:
+    """Which X25519 runs: ``"ipp-crypto mb8"`` (AVX-512 IFMA) or ``"openssl"``."""
+    from trustspace.vertical._x25519_mb import mb8
+
+    return "openssl" if mb8 is None else "ipp-crypto mb8"
 
 
 def _init_worker() -> None:
