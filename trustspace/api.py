@@ -140,9 +140,17 @@ def _local_ids(
         id_column = common.pop()
     from trustspace.vertical.ids import IdSpec
 
-    table = {"column": id_column} if isinstance(id_column, str) else dict(id_column)
+    per_node = (
+        isinstance(id_column, Mapping)
+        and bool(id_column)
+        and all(k in per_cols and isinstance(v, str | Mapping) for k, v in id_column.items())
+    )
     out = {}
     for name, cols in per_cols.items():
+        raw = id_column.get(name) if per_node and isinstance(id_column, Mapping) else id_column
+        if raw is None:
+            continue
+        table = {"column": raw} if isinstance(raw, str) else dict(raw)
         col = table.get("column")
         if col not in cols:
             raise ConfigError(
@@ -288,8 +296,9 @@ class Federation:
             purpose: the declared purpose signed with every query (see ``connect``).
             id_column: the identifier column of every partition, for ``intersect``: a name,
                 or a table like a node's ``id_column`` (``{"column": "cid", "case":
-                "lower", "trim": True, "hashed": "sha256"}``). Default: when the partitions'
-                columns differ and exactly one column is common to all, that column.
+                "lower", "trim": True, "hashed": "sha256"}``), or partition name -> either.
+                Default: when the partitions' columns differ and exactly one column is
+                common to all, that column.
 
         Raises:
             ConfigError, DataError: a bad partition, policy or data file (names it).

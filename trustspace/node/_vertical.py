@@ -310,6 +310,8 @@ class VerticalJobs:
             if mode != "align":
                 return
             rows = np.asarray(party.aligned, dtype=np.int64)
+            if len(rows) < svc.policy.min_group_size:
+                return  # nothing may be computed over so few people: no view is kept
             self._keep(
                 View(
                     b.request_id,

@@ -218,7 +218,7 @@ def _fixed(values: npt.NDArray[np.float64], bits: int, limit: int, what: str) ->
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = np.rint(np.ldexp(values, bits))
     if not np.all(np.isfinite(scaled)) or (
-        scaled.size and float(np.max(np.abs(scaled))) >= math.ldexp(1.0, limit)
+        scaled.size and limit < 1024 and float(np.max(np.abs(scaled))) >= math.ldexp(1.0, limit)
     ):
         raise EncodingOverflow(f"{what}: a value exceeds the fixed-point range of the product")
     return [int(x) for x in scaled.tolist()]
