@@ -143,7 +143,9 @@ def test_vertical_ols_equals_statsmodels(space, view) -> None:  # type: ignore[n
 
 # ---------------------------------------------------------------------- attacks and bad input
 def test_the_id_column_is_not_a_column_of_any_statistic(view) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ConfigError, match="(?s)unknown column 'bank.cid'.*known columns: bank.age"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)unknown column 'bank.cid'.*known columns: bank\.age"
+    ):
         view.count(where="bank.cid = 'C000001'")
     with pytest.raises(ConfigError):
         view.count("bank.cid")
@@ -209,9 +211,9 @@ def test_duplicate_ids_are_refused_by_count_never_by_value(tmp_path: Path) -> No
     bank, telco, _ = _split()
     bank.loc[5, "cid"] = bank.loc[6, "cid"]
     secret = str(bank.loc[6, "cid"])
-    with Federation.local({"bank": bank, "telco": telco}, workdir=tmp_path) as fed:
-        with pytest.raises(DataError) as err:
-            fed.intersect("default", on="cid", nodes=["bank", "telco"])
+    fed = Federation.local({"bank": bank, "telco": telco}, workdir=tmp_path)
+    with fed, pytest.raises(DataError) as err:
+        fed.intersect("default", on="cid", nodes=["bank", "telco"])
     assert "1 row(s) repeat an identifier" in str(err.value)
     assert secret not in str(err.value)
     audit = (tmp_path / "audit" / "bank.jsonl").read_text()
@@ -243,9 +245,9 @@ def test_normalisation_declared_alike_matches(tmp_path: Path) -> None:
 def test_mismatched_normalisation_is_refused_naming_the_nodes(tmp_path: Path) -> None:
     bank, telco, _ = _split()
     ids = {"bank": {"column": "cid", "case": "keep"}, "telco": {"column": "cid", "case": "lower"}}
-    with Federation.local({"bank": bank, "telco": telco}, workdir=tmp_path, id_column=ids) as fed:
-        with pytest.raises(ConfigError, match="(?s)normalise their identifiers differently.*bank:.*telco:"):
-            fed.intersect("default", on="cid", nodes=["bank", "telco"])
+    fed = Federation.local({"bank": bank, "telco": telco}, workdir=tmp_path, id_column=ids)
+    with fed, pytest.raises(ConfigError, match=r"(?s)identifiers differently.*bank:.*telco:"):
+        fed.intersect("default", on="cid", nodes=["bank", "telco"])
 
 
 def test_small_intersection_releases_nothing(tmp_path: Path) -> None:
@@ -307,7 +309,9 @@ def test_cli_intersect_and_statistic_over_the_saved_view(space, tmp_path: Path, 
 
     fed, _, _, joined = space
     assert fed.workdir is not None
-    creds = next(p.parent for p in (fed.workdir / "ca").rglob("cert.pem") if p.parent.name == "analyst")
+    creds = next(
+        p.parent for p in (fed.workdir / "ca").rglob("cert.pem") if p.parent.name == "analyst"
+    )
     addr = fed.aggregator.address
     view_file = tmp_path / "view.json"
     rc = main(

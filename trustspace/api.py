@@ -152,7 +152,7 @@ def _local_ids(
             continue
         table = {"column": raw} if isinstance(raw, str) else dict(raw)
         col = table.get("column")
-        if col not in cols:
+        if not isinstance(col, str) or col not in cols:
             raise ConfigError(
                 f"Federation.local: partition {name!r} has no id column {col!r} (its columns: "
                 f"{', '.join(cols)})"
@@ -363,9 +363,7 @@ class Federation:
                             "parquet" if path.suffix.lower() == ".parquet" else "csv",
                             cols,
                             delimiter,
-                            domains={
-                                c: tuple(v) for c, v in (domains or {}).items() if c in cols
-                            },
+                            domains={c: tuple(v) for c, v in (domains or {}).items() if c in cols},
                             bounds={
                                 c: (float(lo), float(hi))
                                 for c, (lo, hi) in (bounds or {}).items()

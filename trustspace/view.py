@@ -148,7 +148,7 @@ class VerticalView:
             raise ConfigError("corr: give two or more columns")
         m = self._value("corr", cols, where, None, epsilon, delta)
         if len(cols) == 2 and isinstance(m, pd.DataFrame):
-            return float(m.iloc[0, 1])
+            return float(np.asarray(m, dtype=float)[0, 1])
         return m
 
     def cov(

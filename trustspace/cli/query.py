@@ -23,6 +23,8 @@ OPS = (
     "count", "sum", "mean", "var", "std", "skew", "kurt", "histogram", "quantile", "cov",
     "corr", "describe", "group_by", "crosstab", "ttest", "glm", "ols",
 )  # fmt: skip
+#: Vertical partitions: a private set intersection, and WOE/IV over the view it leaves.
+VERTICAL = ("intersect", "woe_iv")
 #: Hypothesis tests on released figures: ``fed.chi2_test`` (over a crosstab) and ``fed.ttest``.
 TESTS = ("chi2", "ttest")
 
@@ -42,9 +44,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--server-name", help="name on the aggregator's certificate (default: host)")
     p.add_argument(
         "op",
-        choices=(
-            *dict.fromkeys((*OPS, *TESTS)), "woe_iv", "intersect", "anonymize", "status", "budget"
-        ),
+        choices=(*dict.fromkeys((*OPS, *TESTS)), *VERTICAL, "anonymize", "status", "budget"),
         help="the statistic, 'intersect' (a private set intersection of --nodes on --on), "
         "'woe_iv' (over a --view), 'anonymize' (federated k-anonymization), 'status', or "
         "'budget' (this analyst's DP budget on DATASET)",

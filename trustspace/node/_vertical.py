@@ -209,7 +209,7 @@ class VerticalJobs:
                 "this node among them"
             )
         if st.part == "intersect":
-            return svc._handle(
+            return svc._handle(  # type: ignore[no-any-return]
                 caller,
                 st.query,
                 step="intersect",
@@ -217,7 +217,7 @@ class VerticalJobs:
                 check=self._intersect_check,
                 work=lambda vq: self._open_intersect(st, vq),
             )
-        return svc._handle(
+        return svc._handle(  # type: ignore[no-any-return]
             caller,
             st.query,
             step="vertical.product",

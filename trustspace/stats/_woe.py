@@ -65,7 +65,7 @@ def _labels(q: Query, schema: TableSchema) -> tuple[GroupValue, GroupValue]:
             f"(negative, positive), it has {len(levels)}; pass labels=[negative, positive]"
         )
     if given is None:
-        levels = tuple(sorted(levels, key=lambda v: (str(type(v)), v)))  # type: ignore[arg-type]
+        levels = tuple(sorted(levels, key=lambda v: (str(type(v)), v)))
     return levels[0], levels[1]
 
 
