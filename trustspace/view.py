@@ -62,6 +62,10 @@ class VerticalView:
         """Any ``stats.Query`` over this view (its dataset is the view's)."""
         if query.dataset != self.dataset:
             raise ConfigError(f"the view is over dataset {self.dataset!r}, not {query.dataset!r}")
+        from trustspace.vertical.terms import split_filter
+
+        query.check(self.schema)  # here, before anything is signed: the same checks as the nodes
+        split_filter(query.where, self.ref.owners())
         return self._fed.run(query, epsilon=epsilon, delta=delta, view=self.ref)
 
     def _value(

@@ -60,6 +60,8 @@ VIEW_TTL_S = 8 * 3600.0
 REPLY_BYTES = 24 * 1024 * 1024
 #: Most steps a session may take.
 MAX_STEPS = 64
+#: Paillier modulus of a node's secure-product key (one per view; DESIGN.md allows 2048).
+PRODUCT_KEY_BITS = 2048
 #: Intersect modes.
 MODES = ("cardinality", "align")
 #: Most envelope bytes one session accepts in one step (a 1M-row secure product sends ~0.5 GB).
@@ -79,6 +81,9 @@ class View:
     size: int
     created: float
     engine: int  # id() of the engine it was made over: a reload makes it stale
+    #: this node's Paillier key pair for the view's secure products (made at first use,
+    #: forgotten with the view; the key is this node's own, never sent but its public half)
+    keypair: Any = None
 
 
 @dataclass
@@ -394,7 +399,13 @@ class VerticalJobs:
         frame = svc.engine.column_frame(view.dataset, own)
         frame = frame.iloc[view.rows].reset_index(drop=True)
         factors = local_factors(plan, svc.name, frame)
-        party = ProductParty(svc.name, plan, factors)
+        with self._lock:
+            if view.keypair is None and any(t.encryptor == svc.name for t in plan.terms):
+                from trustspace.paillier import generate_keypair
+
+                view.keypair = generate_keypair(PRODUCT_KEY_BITS)
+            keypair = view.keypair
+        party = ProductParty(svc.name, plan, factors, key_bits=PRODUCT_KEY_BITS, keypair=keypair)
         index = ref.index
 
         def done(party: Any) -> None:
