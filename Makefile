@@ -12,7 +12,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PIP_FLAGS := --disable-pip-version-check --quiet
 
-.PHONY: help demo test lint typecheck protos protos-check unit bench bench-full soak reliability clean
+.PHONY: help demo test lint typecheck protos protos-check unit bench bench-full soak reliability clean anchors-venv
 
 help:
 	@echo "make demo       run the multi-node demo (builds .venv)"
@@ -39,6 +39,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(VPY)
 $(VENV)/.installed-bench: pyproject.toml | $(VPY)
 	$(VPY) -m pip install $(PIP_FLAGS) -e '.[dev,bench]'
 	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed-run
+
+# The PSI anchors (spu, openmined-psi) pin protobuf/numpy below the project's: their own venv,
+# which benchmarks/_psi_anchors.py runs as a subprocess.
+ANCHORS_VENV := .venv-anchors
+$(ANCHORS_VENV)/.installed: benchmarks/requirements-psi-anchors.txt
+	$(PYTHON) -m venv $(ANCHORS_VENV)
+	$(ANCHORS_VENV)/bin/python -m pip install $(PIP_FLAGS) -r benchmarks/requirements-psi-anchors.txt
+	@touch $@
+
+anchors-venv: $(ANCHORS_VENV)/.installed
 
 demo: $(VENV)/.installed-run
 	$(VENV)/bin/trustspace demo $(DEMO_ARGS)
