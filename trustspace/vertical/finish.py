@@ -127,7 +127,7 @@ def ols_from_moments(
     syy = float(c[0, 0]) * (n - 1)
     scale = np.sqrt(np.clip(np.diag(sxx), 0.0, None))
     if np.any(scale == 0):
-        bad = [names[1 + i] for i in np.flatnonzero(scale == 0)]
+        bad = [names[1 + int(i)] for i in np.flatnonzero(scale == 0)]
         raise DataError(f"ols: regressor(s) {', '.join(bad)} are constant; drop them")
     corr = sxx / np.outer(scale, scale)
     if np.linalg.cond(corr) > 1e12:
