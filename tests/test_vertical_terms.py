@@ -134,6 +134,29 @@ def test_clamped_terms_equal_the_engine_on_non_null_rows(tmp_path):
     np.testing.assert_allclose(free, expected, rtol=1e-12)
 
 
+def test_date_and_int_filters_with_nulls_equal_the_engine(tmp_path):
+    fr = frames(300, seed=8)
+    rng = np.random.default_rng(8)
+    days = pd.to_datetime("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, 300), unit="D")
+    fr["bank"]["opened"] = pd.Series(days).where(rng.random(300) > 0.1)  # datetime64 + NaT
+    fr["telco"]["plan"] = pd.array(rng.integers(0, 4, 300), dtype="Int64")
+    fr["telco"].loc[:20, "plan"] = pd.NA
+    owners = {**OWNERS, "bank.opened": "bank", "telco.plan": "telco"}
+    joined = pd.concat([f.add_prefix(f"{k}.") for k, f in fr.items()], axis=1)
+    joined["bank.opened"] = joined["bank.opened"].dt.date.where(joined["bank.opened"].notna())
+    joined = joined.astype({"telco.vip": "boolean"})
+    path = tmp_path / "j.parquet"
+    joined.to_parquet(path)
+    types = {**TYPES, "bank.opened": "date", "telco.plan": "int"}
+    eng = Engine({"v": DatasetSpec("v", path, format="parquet", columns=types)})
+    eng.validate()
+    where = "\"bank.opened\" >= '2021-01-01' and not \"telco.plan\" in (1, 2)"
+    terms = (Term.rows(), Term.cells("telco.plan", "bank.label", [0, 3], [0, 1]),
+             Term.moment(["telco.spend"], [1], [0.0], 40))  # fmt: skip
+    rnd = Round("v", where, terms)
+    np.testing.assert_allclose(clear_round(rnd, owners, fr), eng.compute(rnd), rtol=1e-12)
+
+
 def test_split_filter_groups_conjuncts_per_node_under_own_names():
     parts = split_filter(
         '"bank.age" >= 40 and ("telco.region" = \'N\' and "bank.tier" = \'gold\')', OWNERS
