@@ -137,8 +137,10 @@ def test_vertical_ols_equals_statsmodels(space, view) -> None:  # type: ignore[n
     _, _, _, joined = space
     fit = view.ols("telco.spend", ["bank.age", "bank.defaulted"])
     ref = sm.OLS(joined.spend, sm.add_constant(joined[["age", "defaulted"]])).fit()
-    got = fit["coef"].to_numpy() if "coef" in fit else np.asarray(fit.iloc[:, 0])
-    assert np.allclose(got, ref.params.to_numpy(), rtol=1e-6, atol=1e-6)
+    assert np.allclose(fit.table["coef"], ref.params, rtol=1e-7)
+    assert np.allclose(fit.table["std_err"], ref.bse, rtol=1e-6)
+    assert fit.r_squared == pytest.approx(ref.rsquared, rel=1e-7)
+    assert fit.n == len(joined)
 
 
 # ---------------------------------------------------------------------- attacks and bad input

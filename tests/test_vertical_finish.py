@@ -12,7 +12,8 @@ import pytest
 import statsmodels.api as sm
 
 from trustspace.errors import DataError
-from trustspace.vertical.finish import ols_from_moments, woe_iv
+from trustspace.stats._woe import woe_table
+from trustspace.vertical.finish import ols_from_moments
 
 
 def joined(n=2000, seed=0):
@@ -48,22 +49,23 @@ def test_woe_iv_equals_the_direct_formula_including_empty_cells():
     pos = np.bincount(b[df["bank.defaulted"] == 1], minlength=len(edges) - 1)
     neg = np.bincount(b[df["bank.defaulted"] == 0], minlength=len(edges) - 1)
     labels = [f"[{a}, {c})" for a, c in itertools.pairwise(edges)]
-    table, iv = woe_iv(pos, neg, labels, "telco.spend")
+    table, iv = woe_table("telco.spend", labels, pos, neg, 0)  # k = 0: nothing suppressed
     want, total = fate_woe(df, "telco.spend", "bank.defaulted", edges)
     assert (pos == 0).any() or (neg == 0).any()
     np.testing.assert_allclose(table[["pos", "neg", "woe", "iv"]].to_numpy(), want, rtol=1e-12)
     assert iv == pytest.approx(total, rel=1e-12)
     assert table["count"].tolist() == (pos + neg).tolist()
-    assert table["bin"].tolist() == labels and set(table["feature"]) == {"telco.spend"}
+    assert table.index.get_level_values("bin").tolist() == labels
+    assert set(table.index.get_level_values("feature")) == {"telco.spend"}
 
 
-def test_woe_iv_refuses_bad_counts():
-    with pytest.raises(DataError, match="one of each per bin"):
-        woe_iv([1, 2], [1], ["a", "b"], "f")
-    with pytest.raises(DataError, match=">= 0"):
-        woe_iv([1, -2], [1, 1], ["a", "b"], "f")
-    with pytest.raises(DataError, match="smoothing"):
-        woe_iv([1, 2], [1, 1], ["a", "b"], "f", smoothing=0)
+def test_woe_suppresses_small_cells_and_leaves_them_out_of_the_totals():
+    pos, neg = np.array([50.0, 3.0, 40.0]), np.array([60.0, 70.0, 2.0])
+    table, iv = woe_table("f", ["a", "b", "c"], pos, neg, 10)
+    assert table["woe"].isna().tolist() == [False, True, True]
+    # the one released bin holds all released positives and negatives: its woe is ln(1) = 0
+    assert table["woe"].iloc[0] == 0.0 and iv == 0.0
+    assert np.isnan(table["pos"].iloc[1]) and np.isnan(table["neg"].iloc[2])
 
 
 def test_ols_from_moments_equals_statsmodels():

@@ -23,6 +23,7 @@ from trustspace.vertical.view import ViewRef
 
 if TYPE_CHECKING:
     from trustspace.api import Federation
+    from trustspace.vertical.finish import OLSFit
 
 __all__ = ["VerticalView"]
 
@@ -269,30 +270,34 @@ class VerticalView:
         )
 
     # ------------------------------------------------------------------ models
-    def ols(
-        self,
-        y: str,
-        x: Sequence[str],
-        where: str | None = None,
-    ) -> pd.DataFrame:
+    def ols(self, y: str, x: Sequence[str], where: str | None = None) -> OLSFit:
         """Vertical linear regression of ``y`` on ``x`` (with an intercept) over the people of
-        the view with every variable present, from the securely computed record count, means
-        and covariance matrix (three statistics): coefficients, standard errors, t and p as
-        statsmodels' OLS on the joined rows. ``.attrs`` holds ``nobs``, ``rsquared``,
-        ``rsquared_adj`` and ``df_resid``."""
+        the view with every variable present: the record count, the means and the covariance
+        matrix are three statistics over the view (cross-node products securely computed),
+        and the fit is finished from them (``trustspace.vertical.finish.ols_from_moments``):
+        ``fit.table`` holds coef, std_err, t and p_value as statsmodels' OLS on the joined
+        rows, with ``r_squared``, ``adj_r_squared``, ``n`` and ``df_resid``.
+
+        Raises:
+            PolicyError: a figure was suppressed (fewer than ``min_group_size`` people).
+        """
+        from trustspace.errors import PolicyError
         from trustspace.vertical.finish import ols_from_moments
 
-        names = [*x, y]
+        names = [y, *x]
         if len(set(names)) != len(names) or not x:
-            raise ConfigError("ols: give distinct regressors x and a response y")
+            raise ConfigError("ols: give a response y and distinct regressors x")
         present = " and ".join(f"{c} is not null" for c in names)
         cond = present if where is None else f"({where}) and {present}"
         n = float(self.count((), cond))
-        means = self.mean(names, cond)
-        cov = self.cov(names, cond)
-        return ols_from_moments(
-            names, n, np.asarray(means, dtype=float), np.asarray(cov, dtype=float)
-        )
+        means = np.asarray(self.mean(names, cond), dtype=float)
+        cov = np.asarray(self.cov(names, cond), dtype=float)
+        if not (np.isfinite(n) and np.all(np.isfinite(means)) and np.all(np.isfinite(cov))):
+            raise PolicyError(
+                "ols: the model's records are fewer than the strictest node's min_group_size "
+                "(its figures were suppressed); nothing is fitted"
+            )
+        return ols_from_moments(names, int(n), means, cov)
 
 
 def woe_iv(

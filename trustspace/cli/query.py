@@ -392,7 +392,9 @@ def _over_view(fed: Any, args: argparse.Namespace) -> int:
         if len(args.columns) < 2:
             raise ConfigError("ols over a view: give the response then the regressors")
         fit = view.ols(args.columns[0], args.columns[1:], where=args.where)
-        print(fit.to_json(orient="table") if args.json else fit.to_string())
+        print(fit.table.to_json(orient="table") if args.json else fit.table.to_string())
+        if not args.json:
+            print(f"n = {fit.n}, R^2 = {fit.r_squared:.6g}, adjusted R^2 = {fit.adj_r_squared:.6g}")
         return 0
     if args.op in TESTS or args.op in ("glm", "anonymize", "status", "budget"):
         raise ConfigError(f"{args.op} does not run over a vertical view")

@@ -1,12 +1,6 @@
 """Finishing vertical statistics from released aggregates (pure: no data, no protocol).
 
-``woe_iv``: weight of evidence and information value of one binned feature from the per-bin
-counts of positive and negative labels, by FATE's convention (hetero feature binning,
-``iv_calculator``): with ``pos_i, neg_i`` the bin's counts and ``P, N`` their totals over the
-bins, ``woe_i = ln((pos_i / P) / (neg_i / N))`` and ``iv_i = (pos_i / P - neg_i / N) * woe_i``;
-a bin where either count is 0 uses ``(pos_i + a) / P`` and ``(neg_i + a) / N`` instead, with
-the adjustment ``a = smoothing`` (FATE's ``adjustment_factor``, 0.5); the totals are never
-adjusted (``max(P, 1)``, ``max(N, 1)`` as FATE). Total IV is the sum over the bins.
+(Weight of evidence and information value are a statistic of their own: ``trustspace.stats._woe``.)
 
 ``ols_from_moments``: ordinary least squares with an intercept from the means and the sample
 covariance matrix of the response and regressors (what a vertical round's moments give):
@@ -16,7 +10,6 @@ the joined rows.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,64 +20,7 @@ from scipy import stats as _st
 
 from trustspace.errors import DataError
 
-__all__ = ["OLSFit", "ols_from_moments", "woe_iv"]
-
-
-def _counts(x: npt.ArrayLike, what: str, feature: str) -> npt.NDArray[np.float64]:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 1:
-        raise DataError(f"woe_iv of {feature!r}: {what} must be one count per bin")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise DataError(f"woe_iv of {feature!r}: {what} counts must be finite and >= 0")
-    return arr
-
-
-def woe_iv(
-    pos: npt.ArrayLike,
-    neg: npt.ArrayLike,
-    labels: Sequence[str],
-    feature: str,
-    smoothing: float = 0.5,
-) -> tuple[pd.DataFrame, float]:
-    """The WOE/IV table of ``feature`` (columns feature, bin, count, pos, neg, woe, iv; one
-    row per bin, in order) and its total IV.
-
-    >>> table, iv = woe_iv([10, 0, 30], [40, 20, 30], ["low", "mid", "high"], "spend")
-    >>> table[["bin", "count", "woe"]].round(3).values.tolist()
-    [['low', 50.0, -0.575], ['mid', 20.0, -2.903], ['high', 60.0, 0.811]]
-    >>> round(iv, 4)
-    1.0746
-
-    Raises:
-        DataError: mismatched lengths, negative or non-finite counts, a bad smoothing.
-    """
-    p = _counts(pos, "pos", feature)
-    n = _counts(neg, "neg", feature)
-    if p.shape != n.shape or len(labels) != p.size:
-        raise DataError(
-            f"woe_iv of {feature!r}: {p.size} pos, {n.size} neg counts and {len(labels)} bin "
-            "labels; expected one of each per bin"
-        )
-    if isinstance(smoothing, bool) or not math.isfinite(smoothing) or smoothing <= 0:
-        raise DataError(f"woe_iv of {feature!r}: smoothing must be a number > 0")
-    ptot, ntot = max(float(p.sum()), 1.0), max(float(n.sum()), 1.0)
-    zero = (p == 0) | (n == 0)
-    prate = np.where(zero, p + smoothing, p) / ptot
-    nrate = np.where(zero, n + smoothing, n) / ntot
-    woe = np.log(prate / nrate)
-    iv = (prate - nrate) * woe
-    table = pd.DataFrame(
-        {
-            "feature": feature,
-            "bin": list(labels),
-            "count": p + n,
-            "pos": p,
-            "neg": n,
-            "woe": woe,
-            "iv": iv,
-        }
-    )
-    return table, float(iv.sum())
+__all__ = ["OLSFit", "ols_from_moments"]
 
 
 @dataclass(frozen=True)
