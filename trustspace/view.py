@@ -287,9 +287,16 @@ class VerticalView:
         names = [y, *x]
         if len(set(names)) != len(names) or not x:
             raise ConfigError("ols: give a response y and distinct regressors x")
-        present = " and ".join(f"{c} is not null" for c in names)
-        cond = present if where is None else f"({where}) and {present}"
-        n = float(self.count((), cond))
+        # listwise deletion: the people with every variable present. When no variable has a
+        # null (the non-null counts equal the rows: one cheap count, each column at its own
+        # node), the filter is left out, so that only truly cross-node figures need products
+        rows = float(self.count((), where))
+        nonnull = np.asarray(self.count(names, where), dtype=float)
+        cond = where
+        if not np.all(nonnull == rows):
+            present = " and ".join(f"{c} is not null" for c in names)
+            cond = present if where is None else f"({where}) and {present}"
+        n = float(self.count((), cond)) if cond != where else rows
         means = np.asarray(self.mean(names, cond), dtype=float)
         cov = np.asarray(self.cov(names, cond), dtype=float)
         if not (np.isfinite(n) and np.all(np.isfinite(means)) and np.all(np.isfinite(cov))):
