@@ -329,3 +329,43 @@ def test_cli_intersect_and_statistic_over_the_saved_view(space, tmp_path: Path, 
     )  # fmt: skip
     assert rc == 0
     assert str(int((joined.age >= 40).sum())) in capsys.readouterr().out
+
+
+def test_dp_statistic_over_a_view_is_noisy_and_charged_at_every_node(tmp_path: Path) -> None:
+    """epsilon= over a view: each node adds its noise share inside secure aggregation and
+    charges its own ledger; the answer is within its stated interval of the exact one."""
+    bank, telco, joined = _split()
+    policy = {
+        "min_group_size": 10,
+        "rules": [{"analysts": ["*"], "operations": ["*"]}],
+        "dp": {"epsilon": 5.0, "delta": 1e-5},
+    }
+    fed = Federation.local(
+        {"bank": bank, "telco": telco},
+        policy,
+        bounds={"age": (17, 91), "spend": (0, 400)},
+        workdir=tmp_path,
+    )
+    with fed:
+        view = fed.intersect("default", on="cid", nodes=["bank", "telco"])
+        r = view.run(
+            Query("count", "default", (), "bank.age >= 40 and telco.spend > 100", {}),
+            epsilon=1.0,
+        )
+        exact = int(((joined.age >= 40) & (joined.spend > 100)).sum())
+        assert r.dp is not None and r.dp["epsilon"] == 1.0
+        assert abs(float(r.value) - exact) <= 6 * r.dp["noise_std"] + 1
+        budget = fed.budget("default")
+        assert set(budget.index) == {"bank", "telco"}
+        assert (budget["epsilon_spent"] > 0).all()
+
+
+def test_two_node_view_runs_under_the_default_min_nodes(tmp_path: Path) -> None:
+    """policy.min_nodes (3 by default) governs horizontal sums; a view's sessions hold exactly
+    its nodes, so two organisations can work on a view (a horizontal sum is still refused)."""
+    bank, telco, joined = _split()
+    policy = {"min_nodes": 3, "rules": [{"analysts": ["*"], "operations": ["*"]}]}
+    fed = Federation.local({"bank": bank, "telco": telco}, policy, workdir=tmp_path)
+    with fed:
+        view = fed.intersect("default", on="cid", nodes=["bank", "telco"])
+        assert view.count(where="bank.age >= 40") == int((joined.age >= 40).sum())

@@ -923,7 +923,7 @@ class NodeService:
         cfg = s.config()
         if cfg.modulus_bits != 64:
             raise ProtocolError(f"{self._where}: statistics need 64-bit secure aggregation")
-        min_nodes = self.policy.config.min_nodes
+        min_nodes = self._min_nodes(vq)
         if len(cfg.client_ids) < min_nodes:
             raise PolicyError(
                 f"{self._where}: a session of {len(cfg.client_ids)} node(s) is below this "
@@ -998,7 +998,7 @@ class NodeService:
         if len(step.payloads) != 1:
             raise ProtocolError(f"{self._where}: unmask needs exactly one request")
         request = UnmaskRequest.from_bytes(step.payloads[0])
-        min_nodes = self.policy.config.min_nodes
+        min_nodes = self._min_nodes(session.run.query if session.run is not None else None)
         if len(request.survivors) < min_nodes:
             raise PolicyError(
                 f"{self._where}: only {len(request.survivors)} node(s) survived to the unmask "
@@ -1028,7 +1028,7 @@ class NodeService:
             )
         roster: dict[int, AdvertiseKeys] = {}
         names: dict[str, int] = {}
-        need = self.policy.config.min_nodes
+        need = self._min_nodes(session.run.query if session.run is not None else None)
         for i in range(0, len(p), 4):
             msg = AdvertiseKeys.from_bytes(p[i])
             where = f"{self._where}: roster entry of client {msg.sender}"
@@ -1079,6 +1079,15 @@ class NodeService:
             with session.run.lock:
                 session.run.rosters.append(frozenset(names))
         return roster
+
+    def _min_nodes(self, vq: VerifiedQuery | None) -> int:
+        """``policy.min_nodes``, or 2 for a statistic over a vertical view: its sessions hold
+        exactly the view's nodes, and every node of the view is shown the round totals anyway
+        (a node subtracting its own share from a total learns only another node's masked
+        share, or a figure the total already is)."""
+        if vq is not None and vq.body.view is not None:
+            return 2
+        return self.policy.config.min_nodes
 
     def _check_members(self, present: set[str]) -> None:
         """``policy.exact_requires_all``: an exact answer only with every listed member."""
