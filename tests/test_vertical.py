@@ -369,3 +369,24 @@ def test_two_node_view_runs_under_the_default_min_nodes(tmp_path: Path) -> None:
     with fed:
         view = fed.intersect("default", on="cid", nodes=["bank", "telco"])
         assert view.count(where="bank.age >= 40") == int((joined.age >= 40).sum())
+
+
+def test_aggregator_check_compares_id_columns_not_schemas_of_a_vertical_dataset() -> None:
+    from trustspace.aggregator.check import NodeCheck, _schemas
+    from trustspace.stats import TableSchema
+    from trustspace.transport.types import DatasetDescription, NodeDescription
+    from trustspace.vertical.ids import IdSpec
+
+    def check(name: str, cols: dict[str, str], ident: IdSpec) -> NodeCheck:
+        d = DatasetDescription("default", TableSchema(cols).to_dict(), None, ident.to_dict())
+        return NodeCheck(name, "x:1", description=NodeDescription(name, (d,), 10, False, 3))
+
+    same = [
+        check("bank", {"age": "int"}, IdSpec("cid")),
+        check("telco", {"spend": "float"}, IdSpec("cid")),
+    ]
+    lines, problems = _schemas(same)
+    assert not problems and "vertical on id column 'cid'" in lines[0]
+    differ = [same[0], check("telco", {"spend": "float"}, IdSpec("cid", case="lower"))]
+    lines, problems = _schemas(differ)
+    assert problems and "id columns disagree" in problems[0] and "telco" in problems[0]

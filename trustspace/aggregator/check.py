@@ -122,15 +122,51 @@ def _schema_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "; ".join(parts) or "differs"
 
 
+def _vertical_lines(
+    ds: str,
+    by_node: dict[str, dict[str, Any]],
+    ids: dict[str, Any],
+    lines: list[str],
+    problems: list[str],
+) -> None:
+    """A dataset every node declares an id column for: the nodes hold different columns of
+    the same people (vertical), so their id columns must agree, not their schemas."""
+    from trustspace.vertical.ids import IdSpec
+
+    specs = {n: IdSpec.from_dict(ids[n]) for n in by_node}
+    columns = {n: s.column for n, s in specs.items()}
+    digests = {n: s.digest for n, s in specs.items()}
+    held = "; ".join(f"{n}: {', '.join(by_node[n].get('columns', {}))}" for n in by_node)
+    if len(set(columns.values())) > 1 or len(set(digests.values())) > 1:
+        described = "; ".join(f"{n}: {ids[n]}" for n in by_node)
+        problem = (
+            f"dataset {ds!r}: vertical, but the nodes' id columns disagree ({described}); "
+            "the same person would not match"
+        )
+        problems.append(problem + "; declare the same id column name, type and normalisation")
+        lines.append(f"FAIL {problem}")
+    else:
+        col = next(iter(columns.values()))
+        lines.append(
+            f"dataset {ds!r}: vertical on id column {col!r}, same normalisation at "
+            f"{', '.join(by_node)} (columns {held})"
+        )
+
+
 def _schemas(checks: Sequence[NodeCheck]) -> tuple[list[str], list[str]]:
     """Lines about each dataset across nodes, and the problems (disagreeing schemas)."""
     served: dict[str, dict[str, dict[str, Any]]] = {}
+    ids: dict[str, dict[str, Any]] = {}
     for c in checks:
         for d in c.description.datasets if c.description else ():
             served.setdefault(d.name, {})[c.name] = dict(d.schema)
+            ids.setdefault(d.name, {})[c.name] = d.id
     up = [c.name for c in checks if c.description is not None]
     lines, problems = [], []
     for ds, by_node in served.items():
+        if all(ids[ds].get(n) is not None for n in by_node):
+            _vertical_lines(ds, by_node, ids[ds], lines, problems)
+            continue
         first, ref = next(iter(by_node.items()))
         key = json.dumps(ref, sort_keys=True)
         differ = {n: s for n, s in by_node.items() if json.dumps(s, sort_keys=True) != key}
