@@ -162,7 +162,8 @@ def _schemas(checks: Sequence[NodeCheck]) -> tuple[list[str], list[str]]:
             served.setdefault(d.name, {})[c.name] = dict(d.schema)
             ids.setdefault(d.name, {})[c.name] = d.id
     up = [c.name for c in checks if c.description is not None]
-    lines, problems = [], []
+    lines: list[str] = []
+    problems: list[str] = []
     for ds, by_node in served.items():
         if all(ids[ds].get(n) is not None for n in by_node):
             _vertical_lines(ds, by_node, ids[ds], lines, problems)
