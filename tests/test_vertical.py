@@ -390,3 +390,45 @@ def test_aggregator_check_compares_id_columns_not_schemas_of_a_vertical_dataset(
     differ = [same[0], check("telco", {"spend": "float"}, IdSpec("cid", case="lower"))]
     lines, problems = _schemas(differ)
     assert problems and "id columns disagree" in problems[0] and "telco" in problems[0]
+
+
+def test_three_nodes_intersect_and_a_term_may_join_two_of_them(tmp_path: Path) -> None:
+    bank, telco, joined = _split()
+    rng = np.random.default_rng(3)
+    shop = (
+        joined[["cid"]]
+        .sample(frac=0.7, random_state=4)
+        .assign(basket=lambda d: rng.integers(1, 50, len(d)))
+    )
+    all3 = joined.merge(shop, on="cid")
+    fed = Federation.local({"bank": bank, "telco": telco, "shop": shop}, workdir=tmp_path)
+    with fed:
+        n = fed.intersect("default", on="cid", nodes=["bank", "telco", "shop"], mode="cardinality")
+        assert n == len(all3)
+        view = fed.intersect("default", on="cid", nodes=["shop", "bank", "telco"])
+        assert view.size == len(all3)
+        assert view.mean("shop.basket", where="bank.age >= 40") == pytest.approx(
+            all3[all3.age >= 40].basket.mean(), rel=1e-12
+        )
+        with pytest.raises(ConfigError, match="more than two nodes|two nodes"):
+            view.mean("shop.basket", where="bank.age >= 40 and telco.spend > 100")
+
+
+def test_horizontal_woe_iv_equals_pandas_on_the_union(tmp_path: Path) -> None:
+    """woe_iv is a statistic of its own: over horizontal partitions too (bins at deciles)."""
+    rng = np.random.default_rng(11)
+    df = pd.DataFrame({"y": rng.integers(0, 2, 900), "x": rng.normal(size=900).round(3)})
+    parts = {"a": df.iloc[:300], "b": df.iloc[300:600], "c": df.iloc[600:]}
+    with Federation.local(parts, workdir=tmp_path) as fed:
+        table = fed.woe_iv("default", "y", ["x"], edges={"x": [-1.0, 0.0, 1.0]})
+    cut = pd.cut(df.x, [-np.inf, -1, 0, 1, np.inf], right=False)
+    ct = pd.crosstab(cut, df.y)
+    assert table["pos"].tolist()[0] == ct.iloc[0][1] and table["neg"].tolist()[0] == ct.iloc[0][0]
+    pos, neg = table["pos"].to_numpy(), table["neg"].to_numpy()
+    assert table.attrs["iv"]["x"] == pytest.approx(
+        float(
+            (
+                (pos / pos.sum() - neg / neg.sum()) * np.log((pos / pos.sum()) / (neg / neg.sum()))
+            ).sum()
+        )
+    )

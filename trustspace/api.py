@@ -547,6 +547,34 @@ class Federation:
             )
         return result
 
+    def woe_iv(
+        self,
+        dataset: str,
+        label: str,
+        features: Sequence[str],
+        bins: int = 10,
+        where: str | None = None,
+        *,
+        edges: Mapping[str, Sequence[float]] | None = None,
+        labels: Sequence[Any] | None = None,
+        values: Mapping[str, Sequence[Any]] | None = None,
+    ) -> pd.DataFrame:
+        """Weight of evidence and information value of ``features`` against the binary
+        ``label`` over every node's rows (FATE's feature binning; see
+        ``VerticalView.woe_iv``, which does the same across nodes holding different columns)."""
+        from trustspace.view import woe_iv
+
+        schema, _ = self._schema(dataset)
+
+        def quantile(col: str, qs: list[float], where: str | None) -> Any:
+            return self.quantile(dataset, col, qs, where)
+
+        def run(params: dict[str, Any]) -> Result:
+            cols = (features,) if isinstance(features, str) else tuple(features)
+            return self.run(Query("woe_iv", dataset, cols, where, params))
+
+        return woe_iv(quantile, run, schema, label, features, bins, where, edges, labels, values)
+
     # ------------------------------------------------------------------ vertical partitions
     def intersect(
         self,

@@ -21,10 +21,10 @@ from trustspace.errors import ConfigError
 
 OPS = (
     "count", "sum", "mean", "var", "std", "skew", "kurt", "histogram", "quantile", "cov",
-    "corr", "describe", "group_by", "crosstab", "ttest", "glm", "ols",
+    "corr", "describe", "group_by", "crosstab", "ttest", "glm", "ols", "woe_iv",
 )  # fmt: skip
-#: Vertical partitions: a private set intersection, and WOE/IV over the view it leaves.
-VERTICAL = ("intersect", "woe_iv")
+#: Vertical partitions: a private set intersection (then statistics with --view).
+VERTICAL = ("intersect",)
 #: Hypothesis tests on released figures: ``fed.chi2_test`` (over a crosstab) and ``fed.ttest``.
 TESTS = ("chi2", "ttest")
 
@@ -46,7 +46,7 @@ def add_parser(subparsers: Any) -> None:
         "op",
         choices=(*dict.fromkeys((*OPS, *TESTS)), *VERTICAL, "anonymize", "status", "budget"),
         help="the statistic, 'intersect' (a private set intersection of --nodes on --on), "
-        "'woe_iv' (over a --view), 'anonymize' (federated k-anonymization), 'status', or "
+        "'anonymize' (federated k-anonymization), 'status', or "
         "'budget' (this analyst's DP budget on DATASET)",
     )
     p.add_argument("dataset", nargs="?", default="default")
@@ -303,7 +303,13 @@ def run(args: argparse.Namespace) -> int:
         if args.view is not None:
             return _over_view(fed, args)
         if args.op == "woe_iv":
-            raise ConfigError("woe_iv runs over a vertical view: give --view FILE (intersect)")
+            if not args.label or not args.columns:
+                raise ConfigError("woe_iv: give --label COLUMN and the feature columns")
+            table = fed.woe_iv(
+                args.dataset, args.label, args.columns, bins=args.bins or 10, where=args.where
+            )
+            print(table.to_json(orient="table") if args.json else table.to_string())
+            return 0
         if args.op == "anonymize":
             return _anonymize(fed, args)
         if args.op in TESTS:
