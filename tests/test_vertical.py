@@ -410,7 +410,7 @@ def test_three_nodes_intersect_and_a_term_may_join_two_of_them(tmp_path: Path) -
         assert view.mean("shop.basket", where="bank.age >= 40") == pytest.approx(
             all3[all3.age >= 40].basket.mean(), rel=1e-12
         )
-        with pytest.raises(ConfigError, match="more than two nodes|two nodes"):
+        with pytest.raises(ConfigError, match=r"two nodes"):
             view.mean("shop.basket", where="bank.age >= 40 and telco.spend > 100")
 
 
