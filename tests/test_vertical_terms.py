@@ -11,8 +11,7 @@ import pytest
 
 from trustspace.engine import DatasetSpec, Engine
 from trustspace.errors import ConfigError
-from trustspace.stats import Round, Term
-from trustspace.stats._filter import And, Compare
+from trustspace.stats import And, Compare, Round, Term
 from trustspace.vertical.terms import (
     Dense,
     OneHot,
@@ -150,7 +149,7 @@ def test_date_and_int_filters_with_nulls_equal_the_engine(tmp_path):
     types = {**TYPES, "bank.opened": "date", "telco.plan": "int"}
     eng = Engine({"v": DatasetSpec("v", path, format="parquet", columns=types)})
     eng.validate()
-    where = "\"bank.opened\" >= '2021-01-01' and not \"telco.plan\" in (1, 2)"
+    where = '"bank.opened" >= \'2021-01-01\' and not "telco.plan" in (1, 2)'
     terms = (Term.rows(), Term.cells("telco.plan", "bank.label", [0, 3], [0, 1]),
              Term.moment(["telco.spend"], [1], [0.0], 40))  # fmt: skip
     rnd = Round("v", where, terms)

@@ -181,7 +181,7 @@ def multiexp(bases: Sequence[Any], exps: Sequence[int], mod: Any) -> Any:
     if not pairs:
         return _MPZ(1)
     if any(x < 0 for _, x in pairs):
-        raise ValueError("multiexp: exponents must be >= 0")
+        raise ConfigError("multiexp: exponents must be >= 0")
     bits = max(x.bit_length() for _, x in pairs)
     w = max(1, min(14, len(pairs).bit_length() - 5))
     mask = (1 << w) - 1

@@ -35,8 +35,11 @@ import numpy.typing as npt
 import pandas as pd
 
 from trustspace.errors import ConfigError, DataError
-from trustspace.stats import OCTAVE_HALF, OCTAVE_MAX_EXP, OCTAVE_MIN_EXP, OCTAVE_OFFSET, Round, Term
-from trustspace.stats._filter import (
+from trustspace.stats import (
+    OCTAVE_HALF,
+    OCTAVE_MAX_EXP,
+    OCTAVE_MIN_EXP,
+    OCTAVE_OFFSET,
     And,
     Compare,
     Expr,
@@ -44,6 +47,8 @@ from trustspace.stats._filter import (
     IsNull,
     Not,
     Or,
+    Round,
+    Term,
     filter_columns,
     parse_filter,
 )
