@@ -306,3 +306,36 @@ def test_a_value_beyond_the_fixed_point_range_is_refused_without_the_value():
     with pytest.raises(EncodingOverflow, match="term 0") as exc:
         run_local(ps)
     assert "1e+300" not in str(exc.value)
+
+
+def test_cache_reuses_an_encryption_across_rounds_of_a_view_only_when_it_is_the_same(
+    monkeypatch,
+):
+    fr = frames(80, seed=6)
+    keys = generate_keypair(BITS)
+    cache: dict = {}
+    calls = []
+    real = hz.PrivateKey.encrypt_many
+
+    def counting(self, values, *a, **kw):
+        calls.append(len(list(values)))
+        return real(self, values, *a, **kw)
+
+    monkeypatch.setattr(hz.PrivateKey, "encrypt_many", counting)
+
+    def run(rnd):
+        plan = plan_round(rnd, OWNERS, NODES)
+        ps = {
+            "bank": ProductParty(
+                "bank", plan, local_factors(plan, "bank", fr["bank"]), keypair=keys, cache=cache
+            ),
+            "telco": ProductParty("telco", plan, local_factors(plan, "telco", fr["telco"])),
+        }
+        run_local(ps)
+        assert np.array_equal(shares_sum(ps), rnd.encode(clear_round(rnd, OWNERS, fr)))
+
+    run(bins_round())
+    run(Round("v", '"bank.label" = 1', (Term.grid("telco.spend", 0, 10, 4),), index=1))
+    assert calls == [80]  # the label indicator once for both rounds
+    run(Round("v", '"bank.label" = 0', (Term.grid("telco.spend", 0, 10, 4),), index=2))
+    assert calls == [80, 80]  # another filter: another factor

@@ -11,8 +11,7 @@ import pytest
 
 from trustspace.engine import DatasetSpec, Engine
 from trustspace.errors import ConfigError
-from trustspace.stats import Round, Term
-from trustspace.stats._filter import And, Compare
+from trustspace.stats import And, Compare, Round, Term
 from trustspace.vertical.terms import (
     Dense,
     OneHot,

@@ -29,8 +29,9 @@ plaintext space (or V's exponent budget) raises EncodingOverflow at its node, na
 
 Encryptor rule: see ``plan_round`` (the dense factor encrypts against a one-hot one; of two
 one-hot factors the one with fewer slots). Reuse: E encrypts each distinct factor once per
-round and evaluator, and V applies it to every term that uses it (e.g. a label indicator used
-by ten binned features); encryptions are not cached across rounds.
+round, and every evaluator applies it to every term that uses it (e.g. a label indicator
+used by ten binned features); with ``cache=`` (one per view) and the same key pair, later
+rounds of the view reuse it too.
 
 Security: against a semi-honest peer, E learns only ``S + R`` (statistically hiding S) and V
 only ciphertexts. A malicious encryptor could encrypt other plaintexts than its factor (e.g.
@@ -44,7 +45,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -180,7 +181,7 @@ def multiexp(bases: Sequence[Any], exps: Sequence[int], mod: Any) -> Any:
     if not pairs:
         return _MPZ(1)
     if any(x < 0 for _, x in pairs):
-        raise ValueError("multiexp: exponents must be >= 0")
+        raise ConfigError("multiexp: exponents must be >= 0")
     bits = max(x.bit_length() for _, x in pairs)
     w = max(1, min(14, len(pairs).bit_length() - 5))
     mask = (1 << w) - 1
@@ -234,6 +235,12 @@ class ProductParty:
         key_bits: size of the fresh Paillier key this node encrypts under (if it encrypts).
         keypair: a key pair to use instead of a fresh one (e.g. one per session).
         rng: random bytes for the masks (the OS CSPRNG by default).
+        cache: encrypted factors kept across rounds of one aligned view (one dict per view,
+            with the same ``keypair`` every round): a factor this node encrypted in an earlier
+            round (same key, same public description, same filter part, same rows) is sent
+            again instead of re-encrypted. The evaluator's masks and re-randomisation are
+            fresh every round, so a reused encryption reveals only that the factor is the same,
+            which the round descriptions already say.
 
     Steps: 1, encryptors send their public key and encrypted factors; 2, evaluators return
     masked products; 3, encryptors decrypt. A party is done after its last role; result None.
@@ -249,6 +256,7 @@ class ProductParty:
         key_bits: int = 2048,
         keypair: tuple[PublicKey, PrivateKey] | None = None,
         rng: Callable[[int], bytes] = os.urandom,
+        cache: MutableMapping[tuple[Any, ...], bytes] | None = None,
     ) -> None:
         self.name = name
         self.plan = plan
@@ -277,6 +285,7 @@ class ProductParty:
             else:
                 self.factors.append(None)
         self.rng = rng
+        self._cache = cache
         self.enc_terms = [tp for tp in plan.terms if tp.encryptor == name]
         self.ev_terms = [tp for tp in plan.terms if tp.evaluator == name]
         self._keypair = keypair
@@ -379,11 +388,13 @@ class ProductParty:
         specs = [_spec(self.plan, tp, self.n, pk.bits) for tp in self.enc_terms]
         self._enc_specs = specs
         msgs: list[Message] = []
-        cache: dict[tuple[Any, ...], bytes] = {}
+        cache = self._cache if self._cache is not None else {}
+        part = self.plan.filters.get(self.name)
         for (_, ev), groups in self._groups(specs).items():
             msgs.append(Message(self.name, ev, "prod.key", pk.to_bytes()))
             for g, group in enumerate(groups):
-                body = cache.get(group)
+                ckey = (pk.fingerprint, self.n, part, group)
+                body = cache.get(ckey)
                 if body is None:
                     spec = next(s for s in specs if s.group == group)
                     f = self.factors[spec.term]
@@ -398,7 +409,7 @@ class ProductParty:
                             *(c.ciphertext().to_bytes(width, "big") for c in cts),
                         ]
                     )
-                    cache[group] = body
+                    cache[ckey] = body
                 msgs.append(Message(self.name, ev, f"prod.enc/{g}", body))
         return msgs
 
