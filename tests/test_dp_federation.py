@@ -594,3 +594,22 @@ def test_every_dp_statistic_agrees_with_pandas_at_a_large_epsilon(tmp_path: Path
         assert list(g.index) == list(want_g.index) and list(g.columns) == list(want_g.columns)
         others = ["10001", "10002", "10003", "10004"]
         close(g.loc[others], want_g.loc[others], rows=others)
+
+
+def test_dp_mean_leaves_nulls_out_of_the_clamped_sums(tmp_path: Path) -> None:
+    """A clamped value of a null is still null: DuckDB's greatest(NULL, lo) is lo, which once
+    counted every null row as the low bound in DP sums (found by the vertical cross-check)."""
+    rng = np.random.default_rng(21)  # test data only
+    parts = {}
+    for i in range(1, 4):
+        v = rng.normal(50, 5, 300).round(2)
+        frame = pd.DataFrame({"x": v})
+        frame.loc[:99, "x"] = np.nan  # a third of the rows are null
+        parts[f"n{i}"] = frame
+    policy = {"min_group_size": 10, "rules": RULES, "dp": {"epsilon": 100.0, "delta": 1e-5}}
+    with Federation.local(
+        parts, policy, bounds={"x": (10.0, 100.0)}, columns={"x": "float"}, workdir=tmp_path
+    ) as fed:
+        r = fed.run(Query("mean", "default", ("x",), None, {}), epsilon=20.0)
+    exact = float(pd.concat(parts.values()).x.mean())  # over the non-null values
+    assert abs(float(r.value) - exact) <= 6 * float(r.dp["std"]) + 1e-9

@@ -38,7 +38,9 @@ def num_sql(col: str, schema: TableSchema, clamp: Sequence[float] = ()) -> str:
     x = q if schema.columns[col] is ColumnType.FLOAT else f"CAST({q} AS DOUBLE)"
     if clamp:
         lo, hi = clamp
-        x = f"least(greatest({x}, {_lit(lo)}), {_lit(hi)})"
+        # a clamped null stays null: DuckDB's greatest()/least() skip NULL arguments, so
+        # greatest(NULL, lo) would be lo and count a missing value as the low bound
+        x = f"CASE WHEN {q} IS NULL THEN NULL ELSE least(greatest({x}, {_lit(lo)}), {_lit(hi)}) END"
     return x
 
 

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,12 +60,54 @@ VIEW_TTL_S = 8 * 3600.0
 REPLY_BYTES = 24 * 1024 * 1024
 #: Most steps a session may take.
 MAX_STEPS = 64
+#: Most bytes of encrypted factors a view keeps for later rounds (a 100k-row factor is 51 MB).
+CACHE_BYTES = 256 * 1024**2
 #: Paillier modulus of a node's secure-product key (one per view; DESIGN.md allows 2048).
 PRODUCT_KEY_BITS = 2048
 #: Intersect modes.
 MODES = ("cardinality", "align")
 #: Most envelope bytes one session accepts in one step (a 1M-row secure product sends ~0.5 GB).
 SESSION_BYTES = 2 * 1024**3
+
+
+class _FactorCache(MutableMapping[tuple[Any, ...], bytes]):
+    """A view's encrypted factors (``ProductParty(cache=...)``), at most ``limit`` bytes: the
+    least recently used are dropped first (and simply encrypted again when needed)."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._bytes = 0
+        self._limit = limit
+        self._lock = threading.Lock()  # two queries over one view may run at once
+
+    def __getitem__(self, key: tuple[Any, ...]) -> bytes:
+        with self._lock:
+            value = self._items[key]
+            self._items.move_to_end(key)
+            return value
+
+    def __setitem__(self, key: tuple[Any, ...], value: bytes) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= len(self._items.pop(key))
+            if len(value) > self._limit:
+                return
+            self._items[key] = value
+            self._bytes += len(value)
+            while self._bytes > self._limit:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
+
+    def __delitem__(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._bytes -= len(self._items.pop(key))
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        with self._lock:
+            return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass
@@ -84,6 +126,8 @@ class View:
     #: this node's Paillier key pair for the view's secure products (made at first use,
     #: forgotten with the view; the key is this node's own, never sent but its public half)
     keypair: Any = None
+    #: this node's encrypted factors, reused by later rounds over the view (bounded)
+    cache: _FactorCache = field(default_factory=lambda: _FactorCache(CACHE_BYTES))
 
 
 @dataclass
@@ -405,7 +449,9 @@ class VerticalJobs:
 
                 view.keypair = generate_keypair(PRODUCT_KEY_BITS)
             keypair = view.keypair
-        party = ProductParty(svc.name, plan, factors, key_bits=PRODUCT_KEY_BITS, keypair=keypair)
+        party = ProductParty(
+            svc.name, plan, factors, key_bits=PRODUCT_KEY_BITS, keypair=keypair, cache=view.cache
+        )
         index = ref.index
 
         def done(party: Any) -> None:
