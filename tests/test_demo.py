@@ -37,6 +37,11 @@ def test_demo_runs_to_the_end_and_agrees_with_pandas(tmp_path: Path) -> None:
     assert '"decision": "deny"' in out
     # the aggregator's certificate cannot make a node compute a round nobody signed
     assert "refused: node org-a: the round asked for in round 0 is not the one" in out
+    # vertical partitions: the PSI size and the cross-node crosstab agree with pandas
+    psi = re.search(r"ECDH PSI over X25519: (\d+) customers in common \(pandas merge: (\d+)\)", out)
+    assert psi and psi.group(1) == psi.group(2) == "1000"
+    assert "equal to pandas on the join: yes" in out
+    assert "information value of org-b's features" in out
     # every child process was stopped: their logs end with the drain message
     for log in ("org-a.log", "org-b.log", "org-c.log", "aggregator.log"):
         assert "stopped" in (tmp_path / log).read_text(), log

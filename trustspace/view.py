@@ -63,8 +63,14 @@ class VerticalView:
         """Any ``stats.Query`` over this view (its dataset is the view's)."""
         if query.dataset != self.dataset:
             raise ConfigError(f"the view is over dataset {self.dataset!r}, not {query.dataset!r}")
+        from trustspace.stats import filter_columns, parse_filter
         from trustspace.vertical.terms import split_filter
 
+        named = list(query.columns)
+        if query.where:
+            named += filter_columns(parse_filter(query.where))
+        for c in named:
+            self.ref.owner(c, f"{query.op} over view {self.id[:12]}")
         query.check(self.schema)  # here, before anything is signed: the same checks as the nodes
         split_filter(query.where, self.ref.owners())
         return self._fed.run(query, epsilon=epsilon, delta=delta, view=self.ref)

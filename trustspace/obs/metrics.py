@@ -83,6 +83,7 @@ NODE_METHODS = (
     "AnonHistogram",
     "AnonApply",
     "AnonRelease",
+    "VerticalStep",
 )
 AGGREGATOR_METHODS = ("RunQuery", "RunRound", "RunAnonymization", "Status")
 ANON_STEPS = ("anonymize", "anonymize.histogram", "anonymize.apply", "anonymize.release")
@@ -93,6 +94,9 @@ NODE_OPERATIONS = (
     "describe_datasets",
     "secagg",
     "paillier",
+    "intersect",
+    "vertical.intersect",
+    "vertical.product",
     *(f"rpc.{m}" for m in NODE_METHODS),
 )
 STAGES = tuple(s.value for s in stages_for(consistency_check=True))
