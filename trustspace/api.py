@@ -163,6 +163,16 @@ def _local_ids(
     return out
 
 
+def histogram_params(
+    bins: int | Sequence[float], range: tuple[float, float] | None
+) -> dict[str, Any]:
+    """``params`` of a histogram query: a number of bins over a public range, or edges."""
+    params: dict[str, Any] = {"bins": bins if isinstance(bins, int) else list(bins)}
+    if range is not None:
+        params["range"] = list(range)
+    return params
+
+
 def _bounds(bounds: Mapping[str, tuple[float, float]] | None) -> dict[str, Any]:
     """``params.bounds`` of a DP query: public ``(low, high)`` per column, which the nodes clamp
     the values to (instead of the dataset's declared bounds)."""
@@ -852,9 +862,7 @@ class Federation:
         epsilon: float | None = None,
         delta: float | None = None,
     ) -> pd.Series[float]:
-        params: dict[str, Any] = {"bins": bins if isinstance(bins, int) else list(bins)}
-        if range is not None:
-            params["range"] = list(range)
+        params = histogram_params(bins, range)
         return cast(
             "pd.Series[float]",
             self._value(Query("histogram", dataset, column, where, params), method, epsilon, delta),

@@ -182,9 +182,9 @@ class VerticalView:
         epsilon: float | None = None,
         delta: float | None = None,
     ) -> pd.Series[float]:
-        params: dict[str, Any] = {"bins": bins if isinstance(bins, int) else list(bins)}
-        if range is not None:
-            params["range"] = list(range)
+        from trustspace.api import histogram_params
+
+        params = histogram_params(bins, range)
         return cast(
             "pd.Series[float]", self._value("histogram", column, where, params, epsilon, delta)
         )
@@ -199,14 +199,10 @@ class VerticalView:
         epsilon: float | None = None,
         delta: float | None = None,
     ) -> Any:
-        qs = [q] if isinstance(q, int | float) else list(q)
-        params: dict[str, Any] = {"q": qs}
+        params: dict[str, Any] = {"q": q if isinstance(q, int | float) else list(q)}
         if precision is not None:
             params["precision"] = precision
-        out = self._value("quantile", column, where, params, epsilon, delta)
-        if isinstance(q, int | float) and isinstance(out, pd.Series) and len(out) == 1:
-            return float(out.iloc[0])
-        return out
+        return self._value("quantile", column, where, params, epsilon, delta)
 
     def describe(
         self,
