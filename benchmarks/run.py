@@ -25,6 +25,7 @@ SCRIPTS = [
     "dp_sampler.py",
     "dp.py",
     "regression.py",
+    "psi.py",
 ]
 
 

@@ -3,7 +3,7 @@
     python benchmarks/summary.py
 
 Reads whatever results exist (paillier, secagg, stats, anon, load, contention, dp,
-regression); each row states
+regression, psi); each row states
 our figure, the anchor's, the ratio and the target, with the machine and versions the figures
 came from.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_SPU, TARGET_OPENMINED, TARGET_PHE = 1.5, 5.0, 10.0  # benchmarks/psi.py
 OPS = [
     "encrypt",
     "encrypt_private_key",
@@ -390,6 +391,55 @@ def regression_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def psi_rows(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for r in d["psi"]:
+        n = f"{r['n']:,} x {r['n']:,}"
+        spu, om = r["spu_ecdh"].get("seconds"), r["openmined"].get("seconds")
+        mib = max(r.get("peak_rss_mib", {"?": 0}).values())
+        for mode in ("cardinality", "align"):
+            m = r[mode]
+            mb = (m["wire_bytes"] or 0) / 1e6
+            what = f"PSI {n} ({mode}), 2 node processes, mTLS; {mb:.1f} MB on the wire"
+            what += f", peak {mib:.0f} MiB/node"
+            secs = f"{m['seconds']:.2f} s"
+            rows.append(
+                (
+                    what,
+                    secs,
+                    f"spu ECDH {_fmt(spu)} s" if spu else "spu: skipped",
+                    f"{_fmt(m.get('ratio_spu'))}x" if spu else "",
+                    f"<= {TARGET_SPU:g}x",
+                    _verdict(m.get("met_spu")),
+                )
+            )
+            rows.append(
+                (
+                    f"PSI {n} ({mode}) vs openmined-psi",
+                    secs,
+                    f"openmined-psi {_fmt(om)} s" if om else "openmined: skipped",
+                    f"{_fmt(m.get('openmined_speedup'))}x faster" if om else "",
+                    f">= {TARGET_OPENMINED:g}x faster",
+                    _verdict(m.get("met_openmined")),
+                )
+            )
+    w = d.get("woe")
+    if w:
+        e = w["edges"]
+        rows.append(
+            (
+                f"WOE/IV {w['features']} features x {w['bins']} bins, {w['rows']:,} aligned "
+                f"rows (counts = pandas: {e.get('counts_equal_pandas')})",
+                f"{e['seconds']:.1f} s",
+                f"phe (scaled from {w['phe']['sample']} rows) {_fmt(w['phe']['seconds'])} s",
+                f"{_fmt(w['phe_speedup'])}x faster",
+                f">= {TARGET_PHE:g}x faster",
+                _verdict(w.get("met_phe")),
+            )
+        )
+    return rows
+
+
 def charts(data: dict[str, dict[str, Any]]) -> list[str]:
     try:
         import matplotlib
@@ -493,6 +543,7 @@ def main() -> int:
         "contention": contention_rows,
         "dp": dp_rows,
         "regression": regression_rows,
+        "psi": psi_rows,
     }
     data = {name: d for name in builders if (d := _load(name)) is not None}
     if not data:
