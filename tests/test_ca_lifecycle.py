@@ -643,12 +643,13 @@ def test_sighup_runs_on_hup_and_survives_its_error() -> None:
             time.sleep(0.6)
             os.kill(os.getpid(), sig)
 
+    before = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup, else SIG_DFL
     t = threading.Thread(target=poke)
     t.start()
     assert serve_until_signal(Server(), "test", 0.1, "ready", on_hup=on_hup) == 0
     t.join()
     assert calls == [1, 1] and stopped == [0.1]
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is before  # put back as it was
 
 
 # ------------------------------------------------------------------ the docs run as written
