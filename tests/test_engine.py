@@ -330,6 +330,9 @@ def test_one_statement_per_round(engine, monkeypatch):
                     calls.append(sql)
                     return cur.execute(sql, params)
 
+                def interrupt(self):
+                    cur.interrupt()
+
             yield Proxy()
 
     monkeypatch.setattr(Engine, "_cursor", counting)

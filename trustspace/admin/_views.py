@@ -248,13 +248,14 @@ class NodeView(HostView):
         out = []
         engine = self.service.engine
         for spec in self.service.config.datasets:
-            path = Path(spec.path)
-            try:
-                st = path.stat()
-                size: int | None = st.st_size
-                modified = _iso(st.st_mtime)
-            except OSError:
-                size, modified = None, ""
+            size: int | None = None
+            modified = ""
+            if spec.source is None:
+                try:
+                    st = spec.file.stat()
+                    size, modified = st.st_size, _iso(st.st_mtime)
+                except OSError:
+                    pass
             try:
                 rows = engine.row_count(spec.name) if hasattr(engine, "row_count") else None
             except Exception:  # a count is a nicety; the page must show all the same
@@ -263,8 +264,9 @@ class NodeView(HostView):
             out.append(
                 {
                     "name": spec.name,
-                    "path": str(path),
-                    "format": spec.format,
+                    "path": spec.location,
+                    "format": spec.format if spec.source is None else spec.kind,
+                    "unavailable": getattr(engine, "unavailable", {}).get(spec.name, ""),
                     "size": size,
                     "modified": modified,
                     "rows": rows,

@@ -63,7 +63,7 @@ def check_format(spec: DatasetSpec) -> None:
     Raises:
         DataError: naming the file and the ``format`` key to set.
     """
-    with open(spec.path, "rb") as fh:
+    with open(spec.file, "rb") as fh:
         head = fh.read(4096)
     key = f"datasets.{spec.name}.format"
     if spec.format == "csv" and head.startswith(PARQUET_MAGIC):
@@ -91,7 +91,7 @@ def check_header(spec: DatasetSpec) -> None:
     Raises:
         DataError: naming the file, line 1 and the missing, extra or misplaced column.
     """
-    path, names = spec.path, list(spec.columns)
+    path, names = spec.file, list(spec.columns)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             first = next(csv.reader(fh, delimiter=spec.delimiter), None)
@@ -144,7 +144,7 @@ def locate_bad_field(spec: DatasetSpec) -> DataError | None:
     types = [ColumnType(t) for t in spec.columns.values()]
     names = list(spec.columns)
     nulls = set(spec.null_values)
-    with open(spec.path, newline="", encoding="utf-8-sig") as fh:
+    with open(spec.file, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, delimiter=spec.delimiter, strict=True)
         try:
             if spec.header:

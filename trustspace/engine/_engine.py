@@ -1,8 +1,16 @@
-"""Engine: a node's local query engine over its own CSV/Parquet files (DuckDB, out of core)."""
+"""Engine: a node's local query engine over its own data: CSV/Parquet files (DuckDB, out of
+core), PostgreSQL tables and Spark tables, with one query compiler for all three.
+
+Every statement is built once, in DuckDB's SQL, by the code below; a file dataset runs it in
+the embedded DuckDB, a PostgreSQL or Spark dataset runs it at its source, translated by
+sqlglot (``_dialect.translate``). Only the statement's aggregates come back."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +21,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from trustspace._cancel import cancellable as _cancellable
 from trustspace.engine._check import check_format, check_header, locate_bad_field
+from trustspace.engine._dialect import translate
 from trustspace.engine._glm import fill_glm, glm_sql, num_sql
+from trustspace.engine._sources import PG_TYPES, SPARK_TYPES, Backend, open_backend
 from trustspace.engine._spec import DatasetSpec
 from trustspace.engine._sql import quote_ident, where_clause
 from trustspace.errors import ConfigError, DataError
@@ -33,6 +44,9 @@ __all__ = ["Engine"]
 
 _Filler = Callable[[tuple[Any, ...], npt.NDArray[np.float64]], None]
 
+#: Seconds between attempts to reach a source that was unavailable.
+RETRY_S = 5.0
+
 
 class Engine:
     """A node's local engine: validates its datasets and computes rounds, one scan each.
@@ -47,7 +61,13 @@ class Engine:
             file (slower, but always the file's current content).
 
     Nothing is loaded into pandas. Filters are compiled to parameterised SQL (see
-    ``compile_filter``). Thread-safe: each call uses its own cursor on one DuckDB database.
+    ``compile_filter``). Thread-safe: each call uses its own cursor on one DuckDB database, or
+    its own pooled connection / job at a PostgreSQL or Spark source.
+
+    A PostgreSQL or Spark dataset that cannot be reached or does not match its declaration
+    at ``validate()`` is *unavailable*: the error is kept (``unavailable``), a statement on it
+    raises it again (after a new attempt, at most every ``RETRY_S`` seconds), and the other
+    datasets are served as usual.
     """
 
     def __init__(
@@ -69,10 +89,17 @@ class Engine:
         self._lock = threading.Lock()
         self._load = load
         self._loaded: dict[str, str] = {}  # dataset -> quoted table name of its snapshot
+        self._backends: dict[str, Backend] = {}  # dataset -> its live PostgreSQL/Spark source
+        #: dataset -> why its source is unavailable (checked again at most every RETRY_S)
+        self.unavailable: dict[str, str] = {}
+        self._retry_at: dict[str, float] = {}
 
     # --- housekeeping ---------------------------------------------------------------------
     def close(self) -> None:
-        """Release the DuckDB database."""
+        """Release the DuckDB database and the sources' connections."""
+        for b in self._backends.values():
+            b.close()
+        self._backends.clear()
         self._con.close()
 
     def __enter__(self) -> Engine:
@@ -112,14 +139,17 @@ class Engine:
         None when the engine reads the file at every round (``load=False``) or before
         ``validate()``, where counting would mean reading the whole file."""
         table = self._loaded.get(self.spec(name).name)
-        if table is None:
+        if table is None:  # also: a PostgreSQL or Spark source (counting is a scan there)
             return None
         with self._cursor() as cur:
             row = cur.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - quoted
         return int(row[0]) if row is not None else None
 
     def _source(self, spec: DatasetSpec) -> tuple[str, list[Any]]:
-        """A parameterised FROM source: the loaded snapshot, or the file read with types."""
+        """A parameterised FROM source: the loaded snapshot, the file read with types, or the
+        PostgreSQL / Spark table."""
+        if spec.source is not None:
+            return self._backend(spec).from_sql(), []
         table = self._loaded.get(spec.name)
         if table is not None:
             return table, []
@@ -163,6 +193,54 @@ class Engine:
         )
         return f"(SELECT {casts} FROM read_parquet(?))", [str(spec.path)]  # noqa: S608 - schema identifiers quoted, values are ? params
 
+    def _backend(self, spec: DatasetSpec) -> Backend:
+        """The live source of a PostgreSQL / Spark dataset; after a failure, a new attempt at
+        most every RETRY_S seconds, else the kept error (DataError)."""
+        backend = self._backends.get(spec.name)
+        if backend is not None:
+            return backend
+        with self._lock:
+            if spec.name in self.unavailable and time.monotonic() < self._retry_at[spec.name]:
+                raise DataError(self.unavailable[spec.name])
+        self._validate_source(spec)
+        return self._backends[spec.name]
+
+    def _exec(
+        self, spec: DatasetSpec, sql: str, params: Sequence[Any], tag: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Every row of one statement (DuckDB's SQL) over dataset ``spec``: here, or at its
+        source in its dialect. Cancelled with the current call (``_sources.CancelScope``)."""
+        if spec.source is None:
+            with self._cursor() as cur, _cancellable(cur.interrupt):
+                return cur.execute(sql, list(params)).fetchall()
+        backend = self._backend(spec)
+        return backend.query(translate(sql, spec.kind), list(params), tag)
+
+    def _frame(self, spec: DatasetSpec, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+        """A statement's rows as pandas, with the dtypes DuckDB gives every source's rows."""
+        if spec.source is None:
+            with self._cursor() as cur:
+                df: pd.DataFrame = cur.execute(sql, list(params)).df()
+            return df
+        rows = self._exec(spec, sql, params)
+        names = _select_names(sql)
+        raw = (
+            pd.DataFrame.from_records(rows, columns=names)
+            if rows
+            else pd.DataFrame({n: pd.Series([], dtype=object) for n in names})
+        )
+        types = spec.duckdb_columns
+        casts = ", ".join(
+            f"CAST({quote_ident(n)} AS {types[n]}) AS {quote_ident(n)}" for n in names
+        )
+        with self._cursor() as cur:
+            cur.register("__rows", raw)
+            try:
+                out: pd.DataFrame = cur.execute(f"SELECT {casts} FROM __rows").df()  # noqa: S608
+            finally:
+                cur.unregister("__rows")
+        return out
+
     # --- start-up check -------------------------------------------------------------------
     def validate(self) -> None:
         """Check every dataset: file present, header, every value parses as its type.
@@ -173,10 +251,87 @@ class Engine:
             DataError: naming the file, line and column of the first problem and what to do.
         """
         for spec in self._specs.values():
-            self._validate(spec)
+            if spec.source is None:
+                self._validate(spec)
+            else:
+                # kept in self.unavailable; the other datasets are served
+                with contextlib.suppress(DataError):
+                    self._validate_source(spec)
+
+    def _validate_source(self, spec: DatasetSpec) -> None:
+        """Connect to a PostgreSQL / Spark source, check its columns and types against the
+        declaration and its values (finite floats, declared bounds) in one statement there.
+        On failure the error is kept in ``unavailable`` and raised."""
+        assert spec.source is not None
+        where = f"dataset {spec.name!r} ({spec.location})"
+        try:
+            backend = open_backend(spec.source, f"dataset {spec.name!r}")
+            try:
+                self._check_source_columns(spec, backend.columns())
+                checks, bparams = self._value_checks(spec)
+                sql = f"SELECT {', '.join(['count(*)', *checks])} FROM {backend.from_sql()} AS t"  # noqa: S608
+                row = backend.query(translate(sql, spec.kind), bparams)[0]
+                self._value_problems(spec, row, where)
+            except BaseException:
+                backend.close()
+                raise
+        except (DataError, ConfigError) as exc:
+            with self._lock:
+                self.unavailable[spec.name] = str(exc)
+                self._retry_at[spec.name] = time.monotonic() + RETRY_S
+            raise DataError(str(exc)) from None
+        with self._lock:
+            old = self._backends.pop(spec.name, None)
+            self._backends[spec.name] = backend
+            self.unavailable.pop(spec.name, None)
+        if old is not None:
+            old.close()
+
+    @staticmethod
+    def _check_source_columns(spec: DatasetSpec, have: Mapping[str, str]) -> None:
+        where = f"dataset {spec.name!r} ({spec.location})"
+        accepted = PG_TYPES if spec.kind == "postgresql" else SPARK_TYPES
+        for c, typ in spec.columns.items():
+            if c not in have:
+                raise DataError(
+                    f"{where}: has no column {c!r} (it has: {', '.join(have) or 'none'}); fix "
+                    "the declared columns or the table"
+                )
+            t = ColumnType(typ).value
+            got = have[c].lower()
+            if not any(got == a or got.startswith(a + "(") for a in accepted[t]):
+                raise DataError(
+                    f"{where}: column {c!r} is {have[c]} at the source but declared {t}; fix "
+                    f"the declared type (a {t} column is one of: {', '.join(accepted[t])})"
+                )
+
+    @staticmethod
+    def _value_checks(spec: DatasetSpec) -> tuple[list[str], list[Any]]:
+        floats = [c for c, t in spec.columns.items() if t is ColumnType.FLOAT]
+        checks = [f"count_if(NOT isfinite({quote_ident(c)}))" for c in floats]
+        checks += [f"count_if({quote_ident(c)} < ? OR {quote_ident(c)} > ?)" for c in spec.bounds]
+        return checks, [v for c in spec.bounds for v in spec.bounds[c]]
+
+    @staticmethod
+    def _value_problems(spec: DatasetSpec, row: Sequence[Any], where: str) -> None:
+        floats = [c for c, t in spec.columns.items() if t is ColumnType.FLOAT]
+        bounded = list(spec.bounds)
+        problems = [
+            f"column {c!r}: {bad} value(s) are infinite or NaN; statistics need finite "
+            "numbers (leave the field empty for a missing value)"
+            for c, bad in zip(floats, row[1 : 1 + len(floats)], strict=True)
+            if bad
+        ] + [
+            f"column {c!r}: {bad} value(s) outside the declared bounds {list(spec.bounds[c])}; "
+            "fix the data or widen the bounds"
+            for c, bad in zip(bounded, row[1 + len(floats) :], strict=True)
+            if bad
+        ]
+        if problems:
+            raise DataError(f"{where}: {problems[0]}")
 
     def _validate(self, spec: DatasetSpec) -> None:
-        path = Path(spec.path)
+        path = spec.file
         if not path.is_file():
             raise DataError(
                 f"{path}: dataset {spec.name!r}: file not found (looked for {path.absolute()}); "
@@ -189,11 +344,7 @@ class Engine:
         else:
             self._check_parquet(spec)
         src, params = self._file_source(spec)
-        floats = [c for c, t in spec.columns.items() if t is ColumnType.FLOAT]
-        bounded = list(spec.bounds)
-        checks = [f"count_if(NOT isfinite({quote_ident(c)}))" for c in floats]
-        checks += [f"count_if({quote_ident(c)} < ? OR {quote_ident(c)} > ?)" for c in bounded]
-        bparams = [v for c in bounded for v in spec.bounds[c]]
+        checks, bparams = self._value_checks(spec)
         table = quote_ident(f"dataset:{spec.name}")
         try:
             with self._cursor() as cur:
@@ -210,22 +361,13 @@ class Engine:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"{path}: dataset {spec.name!r}: cannot be read: {first}") from None
         assert row is not None
-        problems = [
-            f"column {c!r}: {bad} value(s) are infinite or NaN; statistics need finite "
-            "numbers (leave the field empty for a missing value)"
-            for c, bad in zip(floats, row[1 : 1 + len(floats)], strict=True)
-            if bad
-        ] + [
-            f"column {c!r}: {bad} value(s) outside the declared bounds {list(spec.bounds[c])}; "
-            "fix the data or widen the bounds"
-            for c, bad in zip(bounded, row[1 + len(floats) :], strict=True)
-            if bad
-        ]
-        if problems:
+        try:
+            self._value_problems(spec, row, str(path))
+        except DataError:
             located = locate_bad_field(spec) if spec.format == "csv" else None
             if located is not None:
-                raise located
-            raise DataError(f"{path}: {problems[0]}")
+                raise located from None
+            raise
         if self._load:
             self._loaded[spec.name] = table
 
@@ -233,7 +375,7 @@ class Engine:
         try:
             with self._cursor() as cur:
                 desc = cur.execute(
-                    "DESCRIBE SELECT * FROM read_parquet(?)", [str(spec.path)]
+                    "DESCRIBE SELECT * FROM read_parquet(?)", [str(spec.file)]
                 ).fetchall()
         except duckdb.Error as e:
             raise DataError(
@@ -262,8 +404,9 @@ class Engine:
                 )
 
     # --- rounds ---------------------------------------------------------------------------
-    def compute(self, rnd: Round) -> npt.NDArray[np.float64]:
-        """This node's local vector for ``rnd`` (float64, the round's layout), in one query.
+    def compute(self, rnd: Round, tag: str | None = None) -> npt.NDArray[np.float64]:
+        """This node's local vector for ``rnd`` (float64, the round's layout), in one query
+        (at the dataset's source; ``tag``, the request id, names its Spark jobs).
 
         Raises:
             ConfigError: unknown dataset, unknown column, or a bad filter (names the position).
@@ -296,9 +439,7 @@ class Engine:
         for t, off in zip(rnd.terms, rnd.offsets(), strict=True):
             if t.kind == "glm":  # one statement per model term (rounds with one are ungrouped)
                 gsql, gparams, size = glm_sql(t, schema, src, where)
-                with self._cursor() as cur:
-                    grow = cur.execute(gsql, gparams + sparams + wparams).fetchone()
-                assert grow is not None
+                grow = self._exec(spec, gsql, gparams + sparams + wparams, tag)[0]
                 fill_glm(grow, out[off : off + size])
             else:
                 plan.add(t, off)
@@ -317,18 +458,18 @@ class Engine:
                 parts.append(sub)
                 kparams += kp + sparams + cp + wparams
             union = " UNION ALL ".join(parts)
-            grouped = f"SELECT term, k, count(*) AS n FROM ({union}) GROUP BY term, k"  # noqa: S608
-            lists = "[list(CAST(term AS DOUBLE)), list(CAST(k AS DOUBLE)), list(CAST(n AS DOUBLE))]"
-            selects.append(f"(SELECT {lists} FROM ({grouped}))")  # noqa: S608
+            grouped = f"SELECT term, k, count(*) AS n FROM ({union}) AS u GROUP BY term, k"  # noqa: S608
+            # one list of [term, key, count] triples (one aggregate: the three stay together
+            # in every engine, where three lists' orders need not agree)
+            triple = "list([CAST(term AS DOUBLE), CAST(k AS DOUBLE), CAST(n AS DOUBLE)])"
+            selects.append(f"(SELECT {triple} FROM ({grouped}) AS g)")  # noqa: S608
             params = params + kparams
             fillers.append(plan.keyed_filler(len(selects) - 1))
 
         block = rnd.term_size
         if rnd.group_column is None:
             sql = f"SELECT {', '.join(selects)} FROM {src} AS t {where}"  # noqa: S608 - schema identifiers quoted, values are ? params
-            with self._cursor() as cur:
-                row = cur.execute(sql, params + sparams + wparams).fetchone()
-            assert row is not None
+            row = self._exec(spec, sql, params + sparams + wparams, tag)[0]
             for fill in fillers:
                 fill(row, out[:block])
             return out
@@ -337,8 +478,7 @@ class Engine:
         sql = f"SELECT {g}, {', '.join(selects)} FROM {src} AS t WHERE {cond} GROUP BY {g}"  # noqa: S608 - schema identifiers quoted, values are ? params
         index = {v: i for i, v in enumerate(rnd.group_values)}
         other = len(rnd.group_values)
-        with self._cursor() as cur:
-            rows = cur.execute(sql, params + sparams + wparams).fetchall()
+        rows = self._exec(spec, sql, params + sparams + wparams, tag)
         for r in rows:
             gi = index.get(r[0], other)
             if isinstance(r[0], bool) != isinstance(
@@ -361,10 +501,15 @@ class Engine:
         wsql, wparams = where_clause(where, spec.schema)
         src, sparams = self._source(spec)
         q = ", ".join(quote_ident(c) for c in cols)
-        sql = f"SELECT {q}, count(*) FROM {src} AS t {wsql} GROUP BY ALL ORDER BY ALL"  # noqa: S608 - schema identifiers quoted, values are ? params
-        with self._cursor() as cur:
-            rows = cur.execute(sql, sparams + wparams).fetchall()
-        return [tuple(r[:-1]) for r in rows], np.array([r[-1] for r in rows], dtype=np.int64)
+        by = ", ".join(str(i + 1) for i in range(len(cols)))
+        sql = f"SELECT {q}, count(*) FROM {src} AS t {wsql} GROUP BY {by}"  # noqa: S608 - schema identifiers quoted, values are ? params
+        # sorted here, the same way whatever the engine (a database's collation would order
+        # strings its own way): values ascending, nulls last, as DuckDB's ORDER BY
+        rows = sorted(
+            self._exec(spec, sql, sparams + wparams),
+            key=lambda r: tuple((v is None, v if v is not None else 0) for v in r[:-1]),
+        )
+        return [tuple(r[:-1]) for r in rows], np.array([int(r[-1]) for r in rows], dtype=np.int64)
 
     def rows(
         self, dataset: str, columns: Sequence[str] | None = None, where: str | None = None
@@ -375,10 +520,8 @@ class Engine:
         wsql, wparams = where_clause(where, spec.schema)
         src, sparams = self._source(spec)
         q = ", ".join(quote_ident(c) for c in cols)
-        with self._cursor() as cur:
-            sql = f"SELECT {q} FROM {src} AS t {wsql}"  # noqa: S608 - quoted names, ? values
-            df: pd.DataFrame = cur.execute(sql, sparams + wparams).df()
-        return df
+        sql = f"SELECT {q} FROM {src} AS t {wsql}"  # noqa: S608 - quoted names, ? values
+        return self._frame(spec, sql, sparams + wparams)
 
     def column_frame(self, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
         """Whole columns of ``dataset`` in the file's row order (every row, nulls kept), for
@@ -391,12 +534,14 @@ class Engine:
                 raise ConfigError(f"dataset {dataset!r}: no column {c!r}")
         src, sparams = self._source(spec)
         q = ", ".join(quote_ident(c) for c in columns)
-        with self._cursor() as cur:
-            # DuckDB keeps the insertion (file) order of a plain scan (preserve_insertion_order
-            # is on by default and never turned off here)
-            sql = f"SELECT {q} FROM {src} AS t"  # noqa: S608 - quoted names
-            df: pd.DataFrame = cur.execute(sql, sparams).df()
-        return df
+        # DuckDB keeps the insertion (file) order of a plain scan (preserve_insertion_order is
+        # on by default and never turned off here); a database or Spark has no row order, so
+        # there the rows come in the order of the id column, the same at every call
+        order = ""
+        if spec.source is not None and spec.id is not None:
+            order = f" ORDER BY {quote_ident(spec.id.column)} NULLS LAST"
+        sql = f"SELECT {q} FROM {src} AS t{order}"  # noqa: S608 - quoted names
+        return self._frame(spec, sql, sparams)
 
     @staticmethod
     def _columns(spec: DatasetSpec, columns: Sequence[str]) -> list[str]:
@@ -435,7 +580,8 @@ class _Plan:
         fills = self._keyed_fill
 
         def fill(row: tuple[Any, ...], out: npt.NDArray[np.float64]) -> None:
-            term, key, cnt = (np.asarray(v or [], dtype=np.float64) for v in row[pos])
+            triples = np.asarray(row[pos] or [], dtype=np.float64).reshape(-1, 3)
+            term, key, cnt = triples[:, 0], triples[:, 1], triples[:, 2]
             for tid, f in fills.items():
                 sel = term == tid
                 f(key[sel], cnt[sel], out)
@@ -564,3 +710,9 @@ class _Plan:
             out[off] = float(row[pos] or 0.0)  # fsum/count_if over no rows is NULL
 
         self.fillers.append(fill_one)
+
+
+def _select_names(sql: str) -> list[str]:
+    """The quoted column names of ``SELECT "a", "b" FROM ...`` (the engine's own statements)."""
+    head = sql[len("SELECT ") : sql.index(" FROM ")]
+    return [m.replace('""', '"') for m in re.findall(r'"((?:[^"]|"")*)"', head)]

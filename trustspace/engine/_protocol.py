@@ -30,7 +30,7 @@ class LocalEngine(Protocol):
         """The public schema of dataset ``name``; ConfigError naming the known datasets."""
         ...
 
-    def compute(self, rnd: Round) -> npt.NDArray[np.float64]:
+    def compute(self, rnd: Round, tag: str | None = None) -> npt.NDArray[np.float64]:
         """The round's local float64 vector over this node's rows (``rnd.size`` entries)."""
         ...
 

@@ -12,6 +12,7 @@ from trustspace.errors import ConfigError
 from trustspace.stats import ColumnType, GroupValue, TableSchema
 
 if TYPE_CHECKING:
+    from trustspace.engine._sources import PostgresSource, SparkSource
     from trustspace.vertical.ids import IdSpec
 
 __all__ = ["DUCKDB_TYPES", "DatasetSpec"]
@@ -30,11 +31,12 @@ DUCKDB_TYPES: Mapping[ColumnType, str] = MappingProxyType(
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One dataset a node serves: a CSV or Parquet file with declared column types.
+    """One dataset a node serves: a CSV or Parquet file, a PostgreSQL table or a Spark table,
+    with declared column types.
 
     Args:
         name: the dataset name queries use.
-        path: the file.
+        path: the file (for a file dataset; None when ``source`` is given).
         format: ``"csv"`` or ``"parquet"``.
         columns: column name -> ColumnType (or its name), in file order for CSV.
         delimiter: CSV field separator (one character).
@@ -58,7 +60,7 @@ class DatasetSpec:
     """
 
     name: str
-    path: Path | str
+    path: Path | str | None = None
     format: Literal["csv", "parquet"] = "csv"
     columns: Mapping[str, ColumnType | str] = field(default_factory=dict)
     delimiter: str = ","
@@ -67,14 +69,22 @@ class DatasetSpec:
     domains: Mapping[str, tuple[GroupValue, ...]] = field(default_factory=dict)
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     id: IdSpec | None = None
+    source: PostgresSource | SparkSource | None = None
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}"
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"dataset name: expected a non-empty string, got {self.name!r}")
-        if not isinstance(self.path, str | Path) or not str(self.path):
+        if self.source is not None:
+            if self.path is not None:
+                raise ConfigError(
+                    f"{where}: path is for a file dataset; a {self.source.kind} source names "
+                    "its table (or its own path) instead"
+                )
+        elif not isinstance(self.path, str | Path) or not str(self.path):
             raise ConfigError(f"{where}: path: expected a file path, got {self.path!r}")
-        object.__setattr__(self, "path", Path(self.path))
+        else:
+            object.__setattr__(self, "path", Path(self.path))
         if self.format not in ("csv", "parquet"):
             raise ConfigError(f"{where}: format: {self.format!r} is not 'csv' or 'parquet'")
         if (
@@ -130,6 +140,23 @@ class DatasetSpec:
         if not rest:
             raise ConfigError(f"{where}: the dataset has only its id_column; declare its columns")
         return TableSchema(rest, domains=schema.domains, bounds=schema.bounds)
+
+    @property
+    def kind(self) -> str:
+        """``"file"``, ``"postgresql"`` or ``"spark"``."""
+        return "file" if self.source is None else self.source.kind
+
+    @property
+    def file(self) -> Path:
+        """The file of a file dataset (ConfigError for another source)."""
+        if self.source is not None or self.path is None:
+            raise ConfigError(f"dataset {self.name!r} is a {self.kind} source, not a file")
+        return Path(self.path)
+
+    @property
+    def location(self) -> str:
+        """Where the data is, for messages: the file, or the source's label (no secrets)."""
+        return str(self.path) if self.source is None else self.source.label()
 
     @property
     def schema(self) -> TableSchema:

@@ -12,7 +12,7 @@ import datetime as dt
 import errno
 
 from trustspace._files import unwritable_ancestor
-from trustspace.errors import ConfigError
+from trustspace.errors import ConfigError, DataError
 from trustspace.node.audit import verify
 from trustspace.node.config import NodeConfig
 from trustspace.node.server import build_engine, load_credentials
@@ -52,8 +52,11 @@ def check_node(config: NodeConfig) -> list[str]:
     engine = build_engine(config)
     try:
         for d in config.datasets:
+            if d.name in engine.unavailable:  # a node would start and serve the others
+                raise DataError(engine.unavailable[d.name])
+            kind = d.format if d.source is None else d.kind
             out.append(
-                f"dataset {d.name!r}: {d.path} ({d.format}, {len(d.columns)} columns: "
+                f"dataset {d.name!r}: {d.location} ({kind}, {len(d.columns)} columns: "
                 + ", ".join(f"{c} {t.value}" for c, t in d.schema.columns.items())
                 + ") OK"
             )

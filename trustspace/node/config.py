@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 FORMATS = ("csv", "parquet")
+SOURCES = ("file", "postgresql", "spark")
 MIN_WATCH_S = 0.5  # [node] watch_s: polling a few files' mtimes faster than this is only noise
 DEFAULT_NODE_PORT = 50051
 ALL = "*"
@@ -329,7 +330,11 @@ def _parse_dataset(parent: Table, name: str, base: Path) -> DatasetSpec:
     columns, ...) is re-raised with the file and the dataset's key in front.
     """
     t = parent.table(name)
-    fmt = t.get("format", str, "csv")
+    kind = t.get("source", str, "file")
+    if kind not in SOURCES:
+        raise ConfigError(f"{t.where('source')} = {kind!r}: expected one of {SOURCES}")
+    source = _parse_source(t, kind, base)
+    fmt = t.get("format", str, "csv") if source is None else "csv"
     if fmt not in FORMATS:
         raise ConfigError(f"{t.where('format')} = {fmt!r}: expected one of {FORMATS}")
     cols_t = t.table("columns", required=True)
@@ -371,7 +376,7 @@ def _parse_dataset(parent: Table, name: str, base: Path) -> DatasetSpec:
                 f"{bounds_t.where(col)} = {pair!r}: expected [low, high] with low < high"
             )
         bounds[col] = (float(pair[0]), float(pair[1]))
-    path = t.path_value("path", base)
+    path = t.path_value("path", base) if source is None else None
     header = t.get("header", bool, True)
     id_spec = _parse_id_column(t, cols)
     t.check_unknown()
@@ -387,11 +392,67 @@ def _parse_dataset(parent: Table, name: str, base: Path) -> DatasetSpec:
             domains=domains,
             bounds=bounds,
             id=id_spec,
+            source=source,
         )
     except ConfigError as exc:
         # DatasetSpec names the dataset and its key, not the file: put both in front
         detail = str(exc).removeprefix(f"dataset {name!r}: ")
         raise ConfigError(f"{parent.where(name)}: {detail}") from None
+
+
+def _parse_source(t: Table, kind: str, base: Path) -> Any:
+    """The ``source = "postgresql" | "spark"`` keys of a dataset (None for a file), checked
+    here so that each mistake names its key."""
+    if kind == "file":
+        return None
+    from trustspace.engine._sources import PostgresSource, SparkSource
+
+    for key in ("delimiter", "header", "null_values"):
+        if key in t.data:
+            raise ConfigError(f"{t.where(key)}: is for a file dataset, not a {kind} source")
+    try:
+        if kind == "postgresql":
+            for key in ("path", "format"):
+                if key in t.data:
+                    raise ConfigError(
+                        f"{t.where(key)}: a postgresql source reads table = ..., not a file"
+                    )
+            conn = t.table("connection")
+            params: dict[str, str] = {}
+            for k, v in conn.data.items():
+                if isinstance(v, bool) or not isinstance(v, str | int):
+                    raise ConfigError(f"{conn.where(k)} = {v!r}: expected a string or a number")
+                params[k] = str(v)
+            return PostgresSource(
+                table=t.get("table", str),
+                dsn=t.get("dsn", str, ""),
+                connection=params,
+                password_file=(
+                    t.path_value("password_file", base) if "password_file" in t.data else None
+                ),
+                password_env=t.get("password_env", str, None),
+                statement_timeout_s=t.get("statement_timeout_s", (int, float), 60.0),
+                pool_size=t.get("pool_size", int, 4),
+                connect_timeout_s=t.get("connect_timeout_s", (int, float), 10.0),
+            )
+        conf = t.table("spark_conf")
+        for k, v in conf.data.items():
+            if not isinstance(v, str | int | float | bool):
+                raise ConfigError(f"{conf.where(k)} = {v!r}: expected a string or a number")
+        return SparkSource(
+            table=t.get("table", str, ""),
+            path=t.path_value("path", base) if "path" in t.data else None,
+            format=t.get("format", str, "parquet"),
+            master=t.get("master", str, "local[*]"),
+            conf={
+                k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.data.items()
+            },
+        )
+    except ConfigError as exc:
+        msg = str(exc)
+        if msg.startswith((f"{kind} source: ", "postgresql source: ", "spark source: ")):
+            msg = f"{t.where('source')} = {kind!r}: " + msg.split(": ", 1)[1]
+        raise ConfigError(msg) from None
 
 
 def _parse_id_column(t: Table, cols: Mapping[str, str]) -> Any:

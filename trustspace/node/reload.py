@@ -97,6 +97,7 @@ _DATASET_FIELDS = (
     "null_values",
     "domains",
     "bounds",
+    "source",
 )
 
 
@@ -214,6 +215,8 @@ def _dataset_key(spec: DatasetSpec, name: str) -> Any:
     value = getattr(spec, name)
     if name == "path":
         return str(value)
+    if name == "source":  # its declaration, without the password it may read
+        return None if value is None else repr(value)
     if name == "columns":  # file order matters for CSV
         return [(c, str(getattr(t, "value", t))) for c, t in value.items()]
     if isinstance(value, Mapping):
@@ -226,8 +229,11 @@ def data_stamps(config: NodeConfig) -> dict[str, tuple[int, int, int] | None]:
     the engine reads the files, so a file replaced while being read is read again next time."""
     out: dict[str, tuple[int, int, int] | None] = {}
     for d in config.datasets:
+        if d.source is not None:  # a database or Spark table: read live, checked at reload
+            out[d.name] = None
+            continue
         try:
-            st = os.stat(d.path)
+            st = os.stat(d.file)
         except OSError:
             out[d.name] = None
         else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustspace.dp import Ledger
@@ -29,7 +28,9 @@ log = logging.getLogger("trustspace.node")
 def build_engine(config: NodeConfig) -> Engine:
     """The node's engine over its datasets, validated (DataError naming file, line, column)."""
     for d in config.datasets:
-        path = Path(d.path)
+        if d.source is not None:
+            continue  # checked by Engine.validate (an unreachable source leaves the others)
+        path = d.file
         if config.source.is_file() and not path.is_file():
             raise DataError(
                 f"{config.source}: key datasets.{d.name}.path: file not found at "

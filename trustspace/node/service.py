@@ -724,7 +724,8 @@ class NodeService:
                 f"{self._where}: round {rnd.index} has {rnd.size} entries, more than the "
                 f"{MAX_ROUND_ENTRIES} a node computes; ask for fewer bins or groups"
             )
-        vec = np.asarray(self.engine.compute(rnd), dtype=np.float64)
+        tag = run.query.body.request_id if run is not None else None
+        vec = np.asarray(self.engine.compute(rnd, tag=tag), dtype=np.float64)
         try:
             encoded: np.ndarray[Any, Any] = rnd.encode(vec).view(np.int64)
         except ValueError as exc:

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from trustspace import errors
+from trustspace._cancel import CancelScope, cancel_scope
 from trustspace.errors import (
     AuthenticationError,
     CryptoError,
@@ -95,7 +96,11 @@ def guard(
                     f"{server_name} refused {method} from {caller}: only "
                     f"{' or '.join(allowed_roles)} certificates may call it"
                 )
-            return handler(request, caller)
+            # what the call has running at a data source stops when the call ends early
+            scope = CancelScope()
+            context.add_callback(scope.cancel)
+            with cancel_scope(scope):
+                return handler(request, caller)
         except TrustspaceError as exc:
             info = common_pb2.ErrorInfo(
                 node=str(getattr(exc, "node", "") or server_name),
