@@ -24,6 +24,7 @@ path as ``trustspace node`` / ``trustspace aggregator``, not a shortcut.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ import numpy as np
 
 from trustspace.errors import ConfigError, DataError, TrustspaceError
 from trustspace.stats import (
+    ColumnType,
     DPComputation,
     DPSpec,
     GLMResults,
@@ -288,7 +290,9 @@ class Federation:
         """Start an aggregator and one node per partition here, over mutual TLS on 127.0.0.1.
 
         Args:
-            partitions: node name -> CSV/Parquet path (or pandas DataFrame) of its partition.
+            partitions: node name -> CSV/Parquet path (or pandas DataFrame) of its partition,
+                or a ``DatasetSpec`` declaring it in full (e.g. a PostgreSQL or Spark
+                ``source``; it is served as ``dataset``, its own domains and bounds kept).
             policy: a dict shaped like a node's ``[policy]`` table for every node, or node name
                 -> such a dict. Default: every operation allowed, ``min_group_size`` 10.
             dataset: the dataset name the partitions are served as.
@@ -333,8 +337,11 @@ class Federation:
             ca_dir = root / "ca"
             init_ca(ca_dir, name="trustspace-local-ca")
             paths: dict[str, Path] = {}
+            given: dict[str, DatasetSpec] = {}  # partitions declared in full (any source)
             for name, part in partitions.items():
-                if hasattr(part, "to_csv"):
+                if isinstance(part, DatasetSpec):
+                    given[name] = part
+                elif hasattr(part, "to_csv"):
                     p = root / "data" / f"{name}.csv"
                     p.parent.mkdir(parents=True, exist_ok=True)
                     part.to_csv(p, index=False)
@@ -345,6 +352,8 @@ class Federation:
                 n: dict(columns) if columns else infer_columns(p, delimiter)
                 for n, p in paths.items()
             }
+            for n, spec in given.items():
+                per_cols[n] = {c: ColumnType(t).value for c, t in spec.columns.items()}
             ids = _local_ids(per_cols, id_column)
             per_node = (
                 policy is not None
@@ -352,7 +361,7 @@ class Federation:
                 and all(k in partitions and isinstance(v, Mapping) for k, v in policy.items())
             )
             nodes: list[Node] = []
-            for name, path in paths.items():
+            for name in partitions:
                 cols = per_cols[name]
                 ident = issue(ca_dir, name, "node")
                 pol_raw = (
@@ -367,10 +376,12 @@ class Federation:
                     listen="127.0.0.1:0",
                     tls=TlsConfig(ident / "ca.pem", ident / "cert.pem", ident / "key.pem"),
                     datasets=(
-                        DatasetSpec(
+                        dataclasses.replace(given[name], name=dataset)
+                        if name in given
+                        else DatasetSpec(
                             dataset,
-                            path,
-                            "parquet" if path.suffix.lower() == ".parquet" else "csv",
+                            paths[name],
+                            "parquet" if paths[name].suffix.lower() == ".parquet" else "csv",
                             cols,
                             delimiter,
                             domains={c: tuple(v) for c, v in (domains or {}).items() if c in cols},

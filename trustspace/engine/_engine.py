@@ -76,6 +76,9 @@ class Engine:
         *,
         database: str | Path = ":memory:",
         load: bool = True,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        temp_directory: str | Path | None = None,
     ) -> None:
         if not isinstance(specs, Mapping):
             raise ConfigError("Engine: expected a mapping of dataset name -> DatasetSpec")
@@ -85,7 +88,14 @@ class Engine:
             if spec.name != name:
                 raise ConfigError(f"Engine: dataset key {name!r} names a spec called {spec.name!r}")
         self._specs = dict(specs)
-        self._con = duckdb.connect(str(database))
+        config: dict[str, Any] = {}
+        if memory_limit is not None:
+            config["memory_limit"] = memory_limit
+        if threads is not None:
+            config["threads"] = threads
+        if temp_directory is not None:
+            config["temp_directory"] = str(temp_directory)
+        self._con = duckdb.connect(str(database), config=config)
         self._lock = threading.Lock()
         self._load = load
         self._loaded: dict[str, str] = {}  # dataset -> quoted table name of its snapshot
@@ -348,7 +358,7 @@ class Engine:
         table = quote_ident(f"dataset:{spec.name}")
         try:
             with self._cursor() as cur:
-                if self._load:
+                if self._load and spec.snapshot:
                     load = f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {src}"  # noqa: S608
                     cur.execute(load, params)
                     src, params = table, []
@@ -368,7 +378,7 @@ class Engine:
             if located is not None:
                 raise located from None
             raise
-        if self._load:
+        if self._load and spec.snapshot:
             self._loaded[spec.name] = table
 
     def _check_parquet(self, spec: DatasetSpec) -> None:

@@ -70,6 +70,7 @@ class DatasetSpec:
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     id: IdSpec | None = None
     source: PostgresSource | SparkSource | None = None
+    snapshot: bool = True
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,40 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """``[engine]``: the embedded DuckDB's limits (its file datasets; PostgreSQL and Spark
+    sources run at their own servers).
+
+    ``memory_limit`` (e.g. ``"1GB"``): DuckDB's own limit, past which it spills to
+    ``temp_directory`` (out of core) rather than growing; ``threads``: its worker threads
+    (default: every core); ``database``: a file for the loaded snapshots instead of memory.
+    """
+
+    memory_limit: str | None = None
+    threads: int | None = None
+    temp_directory: Path | None = None
+    database: Path | None = None
+
+    @classmethod
+    def parse(cls, t: Table, base: Path) -> EngineConfig:
+        limit = t.get("memory_limit", str, None)
+        if limit is not None and not re.fullmatch(
+            r"\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", limit
+        ):
+            raise ConfigError(
+                f"{t.where('memory_limit')} = {limit!r}: expected an amount such as '1GB' or "
+                "'512MiB'"
+            )
+        threads = t.get("threads", int, None)
+        if threads is not None and not 1 <= threads <= 1024:
+            raise ConfigError(f"{t.where('threads')} = {threads}: expected 1..1024")
+        tmp = t.path_value("temp_directory", base) if "temp_directory" in t.data else None
+        db = t.path_value("database", base) if "database" in t.data else None
+        t.check_unknown()
+        return cls(limit, threads, tmp, db)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """A node's whole configuration (``trustspace node CONFIG.toml``).
 
@@ -194,6 +229,8 @@ class NodeConfig:
 
     #: [admin]: the admin port (operator console, /healthz, /metrics); None: no admin port
     admin: AdminConfig | None = None
+    #: [engine]: the embedded DuckDB's memory limit, threads, spill directory
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig())
 
     @property
     def dp_ledger_path(self) -> Path:
@@ -378,6 +415,9 @@ def _parse_dataset(parent: Table, name: str, base: Path) -> DatasetSpec:
         bounds[col] = (float(pair[0]), float(pair[1]))
     path = t.path_value("path", base) if source is None else None
     header = t.get("header", bool, True)
+    snapshot = t.get("snapshot", bool, True)
+    if snapshot is False and source is not None:
+        raise ConfigError(f"{t.where('snapshot')}: is for a file dataset, not a {kind} source")
     id_spec = _parse_id_column(t, cols)
     t.check_unknown()
     try:
@@ -393,6 +433,7 @@ def _parse_dataset(parent: Table, name: str, base: Path) -> DatasetSpec:
             bounds=bounds,
             id=id_spec,
             source=source,
+            snapshot=snapshot,
         )
     except ConfigError as exc:
         # DatasetSpec names the dataset and its key, not the file: put both in front
@@ -512,6 +553,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     policy = parse_policy(root.table("policy", required=True))
     logging = LoggingConfig.parse(root.table("logging"), base)
     admin = AdminConfig.parse(root.table("admin"), listen) if "admin" in data else None
+    engine = EngineConfig.parse(root.table("engine"), base)
     root.check_unknown()
     return NodeConfig(
         name=name,
@@ -530,4 +572,5 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         pid_file=pid_file,
         watch_s=float(watch_s),
         admin=admin,
+        engine=engine,
     )

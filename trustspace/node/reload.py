@@ -64,6 +64,7 @@ _RESTART: tuple[tuple[str, Callable[[NodeConfig], Any]], ...] = (
     ("audit.checkpoint_every", lambda c: c.checkpoint_every),
     # the admin port and the log file are opened once, at start
     ("admin", lambda c: None if c.admin is None else repr(c.admin)),
+    ("engine", lambda c: repr(c.engine)),  # DuckDB's settings are made with its database
     ("logging", lambda c: repr(c.logging)),
 )
 
@@ -98,6 +99,7 @@ _DATASET_FIELDS = (
     "domains",
     "bounds",
     "source",
+    "snapshot",
 )
 
 

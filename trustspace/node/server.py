@@ -37,7 +37,14 @@ def build_engine(config: NodeConfig) -> Engine:
                 f"{path.absolute()} (a relative path is relative to the config file's "
                 f"directory, {config.source.parent.absolute()}); fix the path"
             )
-    engine = Engine({d.name: d for d in config.datasets})
+    e = config.engine
+    engine = Engine(
+        {d.name: d for d in config.datasets},
+        database=e.database if e.database is not None else ":memory:",
+        memory_limit=e.memory_limit,
+        threads=e.threads,
+        temp_directory=e.temp_directory,
+    )
     try:
         engine.validate()
     except BaseException:
