@@ -145,3 +145,53 @@ def query_cli_args(fed: Federation) -> list[str]:
         "--server-name",
         "aggregator",
     ]
+
+
+# ---------------------------------------------------------------- real engines (issue 18)
+def _need(what: str) -> None:
+    """Skip for want of ``what``, unless the run requires the real engines (.ci/run sets
+    TRUSTSPACE_REQUIRE_ENGINES=1): there a missing engine fails the test."""
+    import os
+
+    if os.environ.get("TRUSTSPACE_REQUIRE_ENGINES"):
+        pytest.fail(f"{what} is required (TRUSTSPACE_REQUIRE_ENGINES is set) but missing")
+    pytest.skip(f"{what} is not available here")
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Any:
+    """A superuser DSN of a real PostgreSQL server: ``TRUSTSPACE_TEST_PG_DSN`` (``.ci/run``
+    starts a throw-away one), else one started here (``tests/_pg.py``) and stopped at the end."""
+    import os
+    import tempfile
+
+    dsn = os.environ.get("TRUSTSPACE_TEST_PG_DSN")
+    if dsn:
+        yield dsn
+        return
+    import _pg
+
+    if not _pg.available():
+        _need("a PostgreSQL server (initdb and pg_ctl)")
+    root = Path(tempfile.mkdtemp(prefix="ts-pg-"))
+    try:
+        dsn = _pg.start(root)
+    except Exception as exc:
+        _pg.stop(root)
+        _need(f"a PostgreSQL server ({type(exc).__name__}: {exc})")
+    try:
+        yield dsn
+    finally:
+        _pg.stop(root)
+
+
+@pytest.fixture(scope="session")
+def spark_ok() -> None:
+    """pyspark and a Java runtime (the tests' Spark session is ``local[2]``)."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pyspark") is None:
+        _need("pyspark (pip install 'trustspace[spark]')")
+    if shutil.which("java") is None:
+        _need("a Java 17+ runtime (for Spark)")

@@ -204,6 +204,18 @@ def test_group_by_fluent_form(fed: Federation, union: Any) -> None:
     assert got[("age", "mean")].loc["F"] == pytest.approx(want["F"], rel=1e-12)
 
 
+def test_group_by_keeps_the_order_of_its_aggregations(fed: Federation, union: Any) -> None:
+    """The signed body sorts the keys of 'agg' ("income" < "age" was refused as not the
+    query's columns); the answer keeps the analyst's order."""
+    got = fed.group_by("default", "sex").agg({"income": "mean", "age": ["count", "mean"]})
+    want = union.groupby("sex").agg({"income": ["mean"], "age": ["count", "mean"]})
+    assert list(got.columns) == list(want.columns)
+    assert got.loc["F", ("age", "count")] == want.loc["F", ("age", "count")]
+    assert got.loc["M", ("income", "mean")] == pytest.approx(
+        want.loc["M", ("income", "mean")], rel=1e-12
+    )
+
+
 def test_paillier_result_without_a_node_says_so(
     partitions: dict[str, Path], tmp_path: Path
 ) -> None:

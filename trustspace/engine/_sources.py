@@ -412,8 +412,14 @@ def _pg_reason(exc: Exception) -> str:
         "42501": "; GRANT SELECT on the table to the node's database user",
         "3D000": "; check dbname",
     }.get(state, "")
-    if not state:
-        hint = "; check host, port and that the server accepts connections"
+    if not state:  # a connection that failed: libpq's message says why
+        low = text.lower()
+        if "password" in low or "authentication" in low:
+            hint = "; check the user and the password (password_file / password_env)"
+        elif "does not exist" in low:
+            hint = "; check dbname and user"
+        else:
+            hint = "; check host, port and that the server accepts connections"
     return f"{text}{hint}"
 
 
@@ -512,7 +518,7 @@ class SparkBackend:
 
 def _spark_reason(exc: Exception) -> str:
     """A Spark error's class and condition, not its message (which may quote values)."""
-    cond = getattr(exc, "getErrorClass", None)
+    cond = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
     try:
         condition = cond() if callable(cond) else None
     except Exception:

@@ -174,8 +174,10 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
                         f"use one of {', '.join(GROUP_AGGS)}"
                     )
             p["agg"][col] = list(dict.fromkeys(fl))
-        if tuple(agg) != columns:
+        if sorted(agg) != sorted(columns) or len(set(columns)) != len(columns):
             raise ConfigError("query 'columns': for group_by, the columns are the keys of 'agg'")
+        # in the columns' order: a signed body's JSON sorts the keys of 'agg'
+        p["agg"] = {c: p["agg"][c] for c in columns}
         if "values" in p:
             vals = p["values"]
             if not isinstance(vals, list) or not vals or len(vals) > MAX_GROUPS:
