@@ -89,6 +89,9 @@ class NodeSpec:
     rules: Sequence[Mapping[str, Any]] = ()
     #: the ``[admin]`` table (``listen``, ``tls``, ...); None: no admin port
     admin: Mapping[str, Any] | None = None
+    #: the ``[engine]`` table (``memory_limit``, ``threads``, ``temp_directory``, ``database``:
+    #: the embedded DuckDB's limits); None: DuckDB's defaults
+    engine: Mapping[str, Any] | None = None
 
 
 class LocalSpace:
@@ -151,6 +154,8 @@ class LocalSpace:
         }
         if spec.admin is not None:
             doc["admin"] = spec.admin
+        if spec.engine is not None:
+            doc["engine"] = spec.engine
         (self.root / "audit").mkdir(parents=True, exist_ok=True)
         return _write_toml(self.root / f"{spec.name}.toml", doc)
 

@@ -79,6 +79,7 @@ class Engine:
         memory_limit: str | None = None,
         threads: int | None = None,
         temp_directory: str | Path | None = None,
+        node: str | None = None,
     ) -> None:
         if not isinstance(specs, Mapping):
             raise ConfigError("Engine: expected a mapping of dataset name -> DatasetSpec")
@@ -88,6 +89,7 @@ class Engine:
             if spec.name != name:
                 raise ConfigError(f"Engine: dataset key {name!r} names a spec called {spec.name!r}")
         self._specs = dict(specs)
+        self._who = f"node {node}: " if node else ""
         config: dict[str, Any] = {}
         if memory_limit is not None:
             config["memory_limit"] = memory_limit
@@ -273,9 +275,9 @@ class Engine:
         declaration and its values (finite floats, declared bounds) in one statement there.
         On failure the error is kept in ``unavailable`` and raised."""
         assert spec.source is not None
-        where = f"dataset {spec.name!r} ({spec.location})"
+        where = f"{self._who}dataset {spec.name!r} ({spec.location})"
         try:
-            backend = open_backend(spec.source, f"dataset {spec.name!r}")
+            backend = open_backend(spec.source, f"{self._who}dataset {spec.name!r}")
             try:
                 self._check_source_columns(spec, backend.columns())
                 checks, bparams = self._value_checks(spec)
@@ -289,6 +291,9 @@ class Engine:
             with self._lock:
                 self.unavailable[spec.name] = str(exc)
                 self._retry_at[spec.name] = time.monotonic() + RETRY_S
+                stale = self._backends.pop(spec.name, None)  # no statement goes there now
+            if stale is not None:
+                stale.close()
             raise DataError(str(exc)) from None
         with self._lock:
             old = self._backends.pop(spec.name, None)
@@ -297,9 +302,21 @@ class Engine:
         if old is not None:
             old.close()
 
-    @staticmethod
-    def _check_source_columns(spec: DatasetSpec, have: Mapping[str, str]) -> None:
-        where = f"dataset {spec.name!r} ({spec.location})"
+    def recheck_sources(self) -> dict[str, str]:
+        """Check every PostgreSQL / Spark dataset against its source again (a reload: the
+        table may have been altered since start); dataset -> why it is now unavailable."""
+        out: dict[str, str] = {}
+        for spec in self._specs.values():
+            if spec.source is None:
+                continue
+            try:
+                self._validate_source(spec)
+            except DataError as exc:
+                out[spec.name] = str(exc)
+        return out
+
+    def _check_source_columns(self, spec: DatasetSpec, have: Mapping[str, str]) -> None:
+        where = f"{self._who}dataset {spec.name!r} ({spec.location})"
         accepted = PG_TYPES if spec.kind == "postgresql" else SPARK_TYPES
         for c, typ in spec.columns.items():
             if c not in have:

@@ -44,6 +44,7 @@ def build_engine(config: NodeConfig) -> Engine:
         memory_limit=e.memory_limit,
         threads=e.threads,
         temp_directory=e.temp_directory,
+        node=config.name,
     )
     try:
         engine.validate()
@@ -213,9 +214,16 @@ class Node(ServerHost):
                     f"{new.tls.cert}: the certificate file changed since start; the node "
                     "serves the old one until it is restarted"
                 )
+            if "datasets" not in changed:  # a new engine checks its sources itself
+                recheck = getattr(self.engine, "recheck_sources", dict)
+                notes += [f"dataset {n!r} is unavailable: {why}" for n, why in recheck().items()]
             if not changed:
                 return ReloadReport(True, {}, trigger, source, notes=tuple(notes))
             engine = build_engine(new) if "datasets" in changed else None
+            if engine is not None:
+                notes += [
+                    f"dataset {n!r} is unavailable: {w}" for n, w in engine.unavailable.items()
+                ]
             ledger = None
             try:
                 if new.policy.dp is not None and self.service.ledger is None:
