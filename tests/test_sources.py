@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -561,4 +562,79 @@ def test_a_reload_checks_the_source_again(pg: dict[str, Any]) -> None:
     _pg_exec(pg["admin"], "ALTER TABLE ts.altered ALTER COLUMN age TYPE bigint USING age::bigint")
     assert eng.recheck_sources() == {}
     assert eng.compute(Round("t", None, (Term.rows(),)))[0] == 1500
+    eng.close()
+
+
+def _guarded(work: Callable[[], Any]) -> tuple[Callable[[], Any], list[Callable[[], None]]]:
+    """``work`` as a node's gRPC method runs it (``transport.status.guard``), with a context
+    that keeps the termination callbacks gRPC would call when the client goes away."""
+    from trustspace.transport.status import guard
+
+    callbacks: list[Callable[[], None]] = []
+
+    class Context:
+        def add_callback(self, fn: Callable[[], None]) -> bool:
+            callbacks.append(fn)
+            return True
+
+        def abort(self, code: Any, details: str) -> None:
+            raise RuntimeError(f"{code}: {details}")
+
+        def set_trailing_metadata(self, md: Any) -> None:
+            pass
+
+    method = guard(
+        lambda req, who: work(),
+        server_name="node a",
+        method="SecAggStep",
+        allowed_roles=("aggregator",),
+    )
+    import trustspace.transport.status as status
+
+    def call() -> Any:
+        real = status.peer_identity
+        status.peer_identity = lambda ctx: type("Who", (), {"role": "aggregator", "name": "agg"})()  # type: ignore[assignment]
+        try:
+            return method(None, Context())
+        finally:
+            status.peer_identity = real
+
+    return call, callbacks
+
+
+def test_an_abandoned_call_cancels_its_postgresql_statement(pg: dict[str, Any]) -> None:
+    eng = Engine(
+        {
+            "t": DatasetSpec(
+                "t", columns=COLS, source=pg["source"]("ts.part_a", statement_timeout_s=120)
+            )
+        }
+    )
+    eng.validate()
+    call, callbacks = _guarded(lambda: eng._backends["t"].query("SELECT pg_sleep(60)", []))
+    threading.Timer(0.8, lambda: [cb() for cb in callbacks]).start()  # the client went away
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        call()
+    assert time.monotonic() - t0 < 10
+    eng.close()
+
+
+def test_an_abandoned_call_cancels_its_spark_jobs(spark_ok: None, files: Path) -> None:
+    eng = Engine(
+        {
+            "t": DatasetSpec(
+                "t", columns=COLS, source=SparkSource(path=files / "a.parquet", master=MASTER)
+            )
+        }
+    )
+    eng.validate()
+    backend = eng._backends["t"]
+    long_job = "SELECT count(*) FROM range(100000000000) AS r WHERE r.id % 7 = ?"
+    call, callbacks = _guarded(lambda: backend.query(long_job, [3], tag="req-cancel"))
+    threading.Timer(3.0, lambda: [cb() for cb in callbacks]).start()
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"Spark job failed.*trustspace-req-cancel"):
+        call()
+    assert time.monotonic() - t0 < 30
     eng.close()
