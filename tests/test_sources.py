@@ -38,6 +38,7 @@ COLS = {
     "marital-status": "str",
     "hours": "float",
     "salary-class": "str",
+    "high": "int",
 }
 NODES = ("a", "b", "c")
 POLICY = {
@@ -54,6 +55,7 @@ def _partitions() -> dict[str, pd.DataFrame]:
     rng = np.random.default_rng(18)  # test data only
     adult["hours"] = np.round(rng.normal(40, 11, len(adult)), 2)
     adult.loc[rng.random(len(adult)) < 0.05, "hours"] = np.nan
+    adult["high"] = (adult["salary-class"] == ">50K").astype(int)
     adult = adult[list(COLS)]
     return {n: adult.iloc[i::3].reset_index(drop=True) for i, n in enumerate(NODES)}
 
@@ -110,7 +112,7 @@ def pg(pg_admin: str, parts: dict[str, pd.DataFrame], files: Path) -> dict[str, 
     # an age stored as text (a type mismatch) and a slow view (a statement timeout)
     stmts += [
         'CREATE TABLE ts.wrong_type (sex text, age text, race text, "marital-status" text, '
-        'hours double precision, "salary-class" text)',
+        "hours double precision, \"salary-class\" text, high bigint)",
         "GRANT SELECT ON ts.wrong_type TO ts_reader",
         "CREATE FUNCTION ts.slowly(x bigint) RETURNS boolean VOLATILE LANGUAGE plpgsql "
         "AS 'BEGIN PERFORM pg_sleep(0.01); RETURN true; END'",
@@ -177,6 +179,9 @@ def _answers(fed: Federation) -> dict[str, Any]:
         "crosstab": fed.crosstab("default", "sex", "salary-class"),
         "corr": fed.corr("default", ["age", "hours"]),
     }
+    glm = fed.glm("default", "high ~ age + hours + C(sex)", family="binomial", where="hours > 0")
+    out["glm"] = glm.params
+    out["ols"] = fed.ols("default", "hours ~ age + C(sex)").params
     res = fed.anonymize("default", QIS, k=5, release=True)
     assert res.data is not None
     cols = list(res.data.columns)
@@ -196,6 +201,8 @@ def _same(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
                 assert x.equals(y), f"{what} {key}:\n{x}\n!=\n{y}"
             else:
                 assert x == y, f"{what} {key}: {x} != {y}"
+        elif key == "glm":  # an iterative fit: equal to its convergence tolerance
+            pd.testing.assert_series_equal(x, y, rtol=1e-6, obj=f"{what} glm")
         elif isinstance(x, pd.DataFrame | pd.Series):
             pd.testing.assert_frame_equal(
                 pd.DataFrame(x), pd.DataFrame(y), rtol=1e-12, atol=0, obj=f"{what} {key}"

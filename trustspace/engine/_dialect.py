@@ -17,7 +17,14 @@ engines rather than merely close:
   takes numerics and Spark's ``log2`` is not exact, and an octave off by one would move a
   value to the neighbouring bin of a quantile's histogram;
 - ``isfinite(x)`` (DuckDB's) is ``x - x = 0`` (false for infinities and NaN everywhere);
-- every subquery in a FROM gets an alias (PostgreSQL 15 requires one).
+- every subquery in a FROM gets an alias (PostgreSQL 15 requires one);
+- a comparison cast to a float goes through an integer (PostgreSQL casts a boolean to an
+  integer only).
+
+Why sqlglot rather than ibis: the node already builds its statements as SQL, tuned for DuckDB
+(one scan per round, compensated sums, keyed counts); sqlglot keeps those statements and only
+translates them, whereas ibis would mean re-expressing every round as an ibis expression and
+a backend dependency per engine, with less control over the statement each source runs.
 
 ``lgamma`` (the Poisson GLM's log-likelihood) exists neither in PostgreSQL 15 nor in Spark;
 ``translate`` refuses it with a clear error rather than sending a statement that would fail.
@@ -86,6 +93,13 @@ def _rewrite(tree: exp.Expr, dialect: str) -> exp.Expr:
                     "embedded DuckDB engine); use a file source for this dataset"
                 )
         if (
+            isinstance(node, exp.Cast)
+            and node.to.this in _FLOATS
+            and isinstance(_unparen(node.this), _PREDICATES)
+        ):  # PostgreSQL casts a boolean to an integer only
+            as_int = exp.Cast(this=node.this.copy(), to=exp.DataType.build("INT"))
+            return exp.Cast(this=as_int, to=node.to.copy())
+        if (
             isinstance(node, exp.Subquery)
             and not node.alias
             and isinstance(node.parent, exp.From | exp.Join)
@@ -101,6 +115,18 @@ def _rewrite(tree: exp.Expr, dialect: str) -> exp.Expr:
         if isinstance(inner, exp.Log) and _is_log2(inner):
             fl.replace(_log2(inner.expression))
     return tree
+
+
+_FLOATS = (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT)
+_PREDICATES = (
+    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Is, exp.In,
+)  # fmt: skip
+
+
+def _unparen(node: exp.Expr) -> exp.Expr:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
 
 
 def _is_log2(node: exp.Log) -> bool:
