@@ -167,3 +167,78 @@ def test_aggregator_needs_nodes(tmp_path: Path) -> None:
     text = GOOD_AGG.split("[[nodes]]")[0].replace("threshold = 2", "")
     with pytest.raises(ConfigError, match="key nodes is missing"):
         load_aggregator_config(_write(tmp_path, text))
+
+
+PG_NODE = GOOD_NODE.replace(
+    '[datasets.adult]\npath = "data/a.csv"',
+    '[datasets.adult]\nsource = "postgresql"\ntable = "analytics.adult"\n'
+    'connection = { host = "db.internal", port = 5432, dbname = "dw", user = "ro" }\n'
+    'password_file = "secrets/pg.pw"\nstatement_timeout_s = 30',
+)
+
+
+def test_a_postgresql_dataset_from_its_keys(tmp_path: Path) -> None:
+    from trustspace.engine._sources import PostgresSource
+
+    cfg = load_node_config(_write(tmp_path, PG_NODE + '\n[engine]\nmemory_limit = "1GB"\n'))
+    ds = cfg.datasets[0]
+    assert ds.kind == "postgresql" and ds.path is None and isinstance(ds.source, PostgresSource)
+    assert ds.source.password_file == tmp_path / "secrets/pg.pw"  # relative to the config
+    assert ds.source.connection["port"] == "5432" and ds.source.statement_timeout_s == 30
+    assert ds.location == "postgresql db.internal:5432/dw table analytics.adult"
+    assert cfg.engine.memory_limit == "1GB"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ('source = "postgresql"', 'source = "mysql"', r"key datasets\.adult\.source = 'mysql'"),
+        ('table = "analytics.adult"', 'table = "adult; drop table x"', "not SQL"),
+        ('table = "analytics.adult"\n', "", r"key datasets\.adult\.table is missing"),
+        ('password_file = "secrets/pg.pw"', 'password_file = "p"\ndelimiter = ";"',
+         r"datasets\.adult\.delimiter: is for a file dataset"),
+        ('password_file = "secrets/pg.pw"', 'password_file = "p"\npath = "x.csv"',
+         r"datasets\.adult\.path: a postgresql source reads table"),
+        ('user = "ro" }', 'user = "ro", password = "hunter2" }', "does not belong in a config"),
+        ("statement_timeout_s = 30", "statement_timeout_s = -1", "statement_timeout_s = -1"),
+        ("statement_timeout_s = 30", "pool_size = 0", "pool_size = 0"),
+        ("statement_timeout_s = 30", "snapshot = false", r"snapshot: is for a file"),
+    ],
+)  # fmt: skip
+def test_postgresql_dataset_mistakes_name_file_and_key(
+    tmp_path: Path, old: str, new: str, match: str
+) -> None:
+    assert old in PG_NODE
+    p = _write(tmp_path, PG_NODE.replace(old, new))
+    with pytest.raises(ConfigError, match=match) as info:
+        load_node_config(p)
+    assert str(p) in str(info.value) and "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ('[engine]\nmemory_limit = "lots"', r"engine\.memory_limit = 'lots'"),
+        ("[engine]\nthreads = 0", r"engine\.threads = 0"),
+        ("[engine]\ncores = 2", r"engine\.cores: unknown key"),
+    ],
+)
+def test_engine_table_mistakes(tmp_path: Path, extra: str, match: str) -> None:
+    p = _write(tmp_path, GOOD_NODE + "\n" + extra + "\n")
+    with pytest.raises(ConfigError, match=match):
+        load_node_config(p)
+
+
+def test_a_spark_dataset_from_its_keys(tmp_path: Path) -> None:
+    text = GOOD_NODE.replace(
+        '[datasets.adult]\npath = "data/a.csv"',
+        '[datasets.adult]\nsource = "spark"\npath = "lake/adult"\nformat = "delta"\n'
+        'master = "spark://m:7077"\nspark_conf = { "spark.executor.memory" = "2g" }',
+    )
+    ds = load_node_config(_write(tmp_path, text)).datasets[0]
+    assert ds.kind == "spark" and ds.source is not None
+    assert ds.source.path == tmp_path / "lake/adult" and ds.source.format == "delta"  # type: ignore[union-attr]
+    assert dict(ds.source.conf) == {"spark.executor.memory": "2g"}  # type: ignore[union-attr]
+    bad = text.replace('format = "delta"', 'format = "orc"')
+    with pytest.raises(ConfigError, match="format = 'orc'"):
+        load_node_config(_write(tmp_path, bad, "bad.toml"))
