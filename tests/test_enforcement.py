@@ -426,8 +426,8 @@ def test_errors_that_leave_a_node_carry_no_data_values(
         node = space["nodes"]["n1"]
         real = node.engine.compute
 
-        def huge(rnd: Any) -> Any:
-            out = np.asarray(real(rnd), dtype=np.float64).copy()
+        def huge(rnd: Any, tag: Any = None) -> Any:
+            out = np.asarray(real(rnd, tag=tag), dtype=np.float64).copy()
             out[-1] = SENTINEL_NUMBER * 1e12
             return out
 

@@ -15,6 +15,10 @@ Map:
 - ``parse_filter(text)`` (from ``trustspace.stats``) and ``compile_filter(ast, schema) ->
   (sql, params)``: the safe ``where=`` language; identifiers only from the schema (quoted),
   values only as ``?`` parameters. Never ``eval``, never SQL built from values.
+- ``PostgresSource(table, dsn | connection, password_file | password_env, ...)`` and
+  ``SparkSource(table | path, format, master, conf)``: a ``DatasetSpec``'s ``source`` when the
+  rows live in PostgreSQL or Spark; the engine pushes each round down as one statement there
+  (``_dialect.translate``), read only (``_sources``).
 - ``ColumnType`` (re-exported from ``trustspace.stats``).
 - ``LocalEngine``: the Protocol of what a node's handlers call (``schema``, ``compute``,
   ``tuple_histogram``, ``rows``); ``Engine`` implements it.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 from trustspace.engine._engine import Engine
 from trustspace.engine._protocol import LocalEngine
+from trustspace.engine._sources import PostgresSource, SparkSource
 from trustspace.engine._spec import DUCKDB_TYPES, DatasetSpec
 from trustspace.engine._sql import compile_filter, quote_ident, where_clause
 from trustspace.stats import ColumnType, parse_filter
@@ -46,6 +51,8 @@ __all__ = [
     "DatasetSpec",
     "Engine",
     "LocalEngine",
+    "PostgresSource",
+    "SparkSource",
     "compile_filter",
     "parse_filter",
     "quote_ident",

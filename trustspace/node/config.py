@@ -446,7 +446,7 @@ def _parse_source(t: Table, kind: str, base: Path) -> Any:
     here so that each mistake names its key."""
     if kind == "file":
         return None
-    from trustspace.engine._sources import PostgresSource, SparkSource
+    from trustspace.engine import PostgresSource, SparkSource
 
     for key in ("delimiter", "header", "null_values"):
         if key in t.data:
