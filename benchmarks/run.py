@@ -26,6 +26,7 @@ SCRIPTS = [
     "dp.py",
     "regression.py",
     "psi.py",
+    "sources.py",
 ]
 
 

@@ -3,7 +3,7 @@
     python benchmarks/summary.py
 
 Reads whatever results exist (paillier, secagg, stats, anon, load, contention, dp,
-regression, psi); each row states
+regression, psi, sources); each row states
 our figure, the anchor's, the ratio and the target, with the machine and versions the figures
 came from.
 """
@@ -440,6 +440,63 @@ def psi_rows(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def sources_rows(d: dict[str, Any]) -> list[Row]:
+    r, p, m = d["results"], d["parameters"], d["memory"]
+    duck = r["duckdb"]["median_s"]
+    target_mb = m["target_node_mib"] * 2**20 / 1e6
+    where = f"describe 5 cols, {p['rows']:,} rows at one node"
+    rows: list[Row] = [
+        (
+            f"{where}, DuckDB over Parquet (loaded at start); node peak "
+            f"{_fmt(m['node_peak_rss_mib']['duckdb'], 0)} MiB, s",
+            _fmt(duck, 2),
+            f"plain DuckDB {_fmt(r['duckdb_in_process']['median_s'], 2)}",
+            f"{_fmt(d['ratios']['duckdb_node_to_in_process'])}x plain DuckDB",
+            "",
+            "",
+        ),
+        (
+            f"{where}, DuckDB over Parquet (snapshot = false); node peak "
+            f"{_fmt(m['node_peak_rss_mib']['duckdb_streaming'], 0)} MiB, s",
+            _fmt(r["duckdb_streaming"]["median_s"], 2),
+            f"DuckDB node {_fmt(duck, 2)}",
+            f"{_fmt(r['duckdb_streaming']['median_s'] / duck)}x DuckDB",
+            "",
+            "",
+        ),
+    ]
+    for key, label in (("postgresql", "PostgreSQL"), ("spark", f"Spark {p['spark_master']}")):
+        jvm = m["spark_jvm_peak_rss_mib"] if key == "spark" else None
+        rows.append(
+            (
+                f"{where}, through {label}; node peak {_fmt(m['node_peak_rss_mib'][key], 0)} MiB"
+                + (f" (its JVM {_fmt(jvm, 0)} MiB)" if jvm else "")
+                + ", s",
+                _fmt(r[key]["median_s"], 2),
+                f"DuckDB node {_fmt(duck, 2)}",
+                f"{_fmt(d['ratios'][f'{key}_to_duckdb'])}x DuckDB",
+                f"node process < {target_mb:.0f} MB",
+                _verdict(m["met_node_target"][key]),
+            )
+        )
+    oc = r["out_of_core"]
+    rows.append(
+        (
+            f"describe 5 cols, {p['out_of_core_rows']:,} rows of Parquet at one node, DuckDB "
+            f"out of core (memory_limit {p['out_of_core_engine']['memory_limit']}, "
+            f"snapshot = false); node peak {_fmt(m['out_of_core_node_peak_rss_mib'], 0)} MiB, s",
+            _fmt(oc["median_s"], 2),
+            f"plain DuckDB {_fmt(r['out_of_core_duckdb_in_process']['median_s'], 2)} "
+            f"(memory_limit {r['out_of_core_duckdb_in_process'].get('memory_limit')}, "
+            "approx_quantile)",
+            f"{_fmt(d['ratios']['out_of_core_node_to_in_process'])}x plain DuckDB",
+            "node peak < 1 GiB",
+            _verdict(m["met_out_of_core_target"]),
+        )
+    )
+    return rows
+
+
 def charts(data: dict[str, dict[str, Any]]) -> list[str]:
     try:
         import matplotlib
@@ -544,6 +601,7 @@ def main() -> int:
         "dp": dp_rows,
         "regression": regression_rows,
         "psi": psi_rows,
+        "sources": sources_rows,
     }
     data = {name: d for name in builders if (d := _load(name)) is not None}
     if not data:
