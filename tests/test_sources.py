@@ -112,7 +112,7 @@ def pg(pg_admin: str, parts: dict[str, pd.DataFrame], files: Path) -> dict[str, 
     # an age stored as text (a type mismatch) and a slow view (a statement timeout)
     stmts += [
         'CREATE TABLE ts.wrong_type (sex text, age text, race text, "marital-status" text, '
-        "hours double precision, \"salary-class\" text, high bigint)",
+        'hours double precision, "salary-class" text, high bigint)',
         "GRANT SELECT ON ts.wrong_type TO ts_reader",
         "CREATE FUNCTION ts.slowly(x bigint) RETURNS boolean VOLATILE LANGUAGE plpgsql "
         "AS 'BEGIN PERFORM pg_sleep(0.01); RETURN true; END'",
