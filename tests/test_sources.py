@@ -436,6 +436,10 @@ def test_a_failing_spark_job_is_named_and_tagged(
     gone.unlink()
     with pytest.raises(DataError, match=r"dataset 'gone'.*Spark job failed.*trustspace-req-18"):
         eng.compute(Round("gone", None, (Term.rows(),)), tag="req-18")
+    from trustspace._cancel import request_tag
+
+    with request_tag("anon-18"), pytest.raises(DataError, match="trustspace-anon-18"):
+        eng.rows("gone")  # an anonymization's read: tagged with its request too
     assert eng.compute(Round("ok", None, (Term.rows(),)))[0] == 1500
     eng.close()
 

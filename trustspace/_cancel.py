@@ -20,7 +20,7 @@ from trustspace.errors import DataError
 
 log = logging.getLogger("trustspace.engine")
 
-__all__ = ["CancelScope", "cancel_scope", "cancellable"]
+__all__ = ["CancelScope", "cancel_scope", "cancellable", "current_tag", "request_tag"]
 
 
 class CancelScope:
@@ -78,3 +78,23 @@ def cancellable(hook: Callable[[], None]) -> Iterator[None]:
         return
     with scope.running(hook):
         yield
+
+
+_TAG: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "trustspace_request_tag", default=None
+)
+
+
+@contextmanager
+def request_tag(tag: str) -> Iterator[None]:
+    """Name the statements run in the enclosed code after request ``tag`` (a Spark job tag)."""
+    token = _TAG.set(tag)
+    try:
+        yield
+    finally:
+        _TAG.reset(token)
+
+
+def current_tag() -> str | None:
+    """The request the current statements belong to (``request_tag``), if any."""
+    return _TAG.get()

@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 from trustspace._cancel import cancellable as _cancellable
+from trustspace._cancel import current_tag
 from trustspace.errors import ConfigError, DataError
 
 log = logging.getLogger("trustspace.engine")
@@ -495,7 +496,7 @@ class SparkBackend:
         self, sql: str, params: Sequence[Any], tag: str | None = None
     ) -> list[tuple[Any, ...]]:
         sc = self.spark.sparkContext
-        job_tag = f"trustspace-{tag or secrets.token_hex(8)}"
+        job_tag = f"trustspace-{tag or current_tag() or secrets.token_hex(8)}"
         sc.addJobTag(job_tag)
         try:
             with _cancellable(lambda: sc.cancelJobsWithTag(job_tag)):

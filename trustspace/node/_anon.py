@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trustspace._cancel import request_tag
 from trustspace._files import write_atomic
 from trustspace.anon.api import apply as apply_result
 from trustspace.anon.federated import LocalCounts, complete_spec
@@ -172,7 +173,8 @@ class AnonJobs:
                 f"node {self.node} serves no dataset {spec.dataset!r} "
                 f"(it serves {', '.join(sorted(self._datasets))})"
             )
-        tuples, counts = self.engine.tuple_histogram(spec.dataset, list(spec.columns))
+        with request_tag(request_id):  # a Spark source's jobs carry the request's id
+            tuples, counts = self.engine.tuple_histogram(spec.dataset, list(spec.columns))
         for j, col in enumerate(spec.columns):
             missing = int(sum(int(c) for t, c in zip(tuples, counts, strict=True) if t[j] is None))
             if missing:
@@ -221,7 +223,8 @@ class AnonJobs:
         for h, lv in zip(spec.hierarchies, result.levels, strict=True):
             if not 0 <= lv < h.height:
                 raise ProtocolError(f"node {self.node}: level {lv} of {h.name!r} out of range")
-        df = self.engine.rows(spec.dataset)
+        with request_tag(job.request_id):
+            df = self.engine.rows(spec.dataset)
         out = apply_result(df, result, spec.hierarchies, suppressed=spec.suppressed)
         kept = out if spec.suppressed == "drop" else apply_result(df, result, spec.hierarchies)
         suppressed = len(df) - len(kept)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from trustspace._cancel import request_tag
 from trustspace.errors import ConfigError, DataError, PolicyError, ProtocolError
 from trustspace.transport import types
 from trustspace.transport.signing import VerifiedQuery
@@ -343,7 +344,8 @@ class VerticalJobs:
                 f"{spec.column!r}, not {on!r}; use on={spec.column!r} or ask the operators to "
                 "agree on one name"
             )
-        frame = svc.engine.column_frame(b.dataset, [spec.column])
+        with request_tag(b.request_id):  # a Spark source's jobs carry the request's id
+            frame = svc.engine.column_frame(b.dataset, [spec.column])
         where = f"{self._where}: dataset {b.dataset!r} column {spec.column!r}"
         elements, report = id_elements(frame[spec.column], spec, where)
         if report.duplicates:
@@ -440,7 +442,8 @@ class VerticalJobs:
             run.claim(ref.index, "vertical.product", self._where)
         plan = plan_round(rnd, view_ref.owners(), view_ref.nodes)
         own = list(view_ref.schemas[svc.name].columns)
-        frame = svc.engine.column_frame(view.dataset, own)
+        with request_tag(vq.body.request_id):
+            frame = svc.engine.column_frame(view.dataset, own)
         frame = frame.iloc[view.rows].reset_index(drop=True)
         factors = local_factors(plan, svc.name, frame)
         with self._lock:
