@@ -649,3 +649,30 @@ def test_an_abandoned_call_cancels_its_spark_jobs(spark_ok: None, files: Path) -
         call()
     assert time.monotonic() - t0 < 30
     eng.close()
+
+
+def test_the_console_shows_an_unavailable_source(pg: dict[str, Any], files: Path) -> None:
+    """The operator sees which source is unavailable and why, on the datasets page; never the
+    password."""
+    from starlette.testclient import TestClient
+
+    from trustspace.admin._views import NodeView
+    from trustspace.admin.app import create_app
+
+    specs = {
+        "a": files / "a.csv",
+        "b": DatasetSpec("default", columns=COLS, source=pg["source"]("ts.vanished")),
+    }
+    with Federation.local(specs, POLICY, columns=COLS, domains=DOMAINS) as fed:
+        node = fed.nodes["b"]
+        ca_pem = (fed.workdir / "ca" / "ca.pem").read_bytes()
+        view = NodeView(
+            node.service, serving=lambda: True, address=lambda: node.address, ca_pem=ca_pem
+        )
+        with TestClient(create_app(view), base_url="http://127.0.0.1") as client:
+            page = client.get("/datasets").text
+            d = client.get("/api/datasets").json()["datasets"][0]
+    assert "unavailable: node b: dataset &#39;default&#39;" in page or "unavailable: node b" in page
+    assert "ts.vanished" in page and d["format"] == "postgresql"
+    assert "no such table or view" in d["unavailable"]
+    assert pg["password_file"].read_text().strip() not in page
