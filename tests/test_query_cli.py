@@ -178,3 +178,19 @@ def test_a_warning_is_one_line_naming_the_command(
     assert lines[0].startswith("trustspace query: warning: count: some figures were suppressed")
     assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr
     assert "args._run" not in proc.stderr
+
+
+def test_marginals_from_the_command_line(
+    fed: Federation, parts: dict[str, pd.DataFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    union = pd.concat(parts.values())
+    args = [*_base(fed), "marginals", "default", "--marginal", "sex", "--marginal", "sex,age"]
+    assert main([*args, "--cuts", "age=20,40,60", "--levels", "sex=F,M", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["columns"] for d in doc] == [["sex"], ["sex", "age"]]
+    assert doc[0]["counts"] == [float((union.sex == s).sum()) for s in ("F", "M")]
+    want = pd.crosstab(union.sex, pd.cut(union.age, [20, 40, 60], right=False)).to_numpy().ravel()
+    assert doc[1]["counts"] == [float(v) for v in want]
+    assert main([*args, "--cuts", "age=20,x"]) == 2
+    assert "--cuts 'age=20,x': expected COLUMN=E1,E2" in capsys.readouterr().err
+    assert main([*_base(fed), "marginals", "default"]) == 2

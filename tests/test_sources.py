@@ -179,6 +179,17 @@ def _answers(fed: Federation) -> dict[str, Any]:
         "crosstab": fed.crosstab("default", "sex", "salary-class"),
         "corr": fed.corr("default", ["age", "hours"]),
     }
+    races = ["Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White"]
+    marg = fed.marginals(
+        "default",
+        [["sex", "age"], ["race", "salary-class", "hours"]],
+        cuts={"age": [17, 30, 45, 60, 91], "hours": [0, 30, 40, 50, 100]},
+        values={"race": races},
+    )
+    out["marginal_2"], out["marginal_3"] = (
+        marg[("sex", "age")],
+        marg[("race", "salary-class", "hours")],
+    )
     glm = fed.glm("default", "high ~ age + hours + C(sex)", family="binomial", where="hours > 0")
     out["glm"] = glm.params
     out["ols"] = fed.ols("default", "hours ~ age + C(sex)").params
@@ -196,7 +207,7 @@ def _same(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
         if key == "anon":
             pd.testing.assert_frame_equal(x[0], y[0], check_dtype=False, obj=f"{what} anon")
             assert x[1] == y[1], f"{what}: suppressed {x[1]} != {y[1]}"
-        elif key in ("count", "histogram", "crosstab"):
+        elif key in ("count", "histogram", "crosstab", "marginal_2", "marginal_3"):
             if isinstance(x, pd.Series | pd.DataFrame):
                 assert x.equals(y), f"{what} {key}:\n{x}\n!=\n{y}"
             else:

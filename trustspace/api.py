@@ -25,6 +25,7 @@ path as ``trustspace node`` / ``trustspace aggregator``, not a shortcut.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import shutil
@@ -181,6 +182,42 @@ def _bounds(bounds: Mapping[str, tuple[float, float]] | None) -> dict[str, Any]:
     if bounds is None:
         return {}
     return {"bounds": {c: list(pair) for c, pair in bounds.items()}}
+
+
+def marginal_tables(
+    result: Result, query: Query, schema: TableSchema
+) -> dict[tuple[str, ...], pd.Series]:
+    """A ``marginals`` Result as {columns: Series indexed by the cells' labels} (``attrs``:
+    ``std`` of each cell's noise under DP, ``suppressed`` cells exactly)."""
+    import pandas as pd
+
+    from trustspace.stats import marginal_terms
+
+    out: dict[tuple[str, ...], pd.Series] = {}
+    value, suppressed = result.value, result.suppressed
+    std = (result.dp or {}).get("std")
+    for t in marginal_terms(query, schema):
+        key = "|".join(t.columns)
+        axes: list[list[Any]] = []
+        for lv, cu in zip(t.levels, t.cuts, strict=True):
+            if lv:
+                axes.append(list(lv))
+            else:
+                axes.append(
+                    [
+                        pd.Interval(a, b, closed="both" if i == len(cu) - 2 else "left")
+                        for i, (a, b) in enumerate(itertools.pairwise(cu))
+                    ]
+                )
+        index: pd.Index[Any] = pd.MultiIndex.from_product(axes, names=list(t.columns))
+        if len(t.columns) == 1:
+            index = pd.Index(axes[0], name=t.columns[0])
+        series = pd.Series(value.loc[key].to_numpy(dtype=float), index=index, name="count")
+        series.attrs["suppressed"] = suppressed.loc[key].to_numpy(dtype=bool)
+        if std is not None:
+            series.attrs["std"] = float(np.max(std.loc[key].to_numpy(dtype=float)))
+        out[tuple(t.columns)] = series
+    return out
 
 
 def _crosstab_params(margins: bool, values: Mapping[str, Sequence[Any]] | None) -> dict[str, Any]:
@@ -1022,6 +1059,45 @@ class Federation:
         if epsilon is None and not table.isna().to_numpy().any():
             table = table.astype("int64")
         return table
+
+    def marginals(
+        self,
+        dataset: str,
+        marginals: Sequence[Sequence[str]],
+        where: str | None = None,
+        *,
+        cuts: Mapping[str, Sequence[float]] | None = None,
+        values: Mapping[str, Sequence[Any]] | None = None,
+        method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
+    ) -> dict[tuple[str, ...], pd.Series]:
+        """Several 1- to 3-way contingency tables of counts in one round (operation
+        ``marginals``), the measurements a synthesizer fits a model to: ``{("age", "sex"):
+        Series of counts indexed by the columns' labels, ...}``.
+
+        A categorical column is tabled by its public levels (``values=`` or its domain), a
+        numeric one by public bin edges ``cuts={column: [edges]}`` (numpy.histogram's bins, the
+        last closed; its labels are ``pd.Interval``). A row with a null, an unlisted level or a
+        value outside the edges is in no cell. Exact cells under ``min_group_size`` are NaN;
+        with ``epsilon=`` every cell is noisy (the m tables of the round are one Gaussian
+        measurement of L2 sensitivity sqrt(m); ``series.attrs["std"]`` is each cell's noise
+        std), and the query is charged once to each node's budget.
+        """
+        params: dict[str, Any] = {"marginals": [list(m) for m in marginals]}
+        if cuts:
+            params["cuts"] = {c: [float(e) for e in edges] for c, edges in cuts.items()}
+        if values:
+            params["values"] = {c: list(v) for c, v in values.items()}
+        columns = tuple(dict.fromkeys(c for m in marginals for c in m))
+        result = self.run(
+            Query("marginals", dataset, columns, where, params),
+            method,
+            epsilon=epsilon,
+            delta=delta,
+        )
+        schema, _ = self._schema(dataset)
+        return marginal_tables(result, Query("marginals", dataset, columns, where, params), schema)
 
     def chi2_test(
         self,

@@ -21,7 +21,7 @@ from trustspace.errors import ConfigError
 
 OPS = (
     "count", "sum", "mean", "var", "std", "skew", "kurt", "histogram", "quantile", "cov",
-    "corr", "describe", "group_by", "crosstab", "ttest", "glm", "ols", "woe_iv",
+    "corr", "describe", "group_by", "crosstab", "ttest", "glm", "ols", "woe_iv", "marginals",
 )  # fmt: skip
 #: Vertical partitions: a private set intersection (then statistics with --view).
 VERTICAL = ("intersect",)
@@ -135,6 +135,23 @@ def add_parser(subparsers: Any) -> None:
         "--view", metavar="FILE", help="run the statistic over the view saved by intersect"
     )
     v.add_argument("--label", help="woe_iv: the binary label column (node.column)")
+    m = p.add_argument_group(
+        "marginals: --marginal sex,age --marginal race [--cuts age=17,30,45,60,91] [--levels ...]"
+    )
+    m.add_argument(
+        "--marginal",
+        action="append",
+        default=[],
+        metavar="COL[,COL[,COL]]",
+        help="marginals: one table of 1 to 3 columns (repeat; all in one round)",
+    )
+    m.add_argument(
+        "--cuts",
+        action="append",
+        default=[],
+        metavar="COL=E1,E2,...",
+        help="marginals: the public bin edges of a numeric column (repeat)",
+    )
     _add_anonymize_options(p.add_argument_group("anonymize (federated k-anonymization)"))
 
 
@@ -312,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.op == "anonymize":
             return _anonymize(fed, args)
+        if args.op == "marginals":
+            return _marginals(fed, args)
         if args.op in TESTS:
             return _hypothesis_test(fed, args)
         if args.op in ("glm", "ols"):
@@ -341,6 +360,50 @@ def run(args: argparse.Namespace) -> int:
             )
         if result.any_suppressed:
             print("(NaN: suppressed, fewer records than min_group_size)", file=sys.stderr)
+    return 0
+
+
+def _marginals(fed: Any, args: argparse.Namespace) -> int:
+    if not args.marginal:
+        raise ConfigError("marginals: give at least one --marginal COL[,COL[,COL]]")
+    tables = [[c for c in spec.split(",") if c] for spec in args.marginal]
+    cuts: dict[str, list[float]] = {}
+    for spec in args.cuts:
+        col, sep, edges = spec.partition("=")
+        try:
+            cuts[col] = [float(e) for e in edges.split(",")]
+        except ValueError:
+            raise ConfigError(f"--cuts {spec!r}: expected COLUMN=E1,E2,... (numbers)") from None
+        if not sep or not col:
+            raise ConfigError(f"--cuts {spec!r}: expected COLUMN=E1,E2,...")
+    values = _levels(args.levels) if args.levels else None
+    out = fed.marginals(
+        args.dataset,
+        tables,
+        args.where,
+        cuts=cuts or None,
+        values=values,
+        method=args.method,
+        epsilon=args.epsilon,
+        delta=args.delta,
+    )
+    if args.json:
+        doc = [
+            {
+                "columns": list(cols),
+                "cells": [[str(k) for k in (i if isinstance(i, tuple) else (i,))] for i in t.index],
+                "counts": [None if v != v else float(v) for v in t.tolist()],
+                **({"std": t.attrs["std"]} if "std" in t.attrs else {}),
+            }
+            for cols, t in out.items()
+        ]
+        print(json.dumps(doc, indent=2))
+        return 0
+    for cols, t in out.items():
+        print(f"== {' x '.join(cols)}")
+        print(t.to_string())
+        if "std" in t.attrs:
+            print(f"(noise std of each cell: {t.attrs['std']:.3g} records)")
     return 0
 
 

@@ -8,6 +8,7 @@ sqlglot (``_dialect.translate``). Only the statement's aggregates come back."""
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 import time
@@ -450,6 +451,15 @@ class Engine:
                             "columns are str, int or bool"
                         )
                     continue
+                if t.kind == "marginal":
+                    j = t.columns.index(c)
+                    binned = bool(t.cuts[j])
+                    if binned != typ.is_numeric or typ is ColumnType.DATE:
+                        raise ConfigError(
+                            f"round {rnd.index}: column {c!r} is {typ.value}; a marginal bins "
+                            "a numeric column by cuts and a str, int or bool one by levels"
+                        )
+                    continue
                 if t.kind == "glm":
                     continue  # glm_sql checks its own columns (categorical factors are fine)
                 if not typ.is_numeric and not (t.kind == "moment" and not any(t.powers)):
@@ -624,6 +634,9 @@ class _Plan:
         if t.kind == "cells":
             self._cells(t, off, tid)
             return
+        if t.kind == "marginal":
+            self._marginal(t, off, tid)
+            return
         col = t.columns[0]
         x = num_sql(col, self.schema, t.clamp)
         if t.kind == "octaves":
@@ -711,6 +724,46 @@ class _Plan:
             np.add.at(out, off + idx, n)
 
         self._keyed_fill[tid] = fill_cells
+
+    def _marginal(self, t: Term, off: int, tid: int) -> None:
+        """A 1- to 3-way table, row-major (the last column fastest): a categorical column's
+        index by its levels (bound as ``?``), a numeric column's by comparisons with its cuts
+        (numpy.histogram's bins, the last closed); rows outside any column's cells are not
+        counted."""
+        keys: list[str] = []
+        kparams: list[Any] = []
+        conds: list[str] = []
+        cparams: list[Any] = []
+        shape = t.shape
+        for j, (col, levels, cuts) in enumerate(zip(t.columns, t.levels, t.cuts, strict=True)):
+            stride = math.prod(shape[j + 1 :])
+            q = quote_ident(col)
+            if levels:
+                whens = " ".join(f"WHEN {q} = ? THEN {i}" for i in range(len(levels)))
+                keys.append(f"(CASE {whens} END) * {stride}")
+                kparams += list(levels)
+                conds.append(f"{q} IN ({', '.join('?' for _ in levels)})")
+                cparams += list(levels)
+            else:
+                x = num_sql(col, self.schema)
+                inner = cuts[1:-1]
+                idx = " + ".join(f"CAST({x} >= ? AS INTEGER)" for _ in inner) or "0"
+                keys.append(f"({idx}) * {stride}")
+                kparams += list(inner)
+                conds.append(f"{x} >= ? AND {x} <= ?")
+                cparams += [cuts[0], cuts[-1]]
+        size = t.size
+        self.keyed.append((tid, " + ".join(keys), kparams, " AND ".join(conds), cparams))
+
+        def fill_marginal(
+            k: npt.NDArray[np.float64], n: npt.NDArray[np.float64], out: npt.NDArray[np.float64]
+        ) -> None:
+            idx = k.astype(np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= size):  # pragma: no cover - SQL keys
+                raise DataError("a marginal cell's key is out of range")
+            np.add.at(out, off + idx, n)
+
+        self._keyed_fill[tid] = fill_marginal
 
     def _moment(self, t: Term, off: int) -> None:
         if not t.columns:

@@ -125,7 +125,7 @@ from trustspace.stats._paillier import (
     split_words,
 )
 from trustspace.stats._quantile import GRID_BINS
-from trustspace.stats._query import GROUP_AGGS, OPS, Query
+from trustspace.stats._query import GROUP_AGGS, OPS, Query, marginal_terms
 from trustspace.stats._round import (
     MAX_NODES,
     OCTAVE_HALF,
@@ -183,6 +183,7 @@ __all__ = [
     "filter_columns",
     "glm_dp_bounds",
     "join_words",
+    "marginal_terms",
     "noise_plan",
     "noise_variance",
     "octave_key",

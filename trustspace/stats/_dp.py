@@ -88,6 +88,7 @@ DP_OPS = (
     "describe",
     "group_by",
     "crosstab",
+    "marginals",
     "ols",
 )
 #: Equal-width bins over the bounds from which quantiles (and describe's) are read.
@@ -468,6 +469,8 @@ class DPComputation:
             return rnd, layout, [], False
         elif op == "crosstab":
             wants, layout = _crosstab_plan(q, s)
+        elif op == "marginals":
+            wants, layout = _marginals_plan(q, s)
         else:  # group_by
             by: str = q.params["by"]
             if "values" in q.params:
@@ -604,6 +607,22 @@ def _crosstab_plan(q: Query, s: TableSchema) -> tuple[list[_Want], Callable[[Any
     wants = [_sum_of_want(term, entries) for entries in flat]
     index, columns = pd.Index(list(la), name=a), pd.Index(list(lb), name=b)
     return wants, _frame(index, columns)
+
+
+def _marginals_plan(q: Query, s: TableSchema) -> tuple[list[_Want], Callable[[Any], Any]]:
+    """Noisy marginals: one marginal term each (a record adds 1 to one cell of each: the
+    round's L2 sensitivity is sqrt(m) counts for m marginals), every cell its own figure."""
+    from trustspace.stats._query import marginal_terms
+
+    terms = [replace(t, frac_bits=DP_BITS) for t in marginal_terms(q, s)]
+    wants = [_entry_want(t, i) for t in terms for i in range(t.size)]
+    keys = [("|".join(t.columns), i) for t in terms for i in range(t.size)]
+    index = pd.MultiIndex.from_tuples(keys, names=["marginal", "cell"])
+
+    def series(v: Any) -> pd.Series:
+        return pd.Series(np.asarray(v, dtype=np.float64), index=index, name="count")
+
+    return wants, series
 
 
 def _ols_plan(q: Query, s: TableSchema) -> tuple[Any, Term]:

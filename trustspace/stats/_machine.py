@@ -375,6 +375,8 @@ class Computation:
             return (yield from self._group_by())
         if op == "crosstab":
             return (yield from self._crosstab())
+        if op == "marginals":
+            return (yield from self._marginals())
         if op == "woe_iv":
             from trustspace.stats._woe import woe_plan
 
@@ -415,6 +417,29 @@ class Computation:
         return self._result_of(
             pd.DataFrame(table, index=index, columns=columns),
             pd.DataFrame(mask, index=index, columns=columns),
+        )
+
+    def _marginals(self) -> _Gen:
+        """The listed 1- to 3-way marginals in one round (one ``marginal`` term each): a
+        Series of counts indexed by (marginal, cell), the marginal named by its columns joined
+        with "|", the cell row-major (``marginal_index`` turns it into labels). A cell under
+        k is suppressed (NaN), as a crosstab's."""
+        from trustspace.stats._query import marginal_terms
+
+        terms = marginal_terms(self.query, self.schema)
+        totals = yield from self._ask(terms)
+        values, keys = [], []
+        for t in terms:
+            cells = totals[t].copy()
+            values.append(cells)
+            keys += [("|".join(t.columns), i) for i in range(t.size)]
+        counts = np.concatenate(values)
+        small = ~(counts >= self.k) | (counts < 0)
+        counts[small] = math.nan
+        index = pd.MultiIndex.from_tuples(keys, names=["marginal", "cell"])
+        return self._result_of(
+            pd.Series(counts, index=index, name="count"),
+            pd.Series(small, index=index, name="count"),
         )
 
     def _histogram(self) -> _Gen:

@@ -13,7 +13,7 @@ from typing import Any
 
 from trustspace.errors import ConfigError
 from trustspace.stats._filter import check_filter, parse_filter
-from trustspace.stats._round import GLM_FAMILIES, MAX_CELLS
+from trustspace.stats._round import GLM_FAMILIES, MAX_CELLS, Term
 from trustspace.stats._schema import ColumnType, GroupValue, TableSchema, _check_group_value
 
 __all__ = ["GROUP_AGGS", "OPS", "TTEST_AGGS", "Query", "levels_of"]
@@ -38,7 +38,10 @@ OPS = (
     "glm",
     "ols",
     "woe_iv",
+    "marginals",
 )
+#: Most marginals one ``marginals`` query measures (a synthesizer's measurement round).
+MAX_MARGINALS = 64
 #: The aggregations group_by(...).agg({...}) accepts (pandas names).
 GROUP_AGGS = ("size", "count", "sum", "mean", "var", "std")
 #: Most bins a histogram may ask for, and most values a group-by domain may list.
@@ -66,6 +69,7 @@ _PARAMS: dict[str, set[str]] = {
     "glm": {"formula", "family", "weights", "offset", "max_iter", "tol"},
     "ols": {"formula", "weights", "bounds"},
     "woe_iv": {"label", "labels", "bins", "values"},
+    "marginals": {"marginals", "cuts", "values"},
 }
 #: The per-group aggregations a t-test is computed from (``group_by``'s machinery).
 TTEST_AGGS = ("count", "mean", "var")
@@ -190,6 +194,8 @@ def _check_params(op: str, params: Mapping[str, Any], columns: tuple[str, ...]) 
                 raise ConfigError("query 'params.values': values must be distinct")
     if op == "crosstab":
         _check_crosstab(p, columns)
+    if op == "marginals":
+        _check_marginals(p, columns)
     if op == "woe_iv":
         _check_woe(p, columns)
     if op == "ttest":
@@ -271,6 +277,88 @@ def _check_crosstab(p: dict[str, Any], columns: tuple[str, ...]) -> None:
                 f"{list(columns)}"
             )
         _check_levels(vals, f"query 'params.values.{col}'")
+
+
+def _check_marginals(p: dict[str, Any], columns: tuple[str, ...]) -> None:
+    """``params.marginals``: lists of 1..3 distinct query columns; every query column in one;
+    ``params.cuts``: {numeric column: strictly increasing edges}; ``params.values``: levels."""
+    from trustspace.stats._round import MAX_MARGINAL_COLUMNS
+
+    ms = p.get("marginals")
+    if not isinstance(ms, list) or not 1 <= len(ms) <= MAX_MARGINALS:
+        raise ConfigError(
+            f"query 'params.marginals': expected a list of 1..{MAX_MARGINALS} column lists"
+        )
+    seen: set[tuple[str, ...]] = set()
+    used: set[str] = set()
+    for i, m in enumerate(ms):
+        where = f"query 'params.marginals[{i}]'"
+        if (
+            not isinstance(m, list)
+            or not 1 <= len(m) <= MAX_MARGINAL_COLUMNS
+            or len(set(m)) != len(m)
+            or not all(isinstance(c, str) and c in columns for c in m)
+        ):
+            raise ConfigError(
+                f"{where}: expected 1..{MAX_MARGINAL_COLUMNS} distinct columns of the query "
+                f"({list(columns)}), got {m!r}"
+            )
+        if tuple(m) in seen:
+            raise ConfigError(f"{where}: {m!r} is listed twice")
+        seen.add(tuple(m))
+        used.update(m)
+    if used != set(columns):
+        raise ConfigError("query 'columns': every column must be in a marginal, and only those")
+    cuts = p.get("cuts", {})
+    if not isinstance(cuts, dict):
+        raise ConfigError("query 'params.cuts': expected {column: [edges]}")
+    for col, edges in cuts.items():
+        where = f"query 'params.cuts.{col}'"
+        if col not in columns:
+            raise ConfigError(f"{where}: {col!r} is not one of the query's columns")
+        if not isinstance(edges, list) or not 2 <= len(edges) <= MAX_CELLS + 1:
+            raise ConfigError(f"{where}: expected a list of 2..{MAX_CELLS + 1} edges")
+        e = [_number(x, where) for x in edges]
+        if any(b <= a for a, b in itertools.pairwise(e)):
+            raise ConfigError(f"{where}: edges must be strictly increasing")
+    values = p.get("values", {})
+    if not isinstance(values, dict):
+        raise ConfigError("query 'params.values': expected {column: [levels]}")
+    for col, vals in values.items():
+        if col not in columns or col in cuts:
+            raise ConfigError(
+                f"query 'params.values.{col}': {col!r} is not a categorical column of the query"
+            )
+        _check_levels(vals, f"query 'params.values.{col}'")
+
+
+def marginal_terms(q: Query, schema: TableSchema) -> list[Term]:
+    """The ``marginal`` terms of a ``marginals`` query, one per listed marginal (the levels of
+    a categorical column: ``params.values``, else its domain; a numeric column: its cuts)."""
+    cuts = q.params.get("cuts", {})
+    values = q.params.get("values", {})
+    axes: dict[str, tuple[tuple[Any, ...], tuple[float, ...]]] = {}
+    for c in q.columns:
+        where = f"query 'params.values.{c}'"
+        typ = schema.column_type(c, "query 'columns'")
+        if c in cuts:
+            if not typ.is_numeric or typ is ColumnType.DATE:
+                raise ConfigError(
+                    f"query 'params.cuts.{c}': {c!r} is {typ.value}; only a numeric column is "
+                    "binned (give a categorical one its levels)"
+                )
+            axes[c] = ((), tuple(float(e) for e in cuts[c]))
+        elif typ is ColumnType.FLOAT:
+            raise ConfigError(
+                f"query 'params.cuts': numeric column {c!r} needs its bin edges (cuts) for a "
+                "marginal: public ones, e.g. over its declared bounds"
+            )
+        else:
+            axes[c] = (levels_of(schema, c, values.get(c), where, "marginals"), ())
+    return [
+        Term.marginal(m, [axes[c][0] for c in m], [axes[c][1] for c in m])
+        for m in q.params["marginals"]
+    ]
 
 
 def levels_of(
@@ -412,6 +500,11 @@ class Query:
         Raises:
             ConfigError: naming the column and the known columns, or the filter's position.
         """
+        if self.op == "marginals":
+            marginal_terms(self, schema)  # every table's size is checked by its Term
+            if self.where is not None:
+                check_filter(parse_filter(self.where), schema, self.where)
+            return
         if self.op == "crosstab":
             values = self.params.get("values", {})
             cells = 1

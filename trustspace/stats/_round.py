@@ -79,8 +79,10 @@ def octave_key(x: float) -> int:
     return int(math.copysign(e + OCTAVE_OFFSET, x))
 
 
-TermKind = Literal["moment", "octaves", "grid", "bins", "cells", "glm"]
-_KINDS = ("moment", "octaves", "grid", "bins", "cells", "glm")
+TermKind = Literal["moment", "octaves", "grid", "bins", "cells", "marginal", "glm"]
+_KINDS = ("moment", "octaves", "grid", "bins", "cells", "marginal", "glm")
+#: Most columns a ``marginal`` term crosses.
+MAX_MARGINAL_COLUMNS = 3
 #: What a ``glm`` term computes (see ``Term`` and ``stats._glm``).
 GLM_MODES = ("counts", "sums", "start", "irls", "dp")
 GLM_FAMILIES = ("gaussian", "binomial", "poisson")
@@ -118,6 +120,11 @@ class Term:
       ``i * len(levels[1]) + j`` counts the rows whose ``columns[0]`` equals ``levels[0][i]``
       and whose ``columns[1]`` equals ``levels[1][j]`` (bound as ``?`` parameters). Rows with
       another value, or a null, in either column are not counted anywhere.
+    - ``marginal``: the record counts of a 1- to 3-way contingency table (row-major, the last
+      column fastest): column ``j`` is either categorical, binned by its ``levels[j]`` as a
+      ``cells`` term, or numeric, binned by ``cuts[j]`` (edges, numpy.histogram's bins: the
+      last closed; ``levels[j]`` then empty). A row with a null, an unlisted level or a value
+      outside the edges in any column is not counted (the measurement a synthesizer needs).
 
     ``frac_bits`` is the fixed-point precision of the moment entries (counts use 0, except in
     differentially private rounds, whose counts carry ``stats._dp.DP_BITS`` so that one record
@@ -140,7 +147,10 @@ class Term:
     #: (DP rounds: one record then moves every term by the same 2^8 units, see stats._dp)
     scale: float = 0.0
     #: ``cells``: the public levels of each of the two columns, in the table's order
+    #: (``marginal``: per column, its levels, or () for a column binned by ``cuts``)
     levels: tuple[tuple[GroupValue, ...], ...] = ()
+    #: ``marginal``: per column, the bin edges of a numeric column, or () for a categorical one
+    cuts: tuple[tuple[float, ...], ...] = ()
     #: glm terms (``stats._glm``): the family, the design columns (``mode`` counts: the cells
     #: to count), the coefficients the linear predictor uses (``mode`` irls), the weights and
     #: offset columns ("" for none), what the term computes, and each entry's frac_bits
@@ -192,10 +202,15 @@ class Term:
             for center in self.centers:
                 _finite(center, "term 'centers'")
             return
-        if self.levels and self.kind != "cells":
-            raise ConfigError("term 'levels': only a cells term lists levels")
+        if self.levels and self.kind not in ("cells", "marginal"):
+            raise ConfigError("term 'levels': only a cells or marginal term lists levels")
+        if self.cuts and self.kind != "marginal":
+            raise ConfigError("term 'cuts': only a marginal term has cuts")
         if self.kind == "cells":
             self._check_cells()
+            return
+        if self.kind == "marginal":
+            self._check_marginal()
             return
         if len(self.columns) != 1:
             raise ConfigError(f"term: a {self.kind} term reads exactly one column")
@@ -239,6 +254,50 @@ class Term:
                 f"term: a table of {len(levels[0])} x {len(levels[1])} = {cells} cells exceeds "
                 f"the limit of {MAX_CELLS}; coarsen the levels or list fewer (values=)"
             )
+
+    def _check_marginal(self) -> None:
+        cols = self.columns
+        if not 1 <= len(cols) <= MAX_MARGINAL_COLUMNS or len(set(cols)) != len(cols):
+            raise ConfigError(
+                f"term: a marginal term crosses 1..{MAX_MARGINAL_COLUMNS} distinct columns"
+            )
+        if len(self.levels) != len(cols) or len(self.cuts) != len(cols):
+            raise ConfigError("term: a marginal term gives levels and cuts for each column")
+        levels, cuts = [], []
+        for col, values, edges in zip(cols, self.levels, self.cuts, strict=True):
+            if not isinstance(values, tuple | list) or not isinstance(edges, tuple | list):
+                raise ConfigError(f"term 'levels'/'cuts' of {col!r}: expected lists")
+            if bool(values) == bool(edges):
+                raise ConfigError(
+                    f"term marginal column {col!r}: give either its levels or its cuts"
+                )
+            vals = tuple(
+                _check_group_value(v, f"term 'levels' of {col!r} [{i}]")
+                for i, v in enumerate(values)
+            )
+            if len({(type(v), v) for v in vals}) != len(vals):
+                raise ConfigError(f"term 'levels' of {col!r}: levels must be distinct")
+            e = tuple(_finite(x, f"term 'cuts' of {col!r}") for x in edges)
+            if edges and (len(e) < 2 or any(b <= a for a, b in itertools.pairwise(e))):
+                raise ConfigError(f"term 'cuts' of {col!r}: need 2+ strictly increasing edges")
+            levels.append(vals)
+            cuts.append(e)
+        object.__setattr__(self, "levels", tuple(levels))
+        object.__setattr__(self, "cuts", tuple(cuts))
+        size = self.size
+        if size > MAX_CELLS:
+            shape = " x ".join(str(n) for n in self.shape)
+            raise ConfigError(
+                f"term: a marginal of {', '.join(cols)} would have {shape} = {size} cells, more "
+                f"than the limit of {MAX_CELLS}; use fewer bins or levels, or fewer columns"
+            )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """A marginal term's table shape (cells per column)."""
+        return tuple(
+            len(lv) if lv else len(cu) - 1 for lv, cu in zip(self.levels, self.cuts, strict=True)
+        )
 
     def _check_glm(self) -> None:
         if self.mode not in GLM_MODES:
@@ -318,6 +377,21 @@ class Term:
         return cls("cells", (rows, cols), levels=(tuple(row_levels), tuple(col_levels)))
 
     @classmethod
+    def marginal(
+        cls,
+        columns: Sequence[str],
+        levels: Sequence[Sequence[GroupValue]],
+        cuts: Sequence[Sequence[float]],
+    ) -> Term:
+        """Counts of a 1- to 3-way table: per column its levels, or its bin edges (``cuts``)."""
+        return cls(
+            "marginal",
+            tuple(columns),
+            levels=tuple(tuple(v) for v in levels),
+            cuts=tuple(tuple(float(e) for e in c) for c in cuts),
+        )
+
+    @classmethod
     def rows(cls) -> Term:
         """The number of rows that pass the filter."""
         return cls("moment")
@@ -371,6 +445,8 @@ class Term:
             return self.nbins + 2
         if self.kind == "cells":
             return len(self.levels[0]) * len(self.levels[1])
+        if self.kind == "marginal":
+            return math.prod(self.shape)
         if self.kind == "glm":
             p = len(self.design)
             if self.mode == "counts":
@@ -414,6 +490,8 @@ class Term:
             d.update(edges=list(self.edges))
         elif self.kind == "cells":
             d.update(levels=[list(v) for v in self.levels])
+        elif self.kind == "marginal":
+            d.update(levels=[list(v) for v in self.levels], cuts=[list(c) for c in self.cuts])
         if self.kind != "moment" and self.frac_bits:
             d["frac_bits"] = self.frac_bits  # DP rounds scale their counts (stats._dp)
         if self.clamp:
@@ -436,6 +514,7 @@ class Term:
             "grid": {"kind", "columns", "start", "width", "nbins"},
             "bins": {"kind", "columns", "edges"},
             "cells": {"kind", "columns", "levels"},
+            "marginal": {"kind", "columns", "levels", "cuts"},
             "glm": {"kind", "columns", "family", "design", "beta", "weights", "offset", "mode"}
             | {"bits", "start"},
         }[kind]
@@ -456,6 +535,11 @@ class Term:
                 if not isinstance(data[key], list | tuple):
                     raise ConfigError(f"term {key!r}: expected a list")
                 kw[key] = tuple(data[key])
+        if "cuts" in data:
+            cu = data["cuts"]
+            if not isinstance(cu, list | tuple) or not all(isinstance(v, list | tuple) for v in cu):
+                raise ConfigError("term 'cuts': expected a list of lists of edges")
+            kw["cuts"] = tuple(tuple(v) for v in cu)
         if "levels" in data:
             lv = data["levels"]
             if not isinstance(lv, list | tuple) or not all(isinstance(v, list | tuple) for v in lv):

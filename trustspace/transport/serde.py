@@ -198,8 +198,15 @@ def term_to_proto(t: Term) -> common_pb2.Term:
         glm = {k: d.pop(k) for k in _GLM_KEYS}
         d["glm"] = json.dumps(glm, sort_keys=True, allow_nan=False)
     levels = d.pop("levels", None)
+    cuts = d.pop("cuts", None)
     msg = common_pb2.Term(**d)
-    if levels is not None:
+    if cuts is not None:  # a marginal: one axis per column
+        assert levels is not None
+        for lv, cu in zip(levels, cuts, strict=True):
+            axis = msg.axes.add()
+            axis.levels.extend(value_to_proto(v) for v in lv)
+            axis.cuts.extend(cu)
+    elif levels is not None:
         msg.row_levels.extend(value_to_proto(v) for v in levels[0])
         msg.col_levels.extend(value_to_proto(v) for v in levels[1])
     return msg
@@ -218,6 +225,9 @@ def term_from_proto(msg: common_pb2.Term) -> Term:
             [value_from_proto(v, "term level") for v in msg.row_levels],
             [value_from_proto(v, "term level") for v in msg.col_levels],
         ]
+    elif msg.kind == "marginal":
+        d["levels"] = [[value_from_proto(v, "term level") for v in a.levels] for a in msg.axes]
+        d["cuts"] = [list(a.cuts) for a in msg.axes]
     elif msg.kind == "glm":
         try:
             glm = json.loads(msg.glm)

@@ -248,8 +248,8 @@ def plan_round(rnd: Round, owners: Mapping[str, str], nodes: Sequence[str]) -> R
     plans = []
     for i, t in enumerate(rnd.terms):
         what = f"round {rnd.index} term {i} ({t.kind} of {list(t.columns)})"
-        if t.kind == "glm":
-            raise ConfigError(f"{what}: glm terms are not computed on vertical views")
+        if t.kind in ("glm", "marginal"):
+            raise ConfigError(f"{what}: {t.kind} terms are not computed on vertical views")
         touched = {_owner(c, owners, what) for c in t.columns} | filtered
         mine = tuple(n for n in order if n in touched) or (order[0],)
         if len(mine) > 2:

@@ -411,6 +411,7 @@ class Term(_message.Message):
     ROW_LEVELS_FIELD_NUMBER: _builtins.int
     COL_LEVELS_FIELD_NUMBER: _builtins.int
     GLM_FIELD_NUMBER: _builtins.int
+    AXES_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     frac_bits: _builtins.int
     start: _builtins.float
@@ -442,6 +443,10 @@ class Term(_message.Message):
     def col_levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]:
         """cells: the levels of columns[1] (a table's columns)"""
 
+    @_builtins.property
+    def axes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MarginalAxis]:
+        """kind "marginal": per column, its levels (categorical) or its cuts (bin edges, numeric)"""
+
     def __init__(
         self,
         *,
@@ -459,14 +464,41 @@ class Term(_message.Message):
         row_levels: _abc.Iterable[Global___Value] | None = ...,
         col_levels: _abc.Iterable[Global___Value] | None = ...,
         glm: _builtins.str = ...,
+        axes: _abc.Iterable[Global___MarginalAxis] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["centers", b"centers", "clamp", b"clamp", "col_levels", b"col_levels", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "glm", b"glm", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "row_levels", b"row_levels", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["axes", b"axes", "centers", b"centers", "clamp", b"clamp", "col_levels", b"col_levels", "columns", b"columns", "edges", b"edges", "frac_bits", b"frac_bits", "glm", b"glm", "kind", b"kind", "nbins", b"nbins", "powers", b"powers", "row_levels", b"row_levels", "scale", b"scale", "start", b"start", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Term: _TypeAlias = Term  # noqa: Y015
+
+@_typing.final
+class MarginalAxis(_message.Message):
+    """One column of a "marginal" term: exactly one of levels and cuts is non-empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVELS_FIELD_NUMBER: _builtins.int
+    CUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]: ...
+    @_builtins.property
+    def cuts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        levels: _abc.Iterable[Global___Value] | None = ...,
+        cuts: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cuts", b"cuts", "levels", b"levels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarginalAxis: _TypeAlias = MarginalAxis  # noqa: Y015
 
 @_typing.final
 class Round(_message.Message):
