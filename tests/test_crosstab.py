@@ -334,7 +334,7 @@ def test_bad_input_is_refused_with_what_to_do(fed: Federation) -> None:
     schema = TableSchema({"x": "float", "s": "str"}, domains={"s": ["a"]})
     with pytest.raises(ConfigError, match="cannot use 'x' of type float as a category"):
         Query("crosstab", "d", ("s", "x")).check(schema)
-    with pytest.raises(ConfigError, match="only a cells term lists levels"):
+    with pytest.raises(ConfigError, match="only a cells or marginal term lists levels"):
         Term("bins", ("x",), edges=(0.0, 1.0), levels=(("a",),))
 
 

@@ -1099,6 +1099,48 @@ class Federation:
         schema, _ = self._schema(dataset)
         return marginal_tables(result, Query("marginals", dataset, columns, where, params), schema)
 
+    def synthesize(
+        self,
+        dataset: str,
+        columns: Sequence[str],
+        *,
+        epsilon: float,
+        delta: float = 1e-9,
+        rows: int | None = None,
+        method: str = "mst",
+        bins: int | Mapping[str, int | Sequence[float]] = 8,
+        where: str | None = None,
+    ) -> pd.DataFrame:
+        """A differentially private synthetic table of ``columns`` (federated MST,
+        ``trustspace.synth``): ``rows`` rows (default: the noisy record count) with the
+        declared columns and types, a numeric column binned on its public bounds (``bins``
+        per column, or edges) and drawn uniformly within its bins.
+
+        Every measurement is a ``marginals`` query with noise added by the nodes, charged to
+        each node's budget: three steps of a third of ``rho_for(epsilon, delta)`` each
+        (``frame.attrs["provenance"]["steps"]``). ``frame.attrs["report"]`` compares the table's
+        marginals with the DP estimates (the real ones are never released), with their noise.
+
+        Raises:
+            ConfigError: a column without public levels or bounds, a domain whose pair tables
+                exceed the node's cell limit (naming the size), ``rows <= 0``, a method other
+                than ``"mst"``.
+            PolicyError: ``epsilon`` beyond the remaining budget at a node (nothing is spent).
+        """
+        from trustspace.synth import synthesize
+
+        return synthesize(
+            self,
+            dataset,
+            columns,
+            epsilon=epsilon,
+            delta=delta,
+            rows=rows,
+            method=method,
+            bins=bins,
+            where=where,
+        )
+
     def chi2_test(
         self,
         dataset: str,

@@ -482,6 +482,10 @@ class Engine:
                 plan.add(t, off)
         if not plan.selects and not plan.keyed:
             return out
+        if not plan.selects and rnd.group_column is None:
+            # an aggregate keeps the statement to one row: the keyed counts below are a scalar
+            # subquery, which alone would be repeated on every row of the source
+            plan.agg("count(*)")
         selects, params, fillers = plan.selects, plan.params, plan.fillers
         if plan.keyed:
             # Histogram-like terms: one GROUP BY over (term, key) of the in-range rows, as a
