@@ -139,3 +139,25 @@ def test_a_column_without_a_public_domain_is_named(adult: pd.DataFrame) -> None:
             fed.synthesize("default", ["sex", "race"], epsilon=1.0)
         with pytest.raises(ConfigError, match=r"numeric column 'age' has no public bounds"):
             fed.synthesize("default", ["age", "sex"], epsilon=1.0, bins=6)
+
+
+def test_the_command_line_writes_a_csv_and_its_report(
+    fed: Federation, domains: dict[str, list[str]], tmp_path: Path
+) -> None:
+    import json
+
+    from trustspace.cli.main import main
+
+    assert fed.workdir is not None
+    out = tmp_path / "synthetic.csv"
+    args = ["synthesize", "-a", fed.aggregator.address, "-c", str(fed.workdir / "ca" / "analyst")]
+    args += ["--server-name", "aggregator", "default", "age,sex,salary-class", "--epsilon", "0.5"]
+    assert main([*args, "--rows", "300", "--bins", "age=17,30,45,60,91", "-o", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["age", "sex", "salary-class"] and len(frame) == 300
+    assert set(frame["sex"]) <= set(domains["sex"]) and frame["age"].between(17, 90).all()
+    doc = json.loads(out.with_name("synthetic.csv.report.json").read_text())
+    assert doc["provenance"]["epsilon"] == 0.5 and doc["provenance"]["rows"] == 300
+    assert doc["provenance"]["bins"] == {"age": [17.0, 30.0, 45.0, 60.0, 91.0]}
+    assert {r["marginal"] for r in doc["report"]} >= {"sex", "age x sex"}
+    assert main([*args, "--bins", "age=x", "-o", str(out)]) == 2

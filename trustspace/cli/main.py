@@ -17,10 +17,21 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from trustspace import __version__
-from trustspace.cli import aggregator, anonymize, audit, ca, demo, health, node, query, usage
+from trustspace.cli import (
+    aggregator,
+    anonymize,
+    audit,
+    ca,
+    demo,
+    health,
+    node,
+    query,
+    synthesize,
+    usage,
+)
 from trustspace.errors import TrustspaceError
 
-COMMANDS = (demo, node, aggregator, ca, query, anonymize, audit, usage, health)
+COMMANDS = (demo, node, aggregator, ca, query, anonymize, synthesize, audit, usage, health)
 
 EXIT_USAGE = 2  # argparse's own code for bad usage; also a bad config or parameter
 EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE  # what a shell reports for a reader gone (`| head -1`)
