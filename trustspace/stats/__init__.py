@@ -127,6 +127,7 @@ from trustspace.stats._paillier import (
 from trustspace.stats._quantile import GRID_BINS
 from trustspace.stats._query import GROUP_AGGS, OPS, Query, marginal_terms
 from trustspace.stats._round import (
+    MAX_CELLS,
     MAX_NODES,
     OCTAVE_HALF,
     OCTAVE_MAX_EXP,
@@ -145,6 +146,7 @@ __all__ = [
     "DP_OPS",
     "GRID_BINS",
     "GROUP_AGGS",
+    "MAX_CELLS",
     "MAX_NODES",
     "MAX_PAILLIER_HEADROOM",
     "MAX_PAILLIER_KEY_BITS",

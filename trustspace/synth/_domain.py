@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from trustspace.errors import ConfigError
-from trustspace.stats import ColumnType, TableSchema
-from trustspace.stats._round import MAX_CELLS
+from trustspace.stats import MAX_CELLS, ColumnType, TableSchema
 
 __all__ = ["Column", "SynthDomain", "synth_domain"]
 
