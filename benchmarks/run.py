@@ -27,6 +27,7 @@ SCRIPTS = [
     "regression.py",
     "psi.py",
     "sources.py",
+    "synth.py",
 ]
 
 
