@@ -1090,14 +1090,23 @@ class Federation:
         if values:
             params["values"] = {c: list(v) for c, v in values.items()}
         columns = tuple(dict.fromkeys(c for m in marginals for c in m))
-        result = self.run(
-            Query("marginals", dataset, columns, where, params),
-            method,
-            epsilon=epsilon,
-            delta=delta,
-        )
-        schema, _ = self._schema(dataset)
-        return marginal_tables(result, Query("marginals", dataset, columns, where, params), schema)
+        query = Query("marginals", dataset, columns, where, params)
+        return self._marginals(query, method, epsilon, delta)
+
+    def _marginals(
+        self,
+        query: Query,
+        method: str = "secagg",
+        epsilon: float | None = None,
+        delta: float | None = None,
+        schema: TableSchema | None = None,
+    ) -> dict[tuple[str, ...], pd.Series]:
+        """Run a ``marginals`` query; its tables labelled from ``schema`` (fetched when not
+        given: a caller measuring several times, as ``synthesize``, passes the one it has)."""
+        result = self.run(query, method, epsilon=epsilon, delta=delta)
+        if schema is None:
+            schema, _ = self._schema(query.dataset)
+        return marginal_tables(result, query, schema)
 
     def synthesize(
         self,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -229,16 +228,18 @@ class Engine:
         backend = self._backend(spec)
         return backend.query(translate(sql, spec.kind), list(params), tag)
 
-    def _frame(self, spec: DatasetSpec, sql: str, params: Sequence[Any]) -> pd.DataFrame:
-        """A statement's rows as pandas, with the dtypes DuckDB gives every source's rows."""
+    def _frame(
+        self, spec: DatasetSpec, sql: str, params: Sequence[Any], names: Sequence[str]
+    ) -> pd.DataFrame:
+        """A statement's rows (its columns ``names``) as pandas, with the dtypes DuckDB gives
+        every source's rows."""
         if spec.source is None:
             with self._cursor() as cur:
                 df: pd.DataFrame = cur.execute(sql, list(params)).df()
             return df
         rows = self._exec(spec, sql, params)
-        names = _select_names(sql)
         raw = (
-            pd.DataFrame.from_records(rows, columns=names)
+            pd.DataFrame.from_records(rows, columns=list(names))
             if rows
             else pd.DataFrame({n: pd.Series([], dtype=object) for n in names})
         )
@@ -562,7 +563,7 @@ class Engine:
         src, sparams = self._source(spec)
         q = ", ".join(quote_ident(c) for c in cols)
         sql = f"SELECT {q} FROM {src} AS t {wsql}"  # noqa: S608 - quoted names, ? values
-        return self._frame(spec, sql, sparams + wparams)
+        return self._frame(spec, sql, sparams + wparams, cols)
 
     def column_frame(self, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
         """Whole columns of ``dataset`` in the file's row order (every row, nulls kept), for
@@ -582,7 +583,7 @@ class Engine:
         if spec.source is not None and spec.id is not None:
             order = f" ORDER BY {quote_ident(spec.id.column)} NULLS LAST"
         sql = f"SELECT {q} FROM {src} AS t{order}"  # noqa: S608 - quoted names
-        return self._frame(spec, sql, sparams)
+        return self._frame(spec, sql, sparams, columns)
 
     @staticmethod
     def _columns(spec: DatasetSpec, columns: Sequence[str]) -> list[str]:
@@ -704,30 +705,10 @@ class _Plan:
         self.fillers.append(fill_outer)
 
     def _cells(self, t: Term, off: int, tid: int) -> None:
-        """A two-way table: key = row level index * columns + column level index, the levels
-        bound as ``?`` parameters; rows with an unlisted or null value are not counted."""
-        (a, b), (la, lb) = t.columns, t.levels
-        ncols, size = len(lb), t.size
-        key_sql, key_params, cond_sql, cond_params = [], [], [], []
-        for col, levels in ((a, la), (b, lb)):
-            q = quote_ident(col)
-            whens = " ".join(f"WHEN {q} = ? THEN {i}" for i in range(len(levels)))
-            key_sql.append(f"(CASE {whens} END)")
-            key_params += list(levels)
-            cond_sql.append(f"{q} IN ({', '.join('?' for _ in levels)})")
-            cond_params += list(levels)
-        key = f"{key_sql[0]} * {ncols} + {key_sql[1]}"
-        self.keyed.append((tid, key, key_params, " AND ".join(cond_sql), cond_params))
-
-        def fill_cells(
-            k: npt.NDArray[np.float64], n: npt.NDArray[np.float64], out: npt.NDArray[np.float64]
-        ) -> None:
-            idx = k.astype(np.int64)
-            if idx.size and (idx.min() < 0 or idx.max() >= size):  # pragma: no cover - SQL keys
-                raise DataError("a table cell's key is out of range")
-            np.add.at(out, off + idx, n)
-
-        self._keyed_fill[tid] = fill_cells
+        """A two-way table: the marginal of its two categorical columns (key = row level
+        index * columns + column level index; rows with an unlisted or null value are not
+        counted)."""
+        self._marginal(Term.marginal(t.columns, t.levels, ((), ())), off, tid)
 
     def _marginal(self, t: Term, off: int, tid: int) -> None:
         """A 1- to 3-way table, row-major (the last column fastest): a categorical column's
@@ -764,7 +745,7 @@ class _Plan:
         ) -> None:
             idx = k.astype(np.int64)
             if idx.size and (idx.min() < 0 or idx.max() >= size):  # pragma: no cover - SQL keys
-                raise DataError("a marginal cell's key is out of range")
+                raise DataError("a table cell's key is out of range")
             np.add.at(out, off + idx, n)
 
         self._keyed_fill[tid] = fill_marginal
@@ -794,9 +775,3 @@ class _Plan:
             out[off] = float(row[pos] or 0.0)  # fsum/count_if over no rows is NULL
 
         self.fillers.append(fill_one)
-
-
-def _select_names(sql: str) -> list[str]:
-    """The quoted column names of ``SELECT "a", "b" FROM ...`` (the engine's own statements)."""
-    head = sql[len("SELECT ") : sql.index(" FROM ")]
-    return [m.replace('""', '"') for m in re.findall(r'"((?:[^"]|"")*)"', head)]

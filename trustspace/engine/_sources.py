@@ -462,8 +462,8 @@ class SparkBackend:
                 f"on {master!r}; every Spark dataset of a node shares one session"
             )
         if source.table:
+            self._name = source.table
             self._from = _quote(_table_parts(source.table, where))
-            self._df = None
         else:
             view = (
                 "trustspace_" + hashlib.sha256(f"{where}|{source.path}".encode()).hexdigest()[:16]
@@ -476,13 +476,14 @@ class SparkBackend:
                     f"{where}: {source.label()}: cannot be read ({_spark_reason(exc)}); check "
                     "path and format"
                 ) from None
+            self._name = view
             self._from = _quote([view])
 
     def from_sql(self) -> str:
         return self._from
 
     def columns(self) -> dict[str, str]:
-        name = self._from.replace('"', "")
+        name = self._name
         try:
             schema = self.spark.table(name).schema
         except Exception as exc:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from trustspace.dp import epsilon_of, rho_for
 from trustspace.errors import ConfigError, PolicyError
-from trustspace.stats import ColumnType
+from trustspace.stats import ColumnType, Query
 from trustspace.synth._domain import DEFAULT_BINS, SynthDomain, synth_domain
 
 if TYPE_CHECKING:
@@ -87,16 +87,17 @@ def synthesize(
             chunk = tables[i : i + _CHUNK]
             r = step_rho * len(chunk) / len(tables)
             eps = epsilon_of(r, delta)
-            got = fed.marginals(
-                dataset,
-                [list(t) for t in chunk],
-                where,
-                cuts=dom.cuts() or None,
-                values={k: v for k, v in dom.values().items() if k in {c for t in chunk for c in t}}
-                or None,
-                epsilon=eps,
-                delta=delta,
-            )
+            used = {c for t in chunk for c in t}
+            params: dict[str, Any] = {"marginals": [list(t) for t in chunk]}
+            cuts = {k: v for k, v in dom.cuts().items() if k in used}
+            values = {k: v for k, v in dom.values().items() if k in used}
+            if cuts:
+                params["cuts"] = cuts
+            if values:
+                params["values"] = values
+            cols = tuple(dict.fromkeys(c for t in chunk for c in t))
+            query = Query("marginals", dataset, cols, where, params)
+            got = fed._marginals(query, "secagg", eps, delta, schema)
             out.update(got)
             steps.append(
                 {"step": step, "tables": len(chunk), "rho": r, "epsilon": eps, "delta": delta,
