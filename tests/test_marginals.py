@@ -177,3 +177,23 @@ def test_the_query_checks_its_shape_before_any_round() -> None:
         Query("marginals", "d", ("a", "b"), None, {"marginals": [["a"]]})
     with pytest.raises(ConfigError, match=r"params.marginals'?: expected a list of 1..64"):
         Query("marginals", "d", ("a",), None, {"marginals": [["a"]] * 65})
+
+
+def test_a_crafted_marginal_cannot_isolate_a_record(space: tuple[Federation, pd.DataFrame]) -> None:
+    """An analyst narrows a table to one person (a filter on exact values, a bin around one
+    value): every cell under min_group_size is withheld, and so is a crafted raw query's."""
+    fed, union = space
+    one = union.dropna().iloc[0]
+    where = f"sex = '{one.sex}' and edu = '{one.edu}' and age = {int(one.age)}"
+    out = fed.marginals("default", [["sex", "edu", "h"]], where, cuts={"h": [one.h, one.h + 0.05]})
+    table = out[("sex", "edu", "h")]
+    assert table.attrs["suppressed"].all() and table.isna().all()
+    q = Query(
+        "marginals",
+        "default",
+        ("h",),
+        where,
+        {"marginals": [["h"]], "cuts": {"h": [float(one.h), float(one.h) + 0.05]}},
+    )
+    res = fed.run(q)
+    assert res.value.isna().all() and bool(res.suppressed.all())

@@ -118,6 +118,11 @@ def pg(pg_admin: str, parts: dict[str, pd.DataFrame], files: Path) -> dict[str, 
         "AS 'BEGIN PERFORM pg_sleep(0.01); RETURN true; END'",
         "CREATE VIEW ts.slow AS SELECT * FROM ts.part_a AS p WHERE ts.slowly(p.age)",
         "GRANT SELECT ON ts.slow TO ts_reader",
+        # a view whose age fails to convert for some rows: PostgreSQL's message quotes them
+        "CREATE VIEW ts.badcast AS SELECT sex, (CASE WHEN age > 80 THEN 'secret-' || age "
+        'ELSE age::text END)::bigint AS age, race, "marital-status", hours, "salary-class", '
+        "high FROM ts.part_a",
+        "GRANT SELECT ON ts.badcast TO ts_reader",
         "CREATE TABLE ts.secret (x int)",  # no grant: the reader may not see it
         # the reader may write here: a write must still be impossible through the node
         "CREATE TABLE ts.scratch (x int)",
@@ -370,6 +375,19 @@ def test_bad_postgresql_sources_are_named(pg: dict[str, Any]) -> None:
     assert "no column 'income'" in msg and "ts.part_a" in msg
     msg = _unavailable(src("ts.wrong_type"))
     assert "column 'age' is text at the source but declared int" in msg
+
+
+def test_a_value_in_a_source_error_never_leaves_the_node(pg: dict[str, Any]) -> None:
+    """PostgreSQL's own message would quote the failing value ("secret-85"): the node names
+    the dataset and the SQLSTATE only."""
+    spec = DatasetSpec("t", columns=COLS, source=pg["source"]("ts.badcast"))
+    eng = Engine({"t": spec})
+    eng.validate()  # the columns fit; the values fail only when read
+    with pytest.raises(DataError) as err:
+        eng.compute(Round("t", None, (Term.moment(("age",), (1,), (0.0,), 0),)))
+    msg = str(err.value)
+    assert "dataset 't'" in msg and "SQLSTATE 22P02" in msg and "secret" not in msg
+    eng.close()
 
 
 def test_a_statement_timeout_is_named_and_the_node_goes_on(pg: dict[str, Any]) -> None:

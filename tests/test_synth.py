@@ -161,3 +161,6 @@ def test_the_command_line_writes_a_csv_and_its_report(
     assert doc["provenance"]["bins"] == {"age": [17.0, 30.0, 45.0, 60.0, 91.0]}
     assert {r["marginal"] for r in doc["report"]} >= {"sex", "age x sex"}
     assert main([*args, "--bins", "age=x", "-o", str(out)]) == 2
+    before = fed.budget("default")["rho_spent"].to_numpy()
+    assert main([*args, "-o", str(tmp_path / "no" / "such" / "x.csv")]) == 2  # nothing spent
+    assert np.array_equal(fed.budget("default")["rho_spent"].to_numpy(), before)

@@ -67,8 +67,19 @@ def run(args: argparse.Namespace) -> int:
     from trustspace._files import write_atomic
     from trustspace.api import Federation
 
+    import os
+
     columns = [c for c in args.columns.split(",") if c]
     out = Path(args.output)
+    # before anything is spent: a synthesis costs budget, and its rows must not be lost
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(
+            f"-o {out}: the folder {folder} does not exist or is not writable; nothing was "
+            "synthesized (no budget spent)"
+        )
+    if out.is_dir():
+        raise ConfigError(f"-o {out}: is a folder; give the CSV file to write")
     with Federation.connect(
         args.aggregator, args.credentials, server_name=args.server_name, purpose=args.purpose
     ) as fed:
