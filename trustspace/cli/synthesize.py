@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,6 @@ def _bins(specs: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from trustspace._files import write_atomic
     from trustspace.api import Federation
-
-    import os
 
     columns = [c for c in args.columns.split(",") if c]
     out = Path(args.output)
